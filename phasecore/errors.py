@@ -1,0 +1,41 @@
+"""Domain errors of the engine. Each carries a message a user can act on.
+
+The service maps these to RFC 9457 problem documents; the CLI prints them and exits 2.
+"""
+
+
+class PhasescreenError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+    #: short machine-readable kind, used as the problem type suffix
+    kind = "error"
+
+
+class InvalidReference(PhasescreenError, ValueError):
+    """A model or dataset reference that cannot be parsed or resolved."""
+
+    kind = "invalid-reference"
+
+
+class SourceNotAllowed(PhasescreenError, PermissionError):
+    """A reference to a source this deployment does not allow."""
+
+    kind = "source-not-allowed"
+
+
+class AssetUnavailable(PhasescreenError, FileNotFoundError):
+    """Weights or data that are not present locally and cannot be fetched."""
+
+    kind = "asset-unavailable"
+
+
+class InvalidSettings(PhasescreenError, ValueError):
+    """Engine settings out of range (N, probes, sketch size, ...)."""
+
+    kind = "invalid-settings"
+
+
+class UnsupportedModel(PhasescreenError, TypeError):
+    """A model whose parameters the kernel engine cannot attribute per sample."""
+
+    kind = "unsupported-model"
