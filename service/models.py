@@ -1,0 +1,140 @@
+"""SQLAlchemy models. The schema itself is created only by the migrations under migrations/."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+# the states a screening or a profile goes through; terminal ones never change again
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+ACTIVE_STATES = (QUEUED, RUNNING)
+TERMINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A UUID-shaped id starting with the time in ms, so ids sort by creation (cursor pagination)."""
+    raw = f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    # names the migrations use too, so autogenerate finds no difference between the two
+    metadata = MetaData(
+        naming_convention={"ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s"}
+    )
+
+
+class _JobColumns:
+    """Columns of anything a worker runs: state, progress and the lease that proves the worker is alive."""
+
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    stage: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    problem: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ModelProfile(_JobColumns, Base):
+    """Per-model work on one dataset sample under one set of engine settings, shared by every pair."""
+
+    __tablename__ = "model_profiles"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # phasecore.pipeline.profile_key
+    model_ref: Mapped[str] = mapped_column(String(512), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    dataset_ref: Mapped[str] = mapped_column(String(256))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    identity: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    arrays: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # name -> {shape, dtype}
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    # the ModelProfile.to_bytes() blob; deferred so listing profiles never drags megabytes along
+    data: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+
+
+class Screening(_JobColumns, Base):
+    """One request to screen a (vision, language) pair; its pair step runs once both profiles exist."""
+
+    __tablename__ = "screenings"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_screenings_owner_idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    vision_ref: Mapped[str] = mapped_column(String(512), index=True)
+    language_ref: Mapped[str] = mapped_column(String(512), index=True)
+    dataset_ref: Mapped[str] = mapped_column(String(256), index=True)
+    vision_profile_id: Mapped[str | None] = mapped_column(ForeignKey("model_profiles.id"), index=True)
+    language_profile_id: Mapped[str | None] = mapped_column(ForeignKey("model_profiles.id"), index=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    reused_from: Mapped[str | None] = mapped_column(String(36))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiKey(Base):
+    """An API key, stored as the sha256 of its secret; the secret is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,119 @@
+"""Deployment settings: one class, read from ``PHASESCREEN_*`` environment variables.
+
+Every field is documented in docs/configuration.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SOURCES = ("timm", "hf", "file", "pkg")
+
+
+def default_home() -> Path:
+    """Where the embedded deployment keeps its SQLite file (``$PHASESCREEN_HOME`` or XDG data dir)."""
+    env = os.environ.get("PHASESCREEN_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "phasescreen"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of one deployment (API, workers and the CLI's embedded store)."""
+
+    model_config = SettingsConfigDict(env_prefix="PHASESCREEN_", extra="ignore", frozen=True)
+
+    # storage and queue
+    home: Path = Field(default_factory=default_home, description="directory of the embedded SQLite file")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite file under HOME")
+    redis_url: str | None = Field(None, description="Redis URL of the RQ queue; unset = in-process executor")
+    queue_name: str = Field("phasescreen", min_length=1, description="RQ queue that API and workers share")
+    auto_migrate: bool | None = Field(
+        None, description="run migrations at start-up; unset = only for the embedded SQLite file"
+    )
+
+    # engine inputs
+    model_root: Path | None = Field(None, description="root of file: model references")
+    data_root: Path | None = Field(None, description="root of local datasets")
+    allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_SOURCES, description="model sources this deployment accepts (comma-separated)"
+    )
+
+    # security
+    require_api_key: bool = Field(False, description="writes need an API key")
+    rate_limit_per_minute: int = Field(
+        120, ge=0, description="requests per minute per key (or client); 0 = off"
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body accepted")
+
+    # limits
+    max_n: int = Field(4096, ge=8, description="largest number of paired samples N")
+    max_params: int = Field(2_000_000_000, ge=1, description="largest parameter count of a model")
+    job_timeout: int = Field(3600, ge=10, description="seconds one job may run before it is failed")
+    max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is failed")
+    retry_backoff: Annotated[tuple[int, ...], NoDecode] = Field(
+        (10, 60, 300), description="seconds to wait before each retry (comma-separated)"
+    )
+    max_active_screenings: int = Field(1000, ge=1, description="queued + running screenings before 503")
+
+    # liveness of jobs
+    lease_timeout: float = Field(
+        120.0, gt=0, description="seconds without heartbeat before a job is presumed lost"
+    )
+    reconcile_interval: float = Field(60.0, gt=0, description="seconds between reconciler passes")
+    reconcile_grace: float = Field(
+        10.0, ge=0, description="age before a queued row counts as missing from the queue"
+    )
+
+    # behaviour
+    reuse_results: bool = Field(
+        True, description="serve an identical finished request from its stored result"
+    )
+    embedded_workers: int = Field(1, ge=1, le=64, description="threads of the in-process executor")
+    retry_after: int = Field(5, ge=1, description="seconds clients are told to wait before polling")
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="port of a worker's /metrics; 0 = off")
+    log_level: str = Field("INFO", description="logging level of serve and worker")
+
+    @field_validator("allowed_sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retry_backoff", mode="before")
+    @classmethod
+    def _split_backoff(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'phasescreen.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def embedded_queue(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def should_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """A lease is renewed four times per timeout, so one slow write does not lose it."""
+        return max(0.2, self.lease_timeout / 4)
