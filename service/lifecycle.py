@@ -1,0 +1,389 @@
+"""State transitions of profiles and screenings, shared by the API, the job functions and the reconciler.
+
+Every transition is a conditional UPDATE, so two workers, a retry and the reconciler can race on the same row
+and exactly one wins. A running job holds a *lease* (``lease_token`` + ``heartbeat_at``): it renews it while
+alive, and any write it makes is conditional on still holding it. A cancelled or reassigned job loses the
+lease, notices on its next heartbeat, and stops; its late writes match no row. The caller commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.models import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    ModelProfile,
+    Screening,
+    utcnow,
+)
+from service.problems import problem_document
+from service.queue import JobRef
+
+JobRow = type[ModelProfile] | type[Screening]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof that this worker owns a running row."""
+
+    table: JobRow
+    row_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class ProfileClaim:
+    lease: Lease
+    model_ref: str
+    modality: str
+    dataset_ref: str
+    settings: dict[str, Any]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class PairClaim:
+    lease: Lease
+    request: dict[str, Any]
+    vision_profile_id: str
+    language_profile_id: str
+    attempt: int
+
+
+def gave_up_problem(what: str, attempts: int, last: dict[str, Any] | None) -> dict[str, Any]:
+    reason = f" The last attempt ended with: {last.get('detail')}" if last and last.get("detail") else ""
+    return problem_document(
+        500,
+        "attempts-exhausted",
+        "Gave up after repeated failures",
+        f"the {what} failed {attempts} times in a row and will not be retried.{reason}",
+    )
+
+
+def worker_lost_problem(what: str, worker: str | None, heartbeat_at: datetime | None) -> dict[str, Any]:
+    since = heartbeat_at.isoformat() if heartbeat_at else "its start"
+    return problem_document(
+        500,
+        "worker-lost",
+        "Worker lost",
+        f"the worker running the {what} ({worker or 'unknown'}) stopped sending heartbeats at {since} "
+        "(killed, out of memory, or the machine went away)",
+    )
+
+
+# --- profiles ------------------------------------------------------------------------------------------
+
+
+def waiting_on_profile(profile_id: Any) -> Any:
+    """Condition: the screening uses ``profile_id`` (an id, or a column in a correlated subquery)."""
+    return or_(Screening.vision_profile_id == profile_id, Screening.language_profile_id == profile_id)
+
+
+def profile_needed(session: Session, profile_id: str) -> bool:
+    """Whether some screening that is neither finished nor cancelled still waits for this profile."""
+    query = select(
+        exists().where(
+            waiting_on_profile(profile_id),
+            Screening.state.in_(ACTIVE_STATES),
+            Screening.cancel_requested.is_(False),
+        )
+    )
+    return bool(session.scalar(query))
+
+
+def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> bool:
+    """Give a failed or cancelled profile another chance when a new screening asks for it."""
+    result = session.execute(
+        update(ModelProfile)
+        .where(ModelProfile.id == profile.id, ModelProfile.state.in_((FAILED, CANCELLED)))
+        .values(state=QUEUED, attempts=0, problem=None, stage=None, progress=0.0, finished_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        session.refresh(profile)
+    return bool(result.rowcount)
+
+
+def claim_profile(
+    session: Session, profile_id: str, *, worker: str, max_attempts: int
+) -> ProfileClaim | None:
+    """Take a queued profile; ``None`` when it is gone, taken, finished or no longer wanted."""
+    row = session.get(ModelProfile, profile_id)
+    if row is None or row.state != QUEUED:
+        return None
+    if row.attempts >= max_attempts:
+        fail_profile(session, profile_id, gave_up_problem("profile computation", row.attempts, row.problem))
+        return None
+    if not profile_needed(session, profile_id):
+        session.execute(
+            update(ModelProfile)
+            .where(ModelProfile.id == profile_id, ModelProfile.state == QUEUED)
+            .values(state=CANCELLED, finished_at=utcnow())
+        )
+        return None
+    token, now = str(uuid.uuid4()), utcnow()
+    claimed = session.execute(
+        update(ModelProfile)
+        .where(ModelProfile.id == profile_id, ModelProfile.state == QUEUED)
+        .values(
+            state=RUNNING,
+            lease_token=token,
+            worker=worker,
+            heartbeat_at=now,
+            attempts=ModelProfile.attempts + 1,
+            started_at=now,
+            stage="starting",
+            progress=0.0,
+        )
+    ).rowcount
+    if claimed != 1:
+        return None
+    # the screenings waiting for it are visibly running from now on
+    session.execute(
+        update(Screening)
+        .where(waiting_on_profile(profile_id), Screening.state == QUEUED)
+        .values(state=RUNNING, started_at=now)
+    )
+    return ProfileClaim(
+        Lease(ModelProfile, profile_id, token),
+        row.model_ref,
+        row.modality,
+        row.dataset_ref,
+        dict(row.settings),
+        row.attempts + 1,
+    )
+
+
+def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> list[JobRef]:
+    """Store a computed profile; returns the pair jobs that became ready (enqueue them after commit)."""
+    done = session.execute(
+        update(ModelProfile)
+        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
+        .values(
+            state=SUCCEEDED,
+            lease_token=None,
+            stage=None,
+            progress=1.0,
+            problem=None,
+            finished_at=utcnow(),
+            **values,
+        )
+    ).rowcount
+    if done != 1:
+        return []
+    return [JobRef("pair", screening_id) for screening_id in ready_pairs(session, lease.row_id)]
+
+
+def ready_pairs(session: Session, profile_id: str) -> list[str]:
+    """Active screenings using ``profile_id`` whose profiles are both computed and whose pair step is free."""
+    vision, language = ModelProfile.__table__.alias("v"), ModelProfile.__table__.alias("l")
+    query = (
+        select(Screening.id)
+        .join(vision, vision.c.id == Screening.vision_profile_id)
+        .join(language, language.c.id == Screening.language_profile_id)
+        .where(
+            waiting_on_profile(profile_id),
+            Screening.state.in_(ACTIVE_STATES),
+            Screening.cancel_requested.is_(False),
+            Screening.lease_token.is_(None),
+            vision.c.state == SUCCEEDED,
+            language.c.state == SUCCEEDED,
+        )
+    )
+    return list(session.scalars(query))
+
+
+def fail_profile(
+    session: Session, profile_id: str, problem: dict[str, Any], lease: Lease | None = None
+) -> None:
+    """Mark a profile failed, and with it every screening still waiting for it."""
+    condition = [ModelProfile.id == profile_id, ModelProfile.state.in_(ACTIVE_STATES)]
+    if lease is not None:
+        condition.append(ModelProfile.lease_token == lease.token)
+    row = session.execute(
+        update(ModelProfile)
+        .where(*condition)
+        .values(state=FAILED, lease_token=None, problem=problem, finished_at=utcnow())
+        .returning(ModelProfile.modality)
+    ).first()
+    if row is not None:
+        fail_waiting_screenings(session, profile_id, row.modality, problem)
+
+
+def fail_waiting_screenings(session: Session, profile_id: str, modality: str, problem: dict[str, Any]) -> int:
+    detail = f"the {modality} model profile could not be computed: {problem.get('detail', '')}"
+    return session.execute(
+        update(Screening)
+        .where(
+            waiting_on_profile(profile_id),
+            Screening.state.in_(ACTIVE_STATES),
+            Screening.lease_token.is_(None),
+        )
+        .values(state=FAILED, problem={**problem, "detail": detail}, finished_at=utcnow())
+    ).rowcount
+
+
+def cancel_profile(session: Session, lease: Lease) -> None:
+    session.execute(
+        update(ModelProfile)
+        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
+        .values(state=CANCELLED, lease_token=None, stage=None, finished_at=utcnow())
+    )
+
+
+# --- pair step -----------------------------------------------------------------------------------------
+
+
+def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts: int) -> PairClaim | None:
+    """Take the pair step of a screening whose two profiles are computed; ``None`` when not (yet) runnable."""
+    row = session.get(Screening, screening_id)
+    if row is None or row.state not in ACTIVE_STATES or row.cancel_requested or row.lease_token is not None:
+        return None
+    profiles = [session.get(ModelProfile, pid) for pid in (row.vision_profile_id, row.language_profile_id)]
+    for profile in profiles:
+        if profile is None or profile.state == FAILED:
+            problem = (profile.problem if profile else None) or problem_document(
+                500, "profile-missing", "Model profile missing", "a model profile of this screening is gone"
+            )
+            fail_screening(session, screening_id, problem)
+            return None
+    if any(profile.state != SUCCEEDED for profile in profiles):  # type: ignore[union-attr]
+        return None  # the last profile to finish enqueues this step again
+    if row.attempts >= max_attempts:
+        fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, row.problem))
+        return None
+    token, now = str(uuid.uuid4()), utcnow()
+    claimed = session.execute(
+        update(Screening)
+        .where(
+            Screening.id == screening_id,
+            Screening.state.in_(ACTIVE_STATES),
+            Screening.lease_token.is_(None),
+            Screening.cancel_requested.is_(False),
+        )
+        .values(
+            state=RUNNING,
+            lease_token=token,
+            worker=worker,
+            heartbeat_at=now,
+            attempts=Screening.attempts + 1,
+            started_at=row.started_at or now,
+            stage="pair",
+            progress=0.0,
+        )
+    ).rowcount
+    if claimed != 1:
+        return None
+    return PairClaim(
+        Lease(Screening, screening_id, token),
+        dict(row.request),
+        row.vision_profile_id,  # type: ignore[arg-type]
+        row.language_profile_id,  # type: ignore[arg-type]
+        row.attempts + 1,
+    )
+
+
+def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
+    return (
+        session.execute(
+            update(Screening)
+            .where(
+                Screening.id == lease.row_id, Screening.lease_token == lease.token, Screening.state == RUNNING
+            )
+            .values(
+                state=SUCCEEDED,
+                result=result,
+                lease_token=None,
+                stage=None,
+                progress=1.0,
+                problem=None,
+                finished_at=utcnow(),
+            )
+        ).rowcount
+        == 1
+    )
+
+
+def fail_screening(
+    session: Session, screening_id: str, problem: dict[str, Any], lease: Lease | None = None
+) -> None:
+    condition = [Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES)]
+    if lease is not None:
+        condition.append(Screening.lease_token == lease.token)
+    session.execute(
+        update(Screening)
+        .where(*condition)
+        .values(state=FAILED, lease_token=None, problem=problem, finished_at=utcnow())
+    )
+
+
+# --- leases --------------------------------------------------------------------------------------------
+
+
+def renew_lease(session: Session, lease: Lease) -> bool:
+    """Heartbeat; ``False`` when the lease is gone (cancelled, or given to another worker)."""
+    table = lease.table
+    return (
+        session.execute(
+            update(table)
+            .where(table.id == lease.row_id, table.lease_token == lease.token, table.state == RUNNING)
+            .values(heartbeat_at=utcnow())
+        ).rowcount
+        == 1
+    )
+
+
+def record_progress(session: Session, lease: Lease, stage: str, progress: float) -> bool:
+    table = lease.table
+    return (
+        session.execute(
+            update(table)
+            .where(table.id == lease.row_id, table.lease_token == lease.token)
+            .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=utcnow())
+        ).rowcount
+        == 1
+    )
+
+
+def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any]) -> bool:
+    """Hand a row back to the queue after a transient fault; the retry claims it again."""
+    table = lease.table
+    values: dict[str, Any] = {"lease_token": None, "stage": None, "progress": 0.0, "problem": problem}
+    condition = [table.id == lease.row_id, table.lease_token == lease.token]
+    if table is ModelProfile:
+        values["state"] = QUEUED
+    else:
+        condition.append(table.state == RUNNING)  # a screening waits in running; its profiles are done
+    return session.execute(update(table).where(*condition).values(**values)).rowcount == 1
+
+
+def is_stale(heartbeat_at: datetime | None, lease_timeout: float, now: datetime | None = None) -> bool:
+    now = now or utcnow()
+    return heartbeat_at is None or heartbeat_at < now - timedelta(seconds=lease_timeout)
+
+
+def active_profiles_of(session: Session, screening: Screening) -> list[ModelProfile]:
+    ids = [pid for pid in (screening.vision_profile_id, screening.language_profile_id) if pid]
+    return list(session.scalars(select(ModelProfile).where(ModelProfile.id.in_(ids))))
+
+
+def jobs_to_start(session: Session, screening: Screening) -> list[JobRef]:
+    """The jobs a just-committed screening needs: its queued profiles, or its pair step if both are done."""
+    if screening.state not in ACTIVE_STATES or screening.cancel_requested:
+        return []
+    profiles = active_profiles_of(session, screening)
+    queued = [JobRef("profile", p.id) for p in profiles if p.state == QUEUED]
+    if profiles and all(p.state == SUCCEEDED for p in profiles) and screening.lease_token is None:
+        return [JobRef("pair", screening.id)]
+    return queued

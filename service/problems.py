@@ -1,0 +1,78 @@
+"""RFC 9457 problem documents: the one shape of every error the service returns or stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phasecore.errors import (
+    AssetUnavailable,
+    InvalidReference,
+    InvalidSettings,
+    PhasescreenError,
+    SourceNotAllowed,
+    UnsupportedModel,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:phasescreen:problem:"
+
+# HTTP status of each domain error when it answers a request
+_STATUS = {
+    InvalidReference: 422,
+    InvalidSettings: 422,
+    UnsupportedModel: 422,
+    AssetUnavailable: 422,
+    SourceNotAllowed: 403,
+}
+_TITLES = {
+    "invalid-reference": "Invalid model or dataset reference",
+    "source-not-allowed": "Model source not allowed",
+    "asset-unavailable": "Weights or data unavailable",
+    "invalid-settings": "Invalid screening settings",
+    "unsupported-model": "Unsupported model",
+}
+
+
+class Problem(Exception):
+    """An error answered as ``application/problem+json``; raise it anywhere below a route."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extensions = extensions
+
+    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
+        return problem_document(self.status, self.kind, self.title, self.detail, instance, **self.extensions)
+
+
+def problem_document(
+    status: int, kind: str, title: str, detail: str, instance: str | None = None, **extensions: Any
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": _TYPE_PREFIX + kind, "title": title, "status": status, "detail": detail}
+    if instance:
+        doc["instance"] = instance
+    doc.update(extensions)
+    return doc
+
+
+def from_domain_error(error: PhasescreenError) -> Problem:
+    """The problem a domain error of the engine becomes."""
+    status = next((code for cls, code in _STATUS.items() if isinstance(error, cls)), 422)
+    return Problem(status, error.kind, _TITLES.get(error.kind, "Screening error"), str(error))
+
+
+def not_found(what: str, ident: str) -> Problem:
+    return Problem(404, "not-found", "Not found", f"no {what} with id {ident!r}")

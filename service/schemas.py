@@ -1,0 +1,146 @@
+"""Request and response bodies of the HTTP API (pydantic v2); they are the OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from phasecore.settings import EngineSettings
+
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _check_text(value: Any, path: str = "body") -> None:
+    """Reject text that no database can store: NUL bytes and unpaired surrogates."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path} contains a NUL byte")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{path} is not valid UTF-8 text (unpaired surrogate)") from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path)
+            _check_text(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_text(item, f"{path}[{index}]")
+
+
+class ScreeningRequest(BaseModel):
+    """What to screen: two model references, a paired dataset and the engine settings."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "vision": "pkg:efficientnet-lite0",
+                    "language": "pkg:all-minilm-l6-v2",
+                    "dataset": "digits",
+                    "options": {"n": 64, "probes": 1},
+                }
+            ]
+        },
+    )
+
+    vision: str = Field(
+        min_length=1,
+        max_length=512,
+        description="vision model reference, source:name[@rev][?weights=..] (timm:, hf:, file:, pkg:)",
+    )
+    language: str = Field(min_length=1, max_length=512, description="language model reference")
+    dataset: str = Field(min_length=1, max_length=256, description="paired dataset reference, e.g. digits")
+    options: EngineSettings = Field(default_factory=EngineSettings, description="engine settings")
+    reuse: bool | None = Field(
+        None,
+        description="serve an identical finished request from its stored result; null = deployment default",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
+
+
+class ProfileSummary(BaseModel):
+    id: str
+    state: State
+    stage: str | None
+    progress: float
+    href: str
+
+
+class ScreeningOut(BaseModel):
+    """A screening: where it stands, what was asked, and the result or the problem."""
+
+    id: str
+    state: State
+    stage: str | None = Field(description="what runs now, e.g. 'vision:ntk' or 'pair'")
+    progress: float = Field(ge=0, le=1)
+    request: dict[str, Any]
+    fingerprint: str = Field(description="sha256 of the normalised request and the engine version")
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    profiles: dict[str, ProfileSummary] = Field(description="the vision and language model profiles")
+    reused_from: str | None = Field(description="the screening whose stored result this one serves")
+    result: dict[str, Any] | None = Field(
+        description="the result JSON, the same as `phasescreen screen` writes (only when succeeded)"
+    )
+    problem: dict[str, Any] | None = Field(description="RFC 9457 problem document (when failed)")
+    href: str
+
+
+class ScreeningPage(BaseModel):
+    items: list[ScreeningOut] = Field(description="newest first; results are left out, fetch one to read it")
+    next_cursor: str | None = Field(description="pass as ?cursor= to read the next page; null on the last")
+
+
+class ProfileOut(BaseModel):
+    id: str
+    key: str
+    model: str
+    modality: str
+    dataset: str
+    settings: dict[str, Any]
+    state: State
+    stage: str | None
+    progress: float
+    attempts: int
+    identity: dict[str, Any] | None = Field(
+        description="what exactly was loaded (name, revision, hash, params)"
+    )
+    meta: dict[str, Any] | None
+    arrays: dict[str, Any] | None = Field(description="name -> {shape, dtype} of the stored arrays")
+    size_bytes: int | None
+    problem: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    href: str
+
+
+class SourcesOut(BaseModel):
+    allowed_sources: list[str]
+    sources: list[dict[str, Any]] = Field(description="model sources with their descriptions")
+    datasets: list[dict[str, Any]] = Field(description="paired datasets this deployment can load")
+    limits: dict[str, int]
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None

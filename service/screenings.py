@@ -1,0 +1,392 @@
+"""Screenings: create, find, list, cancel, and store a result computed elsewhere (``phasescreen screen``).
+
+Plain functions over a session, shared by the API routes, the CLI and the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from phasecore import ENGINE_VERSION
+from phasecore.errors import InvalidSettings, PhasescreenError
+from phasecore.settings import EngineSettings
+from phasecore.sources.base import ModelRef
+from service import lifecycle
+from service.models import (
+    ACTIVE_STATES,
+    CANCELLED,
+    QUEUED,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    ModelProfile,
+    Screening,
+    utcnow,
+)
+from service.problems import Problem, from_domain_error, not_found
+from service.profiles import get_or_create_profile
+from service.queue import JobQueue
+from service.schemas import ScreeningRequest
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NormalizedRequest:
+    vision: str
+    language: str
+    dataset: str
+    options: EngineSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vision": self.vision,
+            "language": self.language,
+            "dataset": self.dataset,
+            "options": self.options.model_dump(mode="json"),
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the request and the engine version."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(f"{canonical}\n{ENGINE_VERSION}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    screening: Screening
+    created: bool  # False: an Idempotency-Key replay of an earlier submission
+
+
+def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> NormalizedRequest:
+    """Canonical references and checked limits; raises domain errors a user can act on."""
+    from phasecore.pipeline import validate_request
+
+    options = request.options
+    if options.n > settings.max_n:
+        raise InvalidSettings(f"n={options.n} is above this deployment's limit of {settings.max_n} samples")
+    vision = ModelRef.parse(request.vision).canonical()
+    language = ModelRef.parse(request.language).canonical()
+    dataset = request.dataset.strip()
+    validate_request(
+        vision,
+        language,
+        dataset,
+        options,
+        allowed_sources=settings.allowed_sources,
+        model_root=settings.model_root,
+    )
+    return NormalizedRequest(vision, language, dataset, options)
+
+
+def find_by_idempotency_key(session: Session, owner: str, key: str) -> Screening | None:
+    return session.scalar(select(Screening).where(Screening.owner == owner, Screening.idempotency_key == key))
+
+
+def _replay(existing: Screening, normalized: NormalizedRequest) -> Screening:
+    if existing.fingerprint != normalized.fingerprint:
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            "this Idempotency-Key was already used with a different request body; use a new key for a new "
+            f"request (the key belongs to screening {existing.id})",
+            screening_id=existing.id,
+        )
+    return existing
+
+
+def create_screening(
+    session: Session,
+    request: ScreeningRequest,
+    *,
+    settings: ServiceSettings,
+    owner: str = "",
+    idempotency_key: str | None = None,
+) -> Screening:
+    """Insert a screening (and get-or-create its two profiles). Flushes, does not commit.
+
+    With reuse on, an identical request that already succeeded is answered by a new screening that is
+    born ``succeeded`` and carries the stored result. Raises :class:`Problem` on invalid input.
+    """
+    return _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key)[0]
+
+
+def _create(
+    session: Session,
+    request: ScreeningRequest,
+    *,
+    settings: ServiceSettings,
+    owner: str,
+    idempotency_key: str | None,
+) -> tuple[Screening, bool]:
+    from phasecore.pipeline import profile_key
+
+    try:
+        normalized = normalize_request(request, settings)
+    except PhasescreenError as exc:
+        raise from_domain_error(exc) from exc
+    reuse = settings.reuse_results if request.reuse is None else request.reuse
+    source = _finished_twin(session, normalized.fingerprint) if reuse else None
+    screening = Screening(
+        owner=owner,
+        idempotency_key=idempotency_key,
+        fingerprint=normalized.fingerprint,
+        request=normalized.to_dict(),
+        vision_ref=normalized.vision,
+        language_ref=normalized.language,
+        dataset_ref=normalized.dataset,
+        state=QUEUED,
+        progress=0.0,
+        attempts=0,
+        cancel_requested=False,
+    )
+    if source is not None:
+        now = utcnow()
+        screening.state, screening.progress, screening.result = SUCCEEDED, 1.0, source.result
+        screening.reused_from, screening.started_at, screening.finished_at = source.id, now, now
+        screening.vision_profile_id = source.vision_profile_id
+        screening.language_profile_id = source.language_profile_id
+    else:
+        settings_json = normalized.options.model_dump(mode="json")
+        profiles = []
+        for modality, ref in (("vision", normalized.vision), ("language", normalized.language)):
+            key = profile_key(ref, modality, normalized.dataset, normalized.options)
+            profiles.append(
+                get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json)
+            )
+        screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
+    try:
+        with session.begin_nested():
+            session.add(screening)
+    except IntegrityError:
+        # a concurrent request with the same Idempotency-Key won the insert
+        existing = find_by_idempotency_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, normalized), False
+    return screening, True
+
+
+def _finished_twin(session: Session, fingerprint: str) -> Screening | None:
+    return session.scalar(
+        select(Screening)
+        .where(
+            Screening.fingerprint == fingerprint, Screening.state == SUCCEEDED, Screening.result.is_not(None)
+        )
+        .order_by(Screening.finished_at.desc())
+        .limit(1)
+    )
+
+
+def submit_screening(
+    session: Session,
+    queue: JobQueue,
+    request: ScreeningRequest,
+    *,
+    settings: ServiceSettings,
+    owner: str = "",
+    idempotency_key: str | None = None,
+) -> Submission:
+    """Create (or replay) a screening, commit, then enqueue its jobs: the queue never sees uncommitted ids."""
+    if idempotency_key is not None:
+        existing = find_by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            try:
+                normalized = normalize_request(request, settings)
+            except PhasescreenError as exc:
+                raise from_domain_error(exc) from exc
+            screening, created = _replay(existing, normalized), False
+            _enqueue(
+                session, queue, screening
+            )  # harmless if queued; recovers a submission whose enqueue failed
+            return Submission(screening, created)
+    active = session.scalar(
+        select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES))
+    )
+    if (active or 0) >= settings.max_active_screenings:
+        raise Problem(
+            503,
+            "busy",
+            "Too many screenings in progress",
+            f"{active} screenings are queued or running, the limit of this deployment; try again later",
+            headers={"Retry-After": str(settings.retry_after * 6)},
+        )
+    screening, created = _create(
+        session, request, settings=settings, owner=owner, idempotency_key=idempotency_key
+    )
+    session.commit()
+    _enqueue(session, queue, screening)
+    return Submission(screening, created)
+
+
+def _enqueue(session: Session, queue: JobQueue, screening: Screening) -> None:
+    try:
+        for job in lifecycle.jobs_to_start(session, screening):
+            queue.enqueue(job)
+    except Exception:  # the row is committed: the reconciler enqueues it once the queue is back
+        log.warning("could not enqueue screening %s; the reconciler will", screening.id, exc_info=True)
+
+
+def get_screening(session: Session, screening_id: str) -> Screening:
+    screening = session.get(Screening, screening_id) if _looks_like_id(screening_id) else None
+    if screening is None:
+        raise not_found("screening", screening_id)
+    return screening
+
+
+def cancel_screening(session: Session, screening_id: str) -> Screening:
+    """Cancel a queued or running screening; a running pair step loses its lease and stops.
+
+    Profiles that no other screening waits for stop at their next heartbeat. Commits.
+    """
+    screening = get_screening(session, screening_id)
+    if screening.state == CANCELLED:
+        return screening
+    if screening.state in TERMINAL_STATES:
+        raise Problem(
+            409,
+            "not-cancellable",
+            "Screening already finished",
+            f"screening {screening_id} is {screening.state}; only queued or running ones can be cancelled",
+        )
+    screening.cancel_requested = True
+    screening.state = CANCELLED
+    screening.lease_token = None
+    screening.finished_at = utcnow()
+    session.commit()
+    return screening
+
+
+def encode_cursor(screening_id: str) -> str:
+    return base64.urlsafe_b64encode(screening_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if not _looks_like_id(value):
+        raise Problem(400, "invalid-cursor", "Invalid cursor", "the cursor is not one this API returned")
+    return value
+
+
+def list_screenings(
+    session: Session,
+    *,
+    state: str | None = None,
+    model: str | None = None,
+    dataset: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> tuple[list[Screening], str | None]:
+    """Newest first; ``model`` matches the vision or the language reference (canonical form)."""
+    query = select(Screening).order_by(Screening.id.desc()).limit(limit + 1)
+    if state:
+        query = query.where(Screening.state == state)
+    if model:
+        try:
+            canonical = ModelRef.parse(model).canonical()
+        except PhasescreenError:
+            canonical = model.strip()
+        query = query.where(or_(Screening.vision_ref == canonical, Screening.language_ref == canonical))
+    if dataset:
+        query = query.where(Screening.dataset_ref == dataset.strip())
+    if cursor:
+        query = query.where(Screening.id < decode_cursor(cursor))
+    rows = list(session.scalars(query))
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def get_profile(session: Session, profile_id: str) -> ModelProfile:
+    profile = session.get(ModelProfile, profile_id) if _looks_like_id(profile_id) else None
+    if profile is None:
+        raise not_found("model profile", profile_id)
+    return profile
+
+
+def _looks_like_id(value: str) -> bool:
+    return len(value) == 36 and all(c in "0123456789abcdef-" for c in value)
+
+
+def jsonable(value: Any) -> Any:
+    """JSON that PostgreSQL's jsonb accepts: no NaN or infinities (they become null), no numpy scalars."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return jsonable(value.item())
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy array
+        return jsonable(value.tolist())
+    return value
+
+
+def record_local_result(session: Session, request: dict[str, Any], result: dict[str, Any]) -> Screening:
+    """Store a result computed outside the queue (``phasescreen screen``) as a succeeded screening.
+
+    ``request`` is ``{vision, language, dataset, options}``; the references are stored as given when they do
+    not parse, since the result was computed already. Flushes, does not commit.
+    """
+
+    def canonical(text: Any) -> str:
+        try:
+            return ModelRef.parse(text).canonical()
+        except PhasescreenError:
+            return str(text)
+
+    options = EngineSettings.model_validate(request.get("options") or {})
+    normalized = NormalizedRequest(
+        canonical(request.get("vision", "")),
+        canonical(request.get("language", "")),
+        str(request.get("dataset", "")).strip(),
+        options,
+    )
+    now = utcnow()
+    screening = Screening(
+        owner="local",
+        fingerprint=normalized.fingerprint,
+        request=normalized.to_dict(),
+        vision_ref=normalized.vision,
+        language_ref=normalized.language,
+        dataset_ref=normalized.dataset,
+        state=SUCCEEDED,
+        stage=None,
+        progress=1.0,
+        attempts=1,
+        cancel_requested=False,
+        result=jsonable(result),
+        started_at=now,
+        finished_at=now,
+    )
+    session.add(screening)
+    session.flush()
+    return screening
+
+
+def store_local_result(
+    request: dict[str, Any], result: dict[str, Any], settings: ServiceSettings | None = None
+) -> str:
+    """One call for the CLI: open the configured store (migrating the embedded file), record, commit."""
+    from service.db import local_session
+
+    with local_session(settings) as session:
+        screening = record_local_result(session, request, result)
+        session.commit()
+        return screening.id
