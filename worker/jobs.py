@@ -1,0 +1,230 @@
+"""The two job functions. RQ calls them with an id (JSON serializer); the in-process executor adds a runtime.
+
+A job claims its row, runs the engine with a :class:`~worker.tracker.JobTracker` as progress callback, and
+writes the outcome through the lease. Outcomes:
+
+- domain error (bad reference, unsupported model, ...): failed with that problem, never retried;
+- time limit: failed, not retried (the same job would time out again);
+- anything else (database or network blip, out of memory, a bug): the row goes back to ``queued`` and the
+  exception propagates so the queue retries it with backoff, until PHASESCREEN_MAX_ATTEMPTS is reached;
+- cancelled: nothing more is written (the canceller did).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from phasecore.errors import PhasescreenError, UnsupportedModel
+from phasecore.settings import EngineSettings
+from service import lifecycle
+from service.models import ModelProfile
+from service.problems import from_domain_error, problem_document
+from service.runtime import Runtime, get_runtime
+from service.screenings import jsonable
+from worker import metrics
+from worker.tracker import JobStopped, JobTimedOut, JobTracker
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _hard_timeouts() -> tuple[type[BaseException], ...]:
+    try:  # RQ's own (SIGALRM) timeout backs up the tracker's deadline
+        from rq.timeouts import JobTimeoutException
+
+        return (JobTimedOut, JobTimeoutException)
+    except ImportError:  # pragma: no cover - rq is a dependency
+        return (JobTimedOut,)
+
+
+def _timeout_problem(exc: BaseException) -> dict[str, Any]:
+    return problem_document(500, "timeout", "Job timed out", str(exc) or "the job ran past its time limit")
+
+
+def _check_size(identity: dict[str, Any], max_params: int) -> None:
+    n_params = int(identity.get("n_params") or 0)
+    if n_params > max_params:
+        raise UnsupportedModel(
+            f"model {identity.get('ref', '?')} has {n_params:,} parameters, above this deployment's limit of "
+            f"{max_params:,} (PHASESCREEN_MAX_PARAMS)"
+        )
+
+
+def _array_index(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {
+        name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)} for name, a in arrays.items()
+    }
+
+
+def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
+    """Compute one model profile (or do nothing if it is not queued any more)."""
+    from phasecore.pipeline import compute_profile
+
+    rt = runtime or get_runtime()
+    settings = rt.settings
+    with rt.session() as session:
+        claim = lifecycle.claim_profile(
+            session, profile_id, worker=WORKER_NAME, max_attempts=settings.max_attempts
+        )
+        session.commit()
+    if claim is None:
+        return "skipped"
+    started = time.monotonic()
+    log.info(
+        "profile %s: %s (%s) on %s, attempt %d",
+        profile_id,
+        claim.model_ref,
+        claim.modality,
+        claim.dataset_ref,
+        claim.attempt,
+    )
+    tracker = JobTracker(
+        rt, claim.lease, kind="profile", still_wanted=partial(lifecycle.profile_needed, profile_id=profile_id)
+    )
+    try:
+        with tracker:
+            profile = compute_profile(
+                claim.model_ref,
+                claim.modality,
+                claim.dataset_ref,
+                EngineSettings.model_validate(claim.settings),
+                model_root=settings.model_root,
+                allowed_sources=settings.allowed_sources,
+                progress=tracker,
+            )
+            _check_size(profile.identity, settings.max_params)
+            tracker.check()
+            blob = profile.to_bytes()
+    except JobStopped as stop:
+        if not stop.lease_lost:
+            with rt.session() as session:
+                lifecycle.cancel_profile(session, claim.lease)
+                session.commit()
+        return _finish("profile", "cancelled", started)
+    except _hard_timeouts() as exc:
+        _fail(rt, claim.lease, _timeout_problem(exc), "profile")
+        return _finish("profile", "failed", started)
+    except PhasescreenError as exc:
+        _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "profile")
+        return _finish("profile", "failed", started)
+    except Exception as exc:
+        _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "profile computation")
+        return _finish("profile", "failed", started)
+    values = {
+        "data": blob,
+        "identity": jsonable(profile.identity),
+        "meta": jsonable(profile.meta),
+        "arrays": _array_index(profile.arrays),
+        "size_bytes": len(blob),
+    }
+    with rt.session() as session:
+        ready = lifecycle.complete_profile(session, claim.lease, values)
+        session.commit()
+    _enqueue_all(rt, ready)
+    return _finish("profile", "succeeded", started)
+
+
+def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
+    """Screen a pair from its two stored profiles (or do nothing if it is not runnable)."""
+    from phasecore.pipeline import ModelProfile as EngineProfile
+    from phasecore.pipeline import screen_pair
+
+    rt = runtime or get_runtime()
+    with rt.session() as session:
+        claim = lifecycle.claim_pair(
+            session, screening_id, worker=WORKER_NAME, max_attempts=rt.settings.max_attempts
+        )
+        session.commit()
+    if claim is None:
+        return "skipped"
+    started = time.monotonic()
+    tracker = JobTracker(rt, claim.lease, kind="pair")
+    try:
+        with tracker:
+            with rt.session() as session:
+                blobs = dict(
+                    session.execute(
+                        select(ModelProfile.id, ModelProfile.data).where(
+                            ModelProfile.id.in_([claim.vision_profile_id, claim.language_profile_id])
+                        )
+                    ).all()
+                )
+            vision = EngineProfile.from_bytes(blobs[claim.vision_profile_id])
+            language = EngineProfile.from_bytes(blobs[claim.language_profile_id])
+            result = screen_pair(
+                vision,
+                language,
+                EngineSettings.model_validate(claim.request["options"]),
+                dataset_ref=claim.request["dataset"],
+                progress=tracker,
+            )
+            tracker.check()
+    except JobStopped:
+        return _finish("pair", "cancelled", started)
+    except _hard_timeouts() as exc:
+        _fail(rt, claim.lease, _timeout_problem(exc), "pair")
+        return _finish("pair", "failed", started)
+    except PhasescreenError as exc:
+        _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "pair")
+        return _finish("pair", "failed", started)
+    except Exception as exc:
+        _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
+        return _finish("pair", "failed", started)
+    with rt.session() as session:
+        stored = lifecycle.complete_pair(session, claim.lease, jsonable(result))
+        session.commit()
+    return _finish("pair", "succeeded" if stored else "cancelled", started)
+
+
+def _finish(kind: str, outcome: str, started: float) -> str:
+    metrics.JOBS.labels(kind, outcome).inc()
+    metrics.JOB_SECONDS.labels(kind, outcome).observe(time.monotonic() - started)
+    return outcome
+
+
+def _fail(rt: Runtime, lease: lifecycle.Lease, problem: dict[str, Any], kind: str) -> None:
+    metrics.FAILURES.labels(kind, problem["type"].rsplit(":", 1)[-1]).inc()
+    with rt.session() as session:
+        if lease.table is ModelProfile:
+            lifecycle.fail_profile(session, lease.row_id, problem, lease)
+        else:
+            lifecycle.fail_screening(session, lease.row_id, problem, lease)
+        session.commit()
+
+
+def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: Exception, what: str) -> None:
+    """Release the row for the queue's retry (re-raising ``exc``), or fail it once attempts are spent."""
+    detail = f"the {what} failed with {type(exc).__name__}: {exc}"
+    if attempt >= rt.settings.max_attempts:
+        log.error("%s %s failed on its last attempt", what, lease.row_id, exc_info=exc)
+        problem = lifecycle.gave_up_problem(what, attempt, {"detail": detail})
+        _fail(rt, lease, problem, "profile" if lease.table is ModelProfile else "pair")
+        return
+    metrics.FAILURES.labels("profile" if lease.table is ModelProfile else "pair", "retrying").inc()
+    problem = problem_document(
+        500,
+        "retrying",
+        "Retrying after a fault",
+        f"{detail}; attempt {attempt} of {rt.settings.max_attempts}",
+    )
+    with rt.session() as session:
+        lifecycle.release_for_retry(session, lease, problem)
+        session.commit()
+    raise exc
+
+
+def _enqueue_all(rt: Runtime, jobs: list[Any]) -> None:
+    for job in jobs:
+        try:
+            rt.queue.enqueue(job)
+        except Exception:  # committed already; the reconciler enqueues it later
+            log.warning("could not enqueue %s %s", job.kind, job.id, exc_info=True)

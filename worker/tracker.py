@@ -1,0 +1,130 @@
+"""The progress callback handed to the engine, and the heartbeat that keeps a running job's lease.
+
+The engine calls ``tracker(stage, fraction)`` between steps. The tracker writes progress to the database
+(at most once a second, and at every new stage) and raises :class:`JobStopped` when the job must stop:
+its lease was taken away (cancelled, or presumed lost and given to another worker), nobody needs the result
+any more, or its time is up. The engine itself never learns about databases.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from sqlalchemy.orm import Session
+
+from service import lifecycle
+from service.runtime import Runtime
+from worker import metrics
+
+log = logging.getLogger(__name__)
+
+_WRITE_INTERVAL = 1.0
+
+
+class JobStopped(Exception):  # noqa: N818 - a signal, not a fault
+    """Raised inside the engine's progress callback to stop the job."""
+
+    def __init__(self, reason: str, *, lease_lost: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.lease_lost = lease_lost
+
+
+class JobTimedOut(Exception):  # noqa: N818 - named for what happened, like TimeoutError
+    """The job ran past PHASESCREEN_JOB_TIMEOUT."""
+
+
+class JobTracker:
+    def __init__(
+        self,
+        runtime: Runtime,
+        lease: lifecycle.Lease,
+        *,
+        kind: str,
+        still_wanted: Callable[[Session], bool] | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._lease = lease
+        self._kind = kind
+        self._still_wanted = still_wanted
+        self._deadline = time.monotonic() + runtime.settings.job_timeout
+        self._stop: JobStopped | None = None
+        self._halt = threading.Event()
+        self._thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"heartbeat-{lease.row_id}", daemon=True
+        )
+        self._stage: str | None = None
+        self._stage_started = time.monotonic()
+        self._last_write = 0.0
+
+    def __enter__(self) -> JobTracker:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._halt.set()
+        self._thread.join(timeout=10)
+        self._close_stage()
+
+    def check(self) -> None:
+        """Raise if the job must stop; call between steps the engine does not report."""
+        if self._stop is not None:
+            raise self._stop
+        if time.monotonic() > self._deadline:
+            raise JobTimedOut(
+                f"the {self._kind} job ran longer than the limit of {self._runtime.settings.job_timeout} s "
+                "(PHASESCREEN_JOB_TIMEOUT); use a smaller n or fewer probes, or raise the limit"
+            )
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.check()
+        now = time.monotonic()
+        new_stage = stage != self._stage
+        if new_stage:
+            self._close_stage()
+            self._stage, self._stage_started = stage, now
+        if new_stage or now - self._last_write >= _WRITE_INTERVAL:
+            self._last_write = now
+            self._write(stage, fraction)
+
+    def _close_stage(self) -> None:
+        if self._stage is not None:
+            metrics.STAGE_SECONDS.labels(self._kind, self._stage).observe(
+                time.monotonic() - self._stage_started
+            )
+
+    def _write(self, stage: str, fraction: float) -> None:
+        try:
+            with self._runtime.session() as session:
+                held = lifecycle.record_progress(session, self._lease, stage, float(fraction))
+                session.commit()
+        except Exception:  # a database blip must not kill a long computation; the heartbeat retries
+            log.warning("could not record progress of %s %s", self._kind, self._lease.row_id, exc_info=True)
+            return
+        if not held:
+            self._stop = JobStopped("the job was cancelled or handed to another worker", lease_lost=True)
+            raise self._stop
+
+    def _heartbeat_loop(self) -> None:
+        interval = self._runtime.settings.heartbeat_interval
+        while not self._halt.wait(interval):
+            try:
+                with self._runtime.session() as session:
+                    held = lifecycle.renew_lease(session, self._lease)
+                    wanted = held and (self._still_wanted is None or self._still_wanted(session))
+                    session.commit()
+            except Exception:
+                log.warning("heartbeat of %s %s failed", self._kind, self._lease.row_id, exc_info=True)
+                continue
+            if not held:
+                self._stop = JobStopped("the job was cancelled or handed to another worker", lease_lost=True)
+            elif not wanted:
+                self._stop = JobStopped("every screening waiting for this job was cancelled")
+            if self._stop is not None:
+                return
