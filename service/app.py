@@ -1,0 +1,227 @@
+"""The FastAPI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from phasecore import ENGINE_VERSION
+from phasecore.errors import PhasescreenError
+from service.deps import enforce_rate_limit
+from service.metrics import ApiMetrics, MetricsMiddleware
+from service.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
+from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service.routes import health, profiles, screenings
+from service.runtime import Runtime
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+_HTTP_TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    413: "Request body too large",
+    415: "Unsupported media type",
+}
+
+
+def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The API. Without a runtime it makes one from ``settings`` (creating the embedded SQLite file and the
+    in-process executor when no database or Redis is configured)."""
+    settings = settings or (runtime.settings if runtime else ServiceSettings())
+    runtime = runtime or Runtime.create(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reconciler = None
+        if settings.embedded_queue:  # no separate workers: this process recovers its own lost jobs
+            from worker.reconcile import PeriodicReconciler, reconcile
+
+            try:
+                reconcile(runtime)
+            except Exception:
+                log.warning("start-up reconciliation failed", exc_info=True)
+            reconciler = PeriodicReconciler(runtime, settings.reconcile_interval).start()
+        try:
+            yield
+        finally:
+            if reconciler is not None:
+                reconciler.stop()
+
+    app = FastAPI(
+        title="phasescreen",
+        version=ENGINE_VERSION,
+        description=(
+            "Pre-screens vision-language model pairs with gradient metrics before GPU-days are spent "
+            "aligning them. Submit a screening, poll it, read the result. Errors are RFC 9457 problem "
+            "documents."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = ApiMetrics(runtime)
+    app.state.rate_limiter = _rate_limiter(settings)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
+    _install_problem_handlers(app)
+
+    limited = [Depends(enforce_rate_limit)]
+    app.include_router(screenings.router, dependencies=limited)
+    app.include_router(profiles.router, dependencies=limited)
+    app.include_router(health.router)
+    return app
+
+
+def _rate_limiter(settings: ServiceSettings) -> RateLimiter:
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url, settings.queue_name)
+    return MemoryRateLimiter()
+
+
+def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    """Every error leaves as application/problem+json; this is the one place that decides how."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return _problem_response(exc.to_dict(request.url.path), exc.headers)
+
+    @app.exception_handler(PhasescreenError)
+    async def _domain(request: Request, exc: PhasescreenError) -> JSONResponse:
+        return _problem_response(from_domain_error(exc).to_dict(request.url.path))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        if any(e["type"] == "json_invalid" for e in errors):
+            doc = problem_document(
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                "the request body is not valid JSON",
+                request.url.path,
+            )
+        else:
+            summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+            doc = problem_document(
+                422,
+                "validation-error",
+                "Invalid request",
+                summary or "invalid request",
+                request.url.path,
+                errors=errors,
+            )
+        return _problem_response(doc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = _HTTP_TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        kind = title.lower().replace(" ", "-")
+        return _problem_response(
+            problem_document(exc.status_code, kind, title, detail, request.url.path),
+            getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        log.warning("database error on %s %s: %s", request.method, request.url.path, exc)
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            doc = problem_document(
+                503,
+                "database-unavailable",
+                "Database unavailable",
+                "the database did not answer; the request was not completed, retry shortly",
+                request.url.path,
+            )
+            return _problem_response(doc, {"Retry-After": str(app.state.runtime.settings.retry_after)})
+        return _internal(request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _internal(request)
+
+
+def _internal(request: Request) -> JSONResponse:
+    return _problem_response(
+        problem_document(
+            500,
+            "internal-error",
+            "Internal error",
+            "the server failed to handle this request; it has been logged",
+            request.url.path,
+        )
+    )
+
+
+class BodySizeLimit:
+    """Refuses request bodies above ``max_bytes`` with 413 before they reach a route (chunked ones too)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:  # buffered: the limit is small, and a route must never see half a body
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        doc = problem_document(
+            413,
+            "body-too-large",
+            "Request body too large",
+            f"the request body is larger than {self.max_bytes} bytes (PHASESCREEN_MAX_BODY_BYTES)",
+            scope["path"],
+        )
+        await _problem_response(doc)(scope, receive, send)

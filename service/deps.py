@@ -1,0 +1,116 @@
+"""FastAPI dependencies, as ``Annotated`` aliases so routes read as plain signatures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.apikeys import authenticate
+from service.models import ApiKey
+from service.problems import Problem
+from service.queue import JobQueue
+from service.ratelimit import RateLimiter
+from service.runtime import Runtime
+from service.settings import ServiceSettings
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.runtime.settings
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.runtime.queue
+
+
+def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
+    with runtime.session() as session:
+        yield session
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _presented_secret(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def get_api_key(request: Request, session: SessionDep) -> ApiKey | None:
+    """The caller's key, ``None`` when none is presented; a wrong key is always refused."""
+    secret = _presented_secret(request)
+    if secret is None:
+        return None
+    key = authenticate(session, secret)
+    if key is None:
+        raise Problem(
+            401,
+            "invalid-api-key",
+            "Invalid API key",
+            "the API key is unknown or revoked; create one with `phasescreen apikey create`",
+            headers={"WWW-Authenticate": 'Bearer realm="phasescreen"'},
+        )
+    return key
+
+
+ApiKeyDep = Annotated[ApiKey | None, Depends(get_api_key)]
+
+
+def enforce_rate_limit(
+    request: Request,
+    api_key: ApiKeyDep,
+    settings: SettingsDep,
+    limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
+) -> None:
+    """Per-key limit (or per client address when anonymous); 429 with Retry-After when exceeded."""
+    limit = api_key.rate_limit_per_minute if api_key and api_key.rate_limit_per_minute else None
+    limit = limit or settings.rate_limit_per_minute
+    if not limit:
+        return
+    identity = (
+        f"key:{api_key.id}" if api_key else f"ip:{request.client.host if request.client else 'unknown'}"
+    )
+    wait = limiter.hit(identity, limit)
+    if wait is not None:
+        raise Problem(
+            429,
+            "rate-limited",
+            "Too many requests",
+            f"more than {limit} requests per minute; retry after {math.ceil(wait)} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
+def require_writer(api_key: ApiKeyDep, settings: SettingsDep) -> ApiKey | None:
+    """Writes need a key when PHASESCREEN_REQUIRE_API_KEY is on."""
+    if settings.require_api_key and api_key is None:
+        raise Problem(
+            401,
+            "api-key-required",
+            "API key required",
+            "this deployment requires an API key for writes: send `Authorization: Bearer <key>` "
+            "(create one with `phasescreen apikey create`)",
+            headers={"WWW-Authenticate": 'Bearer realm="phasescreen"'},
+        )
+    return api_key
+
+
+WriterDep = Annotated[ApiKey | None, Depends(require_writer)]

@@ -1,0 +1,97 @@
+"""Prometheus metrics of the API: requests and latencies by route, queue depth, screenings by state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.models import Screening
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time: queue depth and screenings per state (from the database, the truth)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("phasescreen_queue_depth", "Jobs waiting in the queue")
+        try:
+            depth.add_metric([], self._runtime.queue.depth())
+            yield depth
+        except Exception:
+            log.debug("queue depth unavailable", exc_info=True)
+        states = GaugeMetricFamily("phasescreen_screenings", "Screenings by state", labels=["state"])
+        try:
+            with self._runtime.session() as session:
+                rows = session.execute(select(Screening.state, func.count()).group_by(Screening.state)).all()
+            for state, count in rows:
+                states.add_metric([state], count)
+            yield states
+        except Exception:
+            log.debug("screening counts unavailable", exc_info=True)
+
+
+class ApiMetrics:
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "phasescreen_http_requests",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "phasescreen_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.registry.register(_StateCollector(runtime))
+
+    def render(self) -> bytes:
+        from worker.metrics import REGISTRY as JOB_REGISTRY  # jobs of this process (embedded mode)
+
+        return generate_latest(self.registry) + generate_latest(JOB_REGISTRY)
+
+
+class MetricsMiddleware:
+    """Times every request, labelled by route template (``/v1/screenings/{screening_id}``): few series."""
+
+    def __init__(self, app: ASGIApp, metrics: Callable[[], ApiMetrics | None]) -> None:
+        self.app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics = self._metrics()
+            if metrics is not None:
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "<unmatched>"
+                metrics.requests.labels(scope["method"], template, str(status)).inc()
+                metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""HTTP routes. Each one parses, calls one function, and shapes the response."""

@@ -1,0 +1,52 @@
+"""Liveness, readiness and metrics (outside /v1: no key, no rate limit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from phasecore import ENGINE_VERSION
+from service.db import ping
+from service.deps import RuntimeDep
+from service.problems import PROBLEM_MEDIA_TYPE, problem_document
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive (says nothing about the database or the queue)."""
+    return {"status": "ok", "engine_version": ENGINE_VERSION}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "database or queue unreachable", "content": {PROBLEM_MEDIA_TYPE: {}}}},
+)
+def readyz(runtime: RuntimeDep) -> Any:
+    """Ready to serve: the database and the queue answer; otherwise 503 with what failed."""
+    checks: dict[str, str] = {}
+    for name, probe in (("database", lambda: ping(runtime.engine)), ("queue", runtime.queue.ping)):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {type(exc).__name__}"
+    if all(value == "ok" for value in checks.values()):
+        return {"status": "ready", "checks": checks}
+    failing = ", ".join(name for name, value in checks.items() if value != "ok")
+    return JSONResponse(
+        problem_document(503, "not-ready", "Not ready", f"unreachable: {failing}", checks=checks),
+        status_code=503,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers={"Retry-After": str(runtime.settings.retry_after)},
+    )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(request: Request) -> Response:
+    """Prometheus text: requests, latencies, queue depth, screenings by state, job durations by stage."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,133 @@
+"""/v1/screenings: submit, read, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import AfterValidator
+
+from service import screenings
+from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep
+from service.models import ACTIVE_STATES
+from service.problems import Problem
+from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
+from service.views import load_profiles, screening_href, screening_out
+
+router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
+
+_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+FilterText = Annotated[str | None, AfterValidator(_no_nul)]
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > 255 or not value.isprintable() or not value.isascii():
+        raise Problem(
+            400,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            "the Idempotency-Key header must be 1 to 255 printable ASCII characters (a UUID will do)",
+        )
+    return value
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ScreeningOut,
+    responses={
+        201: {"model": ScreeningOut, "description": "served from an identical finished screening"},
+        400: _PROBLEM,
+        401: _PROBLEM,
+        403: _PROBLEM,
+        413: _PROBLEM,
+        422: _PROBLEM,
+        429: _PROBLEM,
+        503: _PROBLEM,
+    },
+    summary="Submit a screening",
+)
+def submit_screening(
+    body: ScreeningRequest,
+    response: Response,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    api_key: WriterDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> ScreeningOut:
+    """Queue a screening of a (vision, language) pair. Answers 202 with the screening, `Location` and
+    `Retry-After`; poll the Location. The same `Idempotency-Key` with the same body returns the same
+    screening; with another body, 422."""
+    submission = screenings.submit_screening(
+        session,
+        queue,
+        body,
+        settings=settings,
+        owner=api_key.id if api_key else "",
+        idempotency_key=_idempotency_key(idempotency_key),
+    )
+    screening = submission.screening
+    response.headers["Location"] = screening_href(screening.id)
+    if screening.state in ACTIVE_STATES:
+        response.headers["Retry-After"] = str(settings.retry_after)
+    else:
+        response.status_code = 201
+    if not submission.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return screening_out(screening, load_profiles(session, [screening]))
+
+
+@router.get("", response_model=ScreeningPage, responses={400: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM})
+def list_screenings(
+    session: SessionDep,
+    state: State | None = None,
+    model: Annotated[
+        FilterText, Query(max_length=512, description="vision or language model reference")
+    ] = None,
+    dataset: Annotated[FilterText, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        FilterText, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> ScreeningPage:
+    """Screenings, newest first, filtered by state, model and dataset; cursor pagination."""
+    rows, next_cursor = screenings.list_screenings(
+        session, state=state, model=model, dataset=dataset, limit=limit, cursor=cursor
+    )
+    profiles = load_profiles(session, rows)
+    return ScreeningPage(
+        items=[screening_out(row, profiles, include_result=False) for row in rows], next_cursor=next_cursor
+    )
+
+
+@router.get("/{screening_id}", response_model=ScreeningOut, responses={404: _PROBLEM, 429: _PROBLEM})
+def get_screening(
+    screening_id: str, session: SessionDep, response: Response, settings: SettingsDep
+) -> ScreeningOut:
+    """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
+    screening = screenings.get_screening(session, screening_id)
+    if screening.state in ACTIVE_STATES:
+        response.headers["Retry-After"] = str(settings.retry_after)
+    return screening_out(screening, load_profiles(session, [screening]))
+
+
+@router.post(
+    "/{screening_id}/cancel",
+    response_model=ScreeningOut,
+    responses={401: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 429: _PROBLEM},
+)
+def cancel_screening(screening_id: str, session: SessionDep, api_key: WriterDep) -> ScreeningOut:
+    """Cancel a queued or running screening; a running job stops at its next progress report."""
+    screening = screenings.cancel_screening(session, screening_id)
+    return screening_out(screening, load_profiles(session, [screening]))
