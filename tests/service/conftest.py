@@ -1,0 +1,194 @@
+"""Fixtures of the service tests: a PostgreSQL database of their own built by the migrations, a Redis database
+index of their own, and runtimes/apps/workers wired to them. Each test starts from empty tables and an
+empty Redis database.
+
+Override the targets with PHASESCREEN_TEST_DATABASE_URL and PHASESCREEN_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from service.db import downgrade, upgrade
+from service.runtime import Runtime
+from service.settings import ServiceSettings
+
+PG_URL = os.environ.get(
+    "PHASESCREEN_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/phasescreen_test"
+)
+REDIS_URL = os.environ.get("PHASESCREEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+REPO = Path(__file__).resolve().parents[2]
+
+# the smallest real engine run: two offline models, 20 digits
+VISION, LANGUAGE, DATASET = "pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2", "digits"
+TINY = {
+    "n": 20,
+    "probes": 1,
+    "stability_steps": 2,
+    "stability_subset": 10,
+    "null_permutations": 20,
+    "gt_folds": 2,
+}
+
+
+def tiny_request(**options: Any) -> dict[str, Any]:
+    return {"vision": VISION, "language": LANGUAGE, "dataset": DATASET, "options": {**TINY, **options}}
+
+
+def _ensure_database(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database})
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """Our own database, emptied and rebuilt by running the migrations (so every run tests them)."""
+    try:
+        _ensure_database(PG_URL)
+    except Exception as exc:  # pragma: no cover - the CI script starts PostgreSQL
+        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc}")
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:  # only our database; its leftovers from an aborted run go
+        conn.execute(
+            text("DROP TABLE IF EXISTS screenings, model_profiles, api_keys, alembic_version CASCADE")
+        )
+    engine.dispose()
+    upgrade(PG_URL)
+    downgrade(PG_URL, "base")  # the way down must work too
+    upgrade(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    from redis import Redis
+
+    try:
+        Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"Redis unreachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean(pg_url: str, redis_url: str) -> Iterator[None]:
+    """Empty tables and an empty Redis database (index 13 is the tests' own; FLUSHDB touches nothing else)."""
+    from redis import Redis
+
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE screenings, model_profiles, api_keys CASCADE"))
+    engine.dispose()
+    Redis.from_url(redis_url).flushdb()
+    yield
+
+
+@pytest.fixture
+def make_settings(pg_url: str, redis_url: str, clean: None, tmp_path: Path) -> Callable[..., ServiceSettings]:
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+
+    def make(**overrides: Any) -> ServiceSettings:
+        values: dict[str, Any] = {
+            "home": tmp_path,
+            "database_url": pg_url,
+            "redis_url": redis_url,
+            "queue_name": queue,
+            "auto_migrate": False,
+            "lease_timeout": 30.0,
+            "reconcile_grace": 0.0,
+            "reconcile_interval": 3600.0,
+            "retry_backoff": (0,),
+            "rate_limit_per_minute": 0,
+        }
+        values.update(overrides)
+        return ServiceSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_runtime(make_settings: Callable[..., ServiceSettings]) -> Iterator[Callable[..., Runtime]]:
+    runtimes: list[Runtime] = []
+
+    def make(**overrides: Any) -> Runtime:
+        runtime = Runtime.create(make_settings(**overrides))
+        runtimes.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in runtimes:
+        runtime.close()
+
+
+@pytest.fixture
+def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
+    return make_runtime()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(runtime=runtime)) as test_client:
+        yield test_client
+
+
+def work_burst(settings: ServiceSettings) -> bool:
+    """Run the real worker entry point in this process until the queue is empty."""
+    from worker.main import run_worker
+
+    return run_worker(settings, burst=True)
+
+
+def worker_env(settings: ServiceSettings) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            env.pop(f"PHASESCREEN_{name.upper()}", None)
+        elif isinstance(value, tuple):
+            env[f"PHASESCREEN_{name.upper()}"] = ",".join(str(v) for v in value)
+        else:
+            env[f"PHASESCREEN_{name.upper()}"] = str(value)
+    return env
+
+
+def start_worker_process(settings: ServiceSettings, *args: str, log: Path) -> subprocess.Popen:
+    """``phasescreen worker`` as a child process (so that it can be killed)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", "worker", *args],
+        cwd=REPO,
+        env=worker_env(settings),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,175 @@
+"""The HTTP contract without a worker: submission, idempotency, validation, listing, cancel, health."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+from sqlalchemy import func, select
+
+from service.models import ModelProfile, Screening
+from tests.service.conftest import DATASET, LANGUAGE, VISION, tiny_request
+
+PROBLEM = "application/problem+json"
+
+
+def _assert_problem(response, status: int, kind: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    doc = response.json()
+    assert doc["status"] == status and doc["title"] and doc["detail"]
+    if kind:
+        assert doc["type"].endswith(":" + kind), doc
+    return doc
+
+
+def test_submit_answers_202_with_location_and_enqueues_profile_jobs_by_id(client, runtime):
+    response = client.post("/v1/screenings", json=tiny_request())
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/v1/screenings/{body['id']}"
+    assert int(response.headers["retry-after"]) > 0
+    assert body["state"] == "queued" and body["result"] is None
+    assert body["request"]["vision"] == VISION and body["request"]["options"]["n"] == 20
+    # the queue holds the two profile jobs, under the profiles' ids, with ids as their only argument
+    profile_ids = {p["id"] for p in body["profiles"].values()}
+    assert set(runtime.queue.queue.job_ids) == profile_ids
+    job = runtime.queue.queue.fetch_job(next(iter(profile_ids)))
+    assert job.args == [job.id] and job.func_name == "worker.jobs.run_profile_job"
+
+    fetched = client.get(response.headers["location"])
+    assert fetched.status_code == 200 and fetched.json()["id"] == body["id"]
+
+
+def test_idempotency_key_same_body_same_screening_other_body_422(client, runtime):
+    headers = {"Idempotency-Key": "batch-42"}
+    first = client.post("/v1/screenings", json=tiny_request(), headers=headers)
+    again = client.post("/v1/screenings", json=tiny_request(), headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = client.post("/v1/screenings", json=tiny_request(seed=1), headers=headers)
+    doc = _assert_problem(other, 422, "idempotency-key-reused")
+    assert doc["screening_id"] == first.json()["id"]
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(Screening)) == 1
+
+
+def test_concurrent_submissions_share_one_profile_row_and_job(client, runtime):
+    """Eight screenings of the same pair arrive at once: eight screenings, two profiles, two jobs."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: client.post("/v1/screenings", json=tiny_request()), range(8)))
+    assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 8
+    profile_ids = {p["id"] for r in responses for p in r.json()["profiles"].values()}
+    assert len(profile_ids) == 2
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(ModelProfile)) == 2
+    assert sorted(runtime.queue.queue.job_ids) == sorted(profile_ids)
+
+
+def test_bad_input_is_a_problem_never_a_500(client):
+    post = lambda **kw: client.post("/v1/screenings", **kw)  # noqa: E731
+    json_headers = {"content-type": "application/json"}
+    _assert_problem(post(content=b'{"vision": ', headers=json_headers), 400, "malformed-json")
+    _assert_problem(post(content=b'{"vision": 1' + b"1" * 5000 + b"}", headers=json_headers), 400)
+    _assert_problem(post(json={**tiny_request(), "dataset": "dig\x00its"}), 422, "validation-error")
+    _assert_problem(post(json={**tiny_request(), "vision": 12}), 422, "validation-error")
+    _assert_problem(post(json=[1, 2]), 422, "validation-error")
+    _assert_problem(post(json=tiny_request(n=10**40)), 422, "validation-error")
+    _assert_problem(post(json=tiny_request(n=2)), 422, "validation-error")
+    _assert_problem(post(json={**tiny_request(), "extra": 1}), 422, "validation-error")
+    _assert_problem(post(json={**tiny_request(), "vision": "nosuchsource:x"}), 422, "invalid-reference")
+    _assert_problem(post(json={**tiny_request(), "dataset": "no-such-dataset"}), 422)
+    _assert_problem(post(json={**tiny_request(), "vision": "pkg:no-such-package-model"}), 422)
+    _assert_problem(post(json=tiny_request(n=4000)), 422)  # more than the digits data set holds per class
+    _assert_problem(post(content=b"x" * 100_000, headers=json_headers), 413, "body-too-large")
+    _assert_problem(post(json=tiny_request(), headers={"Idempotency-Key": "é" * 3}), 400)
+    _assert_problem(client.get("/v1/screenings/not-an-id"), 404, "not-found")
+    _assert_problem(client.get("/v1/screenings", params={"model": "a\x00b"}), 422)
+    _assert_problem(client.get("/v1/screenings", params={"limit": 10**30}), 422)
+    _assert_problem(client.get("/v1/screenings", params={"cursor": "garbage"}), 400, "invalid-cursor")
+    _assert_problem(client.get("/v1/profiles/00000000-0000-0000-0000-000000000000"), 404)
+    _assert_problem(client.delete("/v1/screenings"), 405)
+
+
+def test_source_outside_the_allow_list_is_refused(make_runtime):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(runtime=make_runtime(allowed_sources=("pkg",)))) as client:
+        ok = client.post("/v1/screenings", json=tiny_request())
+        assert ok.status_code == 202
+        refused = client.post("/v1/screenings", json={**tiny_request(), "vision": "timm:resnet18"})
+        _assert_problem(refused, 403, "source-not-allowed")
+        assert client.get("/v1/sources").json()["allowed_sources"] == ["pkg"]
+
+
+def test_list_filters_and_cursor_pagination(client):
+    ids = [client.post("/v1/screenings", json=tiny_request(seed=seed)).json()["id"] for seed in range(5)]
+    client.post(f"/v1/screenings/{ids[0]}/cancel")
+
+    pages, cursor = [], None
+    while True:
+        response = client.get("/v1/screenings", params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200
+        pages.append([item["id"] for item in response.json()["items"]])
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [i for page in pages for i in page] == ids[::-1]  # newest first, each exactly once
+    assert [len(p) for p in pages] == [2, 2, 1]
+
+    by_state = client.get("/v1/screenings", params={"state": "cancelled"}).json()["items"]
+    assert [item["id"] for item in by_state] == [ids[0]]
+    assert len(client.get("/v1/screenings", params={"model": VISION}).json()["items"]) == 5
+    assert len(client.get("/v1/screenings", params={"model": LANGUAGE}).json()["items"]) == 5
+    assert client.get("/v1/screenings", params={"model": "timm:resnet18"}).json()["items"] == []
+    assert len(client.get("/v1/screenings", params={"dataset": DATASET}).json()["items"]) == 5
+    _assert_problem(client.get("/v1/screenings", params={"state": "sleeping"}), 422)
+
+
+def test_cancel_queued_then_finished_is_409(client, runtime):
+    screening = client.post("/v1/screenings", json=tiny_request()).json()
+    cancelled = client.post(f"/v1/screenings/{screening['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert client.post(f"/v1/screenings/{screening['id']}/cancel").status_code == 200  # idempotent
+    with runtime.session() as session:
+        row = session.get(Screening, screening["id"])
+        row.state = "succeeded"
+        session.commit()
+    _assert_problem(client.post(f"/v1/screenings/{screening['id']}/cancel"), 409, "not-cancellable")
+    _assert_problem(client.post("/v1/screenings/00000000-0000-0000-0000-000000000000/cancel"), 404)
+
+
+def test_health_ready_sources_metrics(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "queue": "ok"}
+    sources = client.get("/v1/sources").json()
+    assert {"timm", "hf", "file", "pkg"} <= set(sources["allowed_sources"])
+    assert any(d.get("name") == "digits" for d in sources["datasets"])
+    assert sources["limits"]["max_n"] >= 8
+    client.post("/v1/screenings", json=tiny_request())
+    text = client.get("/metrics").text
+    assert 'phasescreen_http_requests_total{method="POST",route="/v1/screenings",status="202"} 1.0' in text
+    assert "phasescreen_http_request_duration_seconds_bucket" in text
+    assert "phasescreen_queue_depth 2.0" in text
+    assert 'phasescreen_screenings{state="queued"} 1.0' in text
+
+
+def test_openapi_schema_lists_every_endpoint(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/screenings",
+        "/v1/screenings/{screening_id}",
+        "/v1/screenings/{screening_id}/cancel",
+        "/v1/profiles/{profile_id}",
+        "/v1/sources",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in paths, path
+    assert json.dumps(paths["/v1/screenings"]["post"]["requestBody"])

@@ -1,0 +1,77 @@
+"""Submit -> RQ worker -> result in PostgreSQL, with real (tiny) engine runs."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from service.models import ModelProfile, Screening
+from tests.service.conftest import tiny_request, work_burst
+
+RESULT_KEYS = {
+    "vision",
+    "language",
+    "dataset",
+    "settings",
+    "metrics",
+    "ground_truth",
+    "predictions",
+    "timings",
+    "engine_version",
+}
+
+
+def test_submit_work_result_stored_and_served(client, runtime):
+    submitted = client.post("/v1/screenings", json=tiny_request())
+    assert submitted.status_code == 202
+    screening_id = submitted.json()["id"]
+
+    assert work_burst(runtime.settings)  # profiles, then the pair step they enqueue, in one burst
+
+    body = client.get(f"/v1/screenings/{screening_id}").json()
+    assert body["state"] == "succeeded", body["problem"]
+    assert body["progress"] == 1.0 and body["finished_at"] and body["problem"] is None
+    assert set(body["result"]) >= RESULT_KEYS
+    with runtime.session() as session:  # stored in PostgreSQL, not only served
+        row = session.get(Screening, screening_id)
+        assert row.result == body["result"] and row.attempts == 1
+        profiles = session.scalars(select(ModelProfile)).all()
+        assert {p.state for p in profiles} == {"succeeded"} and all(p.data for p in profiles)
+    vision = client.get(body["profiles"]["vision"]["href"]).json()
+    assert vision["state"] == "succeeded" and vision["arrays"] and vision["identity"]
+    assert vision["size_bytes"] > 0
+
+    # an identical request is served from the stored result ...
+    again = client.post("/v1/screenings", json=tiny_request())
+    assert again.status_code == 201 and again.json()["reused_from"] == screening_id
+    assert again.json()["result"] == body["result"]
+    # ... unless asked not to; then only the pair step runs, on the stored profiles
+    fresh = client.post("/v1/screenings", json={**tiny_request(), "reuse": False})
+    assert fresh.status_code == 202
+    assert {p["id"] for p in fresh.json()["profiles"].values()} == {
+        p["id"] for p in body["profiles"].values()
+    }
+    assert runtime.queue.queue.job_ids == [fresh.json()["id"]]
+    work_burst(runtime.settings)
+    assert client.get(f"/v1/screenings/{fresh.json()['id']}").json()["state"] == "succeeded"
+
+    metrics = client.get("/metrics").text
+    assert 'phasescreen_screenings{state="succeeded"} 3.0' in metrics
+
+
+def test_unloadable_model_fails_with_a_problem_not_retried(client, runtime):
+    """A model that cannot be loaded fails the screening with a problem a user can act on, once."""
+    body = {
+        **tiny_request(),
+        "vision": "timm:resnet18?weights=random",
+        "language": "timm:resnet18?weights=random",
+    }
+    submitted = client.post("/v1/screenings", json=body)
+    if submitted.status_code == 422:  # refused up front is as good as failed later
+        return
+    work_burst(runtime.settings)
+    screening = client.get(f"/v1/screenings/{submitted.json()['id']}").json()
+    assert screening["state"] == "failed"
+    assert screening["problem"]["detail"] and screening["problem"]["type"].startswith(
+        "urn:phasescreen:problem:"
+    )
+    assert screening["attempts"] == 0
