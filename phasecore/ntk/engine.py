@@ -1,0 +1,484 @@
+"""The kernel engine: per-(probe, sample) gradient Grams without the N × P Jacobian.
+
+For a chunk of C samples the engine runs one forward pass with hooks on every layer that owns
+parameters of θ, then one backward pass per output probe ``u_m``: the hooks see each layer's input
+and output gradient, and the layer's rule (``rules.py``) turns them into per-sample gradients of its
+own parameters in a compact form. A sink (``sinks.py``) turns those into the Gram, exactly or through
+CountSketch. On the first chunk every rule is checked against the batched gradient; parameters whose
+rule does not reproduce it (an unusual layer, an in-place trick) are handled by an exact per-sample
+loop instead, so the result is exact for any model that treats samples independently (eval mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from phasecore.errors import InvalidSettings
+from phasecore.ntk.reps import Dense, Factored
+from phasecore.ntk.rules import Call, rule_for
+from phasecore.ntk.sinks import ExactSink, SketchSink
+from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+Probes = int | Literal["exact"] | torch.Tensor
+Method = Literal["exact", "sketch", "auto"]
+
+
+@dataclass
+class ProbeGram:
+    """Raw inner products of per-(probe, sample) gradients, ``G[m,i,m',j] = ⟨g_i^m, g_j^m'⟩``.
+
+    ``gram`` is ``(M, N, M, N)`` when ``cross_probe`` else the probe-diagonal blocks ``(M, N, N)``;
+    float64. ``scale`` turns probe sums into the trace NTK averaged over outputs (METRICS §1):
+    ``1/(M d)`` for Gaussian probes, ``1/d`` for the exact basis, ``1/M`` for explicit probes.
+    """
+
+    gram: np.ndarray
+    cross_probe: bool
+    probe_kind: Literal["gaussian", "exact", "explicit"]
+    n_probes: int
+    n_outputs: int
+    n_params: int
+    method: Literal["exact", "sketch"]
+    sketch_dim: int | None
+    seed: int
+    outputs: np.ndarray  # (N, d) f(x_i), float64
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        if self.probe_kind == "gaussian":
+            return 1.0 / (self.n_probes * self.n_outputs)
+        if self.probe_kind == "exact":
+            return 1.0 / self.n_outputs
+        return 1.0 / self.n_probes
+
+    def ntk(self) -> np.ndarray:
+        """Θ̂ (N, N) float64: ``scale · Σ_m ⟨g_i^m, g_j^m⟩``."""
+        if self.cross_probe:
+            total = sum(self.gram[m, :, m, :] for m in range(self.n_probes))
+        else:
+            total = self.gram.sum(axis=0)
+        return np.asarray(total) * self.scale
+
+    def agop_gram(self) -> np.ndarray:
+        """The (N M, N M) Gram whose spectrum is the non-zero AGOP spectrum (METRICS §4): ``G · scale / N``."""
+        if not self.cross_probe:
+            raise ValueError("the AGOP spectrum needs cross-probe products: call probe_gram(cross_probe=True)")
+        m, n = self.n_probes, self.gram.shape[1]
+        return self.gram.reshape(m * n, m * n) * (self.scale / n)
+
+
+def make_probes(probes: Probes, d: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, str]:
+    """Probe matrix U (M, d) and its kind; Gaussian probes come from ``seed`` alone."""
+    if isinstance(probes, torch.Tensor):
+        u = probes.reshape(-1, d).to(dtype)
+        return u, "explicit"
+    if probes == "exact":
+        return torch.eye(d, dtype=dtype), "exact"
+    if not isinstance(probes, int) or probes < 1:
+        raise InvalidSettings(f"probes must be a positive integer or 'exact', got {probes!r}")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(probes, d, generator=gen, dtype=torch.float64).to(dtype), "gaussian"
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, selected: set[str]) -> Iterator[None]:
+    """Eval mode, no in-place activations, gradients only for θ; everything restored afterwards."""
+    was_training = model.training
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    inplace = [m for m in model.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
+    model.eval()
+    for m in inplace:
+        m.inplace = False  # type: ignore[assignment]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in selected)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for m in inplace:
+            m.inplace = True  # type: ignore[assignment]
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
+class _Recorder:
+    """Forward hooks that record each call of a hooked layer and, per probe, its output gradient."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.calls: dict[str, list[Call]] = {}
+        self.probe = 0
+        self.active = True  # off while rules and the per-sample loop re-run layers
+        self._handles = [
+            mod.register_forward_hook(self._hook(name), with_kwargs=True) for name, mod in modules.items()
+        ]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            if not self.active or not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return
+            call = Call(
+                args=tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                kwargs={k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
+                out_shape=tuple(out.shape),
+                out_dtype=out.dtype,
+            )
+            self.calls.setdefault(name, []).append(call)
+
+            def grad_hook(g: torch.Tensor) -> None:
+                while len(call.gy) <= self.probe:
+                    call.gy.append(None)
+                call.gy[self.probe] = g.detach()
+
+            out.register_hook(grad_hook)
+
+        return hook
+
+    def reset(self) -> None:
+        self.calls = {}
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _owned_params(model: nn.Module, selected: set[str]) -> dict[str, tuple[nn.Module, list[str]]]:
+    """Module name -> (module, names of its own parameters that are in θ)."""
+    owned: dict[str, tuple[nn.Module, list[str]]] = {}
+    for mod_name, module in model.named_modules():
+        names = [
+            n
+            for n, _ in module.named_parameters(recurse=False)
+            if (f"{mod_name}.{n}" if mod_name else n) in selected
+        ]
+        if names:
+            owned[mod_name] = (module, names)
+    return owned
+
+
+def _qualified(mod_name: str, param: str) -> str:
+    return f"{mod_name}.{param}" if mod_name else param
+
+
+def probe_gram(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    probes: Probes = 4,
+    method: Method = "exact",
+    sketch_dim: int = 8192,
+    seed: int = 0,
+    chunk_size: int = 32,
+    params: Iterable[str] | None = None,
+    cross_probe: bool = False,
+    memory_budget_gb: float = 4.0,
+    progress: ProgressFn | None = None,
+    stage: str = "kernel",
+) -> ProbeGram:
+    """Gram of per-(probe, sample) parameter gradients ``g_i^m = ∂(u_m · f(x_i))/∂θ``.
+
+    Args:
+        model: maps a batch to ``(B, d)``; run in eval mode (restored afterwards).
+        inputs: a batch-first tensor or a mapping of them (``input_ids``, ``attention_mask``, ...).
+        probes: M Gaussian probes ``u_m ~ N(0, I_d)`` drawn from ``seed``, ``"exact"`` for the d basis
+            outputs, or an explicit ``(M, d)`` tensor.
+        method: ``exact`` (per-layer exact products), ``sketch`` (CountSketch of width
+            ``sketch_dim``), or ``auto`` (exact when its stored representations fit
+            ``memory_budget_gb``, else sketch; the choice is recorded in ``info``).
+        params: names of the parameters in θ (default: all).
+        cross_probe: also form the products between different probes (needed for the AGOP spectrum).
+
+    Memory: exact mode keeps each layer's per-sample representation for all N (factored layers
+    cost ``tokens × width``, materialised ones ``M × P_L``) and refuses to exceed
+    ``memory_budget_gb``; sketch mode keeps ``M × N × k`` floats plus one chunk.
+    """
+    started = time.perf_counter()
+    n = batch_size(inputs)
+    if n < 1:
+        raise InvalidSettings("probe_gram needs at least one sample")
+    all_names = [name for name, _ in model.named_parameters()]
+    selected = set(all_names if params is None else params)
+    unknown = selected - set(all_names)
+    if unknown:
+        raise InvalidSettings(f"unknown parameters in params: {sorted(unknown)[:5]}")
+    dtype = next(model.parameters()).dtype
+    owned = _owned_params(model, selected)
+    n_params = sum(p.numel() for name, p in model.named_parameters() if name in selected)
+    param_by_name = dict(model.named_parameters())
+
+    with _prepared(model, selected):
+        recorder = _Recorder({name: mod for name, (mod, _) in owned.items()})
+        try:
+            return _run(
+                model, inputs, n, recorder, owned, param_by_name, probes, method, sketch_dim, seed,
+                chunk_size, cross_probe, memory_budget_gb, progress, stage, dtype, n_params, started,
+            )
+        finally:
+            recorder.close()
+
+
+def _run(
+    model: nn.Module,
+    inputs: Inputs,
+    n: int,
+    recorder: _Recorder,
+    owned: dict[str, tuple[nn.Module, list[str]]],
+    param_by_name: dict[str, nn.Parameter],
+    probes: Probes,
+    method: Method,
+    sketch_dim: int,
+    seed: int,
+    chunk_size: int,
+    cross_probe: bool,
+    memory_budget_gb: float,
+    progress: ProgressFn | None,
+    stage: str,
+    dtype: torch.dtype,
+    n_params: int,
+    started: float,
+) -> ProbeGram:
+    u: torch.Tensor | None = None
+    kind = "gaussian"
+    sink: ExactSink | SketchSink | None = None
+    resolved: Literal["exact", "sketch"] = "sketch" if method == "sketch" else "exact"
+    fallback: list[str] = []  # parameters handled by the per-sample loop
+    rules_used: dict[str, str] = {}
+    outputs: list[torch.Tensor] = []
+    budget = memory_budget_gb * 2**30
+    theta = [p for name, p in param_by_name.items() if p.requires_grad]
+    theta_names = [name for name, p in param_by_name.items() if p.requires_grad]
+
+    for start in range(0, n, chunk_size):
+        rows = min(chunk_size, n - start)
+        chunk = slice_inputs(inputs, slice(start, start + rows))
+        recorder.reset()
+        recorder.probe = 0
+        out = call_encoder(model, chunk)
+        if out.dim() != 2:
+            raise InvalidSettings(f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}")
+        if u is None:
+            u, kind = make_probes(probes, out.shape[1], seed, out.dtype)
+            if sink is None:
+                sink = _make_sink(resolved, n, u.shape[0], sketch_dim, seed, cross_probe)
+        outputs.append(out.detach().to(torch.float64))
+        n_probes = u.shape[0]
+        batch_grads: list[tuple[torch.Tensor | None, ...]] = []
+        for m in range(n_probes):
+            recorder.probe = m
+            scalar = (out * u[m]).sum()
+            grads = torch.autograd.grad(scalar, theta, retain_graph=m < n_probes - 1, allow_unused=True)
+            if start == 0:
+                batch_grads.append(grads)
+        recorder.active = False
+        reps = _apply_rules(recorder, owned, n_probes, rows, rules_used, fallback)
+        if start == 0:
+            used = [i for i in range(len(theta)) if any(g[i] is not None for g in batch_grads)]
+            n_params = sum(theta[i].numel() for i in used)
+            first = _single_sample_grads(model, chunk, u, theta)
+            _verify(reps, batch_grads, first, theta_names, param_by_name, fallback, n_probes, dtype)
+            reps = {k: v for k, v in reps.items() if k not in fallback}
+        if fallback:
+            reps.update(_per_sample_loop(model, chunk, rows, u, [param_by_name[k] for k in fallback], fallback))
+        recorder.active = True
+        if start == 0 and method == "auto":
+            estimate = sum(r.nbytes() for r in reps.values()) * math.ceil(n / rows)
+            if estimate > budget:
+                resolved = "sketch"
+                sink = _make_sink(resolved, n, n_probes, sketch_dim, seed, cross_probe)
+        assert sink is not None
+        for key, rep in reps.items():
+            sink.add(key, start, rows, rep)
+        if resolved == "exact" and sink.nbytes > budget:
+            raise InvalidSettings(
+                f"the exact Gram would keep more than {memory_budget_gb:g} GB of per-sample gradients "
+                f"(already {sink.nbytes / 2**30:.1f} GB after {start + rows}/{n} samples); use "
+                "method='sketch', fewer probes, a smaller N, or restrict params"
+            )
+        if progress:
+            progress(stage, 0.9 * (start + rows) / n)
+    assert sink is not None and u is not None
+    gram = sink.finish()
+    if progress:
+        progress(stage, 1.0)
+    return ProbeGram(
+        gram=gram.numpy(),
+        cross_probe=cross_probe,
+        probe_kind=kind,  # type: ignore[arg-type]
+        n_probes=u.shape[0],
+        n_outputs=u.shape[1],
+        n_params=n_params,
+        method=resolved,
+        sketch_dim=sketch_dim if resolved == "sketch" else None,
+        seed=seed,
+        outputs=torch.cat(outputs).numpy(),
+        info={
+            "seconds": time.perf_counter() - started,
+            "chunk_size": chunk_size,
+            "per_sample_loop_params": sorted(fallback),
+            "rules": _rule_counts(rules_used),
+            "stored_bytes": int(sink.nbytes),
+        },
+    )
+
+
+def _make_sink(
+    method: str, n: int, n_probes: int, sketch_dim: int, seed: int, cross_probe: bool
+) -> ExactSink | SketchSink:
+    if method == "sketch":
+        return SketchSink(n, n_probes, sketch_dim=sketch_dim, seed=seed, cross_probe=cross_probe)
+    return ExactSink(n, n_probes, cross_probe=cross_probe)
+
+
+def _rule_counts(rules_used: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rule in rules_used.values():
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
+
+
+def _apply_rules(
+    recorder: _Recorder,
+    owned: dict[str, tuple[nn.Module, list[str]]],
+    n_probes: int,
+    rows: int,
+    rules_used: dict[str, str],
+    fallback: list[str],
+) -> dict[str, Dense | Factored]:
+    reps: dict[str, Dense | Factored] = {}
+    for mod_name, (module, names) in owned.items():
+        qualified = [_qualified(mod_name, p) for p in names]
+        if all(q in fallback for q in qualified):
+            continue
+        calls = recorder.calls.get(mod_name)
+        if not calls:
+            continue  # never called, or no gradient path: the check on chunk 1 decides
+        rule = rule_for(module)
+        try:
+            out = rule(module, calls, n_probes, rows)
+        except Exception as exc:  # a layer the rule cannot vectorise: exact loop instead
+            log.info("rule %s failed on %s (%r); using the per-sample loop", rule.__name__, mod_name, exc)
+            fallback.extend(q for q in qualified if q not in fallback)
+            continue
+        rules_used[mod_name] = rule.__name__
+        for p in names:
+            if p in out and _qualified(mod_name, p) not in fallback:
+                reps[_qualified(mod_name, p)] = out[p]
+    return reps
+
+
+def _single_sample_grads(
+    model: nn.Module, chunk: Inputs, u: torch.Tensor, theta: list[nn.Parameter]
+) -> list[tuple[torch.Tensor | None, ...]]:
+    """Per-probe gradients of sample 0 alone: the reference that checks each rule's attribution."""
+    out = call_encoder(model, slice_inputs(chunk, slice(0, 1)))
+    return [
+        torch.autograd.grad((out * u[m]).sum(), theta, retain_graph=m < u.shape[0] - 1, allow_unused=True)
+        for m in range(u.shape[0])
+    ]
+
+
+def _verify(
+    reps: dict[str, Dense | Factored],
+    batch_grads: list[tuple[torch.Tensor | None, ...]],
+    first_grads: list[tuple[torch.Tensor | None, ...]],
+    theta_names: list[str],
+    param_by_name: dict[str, nn.Parameter],
+    fallback: list[str],
+    n_probes: int,
+    dtype: torch.dtype,
+) -> None:
+    """Check every rule on the first chunk, else the exact loop takes over its parameters.
+
+    Σ_i g_i^m must equal the batched gradient of probe m (nothing missed), and g_0^m must equal
+    the gradient of sample 0 run alone (positions attributed to the right sample; a layer that sees
+    sequence-first tensors fails here).
+    """
+    rtol = 1e-9 if dtype == torch.float64 else 1e-3
+    # gradients that are zero in exact arithmetic (a key bias under softmax) are rounding noise:
+    # compare against the largest gradient entry of the whole model, per probe
+    overall = max((float(g.abs().max()) for gs in batch_grads for g in gs if g is not None), default=0.0)
+    for idx, name in enumerate(theta_names):
+        if name in fallback:
+            continue
+        shape = param_by_name[name].shape
+
+        def stacked(grads: list[tuple[torch.Tensor | None, ...]], i: int = idx) -> torch.Tensor:
+            zero = torch.zeros(shape, dtype=dtype)
+            return torch.stack([g[i] if g[i] is not None else zero for g in grads]).reshape(n_probes, -1)
+
+        expected_sum, expected_first = stacked(batch_grads), stacked(first_grads)
+        rep = reps.get(name)
+        if rep is None:
+            if expected_sum.abs().max() > 0:
+                fallback.append(name)
+            continue
+        for got, expected in ((rep.batch_sum(), expected_sum), (rep.sample(0), expected_first)):
+            got = got.reshape(n_probes, -1).to(expected.dtype)
+            scale = max(float(expected.abs().max()), float(got.abs().max()))
+            if float((got - expected).abs().max()) > rtol * scale * 10 + rtol * overall * 1e-3:
+                log.info("per-sample rule for %s does not reproduce its gradient; using the loop", name)
+                fallback.append(name)
+                break
+
+
+def _per_sample_loop(
+    model: nn.Module,
+    chunk: Inputs,
+    rows: int,
+    u: torch.Tensor,
+    params: list[nn.Parameter],
+    names: list[str],
+) -> dict[str, Dense | Factored]:
+    """Exact per-sample gradients by one forward and M backward passes per sample (slow, general)."""
+    grads = [p.new_zeros(u.shape[0], rows, p.numel()) for p in params]
+    for i in range(rows):
+        out = call_encoder(model, slice_inputs(chunk, slice(i, i + 1)))
+        for m in range(u.shape[0]):
+            gs = torch.autograd.grad(
+                (out * u[m]).sum(), params, retain_graph=m < u.shape[0] - 1, allow_unused=True
+            )
+            for k, g in enumerate(gs):
+                if g is not None:
+                    grads[k][m, i] = g.reshape(-1)
+    return {name: Dense(g) for name, g in zip(names, grads, strict=True)}
+
+
+def ntk_gram(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    probes: Probes = 4,
+    method: Method = "exact",
+    sketch_dim: int = 8192,
+    seed: int = 0,
+    chunk_size: int = 32,
+    params: Iterable[str] | None = None,
+    memory_budget_gb: float = 4.0,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Empirical trace NTK averaged over outputs, ``Θ̂ (N, N) float64`` (METRICS §1).
+
+    ``Θ_ij = (1/d) Σ_c ⟨∂f_c(x_i)/∂θ, ∂f_c(x_j)/∂θ⟩``, exactly with ``probes="exact"``, or estimated
+    with M Gaussian probes as ``Θ̂_ij = (1/(M d)) Σ_m ⟨g_i^m, g_j^m⟩``. See ``probe_gram`` for the
+    arguments; ``method="sketch"`` replaces inner products by CountSketch ones (width ``sketch_dim``).
+    """
+    result = probe_gram(
+        model, inputs, probes=probes, method=method, sketch_dim=sketch_dim, seed=seed,
+        chunk_size=chunk_size, params=params, memory_budget_gb=memory_budget_gb, progress=progress,
+    )
+    return result.ntk()

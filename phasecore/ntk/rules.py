@@ -1,0 +1,212 @@
+"""Per-sample gradient rules, one per layer type (a registry, looked up by exact class).
+
+Each rule turns what the hooks saw for one layer call, its input ``x`` and the gradients ``gy`` of
+its output for each probe, into per-sample gradient representations (``reps.Dense`` /
+``reps.Factored``) of the layer's own parameters. A layer type without a rule goes through the
+generic rule: a per-sample vector-Jacobian product of the layer's own forward under
+``torch.func.vmap``. The engine checks every rule against the batched gradient on the first chunk
+and sends parameters that fail the check to an exact per-sample loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phasecore.ntk.reps import Dense, Factored
+
+
+@dataclass
+class Call:
+    """One forward call of a layer inside a chunk: its inputs and, per probe, its output gradient."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    gy: list[torch.Tensor | None] = field(default_factory=list)  # one entry per probe
+    out_shape: tuple[int, ...] = ()
+    out_dtype: torch.dtype = torch.float32
+
+    def stacked_gy(self, n_probes: int) -> torch.Tensor:
+        """(M, *out_shape); probes whose gradient never reached this call contribute zeros."""
+        zero = torch.zeros(self.out_shape, dtype=self.out_dtype)
+        return torch.stack(
+            [self.gy[m] if m < len(self.gy) and self.gy[m] is not None else zero for m in range(n_probes)]
+        )
+
+
+# A rule: (module, calls, n_probes, chunk) -> {parameter name: rep}; ``choose_ghost`` may pick a form.
+Rule = Callable[[nn.Module, list[Call], int, int], dict[str, Dense | Factored]]
+
+
+def _tokens(t: torch.Tensor, c: int) -> torch.Tensor:
+    """(C, ..., w) -> (C, T, w), positions of the sample flattened."""
+    return t.reshape(c, -1, t.shape[-1])
+
+
+def _pack(x: torch.Tensor | None, gy: torch.Tensor, ids: torch.Tensor | None = None) -> Factored:
+    """Factored rep from (C, T, a) inputs and (M, C, T, b) gradients, dropping positions whose
+    gradient is zero for every probe (padding tokens), so they cost nothing in the Gram."""
+    m, c, t, b = gy.shape
+    keep = gy.ne(0).any(dim=3).any(dim=0).reshape(-1)  # (C*T,)
+    seg = torch.arange(c).repeat_interleave(t)[keep]
+    gy_p = gy.reshape(m, c * t, b)[:, keep]
+    x_p = None if x is None else x.reshape(c * t, -1)[keep]
+    ids_p = None if ids is None else ids.reshape(-1)[keep]
+    return Factored(gy=gy_p, seg=seg, x=x_p, ids=ids_p)
+
+
+def _linear_like(
+    module: nn.Module, calls: list[Call], n_probes: int, c: int, *, transposed: bool
+) -> dict[str, Dense | Factored]:
+    """y = x Wᵀ + b (nn.Linear) or y = x W + b (transformers' Conv1D, ``transposed``)."""
+    xs = [_tokens(call.args[0], c) for call in calls]
+    gys = [call.stacked_gy(n_probes) for call in calls]
+    gys = [g.reshape(n_probes, c, -1, g.shape[-1]) for g in gys]
+    x = torch.cat(xs, dim=1)  # shared layers: the calls are more positions
+    gy = torch.cat(gys, dim=2)  # (M, C, T, out)
+    t, a, b = x.shape[1], x.shape[2], gy.shape[3]
+    reps: dict[str, Dense | Factored] = {}
+    if t * t * (a + b) < a * b:  # ghost Gram is cheaper than materialising
+        rep = _pack(x, gy)
+        reps["weight"] = _SwappedFactored(rep.gy, rep.seg, rep.x) if transposed else rep
+    else:
+        g = torch.einsum("mctb,cta->mcba", gy, x)
+        if transposed:
+            g = g.transpose(2, 3)
+        reps["weight"] = Dense(g.reshape(n_probes, c, -1))
+    if getattr(module, "bias", None) is not None:
+        reps["bias"] = Dense(gy.sum(dim=2))
+    return reps
+
+
+class _SwappedFactored(Factored):
+    """transformers' Conv1D stores W as (in, out), so g = x ⊗ gy. Gram products do not see the
+    order of the two factors; only the materialised forms (``densify``, ``batch_sum``) swap it."""
+
+    def _order(self, g: torch.Tensor) -> torch.Tensor:
+        return g.transpose(1, 2)
+
+    def batch_sum(self) -> torch.Tensor:
+        m = self.gy.shape[0]
+        b, a = self.gy.shape[2], self.x.shape[1] if self.x is not None else 0
+        return super().batch_sum().reshape(m, b, a).transpose(1, 2).reshape(m, -1)
+
+    def offset(self, start: int) -> Factored:
+        return _SwappedFactored(self.gy, self.seg + start, self.x, self.ids, self.table_rows)
+
+
+def linear_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+    return _linear_like(module, calls, n_probes, c, transposed=False)
+
+
+def conv1d_hf_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+    return _linear_like(module, calls, n_probes, c, transposed=True)
+
+
+def embedding_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+    """Row ``ids_t`` of the table gets ``gy_t``: the Gram's input kernel is ``[ids_t == ids_s]``."""
+    assert isinstance(module, nn.Embedding)
+    ids = torch.cat([call.args[0].reshape(c, -1) for call in calls], dim=1)
+    gy = torch.cat(
+        [call.stacked_gy(n_probes).reshape(n_probes, c, -1, module.embedding_dim) for call in calls], dim=2
+    )
+    if module.padding_idx is not None:  # nn.Embedding never updates the padding row
+        gy = gy * ids.ne(module.padding_idx).unsqueeze(0).unsqueeze(-1).to(gy.dtype)
+    rep = _pack(None, gy, ids=ids)
+    rep.table_rows = module.num_embeddings
+    return {"weight": rep}
+
+
+def conv2d_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+    """Per-sample weight gradients of a (grouped) 2-D convolution through unfold: Σ_l gy_l ⊗ patch_l."""
+    assert isinstance(module, nn.Conv2d)
+    groups = module.groups
+    out_ch, in_per_group, kh, kw = module.weight.shape
+    total_w: torch.Tensor | None = None
+    total_b: torch.Tensor | None = None
+    for call in calls:
+        x = call.args[0]
+        gy = call.stacked_gy(n_probes)  # (M, C, out, H', W')
+        patches = F.unfold(x, (kh, kw), dilation=module.dilation, padding=module.padding, stride=module.stride)
+        length = patches.shape[-1]
+        patches = patches.reshape(c, groups, in_per_group * kh * kw, length)
+        gy_g = gy.reshape(n_probes, c, groups, out_ch // groups, length)
+        g = torch.einsum("mcgol,cgkl->mcgok", gy_g, patches).reshape(n_probes, c, -1)
+        total_w = g if total_w is None else total_w + g
+        if module.bias is not None:
+            gb = gy.reshape(n_probes, c, out_ch, -1).sum(-1)
+            total_b = gb if total_b is None else total_b + gb
+    assert total_w is not None
+    reps: dict[str, Dense | Factored] = {"weight": Dense(total_w)}
+    if total_b is not None:
+        reps["bias"] = Dense(total_b)
+    return reps
+
+
+def generic_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+    """Per-sample VJP of the layer's own forward, vectorised over samples with ``torch.func.vmap``.
+
+    Exact for any layer whose forward treats samples independently with batch-first tensors (norms,
+    layer scales, attention blocks with their own parameters, a model root holding position
+    embeddings). Child modules' parameters are held fixed: they have rules of their own.
+    """
+    from torch.func import functional_call, vjp, vmap
+
+    own = {name: p.detach() for name, p in module.named_parameters(recurse=False)}
+    total: dict[str, torch.Tensor] = {}
+    for call in calls:
+        tensor_pos = [i for i, a in enumerate(call.args) if isinstance(a, torch.Tensor)]
+        tensor_kw = [k for k, v in call.kwargs.items() if isinstance(v, torch.Tensor)]
+        batched = [call.args[i] for i in tensor_pos] + [call.kwargs[k] for k in tensor_kw]
+        if any(t.dim() == 0 or t.shape[0] != c for t in batched):
+            raise _NotBatchFirst(type(module).__name__)
+
+        def single(params: dict[str, torch.Tensor], *sample: torch.Tensor, gy_i: torch.Tensor) -> Any:
+            args = list(call.args)
+            kwargs = dict(call.kwargs)
+            for i, value in zip(tensor_pos, sample[: len(tensor_pos)], strict=True):
+                args[i] = value.unsqueeze(0)
+            for k, value in zip(tensor_kw, sample[len(tensor_pos) :], strict=True):
+                kwargs[k] = value.unsqueeze(0)
+
+            def fwd(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                out = functional_call(module, p, tuple(args), kwargs, strict=False)
+                return out[0] if isinstance(out, tuple) else out
+
+            _, pullback = vjp(fwd, params)
+            return pullback(gy_i.unsqueeze(0))[0]
+
+        gy = call.stacked_gy(n_probes)  # (M, C, ...)
+        for m in range(n_probes):
+            grads = vmap(lambda gy_i, *s: single(own, *s, gy_i=gy_i))(gy[m], *batched)  # noqa: B023
+            for name, g in grads.items():
+                acc = total.setdefault(name, g.new_zeros((n_probes, c, g[0].numel())))
+                acc[m] += g.detach().reshape(c, -1)
+    return {name: Dense(g) for name, g in total.items()}
+
+
+class _NotBatchFirst(Exception):
+    """The generic rule cannot vectorise this layer (non batch-first inputs)."""
+
+
+def _exact_forward(cls: type[nn.Module], base: type[nn.Module]) -> bool:
+    return cls is base or (issubclass(cls, base) and cls.forward is base.forward)
+
+
+def rule_for(module: nn.Module) -> Rule:
+    """The rule of a layer: a fast rule where its forward is exactly the base layer's, else generic."""
+    cls = type(module)
+    if _exact_forward(cls, nn.Linear):
+        return linear_rule
+    if _exact_forward(cls, nn.Embedding):
+        return embedding_rule
+    if _exact_forward(cls, nn.Conv2d):
+        return conv2d_rule
+    if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers"):
+        return conv1d_hf_rule
+    return generic_rule

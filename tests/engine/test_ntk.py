@@ -1,0 +1,137 @@
+"""The kernel engine against a brute-force reference, on every architecture family of the paper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from phasecore.ntk import ntk_gram, probe_gram
+from tests.engine.models import (
+    brute_force_probe_gram,
+    image_batch,
+    language_models,
+    text_batch,
+    vision_models,
+)
+
+VISION = vision_models()
+LANGUAGE = language_models()
+
+
+def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
+    return float((torch.from_numpy(got) - ref).abs().max() / ref.abs().max())
+
+
+def _check(model: nn.Module, inputs, *, chunk_size: int = 2) -> dict:
+    model = model.double().eval()
+    inputs = {k: v for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.double()
+    with torch.no_grad():
+        d = (model(**inputs) if isinstance(inputs, dict) else model(inputs)).shape[1]
+    probes = torch.randn(2, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    result = probe_gram(model, inputs, probes=probes, cross_probe=True, chunk_size=chunk_size)
+    ref = brute_force_probe_gram(model, inputs, probes)
+    assert _rel_err(result.gram, ref) < 1e-8, result.info
+    return result.info
+
+
+@pytest.mark.parametrize("name", sorted(VISION))
+def test_exact_gram_matches_brute_force_vision(name: str) -> None:
+    _check(VISION[name], image_batch())
+
+
+@pytest.mark.parametrize("name", sorted(LANGUAGE))
+def test_exact_gram_matches_brute_force_language(name: str) -> None:
+    _check(LANGUAGE[name], text_batch())
+
+
+def test_fast_rules_cover_standard_layers() -> None:
+    """BERT needs no per-sample loop: every layer has a rule that passes the first-chunk check."""
+    info = _check(LANGUAGE["bert"], text_batch())
+    assert info["per_sample_loop_params"] == []
+    assert info["rules"]["linear_rule"] > 0 and info["rules"]["embedding_rule"] == 3
+
+
+class TinyMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm, self.b = nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.norm(self.a(x))))
+
+
+def _mlp() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return TinyMLP().double(), torch.randn(9, 5, dtype=torch.float64)
+
+
+def test_exact_probes_equal_trace_ntk() -> None:
+    """probes='exact' gives Θ_ij = (1/d) Σ_c ⟨∂f_c(x_i), ∂f_c(x_j)⟩ from the full Jacobian."""
+    model, x = _mlp()
+    theta = ntk_gram(model, x, probes="exact", chunk_size=4)
+    ref = brute_force_probe_gram(model, x, torch.eye(3, dtype=torch.float64))
+    expected = sum(ref[c, :, c, :] for c in range(3)) / 3
+    assert np.allclose(theta, expected.numpy(), rtol=1e-10, atol=0)
+    assert theta.shape == (9, 9) and theta.dtype == np.float64
+
+
+def test_gaussian_probes_are_unbiased_and_seeded() -> None:
+    model, x = _mlp()
+    exact = ntk_gram(model, x, probes="exact")
+    many = ntk_gram(model, x, probes=400, seed=3)
+    assert np.abs(many - exact).max() / np.abs(exact).max() < 0.15
+    assert np.array_equal(ntk_gram(model, x, probes=4, seed=7), ntk_gram(model, x, probes=4, seed=7))
+    assert not np.array_equal(ntk_gram(model, x, probes=4, seed=7), ntk_gram(model, x, probes=4, seed=8))
+
+
+def test_chunking_does_not_change_the_gram() -> None:
+    model, x = _mlp()
+    a = ntk_gram(model, x, probes=2, chunk_size=2)
+    b = ntk_gram(model, x, probes=2, chunk_size=9)
+    assert np.allclose(a, b, rtol=1e-12)
+
+
+def test_sketch_approximates_exact_gram() -> None:
+    model = LANGUAGE["bert"].float().eval()
+    inputs = text_batch(n=6)
+    exact = probe_gram(model, inputs, probes=2, seed=0)
+    sketch = probe_gram(model, inputs, probes=2, seed=0, method="sketch", sketch_dim=8192)
+    err = np.linalg.norm(sketch.gram - exact.gram) / np.linalg.norm(exact.gram)
+    assert err < 0.1
+    assert sketch.method == "sketch" and sketch.sketch_dim == 8192
+
+
+def test_auto_method_falls_back_to_sketch_over_budget() -> None:
+    model, x = _mlp()
+    result = probe_gram(model, x, probes=2, method="auto", memory_budget_gb=1e-9)
+    assert result.method == "sketch"
+    assert probe_gram(model, x, probes=2, method="auto").method == "exact"
+
+
+def test_exact_over_budget_is_a_clear_error() -> None:
+    from phasecore.errors import InvalidSettings
+
+    model, x = _mlp()
+    with pytest.raises(InvalidSettings, match="method='sketch'"):
+        probe_gram(model, x, probes=2, method="exact", memory_budget_gb=1e-9)
+
+
+def test_model_is_restored_after_the_engine() -> None:
+    model, x = _mlp()
+    model.train()
+    model.a.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ntk_gram(model, x, probes=1)
+    assert model.training and not model.a.weight.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_params_restrict_theta() -> None:
+    model, x = _mlp()
+    only_b = probe_gram(model, x, probes="exact", params=["b.weight", "b.bias"])
+    assert only_b.n_params == 7 * 3 + 3
+    full = probe_gram(model, x, probes="exact")
+    assert full.n_params == sum(p.numel() for p in model.parameters())
+    assert not np.allclose(only_b.ntk(), full.ntk())
