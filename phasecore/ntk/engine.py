@@ -74,9 +74,11 @@ class ProbeGram:
         return np.asarray(total) * self.scale
 
     def agop_gram(self) -> np.ndarray:
-        """The (N M, N M) Gram whose spectrum is the non-zero AGOP spectrum (METRICS §4): ``G · scale / N``."""
+        """(N M, N M) Gram whose spectrum is the non-zero AGOP spectrum (METRICS §4): ``G · scale / N``."""
         if not self.cross_probe:
-            raise ValueError("the AGOP spectrum needs cross-probe products: call probe_gram(cross_probe=True)")
+            raise ValueError(
+                "the AGOP spectrum needs cross-probe products: call probe_gram(cross_probe=True)"
+            )
         m, n = self.n_probes, self.gram.shape[1]
         return self.gram.reshape(m * n, m * n) * (self.scale / n)
 
@@ -225,8 +227,24 @@ def probe_gram(
         recorder = _Recorder({name: mod for name, (mod, _) in owned.items()})
         try:
             return _run(
-                model, inputs, n, recorder, owned, param_by_name, probes, method, sketch_dim, seed,
-                chunk_size, cross_probe, memory_budget_gb, progress, stage, dtype, n_params, started,
+                model,
+                inputs,
+                n,
+                recorder,
+                owned,
+                param_by_name,
+                probes,
+                method,
+                sketch_dim,
+                seed,
+                chunk_size,
+                cross_probe,
+                memory_budget_gb,
+                progress,
+                stage,
+                dtype,
+                n_params,
+                started,
             )
         finally:
             recorder.close()
@@ -270,7 +288,9 @@ def _run(
         recorder.probe = 0
         out = call_encoder(model, chunk)
         if out.dim() != 2:
-            raise InvalidSettings(f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}")
+            raise InvalidSettings(
+                f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}"
+            )
         if u is None:
             u, kind = make_probes(probes, out.shape[1], seed, out.dtype)
             if sink is None:
@@ -293,7 +313,9 @@ def _run(
             _verify(reps, batch_grads, first, theta_names, param_by_name, fallback, n_probes, dtype)
             reps = {k: v for k, v in reps.items() if k not in fallback}
         if fallback:
-            reps.update(_per_sample_loop(model, chunk, rows, u, [param_by_name[k] for k in fallback], fallback))
+            reps.update(
+                _per_sample_loop(model, chunk, rows, u, [param_by_name[k] for k in fallback], fallback)
+            )
         recorder.active = True
         if start == 0 and method == "auto":
             estimate = sum(r.nbytes() for r in reps.values()) * math.ceil(n / rows)
@@ -415,13 +437,11 @@ def _verify(
     for idx, name in enumerate(theta_names):
         if name in fallback:
             continue
-        shape = param_by_name[name].shape
-
-        def stacked(grads: list[tuple[torch.Tensor | None, ...]], i: int = idx) -> torch.Tensor:
-            zero = torch.zeros(shape, dtype=dtype)
-            return torch.stack([g[i] if g[i] is not None else zero for g in grads]).reshape(n_probes, -1)
-
-        expected_sum, expected_first = stacked(batch_grads), stacked(first_grads)
+        zero = torch.zeros(param_by_name[name].shape, dtype=dtype)
+        expected_sum, expected_first = (
+            torch.stack([g[idx] if g[idx] is not None else zero for g in grads]).reshape(n_probes, -1)
+            for grads in (batch_grads, first_grads)
+        )
         rep = reps.get(name)
         if rep is None:
             if expected_sum.abs().max() > 0:
@@ -478,7 +498,15 @@ def ntk_gram(
     arguments; ``method="sketch"`` replaces inner products by CountSketch ones (width ``sketch_dim``).
     """
     result = probe_gram(
-        model, inputs, probes=probes, method=method, sketch_dim=sketch_dim, seed=seed,
-        chunk_size=chunk_size, params=params, memory_budget_gb=memory_budget_gb, progress=progress,
+        model,
+        inputs,
+        probes=probes,
+        method=method,
+        sketch_dim=sketch_dim,
+        seed=seed,
+        chunk_size=chunk_size,
+        params=params,
+        memory_budget_gb=memory_budget_gb,
+        progress=progress,
     )
     return result.ntk()

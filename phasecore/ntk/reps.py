@@ -78,8 +78,13 @@ class Factored:
     def sample(self, i: int) -> torch.Tensor:
         """g_i^m for one sample, shape (M, P_L)."""
         mask = self.seg == i
-        sub = type(self)(self.gy[:, mask], self.seg[mask] * 0, None if self.x is None else self.x[mask],
-                         None if self.ids is None else self.ids[mask], self.table_rows)
+        sub = type(self)(
+            self.gy[:, mask],
+            self.seg[mask] * 0,
+            None if self.x is None else self.x[mask],
+            None if self.ids is None else self.ids[mask],
+            self.table_rows,
+        )
         return sub.densify(1)[:, 0]
 
     def batch_sum(self) -> torch.Tensor:

@@ -104,11 +104,15 @@ def linear_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> 
     return _linear_like(module, calls, n_probes, c, transposed=False)
 
 
-def conv1d_hf_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+def conv1d_hf_rule(
+    module: nn.Module, calls: list[Call], n_probes: int, c: int
+) -> dict[str, Dense | Factored]:
     return _linear_like(module, calls, n_probes, c, transposed=True)
 
 
-def embedding_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+def embedding_rule(
+    module: nn.Module, calls: list[Call], n_probes: int, c: int
+) -> dict[str, Dense | Factored]:
     """Row ``ids_t`` of the table gets ``gy_t``: the Gram's input kernel is ``[ids_t == ids_s]``."""
     assert isinstance(module, nn.Embedding)
     ids = torch.cat([call.args[0].reshape(c, -1) for call in calls], dim=1)
@@ -132,7 +136,9 @@ def conv2d_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> 
     for call in calls:
         x = call.args[0]
         gy = call.stacked_gy(n_probes)  # (M, C, out, H', W')
-        patches = F.unfold(x, (kh, kw), dilation=module.dilation, padding=module.padding, stride=module.stride)
+        patches = F.unfold(
+            x, (kh, kw), dilation=module.dilation, padding=module.padding, stride=module.stride
+        )
         length = patches.shape[-1]
         patches = patches.reshape(c, groups, in_per_group * kh * kw, length)
         gy_g = gy.reshape(n_probes, c, groups, out_ch // groups, length)
@@ -155,39 +161,45 @@ def generic_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) ->
     layer scales, attention blocks with their own parameters, a model root holding position
     embeddings). Child modules' parameters are held fixed: they have rules of their own.
     """
-    from torch.func import functional_call, vjp, vmap
-
     own = {name: p.detach() for name, p in module.named_parameters(recurse=False)}
     total: dict[str, torch.Tensor] = {}
     for call in calls:
-        tensor_pos = [i for i, a in enumerate(call.args) if isinstance(a, torch.Tensor)]
-        tensor_kw = [k for k, v in call.kwargs.items() if isinstance(v, torch.Tensor)]
-        batched = [call.args[i] for i in tensor_pos] + [call.kwargs[k] for k in tensor_kw]
-        if any(t.dim() == 0 or t.shape[0] != c for t in batched):
-            raise _NotBatchFirst(type(module).__name__)
-
-        def single(params: dict[str, torch.Tensor], *sample: torch.Tensor, gy_i: torch.Tensor) -> Any:
-            args = list(call.args)
-            kwargs = dict(call.kwargs)
-            for i, value in zip(tensor_pos, sample[: len(tensor_pos)], strict=True):
-                args[i] = value.unsqueeze(0)
-            for k, value in zip(tensor_kw, sample[len(tensor_pos) :], strict=True):
-                kwargs[k] = value.unsqueeze(0)
-
-            def fwd(p: dict[str, torch.Tensor]) -> torch.Tensor:
-                out = functional_call(module, p, tuple(args), kwargs, strict=False)
-                return out[0] if isinstance(out, tuple) else out
-
-            _, pullback = vjp(fwd, params)
-            return pullback(gy_i.unsqueeze(0))[0]
-
         gy = call.stacked_gy(n_probes)  # (M, C, ...)
         for m in range(n_probes):
-            grads = vmap(lambda gy_i, *s: single(own, *s, gy_i=gy_i))(gy[m], *batched)  # noqa: B023
-            for name, g in grads.items():
+            for name, g in _vmapped_vjp(module, call, own, gy[m], c).items():
                 acc = total.setdefault(name, g.new_zeros((n_probes, c, g[0].numel())))
                 acc[m] += g.detach().reshape(c, -1)
     return {name: Dense(g) for name, g in total.items()}
+
+
+def _vmapped_vjp(
+    module: nn.Module, call: Call, own: dict[str, torch.Tensor], gy: torch.Tensor, c: int
+) -> dict[str, torch.Tensor]:
+    """Per-sample ``gy_i · ∂module(x_i)/∂own`` for one call and one probe, vectorised over samples."""
+    from torch.func import functional_call, vjp, vmap
+
+    tensor_pos = [i for i, a in enumerate(call.args) if isinstance(a, torch.Tensor)]
+    tensor_kw = [k for k, v in call.kwargs.items() if isinstance(v, torch.Tensor)]
+    batched = [call.args[i] for i in tensor_pos] + [call.kwargs[k] for k in tensor_kw]
+    if any(t.dim() == 0 or t.shape[0] != c for t in batched):
+        raise _NotBatchFirst(type(module).__name__)
+
+    def single(gy_i: torch.Tensor, *sample: torch.Tensor) -> Any:
+        args = list(call.args)
+        kwargs = dict(call.kwargs)
+        for i, value in zip(tensor_pos, sample[: len(tensor_pos)], strict=True):
+            args[i] = value.unsqueeze(0)
+        for k, value in zip(tensor_kw, sample[len(tensor_pos) :], strict=True):
+            kwargs[k] = value.unsqueeze(0)
+
+        def fwd(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = functional_call(module, p, tuple(args), kwargs, strict=False)
+            return out[0] if isinstance(out, tuple) else out
+
+        _, pullback = vjp(fwd, own)
+        return pullback(gy_i.unsqueeze(0))[0]
+
+    return vmap(single)(gy, *batched)
 
 
 class _NotBatchFirst(Exception):

@@ -57,18 +57,34 @@ def vision_models() -> dict[str, nn.Module]:
         "resnet": timm.models.resnet.ResNet(
             timm.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=0, channels=(8, 8, 16, 16), stem_width=8
         ),
-        "vit": _vision("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
-                       init_values=0.1),
-        "deit": _vision("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=1,
-                        num_heads=2),
+        "vit": _vision(
+            "vit_tiny_patch16_224",
+            img_size=32,
+            patch_size=8,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            init_values=0.1,
+        ),
+        "deit": _vision(
+            "deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2
+        ),
         "convnext": _vision("convnext_atto", dims=(8, 8, 16, 16), depths=(1, 1, 1, 1)),
         "efficientnet": timm.models.efficientnet._gen_efficientnet_lite(
             "tf_efficientnet_lite0", channel_multiplier=0.25, depth_multiplier=0.25, num_classes=0
         ),
-        "mixer": timm.models.mlp_mixer.MlpMixer(num_classes=0, img_size=32, patch_size=8, embed_dim=16,
-                                                num_blocks=2),
-        "swin": _vision("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, embed_dim=8,
-                        depths=(1, 1), num_heads=(1, 2)),
+        "mixer": timm.models.mlp_mixer.MlpMixer(
+            num_classes=0, img_size=32, patch_size=8, embed_dim=16, num_blocks=2
+        ),
+        "swin": _vision(
+            "swin_tiny_patch4_window7_224",
+            img_size=32,
+            patch_size=4,
+            window_size=4,
+            embed_dim=8,
+            depths=(1, 1),
+            num_heads=(1, 2),
+        ),
     }
 
 
@@ -76,13 +92,21 @@ def language_models() -> dict[str, nn.Module]:
     c = transformers
     small = dict(vocab_size=100)
     configs = {
-        "bert": c.BertConfig(**small, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=20),
+        "bert": c.BertConfig(
+            **small, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20
+        ),
         "distilbert": c.DistilBertConfig(**small, dim=16, n_layers=2, n_heads=2, hidden_dim=20),
-        "roberta": c.RobertaConfig(**small, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=20),
-        "albert": c.AlbertConfig(**small, embedding_size=8, hidden_size=16, num_hidden_layers=3,
-                                 num_attention_heads=2, intermediate_size=20),
+        "roberta": c.RobertaConfig(
+            **small, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20
+        ),
+        "albert": c.AlbertConfig(
+            **small,
+            embedding_size=8,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=20,
+        ),
         "gpt2": c.GPT2Config(**small, n_embd=16, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=2),
         "xlnet": c.XLNetConfig(**small, d_model=16, n_layer=2, n_head=2, d_inner=20),
     }
