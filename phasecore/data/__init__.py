@@ -1,0 +1,85 @@
+"""Paired data: a dataset reference in, a balanced seeded sample of N (image, caption, label) pairs out.
+
+References: ``digits``; ``cifar10``, ``cifar100``, ``svhn`` (test split; ``:train`` for the training
+split) from the data root; ``manifest:<file.jsonl>`` under the data root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from phasecore.data.base import PairedDataset, PairedSample
+from phasecore.data.digits import load_digits_pairs
+from phasecore.data.manifest import load_manifest_pairs
+from phasecore.data.sampling import DEFAULT_N
+from phasecore.data.torchvision_sets import SETS, SPLITS, files_present, load_torchvision_pairs
+from phasecore.errors import InvalidReference
+from phasecore.paths import default_data_root
+
+__all__ = ["DEFAULT_N", "PairedDataset", "PairedSample", "list_datasets", "load_dataset"]
+
+
+def load_dataset(
+    ref: str,
+    *,
+    n: int = DEFAULT_N,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    allow_download: bool = False,
+) -> PairedDataset:
+    """Load ``n`` pairs of dataset ``ref``, balanced over classes (± 1) and drawn by
+    ``numpy.random.default_rng(seed)``; the same ``(ref, n, seed)`` gives the same pairs in the same order.
+
+    ``data_root`` defaults to ``$PHASESCREEN_DATA_ROOT`` or ``~/.cache/phasescreen/data``; torchvision
+    datasets are downloaded into it only when ``allow_download``. Raises InvalidSettings when ``n`` exceeds
+    what the dataset can give balanced, AssetUnavailable when files are missing.
+    """
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    kind, _, rest = ref.strip().partition(":")
+    if kind == "digits" and not rest:
+        return load_digits_pairs(n=n, seed=seed)
+    if kind in SETS:
+        return load_torchvision_pairs(
+            ref.strip(), n=n, seed=seed, data_root=root, allow_download=allow_download
+        )
+    if kind == "manifest" and rest:
+        return load_manifest_pairs(rest, n=n, seed=seed, data_root=root)
+    raise InvalidReference(
+        f"dataset {ref!r} is not one of digits, {', '.join(f'{s}[:train]' for s in SETS)}, "
+        "manifest:<file.jsonl>"
+    )
+
+
+def list_datasets(data_root: str | Path | None = None) -> list[dict[str, Any]]:
+    """JSON-able description of every dataset (for ``GET /v1/sources``), with whether its files are here."""
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    entries: list[dict[str, Any]] = [
+        {
+            "name": "digits",
+            "syntax": "digits",
+            "description": "scikit-learn's 1797 handwritten 8x8 digits, bundled",
+            "n_classes": 10,
+            "available": True,
+        }
+    ]
+    for name, spec in SETS.items():
+        entries.append(
+            {
+                "name": name,
+                "syntax": f"{name}[:train]",
+                "description": f"torchvision {name} under {root / spec.folder}; test split unless :train",
+                "n_classes": spec.n_classes,
+                "available": {split: files_present(name, split, root) for split in SPLITS},
+            }
+        )
+    entries.append(
+        {
+            "name": "manifest",
+            "syntax": "manifest:<file.jsonl>",
+            "description": f'your pairs: lines {{"image", "caption", "label"?}} under {root}',
+            "n_classes": None,
+            "available": True,
+        }
+    )
+    return entries

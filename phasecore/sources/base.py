@@ -56,7 +56,8 @@ class ModelRef:
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in _OPTION_KEYS:
                 raise InvalidReference(
-                    f"unknown option {key!r} in model reference {text!r}; known: {', '.join(sorted(_OPTION_KEYS))}"
+                    f"unknown option {key!r} in model reference {text!r}; "
+                    f"known: {', '.join(sorted(_OPTION_KEYS))}"
                 )
             options[key] = value
         name, revision = rest, options.pop("revision", None)

@@ -1,0 +1,137 @@
+"""``hf:<org/name>[@revision]``: a Hugging Face text model (AutoModel + AutoTokenizer).
+
+Remote code is never executed (``trust_remote_code=False``); attention is built ``eager`` so the kernel
+engine's per-sample gradients pass through plain matmuls rather than fused kernels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from phasecore.errors import AssetUnavailable, InvalidReference, UnsupportedModel
+from phasecore.sources.base import ModelRef
+from phasecore.sources.encoders import TextEncoder, default_pooling
+from phasecore.sources.weights import random_init
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_ALTERNATIVES = "a saved model folder as file:<folder>, or the offline pkg:all-minilm-l6-v2"
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+@contextmanager
+def _hub_errors(location: str, revision: str | None) -> Iterator[None]:
+    """Turn the hub's and transformers' exceptions into phasecore errors that say what would work."""
+    at = f"{location}@{revision}" if revision else location
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        kinds = {type(e) for e in _causes(error)}
+        if kinds & {RepositoryNotFoundError, HFValidationError}:
+            raise InvalidReference(
+                f"{at!r} is not a model on the hub nor a local model folder; check the name "
+                f"(e.g. hf:sentence-transformers/all-MiniLM-L6-v2)"
+            ) from error
+        if RevisionNotFoundError in kinds:
+            raise InvalidReference(
+                f"revision {revision!r} of {location!r} does not exist on the hub"
+            ) from error
+        if "trust_remote_code" in str(error):
+            raise UnsupportedModel(
+                f"{at!r} needs its own remote code, which phasescreen never runs; choose a model that "
+                "transformers supports natively"
+            ) from error
+        if isinstance(error, ValueError):
+            raise InvalidReference(f"{at!r} cannot be loaded: {error}") from error
+        raise AssetUnavailable(
+            f"{at!r} cannot be fetched from the hub or found in the local cache ({error}); "
+            f"download it where the hub is reachable, or use {_ALTERNATIVES}"
+        ) from error
+
+
+def _check_tokenizer(tokenizer: Any, location: str) -> None:
+    """transformers builds an empty tokenizer when a folder has no tokenizer files: every word is unknown."""
+    ids = tokenizer("a photo of a cat", add_special_tokens=False)["input_ids"]
+    if tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in ids):
+        raise AssetUnavailable(
+            f"{location!r} has no usable tokenizer (every word maps to {tokenizer.unk_token}); "
+            "save it next to the model with tokenizer.save_pretrained(<folder>)"
+        )
+
+
+def _ensure_pad_token(tokenizer: Any, location: str) -> None:
+    """Decoder-only tokenizers (GPT-2) have no pad token; batches pad with eos, masked out by pooling."""
+    if tokenizer.pad_token is not None:
+        return
+    fallback = tokenizer.eos_token or tokenizer.unk_token
+    if fallback is None:
+        raise UnsupportedModel(
+            f"the tokenizer of {location!r} has no pad, eos or unk token to pad batches with"
+        )
+    tokenizer.pad_token = fallback
+
+
+def build_text_encoder(
+    location: str,
+    *,
+    ref: ModelRef,
+    device: str | torch.device,
+    revision: str | None = None,
+    weights_sha256: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> TextEncoder:
+    """A TextEncoder from a hub id or a local transformers folder ``location``.
+
+    ``ref.weights == "random"`` initialises from the config alone (seeded); ``ref.pooling`` overrides
+    the default pooling (``last`` for decoder-only models, else ``mean``). Encoder-decoder models
+    contribute their encoder.
+    """
+    options = {"revision": revision, "trust_remote_code": False}
+    with _hub_errors(location, revision):
+        config = AutoConfig.from_pretrained(location, **options)
+        tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        if ref.weights == "random":
+            with random_init():
+                model = AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=False)
+        else:
+            model = AutoModel.from_pretrained(
+                location, **options, attn_implementation="eager", dtype=torch.float32
+            )
+    if config.is_encoder_decoder:
+        model = model.get_encoder()
+    _check_tokenizer(tokenizer, location)
+    _ensure_pad_token(tokenizer, location)
+    return TextEncoder(
+        model,
+        tokenizer,
+        ref=ref,
+        pooling=ref.pooling or default_pooling(config),
+        device=device,
+        revision=getattr(config, "_commit_hash", None) or revision,
+        weights_sha256=weights_sha256,
+        extra=extra,
+    )
+
+
+def load_hf(ref: ModelRef, *, model_root: Path, device: str | torch.device) -> TextEncoder:
+    """``hf:<org/name>[@revision]``; the identity records the resolved commit."""
+    # transformers loads any existing local folder of that name: hub ids only, files go through file:
+    if not _HUB_ID.fullmatch(ref.name) or ".." in ref.name or Path(ref.name).exists():
+        raise InvalidReference(
+            f"hf:{ref.name} is not a hub id of the form name or org/name; "
+            "for a local folder use file:<folder>"
+        )
+    return build_text_encoder(ref.name, ref=ref, device=device, revision=ref.revision)

@@ -1,0 +1,61 @@
+"""``timm:<name>[@<pretrained tag>]``: an image model from the timm registry.
+
+Pretrained weights come from the hub or the local hub cache; ``?weights=random`` builds a seeded random
+initialisation without fetching anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from phasecore.errors import AssetUnavailable, InvalidReference
+from phasecore.sources.base import ModelRef
+from phasecore.sources.encoders import VisionEncoder
+from phasecore.sources.weights import random_init
+
+
+def check_timm_name(name: str) -> None:
+    """Raise InvalidReference, with the closest registry names, when ``name`` is not a timm architecture."""
+    architecture = name.partition(".")[0]
+    if timm.is_model(architecture):
+        return
+    close = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for the names"
+    raise InvalidReference(f"model {architecture!r} is not in the timm registry{hint}")
+
+
+def create_timm_model(name: str, *, pretrained: bool) -> nn.Module:
+    """``timm.create_model(name, pretrained=..., num_classes=0)``: pooled pre-logits, no classifier."""
+    check_timm_name(name)
+    if not pretrained:
+        with random_init():
+            return timm.create_model(name, pretrained=False, num_classes=0)
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as error:  # the hub client raises many kinds: offline, missing tag, no weights
+        raise AssetUnavailable(
+            f"pretrained weights for timm model {name!r} cannot be fetched "
+            f"({type(error).__name__}: {error}); "
+            f"use timm:{name}?weights=random for a random initialisation, or a local copy as "
+            f"file:<weights.safetensors>?arch={name.partition('.')[0]}"
+        ) from error
+
+
+def load_timm(ref: ModelRef, *, model_root: Path, device: str | torch.device) -> VisionEncoder:
+    """``timm:<name>[@tag]``; ``@tag`` selects a pretrained tag (``timm:resnet18@a1_in1k``)."""
+    name = f"{ref.name}.{ref.revision}" if ref.revision else ref.name
+    model = create_timm_model(name, pretrained=ref.weights == "pretrained")
+    cfg = getattr(model, "pretrained_cfg", {})
+    return VisionEncoder(
+        model,
+        ref=ref,
+        architecture=cfg.get("architecture") or name.partition(".")[0],
+        device=device,
+        revision=cfg.get("tag") if ref.weights == "pretrained" else None,
+        extra={"hf_hub_id": cfg.get("hf_hub_id")} if ref.weights == "pretrained" else {},
+    )

@@ -1,0 +1,195 @@
+"""Paired data: balanced, seeded samples of (image, caption, label), and clear errors for missing files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from phasecore.data import list_datasets, load_dataset, torchvision_sets
+from phasecore.errors import AssetUnavailable, InvalidReference, InvalidSettings, SourceNotAllowed
+
+
+def test_digits_default_sample_is_balanced_real_and_varied() -> None:
+    pairs = load_dataset("digits")
+    assert pairs.n == 576 and pairs.name == "digits"
+    assert sorted(np.bincount(pairs.labels, minlength=10)) == [57] * 4 + [58] * 6
+    assert len(set(pairs.sample_ids)) == 576
+
+    digits = load_digits()
+    for sample in pairs.samples[:20]:
+        index = int(sample.sample_id.removeprefix("digits:"))
+        assert sample.label == digits.target[index]
+        assert sample.image.shape == (8, 8, 3) and sample.image.dtype == np.float32
+        np.testing.assert_allclose(sample.image[:, :, 1], digits.images[index] / 16)
+        assert sample.caption in pairs.class_captions[sample.label]
+
+    assert all(len(templates) >= 8 for templates in pairs.class_captions.values())
+    assert "a handwritten 7" in pairs.class_captions[7]
+    assert pairs.n_distinct_captions >= 80  # templates are drawn per sample, not one caption per class
+    assert pairs.describe()["n_templates_per_class"] >= 8
+
+
+def test_digits_sample_is_deterministic_in_seed() -> None:
+    first, again = load_dataset("digits", n=100, seed=7), load_dataset("digits", n=100, seed=7)
+    other = load_dataset("digits", n=100, seed=8)
+    assert first.sample_ids == again.sample_ids and first.captions == again.captions
+    assert first.sample_ids != other.sample_ids
+    assert first.describe()["sample_ids_sha256"] == again.describe()["sample_ids_sha256"]
+
+
+@pytest.mark.parametrize("n", [25, 33, 10, 3])
+def test_uneven_n_is_balanced_within_one(n: int) -> None:
+    counts = np.bincount(load_dataset("digits", n=n).labels, minlength=10)
+    assert counts.sum() == n and counts.max() - counts.min() <= 1
+
+
+@pytest.mark.parametrize("n", [0, 1798])
+def test_impossible_n_is_invalid_settings(n: int) -> None:
+    with pytest.raises(InvalidSettings, match=f"N={n}"):
+        load_dataset("digits", n=n)
+
+
+@pytest.mark.parametrize(
+    ("ref", "folder", "file"),
+    [
+        ("cifar10", "cifar-10-batches-py", "test_batch"),
+        ("cifar100:train", "cifar-100-python", "train"),
+        ("svhn", "", "test_32x32.mat"),
+    ],
+)
+def test_missing_torchvision_files_name_folder_and_files(
+    tmp_path: Path, ref: str, folder: str, file: str
+) -> None:
+    with pytest.raises(AssetUnavailable) as error:
+        load_dataset(ref, data_root=tmp_path)
+    assert str(tmp_path / folder) in str(error.value) and file in str(error.value)
+
+
+def test_torchvision_sets_become_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torchvision object's arrays become float images and object captions (files faked: no network)."""
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    fake = SimpleNamespace(
+        data=pixels, targets=[i % 10 for i in range(40)], classes=["airplane", *"bcdefghij"]
+    )
+    spec = dataclasses.replace(torchvision_sets.SETS["cifar10"], open=lambda root, split, download: fake)
+    monkeypatch.setitem(torchvision_sets.SETS, "cifar10", spec)
+    monkeypatch.setattr(torchvision_sets, "files_present", lambda name, split, root: True)
+
+    pairs = load_dataset("cifar10", n=20, data_root=tmp_path)
+    sample = pairs.samples[0]
+    index = int(sample.sample_id.rpartition(":")[2])
+    assert sample.sample_id.startswith("cifar10:test:")
+    np.testing.assert_allclose(sample.image, pixels[index] / 255, atol=1e-7)
+    assert "a photo of an airplane" in pairs.class_captions[0]
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(InvalidReference, match="manifest:<file.jsonl>"):
+        load_dataset("mnist")
+
+
+def test_list_datasets(tmp_path: Path) -> None:
+    listed = json.loads(json.dumps(list_datasets(tmp_path)))
+    assert [d["name"] for d in listed] == ["digits", "cifar10", "cifar100", "svhn", "manifest"]
+    assert listed[1]["available"] == {"test": False, "train": False}
+
+
+# --- manifest: -------------------------------------------------------------------------------------
+
+
+def write_manifest(root: Path, rows: list[dict]) -> Path:
+    path = root / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    return path
+
+
+@pytest.fixture
+def pictures(tmp_path: Path) -> list[np.ndarray]:
+    """Twelve RGB pictures of three sizes under ``tmp_path/imgs``."""
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (10 + i % 3, 12, 3), dtype=np.uint8) for i in range(12)]
+    for i, array in enumerate(arrays):
+        Image.fromarray(array).save(tmp_path / "imgs" / f"{i}.png")
+    return arrays
+
+
+def test_manifest_round_trip(tmp_path: Path, pictures: list[np.ndarray]) -> None:
+    colours = ["red", "green", "blue"]
+    rows = [
+        {"image": f"imgs/{i}.png", "caption": f"a {colours[i % 3]} thing {i}", "label": colours[i % 3]}
+        for i in range(12)
+    ]
+    write_manifest(tmp_path, rows)
+
+    pairs = load_dataset("manifest:pairs.jsonl", n=6, data_root=tmp_path)
+    assert pairs.name == "manifest:pairs.jsonl"
+    assert pairs.class_names == ["blue", "green", "red"]
+    assert list(np.bincount(pairs.labels)) == [2, 2, 2]
+    for sample in pairs.samples:
+        row = int(sample.sample_id.removeprefix("manifest:"))
+        assert sample.caption == rows[row]["caption"]
+        assert pairs.class_names[sample.label] == rows[row]["label"]
+        np.testing.assert_allclose(sample.image, pictures[row] / 255, atol=1e-7)
+    assert len(pairs.class_captions[0]) == 4  # the distinct captions of class "blue"
+    assert pairs.describe()["manifest_sha256"]
+
+
+def test_manifest_without_labels_makes_each_caption_a_class(
+    tmp_path: Path, pictures: list[np.ndarray]
+) -> None:
+    write_manifest(tmp_path, [{"image": f"imgs/{i}.png", "caption": f"caption {i % 4}"} for i in range(12)])
+    pairs = load_dataset("manifest:pairs.jsonl", n=8, data_root=tmp_path)
+    assert pairs.class_names == [f"caption {k}" for k in range(4)]
+    assert list(np.bincount(pairs.labels)) == [2, 2, 2, 2]
+    assert all(s.caption == pairs.class_names[s.label] for s in pairs.samples)
+
+    with pytest.raises(InvalidSettings, match="holds only 12"):
+        load_dataset("manifest:pairs.jsonl", n=13, data_root=tmp_path)
+
+
+def test_unbalanced_manifest_caps_n(tmp_path: Path, pictures: list[np.ndarray]) -> None:
+    write_manifest(
+        tmp_path, [{"image": f"imgs/{i}.png", "caption": "c", "label": int(i < 2)} for i in range(12)]
+    )
+    with pytest.raises(InvalidSettings, match=r"class '1'.*N ≤ 4"):
+        load_dataset("manifest:pairs.jsonl", n=6, data_root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("not json", "line 2 is not JSON"),
+        (json.dumps({"caption": "x"}), '"image"'),
+        (json.dumps({"image": "imgs/0.png", "caption": ""}), '"caption"'),
+        (json.dumps({"image": "imgs/0.png", "caption": "x", "label": [1]}), '"label"'),
+        (json.dumps({"image": "imgs/0.png", "caption": "x"}), "label every line or none"),
+    ],
+)
+def test_malformed_manifest_lines(tmp_path: Path, pictures: list[np.ndarray], line: str, match: str) -> None:
+    good = json.dumps({"image": "imgs/1.png", "caption": "y", "label": 1})
+    (tmp_path / "pairs.jsonl").write_text(f"{good}\n{line}\n")
+    with pytest.raises(InvalidReference, match=match):
+        load_dataset("manifest:pairs.jsonl", n=1, data_root=tmp_path)
+
+
+def test_manifest_paths_stay_under_the_data_root(tmp_path: Path, pictures: list[np.ndarray]) -> None:
+    root = tmp_path / "imgs"
+    write_manifest(root, [{"image": "../imgs/0.png", "caption": "x"}])
+    with pytest.raises(SourceNotAllowed, match=r"'\.\.'"):
+        load_dataset("manifest:pairs.jsonl", n=1, data_root=root)
+    write_manifest(root, [{"image": str(tmp_path / "elsewhere.png"), "caption": "x"}])
+    with pytest.raises(SourceNotAllowed, match="outside"):
+        load_dataset("manifest:pairs.jsonl", n=1, data_root=root)
+    with pytest.raises(SourceNotAllowed):
+        load_dataset("manifest:../pairs.jsonl", n=1, data_root=root)
+    write_manifest(root, [{"image": "missing.png", "caption": "x"}])
+    with pytest.raises(AssetUnavailable, match="missing.png"):
+        load_dataset("manifest:pairs.jsonl", n=1, data_root=root)
