@@ -1,0 +1,78 @@
+"""The embedded default: no database or Redis configured -> SQLite file + in-process executor."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+
+from service.app import create_app
+from service.db import downgrade, upgrade
+from service.models import Base, Screening
+from service.runtime import Runtime
+from service.screenings import store_local_result
+from service.settings import ServiceSettings
+from tests.service.conftest import tiny_request, wait_for
+
+
+def _embedded(tmp_path, **overrides) -> ServiceSettings:
+    return ServiceSettings(
+        home=tmp_path, database_url=None, redis_url=None, reconcile_grace=0, retry_backoff=(0,), **overrides
+    )
+
+
+def test_migrations_build_the_models_schema_on_sqlite_and_postgres(tmp_path, pg_url):
+    sqlite_url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(sqlite_url)
+    downgrade(sqlite_url, "base")
+    upgrade(sqlite_url)
+    for url in (sqlite_url, pg_url):  # pg_url was built by the migrations in conftest
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        engine.dispose()
+
+
+def test_serve_with_nothing_configured_runs_jobs_in_process(tmp_path):
+    settings = _embedded(tmp_path)
+    assert settings.sqlalchemy_url == f"sqlite:///{tmp_path / 'phasescreen.db'}"
+    runtime = Runtime.create(settings)  # migrates the SQLite file itself
+    try:
+        with TestClient(create_app(runtime=runtime)) as client:
+            submitted = client.post("/v1/screenings", json=tiny_request())
+            assert submitted.status_code == 202
+            location = submitted.headers["location"]
+            done = wait_for(
+                lambda: client.get(location).json()["state"] in ("succeeded", "failed"),
+                timeout=240,
+                interval=0.5,
+                what="the in-process screening",
+            )
+            assert done
+            body = client.get(location).json()
+            assert body["state"] == "succeeded", body["problem"]
+            assert body["result"]["engine_version"]
+            assert client.get("/readyz").json()["checks"] == {"database": "ok", "queue": "ok"}
+            assert "phasescreen_job_duration_seconds_count" in client.get("/metrics").text
+    finally:
+        runtime.close()
+    assert (tmp_path / "phasescreen.db").exists()
+
+
+def test_local_results_are_stored_in_the_embedded_file(tmp_path):
+    request = tiny_request()
+    result = {"metrics": {"cka": 0.5, "undefined": float("nan")}, "engine_version": "0.1.0"}
+    screening_id = store_local_result(request, result, _embedded(tmp_path))
+
+    runtime = Runtime.create(_embedded(tmp_path))
+    try:
+        with runtime.session() as session:
+            row = session.get(Screening, screening_id)
+            assert row.state == "succeeded" and row.owner == "local"
+            assert row.result["metrics"] == {"cka": 0.5, "undefined": None}  # JSON has no NaN
+        with TestClient(create_app(runtime=runtime)) as client:
+            listed = client.get("/v1/screenings", params={"state": "succeeded"}).json()["items"]
+            assert [item["id"] for item in listed] == [screening_id]
+    finally:
+        runtime.close()
