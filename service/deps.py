@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from service.apikeys import authenticate
@@ -18,15 +19,16 @@ from service.runtime import Runtime
 from service.settings import ServiceSettings
 
 
-def get_runtime(request: Request) -> Runtime:
+# plain attribute reads are async so FastAPI calls them on the event loop, not through the thread pool
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.runtime.settings
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.runtime.queue
 
 
@@ -35,7 +37,7 @@ def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[S
         yield session
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter
 
 
@@ -54,12 +56,17 @@ def _presented_secret(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def get_api_key(request: Request, session: SessionDep) -> ApiKey | None:
+def _authenticate(runtime: Runtime, secret: str) -> ApiKey | None:
+    with runtime.session() as session:
+        return authenticate(session, secret)
+
+
+async def get_api_key(request: Request, runtime: RuntimeDep) -> ApiKey | None:
     """The caller's key, ``None`` when none is presented; a wrong key is always refused."""
     secret = _presented_secret(request)
-    if secret is None:
+    if secret is None:  # the common anonymous read costs no thread hop and no database round trip
         return None
-    key = authenticate(session, secret)
+    key = await run_in_threadpool(_authenticate, runtime, secret)
     if key is None:
         raise Problem(
             401,
@@ -74,7 +81,7 @@ def get_api_key(request: Request, session: SessionDep) -> ApiKey | None:
 ApiKeyDep = Annotated[ApiKey | None, Depends(get_api_key)]
 
 
-def enforce_rate_limit(
+async def enforce_rate_limit(
     request: Request,
     api_key: ApiKeyDep,
     settings: SettingsDep,
@@ -88,7 +95,7 @@ def enforce_rate_limit(
     identity = (
         f"key:{api_key.id}" if api_key else f"ip:{request.client.host if request.client else 'unknown'}"
     )
-    wait = limiter.hit(identity, limit)
+    wait = await run_in_threadpool(limiter.hit, identity, limit)  # Redis I/O stays off the event loop
     if wait is not None:
         raise Problem(
             429,
@@ -99,7 +106,7 @@ def enforce_rate_limit(
         )
 
 
-def require_writer(api_key: ApiKeyDep, settings: SettingsDep) -> ApiKey | None:
+async def require_writer(api_key: ApiKeyDep, settings: SettingsDep) -> ApiKey | None:
     """Writes need a key when PHASESCREEN_REQUIRE_API_KEY is on."""
     if settings.require_api_key and api_key is None:
         raise Problem(
