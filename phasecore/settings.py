@@ -21,7 +21,13 @@ class EngineSettings(BaseModel):
     probes: int | Literal["exact"] = Field(
         4, description="output probes M (Gaussian), or 'exact' for the d basis outputs (METRICS §1)"
     )
-    method: Literal["exact", "sketch"] = Field("exact", description="inner products exactly or by CountSketch")
+    method: Literal["auto", "exact", "sketch"] = Field(
+        "auto",
+        description="inner products exactly or by CountSketch; auto = exact when the per-sample "
+        "representations fit memory_budget_gb, else sketch (the resolved method is recorded)",
+    )
+    memory_budget_gb: float = Field(4.0, gt=0, le=1024, description="memory the exact Gram may keep")
+    chunk_size: int = Field(32, ge=1, le=1024, description="samples per forward/backward chunk")
     sketch_dim: int = Field(8192, ge=64, le=1 << 20, description="CountSketch width k (method=sketch)")
     params: str = Field(
         "all", description="parameters in θ: 'all', or 'last:K' for the last K blocks (METRICS §0)"
@@ -40,6 +46,12 @@ class EngineSettings(BaseModel):
     language_pooling: Literal["mean", "cls", "last"] | None = Field(
         None, description="pooling of the language encoder; None = the source's default (mean; last for GPT-2)"
     )
+
+    def profile_fields(self) -> dict[str, object]:
+        """The settings a model profile depends on (pair-level settings excluded, so profiles are shared)."""
+        keys = ("n", "seed", "probes", "method", "sketch_dim", "params", "stability_steps", "stability_subset",
+                "agop_rtol", "agop_input_space", "info_plane", "language_pooling", "memory_budget_gb")
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in keys}
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the settings and the engine version."""

@@ -155,5 +155,5 @@ def _loss_and_grad(
         for acc, g in zip(grads, torch.autograd.grad(loss, theta, allow_unused=True), strict=True):
             if g is not None:
                 acc += g
-        total += float(loss)
+        total += float(loss.detach())
     return total, grads

@@ -154,6 +154,78 @@ def conv2d_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> 
     return reps
 
 
+def norm_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
+    """Affine norms in eval mode: ``z = x̂ ⊙ w + b`` then, for timm's BatchNormAct2d, ``act(z)``.
+
+    Per sample ``∂/∂w = Σ_positions gz ⊙ x̂`` and ``∂/∂b = Σ_positions gz``, with ``gz`` the gradient at z
+    (through the activation, by a local autograd call). x̂ uses running statistics (BatchNorm) or the
+    sample's own statistics (LayerNorm), so samples stay independent.
+    """
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    tw: torch.Tensor | None = None
+    tb: torch.Tensor | None = None
+    for call in calls:
+        x = call.args[0]
+        if x.shape[0] != c:
+            raise _NotBatchFirst(type(module).__name__)
+        gy = call.stacked_gy(n_probes)
+        if isinstance(module, nn.LayerNorm):
+            xhat = F.layer_norm(x, module.normalized_shape, eps=module.eps)
+            channel_dims = len(module.normalized_shape)
+            view = (1,) * (x.dim() - channel_dims) + tuple(module.normalized_shape)
+        else:
+            assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if module.running_mean is None or module.running_var is None:
+                raise _NotBatchFirst("batch statistics couple samples")
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            xhat = (x - module.running_mean.view(view)) / torch.sqrt(
+                module.running_var.view(view) + module.eps
+            )
+        z = xhat * (weight.view(view) if weight is not None else 1) + (
+            bias.view(view) if bias is not None else 0
+        )
+        gz = _through_activation(module, z.detach(), gy)
+        reduce_dims = _position_dims(module, x)
+        if weight is not None:
+            gw = (gz * xhat.unsqueeze(0)).sum(dim=reduce_dims).reshape(n_probes, c, -1)
+            tw = gw if tw is None else tw + gw
+        if bias is not None:
+            gb = gz.sum(dim=reduce_dims).reshape(n_probes, c, -1)
+            tb = gb if tb is None else tb + gb
+    reps: dict[str, Dense | Factored] = {}
+    if tw is not None:
+        reps["weight"] = Dense(tw)
+    if tb is not None:
+        reps["bias"] = Dense(tb)
+    return reps
+
+
+def _position_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """Dims of the (M, C, ...) gradient to sum over: every non-channel position of a sample."""
+    if isinstance(module, nn.LayerNorm):
+        return tuple(range(2, 2 + x.dim() - 1 - len(module.normalized_shape)))
+    return tuple(range(3, x.dim() + 1))
+
+
+def _through_activation(module: nn.Module, z: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """Gradients at the affine output z, given those at the module output (M, *z.shape)."""
+    act, drop = getattr(module, "act", None), getattr(module, "drop", None)
+    if act is None and drop is None:
+        return gy
+    with torch.enable_grad():
+        leaf = z.requires_grad_(True)
+        out = leaf
+        for layer in (drop, act):
+            if layer is not None:
+                out = layer(out)
+        return torch.stack(
+            [
+                torch.autograd.grad(out, leaf, gy[m], retain_graph=m < gy.shape[0] - 1)[0]
+                for m in range(gy.shape[0])
+            ]
+        )
+
+
 def generic_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
     """Per-sample VJP of the layer's own forward, vectorised over samples with ``torch.func.vmap``.
 
@@ -221,4 +293,12 @@ def rule_for(module: nn.Module) -> Rule:
         return conv2d_rule
     if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers"):
         return conv1d_hf_rule
+    if (
+        _exact_forward(cls, nn.LayerNorm)
+        or _exact_forward(cls, nn.BatchNorm2d)
+        or _exact_forward(cls, nn.BatchNorm1d)
+    ):
+        return norm_rule
+    if cls.__name__ == "BatchNormAct2d" and cls.__module__.startswith("timm"):
+        return norm_rule
     return generic_rule

@@ -6,6 +6,7 @@ kernel engine's hooks on its Linear / Conv / Embedding / norm submodules see eve
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -133,6 +134,20 @@ class VisionEncoder(Encoder):
         return ((x - mean) / std).to(self.device)
 
 
+# models that derive positions from input_ids and padding: their default ids are per sample already
+_PADDING_AWARE_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "longformer",
+    "data2vec-text",
+    "xlnet",
+    "mpnet",
+    "ibert",
+    "luke",
+}
+
+
 class TextEncoder(Encoder):
     """A Hugging Face model: ``input_ids``, ``attention_mask`` ``(B, T)`` -> pooled last hidden state
     ``(B, d)`` (METRICS §0)."""
@@ -187,8 +202,22 @@ class TextEncoder(Encoder):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``input_ids``, ``attention_mask`` ``(B, T)`` -> ``(B, d)``."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        kwargs = {}
+        if self._batch_position_ids:
+            # the default ids are a (1, T) buffer broadcast over the batch, which hides per-sample
+            # gradients of the position table from the NTK engine's hooks; (B, T) ids are equal in value
+            kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(
+                input_ids
+            )
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return pool(hidden, attention_mask, self.pooling)
+
+    @property
+    def _batch_position_ids(self) -> bool:
+        model_type = getattr(getattr(self.model, "config", None), "model_type", "")
+        if model_type in _PADDING_AWARE_POSITIONS:
+            return False
+        return "position_ids" in inspect.signature(self.model.forward).parameters
 
     def preprocess(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         """Captions -> ``input_ids``, ``attention_mask`` ``(B, T)``: padded to the longest, ≤ 64 tokens."""

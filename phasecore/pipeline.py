@@ -1,0 +1,218 @@
+"""One screening: two model profiles, then the cheap pair step (METRICS §2, §5–§7).
+
+``compute_profile`` (per model) is the expensive part and is shared between pairs; ``screen_pair``
+turns two profiles into the result JSON (``phasecore.schema.ScreeningResult``) in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phasecore import ENGINE_VERSION
+from phasecore.alignment import kernel_alignment, permutation_null
+from phasecore.data import load_dataset
+from phasecore.errors import InvalidReference, InvalidSettings
+from phasecore.groundtruth import measure_alignment
+from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, profile_key
+from phasecore.rules import PAPER, pair_rules
+from phasecore.schema import ScreeningResult
+from phasecore.settings import EngineSettings
+from phasecore.similarity import representation_similarity
+from phasecore.sources import SOURCE_LOADERS
+from phasecore.sources.base import ModelRef
+
+__all__ = [
+    "ModelProfile",
+    "ProfileCache",
+    "ProgressFn",
+    "compute_profile",
+    "profile_key",
+    "screen",
+    "screen_pair",
+    "validate_request",
+]
+
+#: the paper's rule thresholds and claimed accuracies, for people reading a result
+PAPER_CLAIMS = PAPER
+
+
+def validate_request(
+    vision_ref: str,
+    language_ref: str,
+    dataset_ref: str,
+    settings: EngineSettings,
+    *,
+    allowed_sources: Collection[str] | None = None,
+    model_root: str | Path | None = None,
+    data_root: str | Path | None = None,
+) -> None:
+    """Cheap checks before any work is queued: references parse, sources are allowed, the dataset
+    exists and holds N pairs. Raises a PhasescreenError with a message the user can act on."""
+    for role, ref in (("vision", vision_ref), ("language", language_ref)):
+        parsed = ModelRef.parse(ref)
+        if parsed.source not in SOURCE_LOADERS:
+            raise InvalidReference(f"{role} model {ref!r}: unknown source {parsed.source!r}")
+        if allowed_sources is not None and not any(
+            parsed.source == allowed or ref.startswith(f"{allowed}/") or ref.startswith(allowed + ":")
+            for allowed in allowed_sources
+        ):
+            from phasecore.errors import SourceNotAllowed
+
+            raise SourceNotAllowed(
+                f"{role} model {ref!r}: source {parsed.source!r} is not allowed here; "
+                f"allowed: {', '.join(sorted(allowed_sources))}"
+            )
+    load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
+
+
+def _null(K1: np.ndarray, K2: np.ndarray, statistic: str, settings: EngineSettings) -> dict[str, Any]:
+    return permutation_null(
+        K1,
+        K2,
+        statistic=statistic,
+        permutations=settings.null_permutations,
+        seed=settings.seed,  # type: ignore[arg-type]
+    ).to_dict()
+
+
+def screen_pair(
+    vision: ModelProfile,
+    language: ModelProfile,
+    settings: EngineSettings,
+    *,
+    dataset_ref: str,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """The result JSON of one pair from its two profiles (keys of ``ScreeningResult``)."""
+    started = time.perf_counter()
+    if vision.modality != "vision" or language.modality != "language":
+        raise InvalidSettings("screen_pair takes a vision profile and a language profile, in that order")
+    dv, dl = vision.meta["dataset"], language.meta["dataset"]
+    if dv["sample_ids_sha256"] != dl["sample_ids_sha256"]:
+        raise InvalidSettings("the two profiles were computed on different dataset samples")
+
+    def report(fraction: float) -> None:
+        if progress:
+            progress("pair", fraction)
+
+    K_v, K_l = vision.arrays["ntk"], language.arrays["ntk"]
+    E_v, E_l = vision.arrays["embeddings"], language.arrays["embeddings"]
+    s_cross = kernel_alignment(K_v, K_l)
+    s_cross_centered = kernel_alignment(K_v, K_l, centered=True)
+    null_u = _null(K_v, K_l, "uncentered", settings)
+    null_c = _null(K_v, K_l, "centered", settings)
+    report(0.3)
+    representation = representation_similarity(
+        E_v, E_l, k=settings.knn_k, permutations=settings.null_permutations, seed=settings.seed
+    )
+    report(0.5)
+    stab_v, stab_l = vision.meta["stability"], language.meta["stability"]
+    derived, predictions = pair_rules(
+        s_ntk_vision=stab_v["s_ntk"],
+        s_ntk_language=stab_l["s_ntk"],
+        agop_ratio_vision=vision.meta["agop"]["ratio"],
+        agop_ratio_language=language.meta["agop"]["ratio"],
+        s_ntk_cross=s_cross,
+    )
+    ground_truth = None
+    tick = time.perf_counter()
+    if settings.ground_truth:
+        ground_truth = measure_alignment(
+            E_v,
+            E_l,
+            vision.arrays["labels"],
+            language.arrays["prototypes"],
+            captions=language.meta["captions"],
+            method=settings.gt_method,
+            folds=settings.gt_folds,
+            seed=settings.seed,
+            failure_threshold=settings.failure_threshold,
+        )
+    report(0.9)
+    metrics = {
+        "s_ntk_cross": s_cross,
+        "s_ntk_cross_centered": s_cross_centered,
+        "s_ntk_cross_null": null_u,
+        "s_ntk_cross_centered_null": null_c,
+        "s_ntk_vision": stab_v["s_ntk"],
+        "s_ntk_language": stab_l["s_ntk"],
+        "phase_vision": derived["phase_vision"],
+        "phase_language": derived["phase_language"],
+        "agop_ratio_vision": vision.meta["agop"]["ratio"],
+        "agop_ratio_language": language.meta["agop"]["ratio"],
+        "delta_ntk": derived["delta_ntk"],
+        "log_agop": derived["log_agop"],
+        "combined": derived["combined"],
+        "cka": representation["cka"],
+        "mutual_knn": representation["mutual_knn"],
+        "representation": representation,
+        "agop_vision": vision.meta["agop"],
+        "agop_language": language.meta["agop"],
+        "agop_inputs_vision": vision.meta.get("agop_inputs"),
+        "agop_inputs_language": language.meta.get("agop_inputs"),
+        "stability_vision": stab_v,
+        "stability_language": stab_l,
+        "notes": derived.get("notes", []),
+    }
+    timings = {f"vision_{k}": v for k, v in vision.meta["timings"].items()}
+    timings.update({f"language_{k}": v for k, v in language.meta["timings"].items()})
+    timings["ground_truth"] = time.perf_counter() - tick
+    timings["pair"] = time.perf_counter() - started
+    result = {
+        "vision": _model_summary(vision),
+        "language": _model_summary(language),
+        "dataset": {**dv, "ref": dataset_ref},
+        "settings": settings.model_dump(mode="json"),
+        "metrics": metrics,
+        "ground_truth": ground_truth,
+        "predictions": predictions,
+        "paper": PAPER,
+        "timings": timings,
+        "engine_version": ENGINE_VERSION,
+    }
+    validated = ScreeningResult.model_validate(result).model_dump(mode="json")
+    report(1.0)
+    return validated
+
+
+def _model_summary(profile: ModelProfile) -> dict[str, Any]:
+    return {"identity": profile.identity, "profile_key": profile.key, "kernel": profile.meta["kernel"]}
+
+
+def screen(
+    vision_ref: str,
+    language_ref: str,
+    dataset_ref: str,
+    settings: EngineSettings,
+    *,
+    cache: ProfileCache | None = None,
+    progress: ProgressFn | None = None,
+    model_root: str | Path | None = None,
+    data_root: str | Path | None = None,
+    allowed_sources: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Profiles (from ``cache`` when present) then the pair step: the embedded default's screening."""
+    profiles = []
+    for ref, modality in ((vision_ref, "vision"), (language_ref, "language")):
+        key = profile_key(ref, modality, dataset_ref, settings)
+        profile = cache.get(key) if cache else None
+        if profile is None:
+            profile = compute_profile(
+                ref,
+                modality,
+                dataset_ref,
+                settings,
+                model_root=model_root,
+                data_root=data_root,
+                allowed_sources=allowed_sources,
+                progress=progress,
+            )
+            if cache:
+                cache.put(profile)
+        profiles.append(profile)
+    return screen_pair(profiles[0], profiles[1], settings, dataset_ref=dataset_ref, progress=progress)

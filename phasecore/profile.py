@@ -1,0 +1,253 @@
+"""Model profiles: everything about one model on one dataset sample that does not depend on its partner.
+
+A profile holds the NTK Gram Θ̂ (METRICS §1), the AGOP spectrum (§4), the stability probe and phase
+(§3), the embeddings of the N samples (and, for a language model, the class prototypes of §7), the
+model's identity and parameter count, the settings and timings. It is keyed by
+``(model reference, modality, dataset, profile settings, engine version)``: a 12 × 12 grid costs 24
+profiles, and every pair step reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from phasecore import ENGINE_VERSION
+from phasecore.agop import agop_spectrum, spectrum_from_probe_gram
+from phasecore.data import load_dataset
+from phasecore.data.base import PairedDataset
+from phasecore.errors import InvalidSettings
+from phasecore.ntk import probe_gram
+from phasecore.settings import EngineSettings
+from phasecore.sources import load_encoder
+from phasecore.sources.base import Encoder, ModelRef
+from phasecore.stability import stability_probe
+
+ProgressFn = Callable[[str, float], None]
+
+
+@dataclass
+class ModelProfile:
+    """Arrays (numpy) + JSON metadata of one model × dataset sample × settings."""
+
+    key: str
+    modality: str
+    identity: dict[str, Any]
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        header = {"key": self.key, "modality": self.modality, "identity": self.identity, "meta": self.meta}
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **self.arrays
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelProfile:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            header = json.loads(npz["__header__"].tobytes().decode())
+            arrays = {k: npz[k] for k in npz.files if k != "__header__"}
+        return cls(header["key"], header["modality"], header["identity"], header["meta"], arrays)
+
+
+def profile_key(model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings) -> str:
+    """sha256 of the canonical (model, modality, dataset, profile settings, engine version)."""
+    payload = {
+        "model": ModelRef.parse(model_ref).canonical(),
+        "modality": modality,
+        "dataset": dataset_ref,
+        "settings": settings.profile_fields(),
+        "engine": ENGINE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def select_params(model: nn.Module, spec: str) -> list[str] | None:
+    """θ from the ``params`` setting: ``all`` (None), or ``last:K``: the parameters of the last K
+    blocks of the model's longest block list (a ModuleList/Sequential such as ``blocks``,
+    ``encoder.layer``, ``h``, ``stages``) and of every layer after it (final norms, heads)."""
+    if spec == "all":
+        return None
+    if not spec.startswith("last:") or not spec[5:].isdigit() or int(spec[5:]) < 1:
+        raise InvalidSettings(f"params={spec!r} is not 'all' or 'last:K' with K ≥ 1")
+    k = int(spec[5:])
+    lists = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ModuleList | nn.Sequential) and len(m) > 1
+    ]
+    if not lists:
+        raise InvalidSettings("params='last:K' needs a model with a list of blocks; use params='all'")
+    name, blocks = max(lists, key=lambda item: len(item[1]))
+    names = [n for n, _ in model.named_parameters()]
+    first_kept = f"{name}.{max(0, len(blocks) - k)}." if name else f"{max(0, len(blocks) - k)}."
+    start = next(i for i, n in enumerate(names) if n.startswith(first_kept))
+    return names[start:]
+
+
+def _inputs(encoder: Encoder, dataset: PairedDataset) -> Any:
+    items = dataset.images if encoder.modality == "vision" else dataset.captions
+    return encoder.preprocess(items)
+
+
+@torch.no_grad()
+def class_prototypes(encoder: Encoder, dataset: PairedDataset) -> np.ndarray:
+    """t_c (C, d): mean of the L2-normalised embeddings of class c's caption templates (METRICS §7)."""
+    rows = []
+    for c in range(len(dataset.class_names)):
+        emb = encoder(**encoder.preprocess(dataset.class_captions[c])).double()
+        emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        rows.append(emb.mean(0))
+    return torch.stack(rows).numpy()
+
+
+def compute_profile(
+    model_ref: str,
+    modality: str,
+    dataset_ref: str,
+    settings: EngineSettings,
+    *,
+    model_root: str | Path | None = None,
+    data_root: str | Path | None = None,
+    allowed_sources: Any = None,
+    progress: ProgressFn | None = None,
+    encoder: Encoder | None = None,
+    dataset: PairedDataset | None = None,
+) -> ModelProfile:
+    """Compute one model's profile (stages: loading, kernel, stability, spectrum, embeddings)."""
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+
+    def report(stage: str, fraction: float) -> None:
+        if progress:
+            progress(stage, fraction)
+
+    report("loading", 0.0)
+    if encoder is None:
+        pooling = settings.language_pooling if modality == "language" else None
+        encoder = load_encoder(
+            model_ref, model_root=model_root, allowed_sources=allowed_sources, pooling=pooling
+        )
+    if encoder.modality != modality:
+        raise InvalidSettings(f"{model_ref} is a {encoder.modality} model, given as the {modality} model")
+    if dataset is None:
+        dataset = load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
+    inputs = _inputs(encoder, dataset)
+    params = select_params(encoder, settings.params)
+    report("loading", 1.0)
+    timings["loading"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    engine = dict(
+        probes=settings.probes,
+        sketch_dim=settings.sketch_dim,
+        seed=settings.seed,
+        chunk_size=settings.chunk_size,
+        params=params,
+    )
+    gram = probe_gram(
+        encoder,
+        inputs,
+        method=settings.method,
+        cross_probe=True,
+        memory_budget_gb=settings.memory_budget_gb,
+        progress=progress,
+        stage="kernel",
+        **engine,
+    )
+    timings["kernel"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    stability = stability_probe(
+        encoder,
+        inputs,
+        method=gram.method,
+        steps=settings.stability_steps,
+        subset=settings.stability_subset,
+        progress=progress,
+        **engine,
+    )
+    timings["stability"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    report("spectrum", 0.0)
+    spectrum = spectrum_from_probe_gram(gram, rtol=settings.agop_rtol)
+    meta_input: dict[str, Any] | None = None
+    if settings.agop_input_space:
+        meta_input = agop_spectrum(
+            encoder,
+            inputs,
+            probes=settings.probes,
+            space="inputs",
+            seed=settings.seed,
+            rtol=settings.agop_rtol,
+            chunk_size=settings.chunk_size,
+        ).to_dict()
+    report("spectrum", 1.0)
+    timings["spectrum"] = time.perf_counter() - tick
+
+    arrays: dict[str, np.ndarray] = {
+        "ntk": gram.ntk(),
+        "agop_eigenvalues": spectrum.eigenvalues,
+        "embeddings": gram.outputs,
+        "labels": dataset.labels,
+    }
+    if modality == "language":
+        tick = time.perf_counter()
+        arrays["prototypes"] = class_prototypes(encoder, dataset)
+        timings["prototypes"] = time.perf_counter() - tick
+
+    identity = encoder.identity.to_dict()
+    meta = {
+        "dataset": dataset.describe(),
+        "dataset_ref": dataset_ref,
+        "captions": dataset.captions,
+        "settings": settings.profile_fields(),
+        "engine_version": ENGINE_VERSION,
+        "kernel": {
+            "method": gram.method,
+            "probes": gram.n_probes,
+            "probe_kind": gram.probe_kind,
+            "sketch_dim": gram.sketch_dim,
+            "n_params": gram.n_params,
+            "n_outputs": gram.n_outputs,
+            "seed": gram.seed,
+            "per_sample_loop_params": gram.info["per_sample_loop_params"],
+            "stored_bytes": gram.info["stored_bytes"],
+        },
+        "agop": spectrum.to_dict(),
+        "agop_inputs": meta_input,
+        "stability": stability.to_dict(),
+        "timings": timings,
+    }
+    key = profile_key(model_ref, modality, dataset_ref, settings)
+    return ModelProfile(key=key, modality=modality, identity=identity, meta=meta, arrays=arrays)
+
+
+class ProfileCache:
+    """Profiles on disk, one ``<key>.npz`` each (the embedded default's cache)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def get(self, key: str) -> ModelProfile | None:
+        path = self.root / f"{key}.npz"
+        return ModelProfile.from_bytes(path.read_bytes()) if path.exists() else None
+
+    def put(self, profile: ModelProfile) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{profile.key}.tmp"
+        tmp.write_bytes(profile.to_bytes())
+        tmp.replace(self.root / f"{profile.key}.npz")  # atomic: readers never see half a file

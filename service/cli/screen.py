@@ -1,0 +1,181 @@
+"""``phasescreen screen``: one screening on this machine (the embedded default, no servers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "screen",
+        help="screen one vision-language pair locally and write the JSON result",
+        description="Compute both model profiles (cached) and the pair metrics; print a summary and write "
+        "the full JSON result. Exit 0 on success, 2 on a usage or input error.",
+    )
+    p.add_argument("--vision", required=True, help="vision model, e.g. pkg:efficientnet-lite0, timm:resnet18")
+    p.add_argument(
+        "--language", required=True, help="language model, e.g. pkg:all-minilm-l6-v2, hf:bert-base-uncased"
+    )
+    p.add_argument(
+        "--dataset", default="digits", help="digits | cifar10 | cifar100 | svhn | manifest:FILE.jsonl"
+    )
+    p.add_argument("--n", type=int, default=576, help="paired samples N (default 576, the paper's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probes", default="4", help="output probes M, or 'exact' (default 4)")
+    p.add_argument("--method", choices=["auto", "exact", "sketch"], default="auto")
+    p.add_argument("--sketch-dim", type=int, default=8192)
+    p.add_argument("--params", default="all", help="'all' or 'last:K' (the last K blocks)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other engine setting (see docs/metrics.md), repeatable",
+    )
+    p.add_argument("--no-ground-truth", action="store_true", help="skip the measured alignment (METRICS §7)")
+    p.add_argument("--output", "-o", type=Path, help="where to write the JSON result")
+    p.add_argument("--cache-dir", type=Path, help="profile cache (default $PHASESCREEN_HOME/profiles)")
+    p.add_argument("--no-cache", action="store_true", help="recompute both profiles")
+    p.add_argument("--no-store", action="store_true", help="do not record the result in the local database")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from phasecore.settings import EngineSettings
+
+    options: dict[str, Any] = {
+        "n": args.n,
+        "seed": args.seed,
+        "probes": args.probes if args.probes == "exact" else int(args.probes),
+        "method": args.method,
+        "sketch_dim": args.sketch_dim,
+        "params": args.params,
+        "ground_truth": not args.no_ground_truth,
+    }
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option {item!r} is not KEY=VALUE")
+        options[key.strip().replace("-", "_")] = (
+            json.loads(value) if value[:1] in "0123456789[{tfn-" else value
+        )
+    return EngineSettings.model_validate(options)
+
+
+class _Bars:
+    """One progress bar per stage (loading, kernel, stability, spectrum, pair); silent when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.stage: str | None = None
+        self.round = 0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(
+                total=100,
+                desc=f"{stage:>10}",
+                leave=False,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {elapsed}",
+            )
+        self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def summary(result: dict[str, Any]) -> str:
+    m, gt, pred = result["metrics"], result["ground_truth"], result["predictions"]
+    nu = m["s_ntk_cross_null"]
+    nc = m["s_ntk_cross_centered_null"]
+    lines = [
+        f"vision   {result['vision']['identity']['ref']}: S_NTK {_fmt(m['s_ntk_vision'])} ({m['phase_vision']}), "
+        f"AGOP ratio {_fmt(m['agop_ratio_vision'], '.3g')}",
+        f"language {result['language']['identity']['ref']}: S_NTK {_fmt(m['s_ntk_language'])} "
+        f"({m['phase_language']}), AGOP ratio {_fmt(m['agop_ratio_language'], '.3g')}",
+        f"S_cross  uncentered {_fmt(m['s_ntk_cross'])} (null mean {_fmt(nu['mean'])}, p {_fmt(nu['p_value'], '.3f')}); "
+        f"centered {_fmt(m['s_ntk_cross_centered'])} (null mean {_fmt(nc['mean'])}, p {_fmt(nc['p_value'], '.3f')})",
+        f"CKA {_fmt(m['cka'])}, mutual kNN {_fmt(m['mutual_knn'])}; ΔNTK {_fmt(m['delta_ntk'])}, "
+        f"log(AGOP) {_fmt(m['log_agop'], '.2f')}, combined {_fmt(m['combined'], '.3f')}",
+        "paper's rules (claimed accuracies are the paper's claims, not measurements):",
+    ]
+    for name, rule in pred.items():
+        verdict = {True: "predicts FAILURE", False: "no failure predicted", None: "undetermined"}[
+            rule["predicts_failure"]
+        ]
+        claim = f", claimed {rule['claimed_accuracy']:.0%}" if rule.get("claimed_accuracy") else ""
+        lines.append(
+            f"  {name:20s} value {_fmt(rule['value'], '.4g')} vs {rule['threshold']:g}: {verdict}{claim}"
+        )
+    if gt:
+        lines.append(
+            f"measured alignment: unseen-class accuracy {_fmt(gt['unseen_accuracy'], '.3f')} "
+            f"(chance {_fmt(gt['chance'].get('unseen_accuracy'), '.3f')}), seen {_fmt(gt['seen_accuracy'], '.3f')}, "
+            f"alignment_score {_fmt(gt['alignment_score'], '.3f')} -> {'FAILED' if gt['failed'] else 'aligned'}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from phasecore.errors import PhasescreenError
+    from phasecore.pipeline import ProfileCache, screen
+
+    try:
+        settings = _settings(args)
+    except (ValidationError, ValueError) as exc:
+        print(f"phasescreen screen: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    home = Path(os.environ.get("PHASESCREEN_HOME", Path.home() / ".cache" / "phasescreen"))
+    cache = None if args.no_cache else ProfileCache(args.cache_dir or home / "profiles")
+    bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        result = screen(args.vision, args.language, args.dataset, settings, cache=cache, progress=bars)
+    except PhasescreenError as exc:
+        bars.close()
+        print(f"phasescreen screen: {exc}", file=sys.stderr)
+        return 2
+    bars.close()
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    print(summary(result))
+    if not args.no_store:
+        try:
+            from service.screenings import store_local_result
+
+            request = {
+                "vision": args.vision,
+                "language": args.language,
+                "dataset": args.dataset,
+                "options": settings.model_dump(mode="json"),
+            }
+            screening_id = store_local_result(request, result)
+            print(f"stored as screening {screening_id}")
+        except Exception as exc:  # the result is on disk already; storing is a convenience
+            print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
+    if args.output:
+        print(f"full result: {args.output}")
+    return 0
