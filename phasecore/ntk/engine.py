@@ -67,10 +67,7 @@ class ProbeGram:
 
     def ntk(self) -> np.ndarray:
         """Θ̂ (N, N) float64: ``scale · Σ_m ⟨g_i^m, g_j^m⟩``."""
-        if self.cross_probe:
-            total = sum(self.gram[m, :, m, :] for m in range(self.n_probes))
-        else:
-            total = self.gram.sum(axis=0)
+        total = np.einsum("aiaj->ij", self.gram) if self.cross_probe else self.gram.sum(axis=0)
         return np.asarray(total) * self.scale
 
     def agop_gram(self) -> np.ndarray:
