@@ -91,9 +91,7 @@ def _rate_limiter(settings: ServiceSettings) -> RateLimiter:
 
 
 def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers
-    )
+    return JSONResponse(problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _install_problem_handlers(app: FastAPI) -> None:
@@ -138,6 +136,9 @@ def _install_problem_handlers(app: FastAPI) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
         kind = title.lower().replace(" ", "-")
+        if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
+            kind, title = "malformed-body", "Malformed request body"
+            detail = "the request body could not be parsed as JSON (a number with over 4300 digits, bad encoding?)"
         return _problem_response(
             problem_document(exc.status_code, kind, title, detail, request.url.path),
             getattr(exc, "headers", None),

@@ -15,7 +15,7 @@ from service.queue import InProcessJobQueue, JobQueue, JobRef, RedisJobQueue
 from service.settings import ServiceSettings
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: a runtime is a process resource, hashable for per-runtime caches
 class Runtime:
     settings: ServiceSettings
     engine: Engine

@@ -36,6 +36,7 @@ from service.models import (
 from service.problems import Problem, from_domain_error, not_found
 from service.profiles import get_or_create_profile
 from service.queue import JobQueue
+from service.references import check_model_known
 from service.schemas import ScreeningRequest
 from service.settings import ServiceSettings
 
@@ -87,7 +88,10 @@ def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> N
         options,
         allowed_sources=settings.allowed_sources,
         model_root=settings.model_root,
+        data_root=settings.data_root,
     )
+    check_model_known(vision, "vision", model_root=settings.model_root)
+    check_model_known(language, "language", model_root=settings.model_root)
     return NormalizedRequest(vision, language, dataset, options)
 
 
@@ -164,9 +168,7 @@ def _create(
         profiles = []
         for modality, ref in (("vision", normalized.vision), ("language", normalized.language)):
             key = profile_key(ref, modality, normalized.dataset, normalized.options)
-            profiles.append(
-                get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json)
-            )
+            profiles.append(get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json))
         screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
     try:
         with session.begin_nested():
@@ -183,9 +185,7 @@ def _create(
 def _finished_twin(session: Session, fingerprint: str) -> Screening | None:
     return session.scalar(
         select(Screening)
-        .where(
-            Screening.fingerprint == fingerprint, Screening.state == SUCCEEDED, Screening.result.is_not(None)
-        )
+        .where(Screening.fingerprint == fingerprint, Screening.state == SUCCEEDED, Screening.result.is_not(None))
         .order_by(Screening.finished_at.desc())
         .limit(1)
     )
@@ -209,13 +209,9 @@ def submit_screening(
             except PhasescreenError as exc:
                 raise from_domain_error(exc) from exc
             screening, created = _replay(existing, normalized), False
-            _enqueue(
-                session, queue, screening
-            )  # harmless if queued; recovers a submission whose enqueue failed
+            _enqueue(session, queue, screening)  # harmless if queued; recovers a submission whose enqueue failed
             return Submission(screening, created)
-    active = session.scalar(
-        select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES))
-    )
+    active = session.scalar(select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES)))
     if (active or 0) >= settings.max_active_screenings:
         raise Problem(
             503,
@@ -224,9 +220,7 @@ def submit_screening(
             f"{active} screenings are queued or running, the limit of this deployment; try again later",
             headers={"Retry-After": str(settings.retry_after * 6)},
         )
-    screening, created = _create(
-        session, request, settings=settings, owner=owner, idempotency_key=idempotency_key
-    )
+    screening, created = _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key)
     session.commit()
     _enqueue(session, queue, screening)
     return Submission(screening, created)
@@ -380,9 +374,7 @@ def record_local_result(session: Session, request: dict[str, Any], result: dict[
     return screening
 
 
-def store_local_result(
-    request: dict[str, Any], result: dict[str, Any], settings: ServiceSettings | None = None
-) -> str:
+def store_local_result(request: dict[str, Any], result: dict[str, Any], settings: ServiceSettings | None = None) -> str:
     """One call for the CLI: open the configured store (migrating the embedded file), record, commit."""
     from service.db import local_session
 

@@ -48,9 +48,7 @@ class ServiceSettings(BaseSettings):
 
     # security
     require_api_key: bool = Field(False, description="writes need an API key")
-    rate_limit_per_minute: int = Field(
-        120, ge=0, description="requests per minute per key (or client); 0 = off"
-    )
+    rate_limit_per_minute: int = Field(120, ge=0, description="requests per minute per key (or client); 0 = off")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body accepted")
 
     # limits
@@ -64,19 +62,14 @@ class ServiceSettings(BaseSettings):
     max_active_screenings: int = Field(1000, ge=1, description="queued + running screenings before 503")
 
     # liveness of jobs
-    lease_timeout: float = Field(
-        120.0, gt=0, description="seconds without heartbeat before a job is presumed lost"
-    )
+    lease_timeout: float = Field(120.0, gt=0, description="seconds without heartbeat before a job is presumed lost")
     reconcile_interval: float = Field(60.0, gt=0, description="seconds between reconciler passes")
-    reconcile_grace: float = Field(
-        10.0, ge=0, description="age before a queued row counts as missing from the queue"
-    )
+    reconcile_grace: float = Field(10.0, ge=0, description="age before a queued row counts as missing from the queue")
 
     # behaviour
-    reuse_results: bool = Field(
-        True, description="serve an identical finished request from its stored result"
-    )
+    reuse_results: bool = Field(True, description="serve an identical finished request from its stored result")
     embedded_workers: int = Field(1, ge=1, le=64, description="threads of the in-process executor")
+    encoder_cache_size: int = Field(2, ge=0, le=64, description="models a worker keeps loaded between jobs")
     retry_after: int = Field(5, ge=1, description="seconds clients are told to wait before polling")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="port of a worker's /metrics; 0 = off")
     log_level: str = Field("INFO", description="logging level of serve and worker")

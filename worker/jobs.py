@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from functools import partial
 from typing import Any
 
@@ -30,11 +31,20 @@ from service.problems import from_domain_error, problem_document
 from service.runtime import Runtime, get_runtime
 from service.screenings import jsonable
 from worker import metrics
+from worker.encoders import EncoderCache
 from worker.tracker import JobStopped, JobTimedOut, JobTracker
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+_encoder_caches: weakref.WeakKeyDictionary[Runtime, EncoderCache] = weakref.WeakKeyDictionary()
+
+
+def _encoders(rt: Runtime) -> EncoderCache:
+    cache = _encoder_caches.get(rt)
+    if cache is None:
+        cache = _encoder_caches.setdefault(rt, EncoderCache(rt.settings.encoder_cache_size))
+    return cache
 
 
 def _hard_timeouts() -> tuple[type[BaseException], ...]:
@@ -60,9 +70,7 @@ def _check_size(identity: dict[str, Any], max_params: int) -> None:
 
 
 def _array_index(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {
-        name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)} for name, a in arrays.items()
-    }
+    return {name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)} for name, a in arrays.items()}
 
 
 def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
@@ -72,9 +80,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
     rt = runtime or get_runtime()
     settings = rt.settings
     with rt.session() as session:
-        claim = lifecycle.claim_profile(
-            session, profile_id, worker=WORKER_NAME, max_attempts=settings.max_attempts
-        )
+        claim = lifecycle.claim_profile(session, profile_id, worker=WORKER_NAME, max_attempts=settings.max_attempts)
         session.commit()
     if claim is None:
         return "skipped"
@@ -90,18 +96,28 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
     tracker = JobTracker(
         rt, claim.lease, kind="profile", still_wanted=partial(lifecycle.profile_needed, profile_id=profile_id)
     )
+    engine_settings = EngineSettings.model_validate(claim.settings)
     try:
         with tracker:
+            tracker("loading", 0.0)
+            encoder = _encoders(rt).get(
+                claim.model_ref,
+                pooling=engine_settings.language_pooling if claim.modality == "language" else None,
+                model_root=settings.model_root,
+                allowed_sources=settings.allowed_sources,
+            )
+            _check_size(encoder.identity.to_dict(), settings.max_params)  # before hours of work, not after
             profile = compute_profile(
                 claim.model_ref,
                 claim.modality,
                 claim.dataset_ref,
-                EngineSettings.model_validate(claim.settings),
+                engine_settings,
                 model_root=settings.model_root,
+                data_root=settings.data_root,
                 allowed_sources=settings.allowed_sources,
                 progress=tracker,
+                encoder=encoder,
             )
-            _check_size(profile.identity, settings.max_params)
             tracker.check()
             blob = profile.to_bytes()
     except JobStopped as stop:
@@ -140,9 +156,7 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
 
     rt = runtime or get_runtime()
     with rt.session() as session:
-        claim = lifecycle.claim_pair(
-            session, screening_id, worker=WORKER_NAME, max_attempts=rt.settings.max_attempts
-        )
+        claim = lifecycle.claim_pair(session, screening_id, worker=WORKER_NAME, max_attempts=rt.settings.max_attempts)
         session.commit()
     if claim is None:
         return "skipped"
