@@ -20,9 +20,7 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_api_key(
-    session: Session, name: str, *, rate_limit_per_minute: int | None = None
-) -> tuple[ApiKey, str]:
+def create_api_key(session: Session, name: str, *, rate_limit_per_minute: int | None = None) -> tuple[ApiKey, str]:
     """A new key and its secret (returned once, never stored). Flushes, does not commit."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
@@ -40,9 +38,7 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
     """The live key with this secret, or ``None``."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         return None
-    key = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
-    )
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)))
     if key is not None:
         now = utcnow()
         if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:

@@ -92,9 +92,7 @@ async def enforce_rate_limit(
     limit = limit or settings.rate_limit_per_minute
     if not limit:
         return
-    identity = (
-        f"key:{api_key.id}" if api_key else f"ip:{request.client.host if request.client else 'unknown'}"
-    )
+    identity = f"key:{api_key.id}" if api_key else f"ip:{request.client.host if request.client else 'unknown'}"
     wait = await run_in_threadpool(limiter.hit, identity, limit)  # Redis I/O stays off the event loop
     if wait is not None:
         raise Problem(

@@ -115,9 +115,7 @@ def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> 
     return bool(result.rowcount)
 
 
-def claim_profile(
-    session: Session, profile_id: str, *, worker: str, max_attempts: int
-) -> ProfileClaim | None:
+def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempts: int) -> ProfileClaim | None:
     """Take a queued profile; ``None`` when it is gone, taken, finished or no longer wanted."""
     row = session.get(ModelProfile, profile_id)
     if row is None or row.state != QUEUED:
@@ -204,9 +202,7 @@ def ready_pairs(session: Session, profile_id: str) -> list[str]:
     return list(session.scalars(query))
 
 
-def fail_profile(
-    session: Session, profile_id: str, problem: dict[str, Any], lease: Lease | None = None
-) -> None:
+def fail_profile(session: Session, profile_id: str, problem: dict[str, Any], lease: Lease | None = None) -> None:
     """Mark a profile failed, and with it every screening still waiting for it."""
     condition = [ModelProfile.id == profile_id, ModelProfile.state.in_(ACTIVE_STATES)]
     if lease is not None:
@@ -298,9 +294,7 @@ def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> boo
     return (
         session.execute(
             update(Screening)
-            .where(
-                Screening.id == lease.row_id, Screening.lease_token == lease.token, Screening.state == RUNNING
-            )
+            .where(Screening.id == lease.row_id, Screening.lease_token == lease.token, Screening.state == RUNNING)
             .values(
                 state=SUCCEEDED,
                 result=result,
@@ -315,9 +309,7 @@ def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> boo
     )
 
 
-def fail_screening(
-    session: Session, screening_id: str, problem: dict[str, Any], lease: Lease | None = None
-) -> None:
+def fail_screening(session: Session, screening_id: str, problem: dict[str, Any], lease: Lease | None = None) -> None:
     condition = [Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES)]
     if lease is not None:
         condition.append(Screening.lease_token == lease.token)

@@ -106,9 +106,7 @@ class Screening(_JobColumns, Base):
     """One request to screen a (vision, language) pair; its pair step runs once both profiles exist."""
 
     __tablename__ = "screenings"
-    __table_args__ = (
-        UniqueConstraint("owner", "idempotency_key", name="uq_screenings_owner_idempotency_key"),
-    )
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_screenings_owner_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous

@@ -68,9 +68,7 @@ class RedisJobQueue:
         self.queue = Queue(
             queue_name, connection=self.redis, serializer=JSONSerializer, default_timeout=job_timeout + 60
         )
-        self._retry = (
-            Retry(max=max_attempts - 1, interval=list(retry_backoff or (0,))) if max_attempts > 1 else None
-        )
+        self._retry = Retry(max=max_attempts - 1, interval=list(retry_backoff or (0,))) if max_attempts > 1 else None
 
     def _submit(self, job: JobRef) -> None:
         self.queue.enqueue_call(

@@ -114,9 +114,7 @@ class ProfileOut(BaseModel):
     stage: str | None
     progress: float
     attempts: int
-    identity: dict[str, Any] | None = Field(
-        description="what exactly was loaded (name, revision, hash, params)"
-    )
+    identity: dict[str, Any] | None = Field(description="what exactly was loaded (name, revision, hash, params)")
     meta: dict[str, Any] | None
     arrays: dict[str, Any] | None = Field(description="name -> {shape, dtype} of the stored arrays")
     size_bytes: int | None

@@ -49,8 +49,7 @@ def run_worker(settings: ServiceSettings, *, burst: bool = False, queues: Sequen
     # no socket timeout: the worker blocks on the queue for longer than any sensible timeout
     connection = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     worker_queues = [
-        Queue(name, connection=connection, serializer=JSONSerializer)
-        for name in (queues or [settings.queue_name])
+        Queue(name, connection=connection, serializer=JSONSerializer) for name in (queues or [settings.queue_name])
     ]
     worker = SimpleWorker(worker_queues, connection=connection, serializer=JSONSerializer)
     try:

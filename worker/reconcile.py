@@ -67,9 +67,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
         for table, kind in ((ModelProfile, "profile"), (Screening, "pair")):
             stale = session.scalars(
                 select(table)
-                .where(
-                    table.state == RUNNING, table.lease_token.is_not(None), table.heartbeat_at < stale_before
-                )
+                .where(table.state == RUNNING, table.lease_token.is_not(None), table.heartbeat_at < stale_before)
                 .limit(_BATCH)
             ).all()
             for row in stale:
@@ -113,9 +111,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
         ).all()
         for profile in awaited:
             if profile.state == FAILED:
-                lifecycle.fail_waiting_screenings(
-                    session, profile.id, profile.modality, profile.problem or {}
-                )
+                lifecycle.fail_waiting_screenings(session, profile.id, profile.modality, profile.problem or {})
                 report.failed.append(profile.id)
             elif lifecycle.reset_profile_if_finished_badly(session, profile):
                 maybe_lost.append(JobRef("profile", profile.id))

@@ -54,9 +54,7 @@ class JobTracker:
         self._deadline = time.monotonic() + runtime.settings.job_timeout
         self._stop: JobStopped | None = None
         self._halt = threading.Event()
-        self._thread = threading.Thread(
-            target=self._heartbeat_loop, name=f"heartbeat-{lease.row_id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{lease.row_id}", daemon=True)
         self._stage: str | None = None
         self._stage_started = time.monotonic()
         self._last_write = 0.0
@@ -95,9 +93,7 @@ class JobTracker:
 
     def _close_stage(self) -> None:
         if self._stage is not None:
-            metrics.STAGE_SECONDS.labels(self._kind, self._stage).observe(
-                time.monotonic() - self._stage_started
-            )
+            metrics.STAGE_SECONDS.labels(self._kind, self._stage).observe(time.monotonic() - self._stage_started)
 
     def _write(self, stage: str, fraction: float) -> None:
         try:

@@ -18,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.set_defaults(func=_serve)
 
-    worker = subparsers.add_parser(
-        "worker", help="run an RQ worker (one per GPU; needs PHASESCREEN_REDIS_URL)"
-    )
+    worker = subparsers.add_parser("worker", help="run an RQ worker (one per GPU; needs PHASESCREEN_REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument(
         "--queue",

@@ -92,14 +92,10 @@ def submit_screening(
 def list_screenings(
     session: SessionDep,
     state: State | None = None,
-    model: Annotated[
-        FilterText, Query(max_length=512, description="vision or language model reference")
-    ] = None,
+    model: Annotated[FilterText, Query(max_length=512, description="vision or language model reference")] = None,
     dataset: Annotated[FilterText, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[
-        FilterText, Query(max_length=200, description="next_cursor of the previous page")
-    ] = None,
+    cursor: Annotated[FilterText, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> ScreeningPage:
     """Screenings, newest first, filtered by state, model and dataset; cursor pagination."""
     rows, next_cursor = screenings.list_screenings(
@@ -112,9 +108,7 @@ def list_screenings(
 
 
 @router.get("/{screening_id}", response_model=ScreeningOut, responses={404: _PROBLEM, 429: _PROBLEM})
-def get_screening(
-    screening_id: str, session: SessionDep, response: Response, settings: SettingsDep
-) -> ScreeningOut:
+def get_screening(screening_id: str, session: SessionDep, response: Response, settings: SettingsDep) -> ScreeningOut:
     """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
     screening = screenings.get_screening(session, screening_id)
     if screening.state in ACTIVE_STATES:

@@ -7,7 +7,10 @@ Override the targets with PHASESCREEN_TEST_DATABASE_URL and PHASESCREEN_TEST_RED
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,8 +32,10 @@ PG_URL = os.environ.get(
 REDIS_URL = os.environ.get("PHASESCREEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 REPO = Path(__file__).resolve().parents[2]
 
-# the smallest real engine run: two offline models, 20 digits
-VISION, LANGUAGE, DATASET = "pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2", "digits"
+# Small real engine runs: a random-init timm test network and a random-init two-layer BERT (built below
+# under the tests' model root) on 20 digits, with the cheapest settings. `test_offline_pretrained_pair`
+# (slow) runs the pretrained offline packages instead.
+VISION, LANGUAGE, DATASET = "timm:test_efficientnet?weights=random", "file:tiny-bert?weights=random", "digits"
 TINY = {
     "n": 20,
     "probes": 1,
@@ -43,6 +48,25 @@ TINY = {
 
 def tiny_request(**options: Any) -> dict[str, Any]:
     return {"vision": VISION, "language": LANGUAGE, "dataset": DATASET, "options": {**TINY, **options}}
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model root with ``tiny-bert``: MiniLM's tokenizer and a 2-layer, 32-wide config (random init)."""
+    from phasecore.sources.pkg_source import PACKAGES
+
+    package = PACKAGES["all-minilm-l6-v2"]
+    source = Path(importlib.import_module(package.module).get_model_path())
+    root = tmp_path_factory.mktemp("models")
+    target = root / "tiny-bert"
+    target.mkdir()
+    for path in source.iterdir():
+        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".onnx") and path.name != "config.json":
+            shutil.copy(path, target / path.name)
+    config = json.loads((source / "config.json").read_text())
+    config.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    (target / "config.json").write_text(json.dumps(config))
+    return root
 
 
 def _ensure_database(url: str) -> None:
@@ -66,9 +90,7 @@ def pg_url() -> str:
         pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc}")
     engine = create_engine(PG_URL)
     with engine.begin() as conn:  # only our database; its leftovers from an aborted run go
-        conn.execute(
-            text("DROP TABLE IF EXISTS screenings, model_profiles, api_keys, alembic_version CASCADE")
-        )
+        conn.execute(text("DROP TABLE IF EXISTS screenings, model_profiles, api_keys, alembic_version CASCADE"))
     engine.dispose()
     upgrade(PG_URL)
     downgrade(PG_URL, "base")  # the way down must work too
@@ -101,12 +123,15 @@ def clean(pg_url: str, redis_url: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def make_settings(pg_url: str, redis_url: str, clean: None, tmp_path: Path) -> Callable[..., ServiceSettings]:
+def make_settings(
+    pg_url: str, redis_url: str, clean: None, tmp_path: Path, model_root: Path
+) -> Callable[..., ServiceSettings]:
     queue = f"test-{uuid.uuid4().hex[:8]}"
 
     def make(**overrides: Any) -> ServiceSettings:
         values: dict[str, Any] = {
             "home": tmp_path,
+            "model_root": model_root,
             "database_url": pg_url,
             "redis_url": redis_url,
             "queue_name": queue,
@@ -182,9 +207,7 @@ def start_worker_process(settings: ServiceSettings, *args: str, log: Path) -> su
     )
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition"
-) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -84,7 +84,7 @@ def test_bad_input_is_a_problem_never_a_500(client):
     _assert_problem(post(json={**tiny_request(), "vision": "pkg:no-such-package-model"}), 422)
     _assert_problem(post(json=tiny_request(n=4000)), 422)  # more than the digits data set holds per class
     _assert_problem(post(content=b"x" * 100_000, headers=json_headers), 413, "body-too-large")
-    _assert_problem(post(json=tiny_request(), headers={"Idempotency-Key": "é" * 3}), 400)
+    _assert_problem(post(json=tiny_request(), headers={"Idempotency-Key": "é".encode("latin-1") * 3}), 400)
     _assert_problem(client.get("/v1/screenings/not-an-id"), 404, "not-found")
     _assert_problem(client.get("/v1/screenings", params={"model": "a\x00b"}), 422)
     _assert_problem(client.get("/v1/screenings", params={"limit": 10**30}), 422)
@@ -98,12 +98,12 @@ def test_source_outside_the_allow_list_is_refused(make_runtime):
 
     from service.app import create_app
 
-    with TestClient(create_app(runtime=make_runtime(allowed_sources=("pkg",)))) as client:
+    with TestClient(create_app(runtime=make_runtime(allowed_sources=("timm", "file")))) as client:
         ok = client.post("/v1/screenings", json=tiny_request())
         assert ok.status_code == 202
-        refused = client.post("/v1/screenings", json={**tiny_request(), "vision": "timm:resnet18"})
+        refused = client.post("/v1/screenings", json={**tiny_request(), "language": "hf:bert-base-uncased"})
         _assert_problem(refused, 403, "source-not-allowed")
-        assert client.get("/v1/sources").json()["allowed_sources"] == ["pkg"]
+        assert client.get("/v1/sources").json()["allowed_sources"] == ["timm", "file"]
 
 
 def test_list_filters_and_cursor_pagination(client):

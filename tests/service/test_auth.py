@@ -28,14 +28,10 @@ def test_writes_need_a_key_reads_do_not(make_runtime):
         refused = client.post("/v1/screenings", json=tiny_request())
         assert refused.status_code == 401 and refused.json()["type"].endswith("api-key-required")
         assert refused.headers["www-authenticate"].startswith("Bearer")
-        wrong = client.post(
-            "/v1/screenings", json=tiny_request(), headers={"Authorization": "Bearer psk_nope"}
-        )
+        wrong = client.post("/v1/screenings", json=tiny_request(), headers={"Authorization": "Bearer psk_nope"})
         assert wrong.status_code == 401 and wrong.json()["type"].endswith("invalid-api-key")
 
-        accepted = client.post(
-            "/v1/screenings", json=tiny_request(), headers={"Authorization": f"Bearer {secret}"}
-        )
+        accepted = client.post("/v1/screenings", json=tiny_request(), headers={"Authorization": f"Bearer {secret}"})
         assert accepted.status_code == 202
         also = client.post("/v1/screenings", json=tiny_request(seed=2), headers={"X-API-Key": secret})
         assert also.status_code == 202

@@ -16,9 +16,15 @@ from service.settings import ServiceSettings
 from tests.service.conftest import tiny_request, wait_for
 
 
-def _embedded(tmp_path, **overrides) -> ServiceSettings:
+def _embedded(tmp_path, model_root, **overrides) -> ServiceSettings:
     return ServiceSettings(
-        home=tmp_path, database_url=None, redis_url=None, reconcile_grace=0, retry_backoff=(0,), **overrides
+        home=tmp_path,
+        model_root=model_root,
+        database_url=None,
+        redis_url=None,
+        reconcile_grace=0,
+        retry_backoff=(0,),
+        **overrides,
     )
 
 
@@ -34,8 +40,8 @@ def test_migrations_build_the_models_schema_on_sqlite_and_postgres(tmp_path, pg_
         engine.dispose()
 
 
-def test_serve_with_nothing_configured_runs_jobs_in_process(tmp_path):
-    settings = _embedded(tmp_path)
+def test_serve_with_nothing_configured_runs_jobs_in_process(tmp_path, model_root):
+    settings = _embedded(tmp_path, model_root)
     assert settings.sqlalchemy_url == f"sqlite:///{tmp_path / 'phasescreen.db'}"
     runtime = Runtime.create(settings)  # migrates the SQLite file itself
     try:
@@ -60,12 +66,12 @@ def test_serve_with_nothing_configured_runs_jobs_in_process(tmp_path):
     assert (tmp_path / "phasescreen.db").exists()
 
 
-def test_local_results_are_stored_in_the_embedded_file(tmp_path):
+def test_local_results_are_stored_in_the_embedded_file(tmp_path, model_root):
     request = tiny_request()
     result = {"metrics": {"cka": 0.5, "undefined": float("nan")}, "engine_version": "0.1.0"}
-    screening_id = store_local_result(request, result, _embedded(tmp_path))
+    screening_id = store_local_result(request, result, _embedded(tmp_path, model_root))
 
-    runtime = Runtime.create(_embedded(tmp_path))
+    runtime = Runtime.create(_embedded(tmp_path, model_root))
     try:
         with runtime.session() as session:
             row = session.get(Screening, screening_id)

@@ -27,9 +27,7 @@ def _running_profile(runtime):
         return session.scalars(select(ModelProfile).where(ModelProfile.state == "running")).first()
 
 
-def test_worker_sigkilled_mid_job_is_retried_and_the_screening_succeeds(
-    client, make_settings, runtime, tmp_path
-):
+def test_worker_sigkilled_mid_job_is_retried_and_the_screening_succeeds(client, make_settings, runtime, tmp_path):
     settings = make_settings(lease_timeout=3.0)
     screening_id = client.post("/v1/screenings", json=tiny_request()).json()["id"]
 
@@ -101,9 +99,7 @@ def test_cancel_stops_a_running_job(client, make_settings, runtime, tmp_path):
     screening_id = client.post("/v1/screenings", json=tiny_request(n=100)).json()["id"]
     worker = start_worker_process(settings, "--burst", log=tmp_path / "worker.log")
     try:
-        victim = wait_for(
-            lambda: _running_profile(runtime), timeout=90, interval=0.05, what="a running profile"
-        )
+        victim = wait_for(lambda: _running_profile(runtime), timeout=90, interval=0.05, what="a running profile")
         cancelled = client.post(f"/v1/screenings/{screening_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
         # the job notices at its next heartbeat and stops; the burst worker then finds nothing else to do

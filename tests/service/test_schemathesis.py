@@ -28,9 +28,7 @@ def test_no_server_errors_on_generated_requests(make_runtime):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-            )
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
             def check(case):
                 case.call_and_validate(checks=[not_a_server_error])
 

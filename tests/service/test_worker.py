@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from service.models import ModelProfile, Screening
@@ -47,9 +48,7 @@ def test_submit_work_result_stored_and_served(client, runtime):
     # ... unless asked not to; then only the pair step runs, on the stored profiles
     fresh = client.post("/v1/screenings", json={**tiny_request(), "reuse": False})
     assert fresh.status_code == 202
-    assert {p["id"] for p in fresh.json()["profiles"].values()} == {
-        p["id"] for p in body["profiles"].values()
-    }
+    assert {p["id"] for p in fresh.json()["profiles"].values()} == {p["id"] for p in body["profiles"].values()}
     assert runtime.queue.queue.job_ids == [fresh.json()["id"]]
     work_burst(runtime.settings)
     assert client.get(f"/v1/screenings/{fresh.json()['id']}").json()["state"] == "succeeded"
@@ -58,20 +57,34 @@ def test_submit_work_result_stored_and_served(client, runtime):
     assert 'phasescreen_screenings{state="succeeded"} 3.0' in metrics
 
 
-def test_unloadable_model_fails_with_a_problem_not_retried(client, runtime):
-    """A model that cannot be loaded fails the screening with a problem a user can act on, once."""
-    body = {
-        **tiny_request(),
-        "vision": "timm:resnet18?weights=random",
-        "language": "timm:resnet18?weights=random",
-    }
-    submitted = client.post("/v1/screenings", json=body)
-    if submitted.status_code == 422:  # refused up front is as good as failed later
-        return
+def test_a_model_that_cannot_load_fails_with_a_problem_and_is_not_retried(client, runtime, model_root):
+    broken = model_root / "broken-vit"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"architecture": "no_such_architecture_anywhere"}')
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    submitted = client.post("/v1/screenings", json={**tiny_request(), "vision": "file:broken-vit"})
+    assert submitted.status_code == 202, submitted.text
+
     work_burst(runtime.settings)
     screening = client.get(f"/v1/screenings/{submitted.json()['id']}").json()
     assert screening["state"] == "failed"
-    assert screening["problem"]["detail"] and screening["problem"]["type"].startswith(
-        "urn:phasescreen:problem:"
+    problem = screening["problem"]
+    assert problem["type"].rsplit(":", 1)[-1] in (
+        "invalid-reference",
+        "unsupported-model",
+        "asset-unavailable",
     )
-    assert screening["attempts"] == 0
+    assert "no_such_architecture_anywhere" in problem["detail"]  # says what is wrong
+    vision = client.get(screening["profiles"]["vision"]["href"]).json()
+    assert vision["state"] == "failed" and vision["attempts"] == 1  # a domain error is final
+
+
+@pytest.mark.slow
+def test_offline_pretrained_pair(client, runtime):
+    """The pretrained offline packages of the README's demo, end to end through the worker."""
+    body = {**tiny_request(), "vision": "pkg:efficientnet-lite0", "language": "pkg:all-minilm-l6-v2"}
+    screening_id = client.post("/v1/screenings", json=body).json()["id"]
+    work_burst(runtime.settings)
+    screening = client.get(f"/v1/screenings/{screening_id}").json()
+    assert screening["state"] == "succeeded", screening["problem"]
+    assert screening["result"]["vision"]["n_params"] > 1_000_000
