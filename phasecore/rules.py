@@ -1,0 +1,192 @@
+"""The paper's pair-level screening rules (METRICS §3 phases, §5 rules).
+
+Every threshold and claimed accuracy here is the paper's, returned as the paper's claim with its source, never
+as a result of phasescreen; the service's own accuracy of each rule is measured in ``phasecore.study`` (§8).
+
+Non-finite inputs: an ``agop_ratio`` of +inf (λ_min = 0 within the cut) is a legal, maximally
+ill-conditioned spectrum, so ``log(AGOP) = +inf`` and the AGOP rule holds; the combined rule then holds when
+ΔNTK > 0 and is undetermined when ΔNTK = 0 (0 × ∞). None (not measured) or NaN anywhere, an infinite
+stability, or an AGOP ratio below 1 (impossible for λ_max/λ_min) leave the rules that use them undetermined:
+``predicts_failure = None`` with a ``note`` saying why. Values that are not finite are returned as None
+(JSON has no inf/NaN), with a note. Nothing here raises on a number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+Phase = Literal["chaotic", "optimal", "lazy", "undetermined"]
+
+PAPER_TITLE = "Phase Incompatibility Explains Cross-Modal Alignment Failure: Evidence from 144 Model Pairs"
+_CLAIM_SOURCE = f"paper claim ({PAPER_TITLE}, 144 pairs); not verified by phasescreen"
+
+#: The source paper and the claims phasescreen reproduces as rules. Thresholds are the paper's.
+PAPER: dict[str, Any] = {
+    "title": PAPER_TITLE,
+    "claims": {
+        "phases": "S_NTK < 0.5 chaotic, 0.5 ≤ S_NTK < 0.9 optimal, S_NTK ≥ 0.9 lazy",
+        "agop_rule": {"rule": "max agop_ratio > 1e6 predicts alignment failure", "accuracy": 0.94},
+        "combined_rule": {
+            "rule": "ΔNTK × log10(max agop_ratio) > 2.5 predicts alignment failure",
+            "accuracy": 0.96,
+        },
+        "ntk_difference_rule": {"rule": "ΔNTK = |S_NTK^V − S_NTK^L| > 0.5 predicts alignment failure"},
+        "cross_phase_rule": {"rule": "S_NTK^cross < 0.25: the pair is in the chaotic cross-modal phase"},
+        "information_plane": "I(Y;T)/I(X;T) < 3.0 predicts failure",
+        "failure": "alignment below 3% is a failure",
+    },
+}
+
+CHAOTIC_BELOW = 0.5
+LAZY_FROM = 0.9
+AGOP_THRESHOLD = 1e6
+COMBINED_THRESHOLD = 2.5
+NTK_DIFFERENCE_THRESHOLD = 0.5
+CROSS_CHAOTIC_BELOW = 0.25
+
+
+def phase_of(s_ntk: float | None) -> Phase:
+    """Phase of a model from its NTK stability S_NTK (METRICS §3, the paper's bands).
+
+    ``S < 0.5`` chaotic, ``0.5 ≤ S < 0.9`` optimal, ``S ≥ 0.9`` lazy; ``"undetermined"`` for None, NaN or
+    ±inf (no measured stability), rather than a band picked by a failed comparison.
+    """
+    s = _as_float(s_ntk)
+    if not math.isfinite(s):
+        return "undetermined"
+    if s < CHAOTIC_BELOW:
+        return "chaotic"
+    return "optimal" if s < LAZY_FROM else "lazy"
+
+
+def pair_rules(
+    *,
+    s_ntk_vision: float | None,
+    s_ntk_language: float | None,
+    agop_ratio_vision: float | None,
+    agop_ratio_language: float | None,
+    s_ntk_cross: float | None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The paper's screening rules of one pair (METRICS §5).
+
+    Inputs: S_NTK^V, S_NTK^L (§3), the AGOP condition numbers λ_max/λ_min of both models (§4, may be +inf),
+    and S_NTK^cross = A(Θ_v, Θ_l) uncentered (§2).
+
+    Derived: ``ΔNTK = |S_NTK^V − S_NTK^L|``, ``log(AGOP) = log10(max(agop_ratio_v, agop_ratio_l))`` (the worse
+    of the two models), ``combined = ΔNTK × log(AGOP)``.
+
+    Returns ``(derived, predictions)``. ``derived`` has keys ``delta_ntk``, ``log_agop``, ``combined``,
+    ``agop_ratio_max`` (float or None when not finite), ``phase_vision``, ``phase_language`` and ``notes``
+    (list of str). ``predictions`` maps ``agop_rule``, ``combined_rule``, ``ntk_difference_rule`` and
+    ``cross_phase_rule`` to ``{value, threshold, predicts_failure, claimed_accuracy, source, rule, note}``:
+    value (float or None), predicts_failure (bool, or None when undetermined), claimed_accuracy (0.94, 0.96,
+    or None where the paper claims none).
+    """
+    s_v, s_l, cross = _as_float(s_ntk_vision), _as_float(s_ntk_language), _as_float(s_ntk_cross)
+    ratios = (_as_float(agop_ratio_vision), _as_float(agop_ratio_language))
+    notes: list[str] = []
+
+    delta: float | None = None
+    if _valid_stability(s_v) and _valid_stability(s_l):
+        delta = abs(s_v - s_l)
+    else:
+        notes.append(f"S_NTK (vision {s_v}, language {s_l}) is not finite: ΔNTK is undetermined")
+
+    ratio_max: float | None = None
+    if all(_valid_ratio(r) for r in ratios):
+        ratio_max = max(ratios)
+        if math.isinf(ratio_max):
+            notes.append("an AGOP ratio is infinite (λ_min = 0): log(AGOP) = +inf, the AGOP rule holds")
+    else:
+        notes.append(f"AGOP ratios {ratios} are not all ≥ 1 (or NaN): log(AGOP) is undetermined")
+    log_agop = None if ratio_max is None else math.log10(ratio_max)
+
+    combined: float | None = None
+    if delta is not None and log_agop is not None:
+        if math.isinf(log_agop) and delta == 0.0:
+            notes.append("ΔNTK = 0 and log(AGOP) = +inf: combined = 0 × ∞ is undetermined")
+        else:
+            combined = delta * log_agop
+
+    cross_value = cross if math.isfinite(cross) else None
+    if cross_value is None:
+        notes.append(f"S_NTK^cross = {cross} is not finite: the cross-phase rule is undetermined")
+
+    derived: dict[str, Any] = {
+        "delta_ntk": delta,
+        "log_agop": _finite_or_none(log_agop),
+        "combined": _finite_or_none(combined),
+        "agop_ratio_max": _finite_or_none(ratio_max),
+        "phase_vision": phase_of(s_v),
+        "phase_language": phase_of(s_l),
+        "notes": notes,
+    }
+    predictions = {
+        "agop_rule": _rule(
+            ratio_max,
+            AGOP_THRESHOLD,
+            above=True,
+            claimed=0.94,
+            rule="max(agop_ratio_vision, agop_ratio_language) > 1e6 predicts failure",
+        ),
+        "combined_rule": _rule(
+            combined,
+            COMBINED_THRESHOLD,
+            above=True,
+            claimed=0.96,
+            rule="combined = ΔNTK × log10(max agop_ratio) > 2.5 predicts failure",
+        ),
+        "ntk_difference_rule": _rule(
+            delta,
+            NTK_DIFFERENCE_THRESHOLD,
+            above=True,
+            claimed=None,
+            rule="ΔNTK = |S_NTK^V − S_NTK^L| > 0.5 predicts failure",
+        ),
+        "cross_phase_rule": _rule(
+            cross_value,
+            CROSS_CHAOTIC_BELOW,
+            above=False,
+            claimed=None,
+            rule="S_NTK^cross < 0.25: a chaotic pair, predicts failure",
+        ),
+    }
+    return derived, predictions
+
+
+def _rule(value: float | None, threshold: float, *, above: bool, claimed: float | None, rule: str) -> dict:
+    note = None
+    if value is None:
+        verdict = None
+        note = "an input is missing or not finite; no verdict"
+    else:
+        verdict = value > threshold if above else value < threshold
+        if math.isinf(value):
+            note = f"value is {'+' if value > 0 else '-'}inf (reported as None)"
+    return {
+        "value": _finite_or_none(value),
+        "threshold": threshold,
+        "predicts_failure": verdict,
+        "claimed_accuracy": claimed,
+        "source": _CLAIM_SOURCE,
+        "rule": rule,
+        "note": note,
+    }
+
+
+def _as_float(x: float | None) -> float:
+    """None (not measured) reads as NaN, so that every rule using it is undetermined."""
+    return math.nan if x is None else float(x)
+
+
+def _valid_stability(s: float) -> bool:
+    return math.isfinite(s)
+
+
+def _valid_ratio(r: float) -> bool:
+    return not math.isnan(r) and r >= 1.0
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
