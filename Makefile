@@ -31,7 +31,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+
 
 bench: $(STAMP)
 	$(BIN)/python bench/ntk_engine.py

@@ -21,18 +21,8 @@ from torch import nn
 
 from phasecore.alignment import kernel_alignment
 from phasecore.ntk.engine import Method, Probes, ProgressFn, probe_gram
+from phasecore.rules import phase_of
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
-
-PHASE_BANDS = {"chaotic": (0.0, 0.5), "optimal": (0.5, 0.9), "lazy": (0.9, 1.0)}
-
-
-def phase_of(s_ntk: float) -> str:
-    """The paper's bands: chaotic S < 0.5, optimal 0.5 ≤ S < 0.9, lazy S ≥ 0.9."""
-    if not np.isfinite(s_ntk):
-        return "undetermined"
-    if s_ntk < 0.5:
-        return "chaotic"
-    return "optimal" if s_ntk < 0.9 else "lazy"
 
 
 @dataclass(frozen=True)
