@@ -348,10 +348,14 @@ def record_progress(session: Session, lease: Lease, stage: str, progress: float)
     )
 
 
-def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any]) -> bool:
-    """Hand a row back to the queue after a transient fault; the retry claims it again."""
+def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any], *, refund_attempt: bool = False) -> bool:
+    """Hand a row back to the queue after a transient fault; the retry claims it again.
+
+    ``refund_attempt``: the try does not count (an orderly shutdown interrupted it, nothing failed)."""
     table = lease.table
     values: dict[str, Any] = {"lease_token": None, "stage": None, "progress": 0.0, "problem": problem}
+    if refund_attempt:
+        values["attempts"] = table.attempts - 1
     condition = [table.id == lease.row_id, table.lease_token == lease.token]
     if table is ModelProfile:
         values["state"] = QUEUED

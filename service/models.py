@@ -23,7 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# None is stored as SQL NULL (not JSON 'null'), so "IS NULL" means "absent" on both backends
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 # the states a screening or a profile goes through; terminal ones never change again
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

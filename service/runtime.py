@@ -21,6 +21,8 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     queue: JobQueue = field(init=False)
+    # set by close(): jobs running in this process stop at their next progress report and hand their row back
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def create(cls, settings: ServiceSettings) -> Runtime:
@@ -58,6 +60,7 @@ class Runtime:
         run(job.id, runtime=self)
 
     def close(self) -> None:
+        self.stopping.set()
         self.queue.close()
         self.engine.dispose()
 

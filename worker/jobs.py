@@ -121,10 +121,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
             tracker.check()
             blob = profile.to_bytes()
     except JobStopped as stop:
-        if not stop.lease_lost:
-            with rt.session() as session:
-                lifecycle.cancel_profile(session, claim.lease)
-                session.commit()
+        _stopped(rt, claim.lease, stop)
         return _finish("profile", "cancelled", started)
     except _hard_timeouts() as exc:
         _fail(rt, claim.lease, _timeout_problem(exc), "profile")
@@ -182,7 +179,8 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
                 progress=tracker,
             )
             tracker.check()
-    except JobStopped:
+    except JobStopped as stop:
+        _stopped(rt, claim.lease, stop)
         return _finish("pair", "cancelled", started)
     except _hard_timeouts() as exc:
         _fail(rt, claim.lease, _timeout_problem(exc), "pair")
@@ -197,6 +195,20 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
         stored = lifecycle.complete_pair(session, claim.lease, jsonable(result))
         session.commit()
     return _finish("pair", "succeeded" if stored else "cancelled", started)
+
+
+def _stopped(rt: Runtime, lease: lifecycle.Lease, stop: JobStopped) -> None:
+    """After the tracker stopped a job: a shutdown hands the row back for the next start, a profile no one
+    waits for is cancelled, a lost lease needs nothing (whoever took it wrote already)."""
+    if stop.lease_lost:
+        return
+    with rt.session() as session:
+        if stop.shutting_down:
+            interrupted = problem_document(500, "interrupted", "Interrupted", "the process running it shut down")
+            lifecycle.release_for_retry(session, lease, interrupted, refund_attempt=True)
+        elif lease.table is ModelProfile:
+            lifecycle.cancel_profile(session, lease)
+        session.commit()
 
 
 def _finish(kind: str, outcome: str, started: float) -> str:

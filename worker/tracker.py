@@ -28,10 +28,11 @@ _WRITE_INTERVAL = 1.0
 class JobStopped(Exception):  # noqa: N818 - a signal, not a fault
     """Raised inside the engine's progress callback to stop the job."""
 
-    def __init__(self, reason: str, *, lease_lost: bool = False) -> None:
+    def __init__(self, reason: str, *, lease_lost: bool = False, shutting_down: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.lease_lost = lease_lost
+        self.shutting_down = shutting_down
 
 
 class JobTimedOut(Exception):  # noqa: N818 - named for what happened, like TimeoutError
@@ -74,6 +75,8 @@ class JobTracker:
         """Raise if the job must stop; call between steps the engine does not report."""
         if self._stop is not None:
             raise self._stop
+        if self._runtime.stopping.is_set():
+            raise JobStopped("this process is shutting down", shutting_down=True)
         if time.monotonic() > self._deadline:
             raise JobTimedOut(
                 f"the {self._kind} job ran longer than the limit of {self._runtime.settings.job_timeout} s "

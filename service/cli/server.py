@@ -60,7 +60,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings()
     _configure_logging(settings)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower())
+    app = create_app(settings)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+    finally:  # in-process jobs hand their rows back instead of holding the exit for an hour
+        app.state.runtime.close()
     return 0
 
 

@@ -39,8 +39,8 @@ VISION, LANGUAGE, DATASET = "timm:test_efficientnet?weights=random", "file:tiny-
 TINY = {
     "n": 20,
     "probes": 1,
-    "stability_steps": 2,
-    "stability_subset": 10,
+    "stability_steps": 1,
+    "stability_subset": 4,
     "null_permutations": 20,
     "gt_folds": 2,
 }

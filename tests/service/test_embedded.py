@@ -82,3 +82,37 @@ def test_local_results_are_stored_in_the_embedded_file(tmp_path, model_root):
             assert [item["id"] for item in listed] == [screening_id]
     finally:
         runtime.close()
+
+
+def test_embedded_restart_hands_running_jobs_back_and_finishes_them(tmp_path, model_root):
+    """Stopping `phasescreen serve` mid-job loses nothing: the next start picks the screening up again."""
+    from sqlalchemy import select
+
+    from service.models import ModelProfile
+
+    first = Runtime.create(_embedded(tmp_path, model_root))
+    with TestClient(create_app(runtime=first)) as client:
+        screening_id = client.post("/v1/screenings", json=tiny_request()).json()["id"]
+        wait_for(lambda: client.get(f"/v1/screenings/{screening_id}").json()["state"] == "running", timeout=120)
+    first.close()  # what `phasescreen serve` does on exit
+
+    def handed_back() -> bool:
+        with first.session() as session:
+            states = set(session.scalars(select(ModelProfile.state)))
+        return "running" not in states
+
+    wait_for(handed_back, timeout=120, what="the interrupted job to hand its row back")
+    with first.session() as session:
+        assert all(p.attempts == 0 for p in session.scalars(select(ModelProfile)) if p.state == "queued")
+
+    second = Runtime.create(_embedded(tmp_path, model_root))
+    try:
+        with TestClient(create_app(runtime=second)) as client:  # its start-up reconciler enqueues again
+            wait_for(
+                lambda: client.get(f"/v1/screenings/{screening_id}").json()["state"] == "succeeded",
+                timeout=240,
+                interval=0.5,
+                what="the screening after the restart",
+            )
+    finally:
+        second.close()
