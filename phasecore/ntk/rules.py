@@ -104,21 +104,15 @@ def linear_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> 
     return _linear_like(module, calls, n_probes, c, transposed=False)
 
 
-def conv1d_hf_rule(
-    module: nn.Module, calls: list[Call], n_probes: int, c: int
-) -> dict[str, Dense | Factored]:
+def conv1d_hf_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
     return _linear_like(module, calls, n_probes, c, transposed=True)
 
 
-def embedding_rule(
-    module: nn.Module, calls: list[Call], n_probes: int, c: int
-) -> dict[str, Dense | Factored]:
+def embedding_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
     """Row ``ids_t`` of the table gets ``gy_t``: the Gram's input kernel is ``[ids_t == ids_s]``."""
     assert isinstance(module, nn.Embedding)
     ids = torch.cat([call.args[0].reshape(c, -1) for call in calls], dim=1)
-    gy = torch.cat(
-        [call.stacked_gy(n_probes).reshape(n_probes, c, -1, module.embedding_dim) for call in calls], dim=2
-    )
+    gy = torch.cat([call.stacked_gy(n_probes).reshape(n_probes, c, -1, module.embedding_dim) for call in calls], dim=2)
     if module.padding_idx is not None:  # nn.Embedding never updates the padding row
         gy = gy * ids.ne(module.padding_idx).unsqueeze(0).unsqueeze(-1).to(gy.dtype)
     rep = _pack(None, gy, ids=ids)
@@ -127,25 +121,32 @@ def embedding_rule(
 
 
 def conv2d_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
-    """Per-sample weight gradients of a (grouped) 2-D convolution through unfold: Σ_l gy_l ⊗ patch_l."""
+    """Per-sample weight gradients of a 2-D convolution.
+
+    A pointwise (1 × 1, stride 1, ungrouped) convolution is a linear layer over positions:
+    ``g = Σ_l gy_l ⊗ x_l``, one einsum. Any other convolution goes through the vmapped VJP, whose batching
+    rule folds the samples into the groups of one convolution: 2–3× faster on CPU than unfold (im2col),
+    which materialises k² copies of the input.
+    """
     assert isinstance(module, nn.Conv2d)
-    groups = module.groups
-    out_ch, in_per_group, kh, kw = module.weight.shape
+    pointwise = (
+        module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.groups == 1
+        and module.padding in ((0, 0), "valid")
+        and module.dilation == (1, 1)
+    )
+    if not pointwise:
+        return generic_rule(module, calls, n_probes, c)
     total_w: torch.Tensor | None = None
     total_b: torch.Tensor | None = None
     for call in calls:
-        x = call.args[0]
-        gy = call.stacked_gy(n_probes)  # (M, C, out, H', W')
-        patches = F.unfold(
-            x, (kh, kw), dilation=module.dilation, padding=module.padding, stride=module.stride
-        )
-        length = patches.shape[-1]
-        patches = patches.reshape(c, groups, in_per_group * kh * kw, length)
-        gy_g = gy.reshape(n_probes, c, groups, out_ch // groups, length)
-        g = torch.einsum("mcgol,cgkl->mcgok", gy_g, patches).reshape(n_probes, c, -1)
+        x = call.args[0].flatten(2)  # (C, in, L)
+        gy = call.stacked_gy(n_probes).flatten(3)  # (M, C, out, L)
+        g = torch.einsum("mcol,cil->mcoi", gy, x).reshape(n_probes, c, -1)
         total_w = g if total_w is None else total_w + g
         if module.bias is not None:
-            gb = gy.reshape(n_probes, c, out_ch, -1).sum(-1)
+            gb = gy.sum(-1)
             total_b = gb if total_b is None else total_b + gb
     assert total_w is not None
     reps: dict[str, Dense | Factored] = {"weight": Dense(total_w)}
@@ -178,12 +179,8 @@ def norm_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> di
             if module.running_mean is None or module.running_var is None:
                 raise _NotBatchFirst("batch statistics couple samples")
             view = (1, -1) + (1,) * (x.dim() - 2)
-            xhat = (x - module.running_mean.view(view)) / torch.sqrt(
-                module.running_var.view(view) + module.eps
-            )
-        z = xhat * (weight.view(view) if weight is not None else 1) + (
-            bias.view(view) if bias is not None else 0
-        )
+            xhat = (x - module.running_mean.view(view)) / torch.sqrt(module.running_var.view(view) + module.eps)
+        z = xhat * (weight.view(view) if weight is not None else 1) + (bias.view(view) if bias is not None else 0)
         gz = _through_activation(module, z.detach(), gy)
         reduce_dims = _position_dims(module, x)
         if weight is not None:
@@ -219,10 +216,7 @@ def _through_activation(module: nn.Module, z: torch.Tensor, gy: torch.Tensor) ->
             if layer is not None:
                 out = layer(out)
         return torch.stack(
-            [
-                torch.autograd.grad(out, leaf, gy[m], retain_graph=m < gy.shape[0] - 1)[0]
-                for m in range(gy.shape[0])
-            ]
+            [torch.autograd.grad(out, leaf, gy[m], retain_graph=m < gy.shape[0] - 1)[0] for m in range(gy.shape[0])]
         )
 
 
@@ -293,11 +287,7 @@ def rule_for(module: nn.Module) -> Rule:
         return conv2d_rule
     if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers"):
         return conv1d_hf_rule
-    if (
-        _exact_forward(cls, nn.LayerNorm)
-        or _exact_forward(cls, nn.BatchNorm2d)
-        or _exact_forward(cls, nn.BatchNorm1d)
-    ):
+    if _exact_forward(cls, nn.LayerNorm) or _exact_forward(cls, nn.BatchNorm2d) or _exact_forward(cls, nn.BatchNorm1d):
         return norm_rule
     if cls.__name__ == "BatchNormAct2d" and cls.__module__.startswith("timm"):
         return norm_rule

@@ -1,0 +1,154 @@
+"""End to end: `phasescreen screen` on real (small) models, the result schema, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phasecore.pipeline import ProfileCache, compute_profile, profile_key, screen_pair
+from phasecore.schema import SCHEMA_PATH, ScreeningResult, write_schema
+from phasecore.settings import EngineSettings
+from service.cli import main
+
+VISION = "timm:test_vit?weights=random"
+LANGUAGE = "pkg:all-minilm-l6-v2"
+SMALL = {
+    "probes": 1,
+    "stability_steps": 2,
+    "stability_subset": 12,
+    "null_permutations": 40,
+    "gt_folds": 2,
+}
+
+
+N = 20
+
+
+@pytest.fixture(scope="module")
+def settings() -> EngineSettings:
+    return EngineSettings(n=N, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("profiles")
+
+
+@pytest.fixture(scope="module")
+def profiles(settings: EngineSettings, cache_dir: Path, screened):
+    """The two profiles that the CLI run computed and cached (no second computation)."""
+    cache = ProfileCache(cache_dir)
+    return tuple(
+        cache.get(profile_key(ref, mod, "digits", settings))
+        for ref, mod in ((VISION, "vision"), (LANGUAGE, "language"))
+    )
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory, cache_dir: Path):
+    """One real `phasescreen screen` run: (argv, result path, printed summary)."""
+    tmp = tmp_path_factory.mktemp("screen")
+    out = tmp / "result.json"
+    options = [f"--option={k}={v}" for k, v in SMALL.items() if k != "probes"]
+    argv = [
+        "screen",
+        "--vision",
+        VISION,
+        "--language",
+        LANGUAGE,
+        "--dataset",
+        "digits",
+        "--n",
+        str(N),
+        "--probes",
+        "1",
+        "--output",
+        str(out),
+        "--quiet",
+        "--cache-dir",
+        str(cache_dir),
+        "--no-store",
+        *options,
+    ]
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return argv, out, printed.getvalue()
+
+
+def test_screen_command_writes_a_valid_result(screened, cache_dir: Path) -> None:
+    argv, out, printed = screened
+    assert "S_cross" in printed and "claimed 94%" in printed
+    result = json.loads(out.read_text())
+    ScreeningResult.model_validate(result)
+    assert set(result) >= {
+        "vision",
+        "language",
+        "dataset",
+        "settings",
+        "metrics",
+        "ground_truth",
+        "predictions",
+        "timings",
+        "engine_version",
+    }
+    m = result["metrics"]
+    for key in ("s_ntk_cross", "s_ntk_cross_centered", "s_ntk_vision", "s_ntk_language", "cka", "mutual_knn"):
+        assert m[key] is not None and math.isfinite(m[key]) and -1 <= m[key] <= 1, key
+    assert m["agop_ratio_vision"] >= 1 and m["agop_ratio_language"] >= 1
+    assert m["phase_vision"] in {"chaotic", "optimal", "lazy"}
+    assert 0 < m["s_ntk_cross_null"]["p_value"] <= 1
+    assert result["predictions"]["agop_rule"]["claimed_accuracy"] == 0.94
+    assert result["predictions"]["combined_rule"]["claimed_accuracy"] == 0.96
+    assert "claim" in result["predictions"]["agop_rule"]["source"]
+    assert 0 <= result["ground_truth"]["unseen_accuracy"] <= 1
+    assert result["dataset"]["n"] == N and result["dataset"]["n_distinct_captions"] > 5
+    # the second screening of the same pair reuses both cached profiles
+    assert len(list(cache_dir.glob("*.npz"))) == 2
+    assert main(argv) == 0
+    again = json.loads(out.read_text())
+    assert again["metrics"] == result["metrics"]
+
+
+def test_bad_reference_exits_2_with_a_clear_message(capsys) -> None:
+    assert main(["screen", "--vision", "nope:resnet", "--language", LANGUAGE, "--n", "40", "--quiet"]) == 2
+    assert "source:name" in capsys.readouterr().err
+
+
+def test_profiles_are_deterministic_and_round_trip(profiles, settings: EngineSettings) -> None:
+    vision, _ = profiles
+    again = compute_profile(VISION, "vision", "digits", settings)
+    for name, array in vision.arrays.items():
+        assert np.array_equal(array, again.arrays[name]), name
+    restored = type(vision).from_bytes(vision.to_bytes())
+    assert restored.meta == vision.meta and np.array_equal(restored.arrays["ntk"], vision.arrays["ntk"])
+    assert vision.key == profile_key(VISION, "vision", "digits", settings)
+    pair_only = settings.model_copy(update={"null_permutations": 99})
+    assert profile_key(VISION, "vision", "digits", pair_only) == vision.key  # pair settings share profiles
+
+
+def test_pair_metrics_properties(profiles, settings: EngineSettings) -> None:
+    vision, language = profiles
+    result = screen_pair(vision, language, settings, dataset_ref="digits")
+    same = screen_pair(vision, language, settings, dataset_ref="digits")
+    assert result["metrics"] == same["metrics"]
+    K = vision.arrays["ntk"]
+    assert np.allclose(K, K.T) and np.linalg.eigvalsh(K)[0] > -1e-8 * np.abs(K).max()
+
+
+def test_profile_cache_is_atomic(tmp_path, profiles) -> None:
+    cache = ProfileCache(tmp_path)
+    cache.put(profiles[0])
+    assert cache.get(profiles[0].key).key == profiles[0].key and cache.get("missing") is None
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_schema_file_is_current(tmp_path) -> None:
+    assert write_schema(tmp_path / "s.json") == SCHEMA_PATH.read_text()
