@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import CursorResult, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import (
@@ -85,6 +85,11 @@ def worker_lost_problem(what: str, worker: str | None, heartbeat_at: datetime | 
 # --- profiles ------------------------------------------------------------------------------------------
 
 
+def _changed(session: Session, statement: Any) -> int:
+    """Rows an UPDATE matched: how a conditional transition learns whether it won."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
 def waiting_on_profile(profile_id: Any) -> Any:
     """Condition: the screening uses ``profile_id`` (an id, or a column in a correlated subquery)."""
     return or_(Screening.vision_profile_id == profile_id, Screening.language_profile_id == profile_id)
@@ -104,15 +109,16 @@ def profile_needed(session: Session, profile_id: str) -> bool:
 
 def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> bool:
     """Give a failed or cancelled profile another chance when a new screening asks for it."""
-    result = session.execute(
+    changed = _changed(
+        session,
         update(ModelProfile)
         .where(ModelProfile.id == profile.id, ModelProfile.state.in_((FAILED, CANCELLED)))
         .values(state=QUEUED, attempts=0, problem=None, stage=None, progress=0.0, finished_at=None)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if result.rowcount:
+    if changed:
         session.refresh(profile)
-    return bool(result.rowcount)
+    return bool(changed)
 
 
 def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempts: int) -> ProfileClaim | None:
@@ -131,7 +137,8 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
         )
         return None
     token, now = str(uuid.uuid4()), utcnow()
-    claimed = session.execute(
+    claimed = _changed(
+        session,
         update(ModelProfile)
         .where(ModelProfile.id == profile_id, ModelProfile.state == QUEUED)
         .values(
@@ -143,8 +150,8 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
             started_at=now,
             stage="starting",
             progress=0.0,
-        )
-    ).rowcount
+        ),
+    )
     if claimed != 1:
         return None
     # the screenings waiting for it are visibly running from now on
@@ -165,7 +172,8 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
 
 def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> list[JobRef]:
     """Store a computed profile; returns the pair jobs that became ready (enqueue them after commit)."""
-    done = session.execute(
+    done = _changed(
+        session,
         update(ModelProfile)
         .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
         .values(
@@ -176,8 +184,8 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
             problem=None,
             finished_at=utcnow(),
             **values,
-        )
-    ).rowcount
+        ),
+    )
     if done != 1:
         return []
     return [JobRef("pair", screening_id) for screening_id in ready_pairs(session, lease.row_id)]
@@ -219,15 +227,16 @@ def fail_profile(session: Session, profile_id: str, problem: dict[str, Any], lea
 
 def fail_waiting_screenings(session: Session, profile_id: str, modality: str, problem: dict[str, Any]) -> int:
     detail = f"the {modality} model profile could not be computed: {problem.get('detail', '')}"
-    return session.execute(
+    return _changed(
+        session,
         update(Screening)
         .where(
             waiting_on_profile(profile_id),
             Screening.state.in_(ACTIVE_STATES),
             Screening.lease_token.is_(None),
         )
-        .values(state=FAILED, problem={**problem, "detail": detail}, finished_at=utcnow())
-    ).rowcount
+        .values(state=FAILED, problem={**problem, "detail": detail}, finished_at=utcnow()),
+    )
 
 
 def cancel_profile(session: Session, lease: Lease) -> None:
@@ -260,7 +269,8 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
         fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, row.problem))
         return None
     token, now = str(uuid.uuid4()), utcnow()
-    claimed = session.execute(
+    claimed = _changed(
+        session,
         update(Screening)
         .where(
             Screening.id == screening_id,
@@ -277,8 +287,8 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
             started_at=row.started_at or now,
             stage="pair",
             progress=0.0,
-        )
-    ).rowcount
+        ),
+    )
     if claimed != 1:
         return None
     return PairClaim(
@@ -292,7 +302,8 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
 
 def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
     return (
-        session.execute(
+        _changed(
+            session,
             update(Screening)
             .where(Screening.id == lease.row_id, Screening.lease_token == lease.token, Screening.state == RUNNING)
             .values(
@@ -303,8 +314,8 @@ def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> boo
                 progress=1.0,
                 problem=None,
                 finished_at=utcnow(),
-            )
-        ).rowcount
+            ),
+        )
         == 1
     )
 
@@ -327,11 +338,12 @@ def renew_lease(session: Session, lease: Lease) -> bool:
     """Heartbeat; ``False`` when the lease is gone (cancelled, or given to another worker)."""
     table = lease.table
     return (
-        session.execute(
+        _changed(
+            session,
             update(table)
             .where(table.id == lease.row_id, table.lease_token == lease.token, table.state == RUNNING)
-            .values(heartbeat_at=utcnow())
-        ).rowcount
+            .values(heartbeat_at=utcnow()),
+        )
         == 1
     )
 
@@ -339,11 +351,12 @@ def renew_lease(session: Session, lease: Lease) -> bool:
 def record_progress(session: Session, lease: Lease, stage: str, progress: float) -> bool:
     table = lease.table
     return (
-        session.execute(
+        _changed(
+            session,
             update(table)
             .where(table.id == lease.row_id, table.lease_token == lease.token)
-            .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=utcnow())
-        ).rowcount
+            .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=utcnow()),
+        )
         == 1
     )
 
@@ -361,7 +374,7 @@ def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any], *
         values["state"] = QUEUED
     else:
         condition.append(table.state == RUNNING)  # a screening waits in running; its profiles are done
-    return session.execute(update(table).where(*condition).values(**values)).rowcount == 1
+    return _changed(session, update(table).where(*condition).values(**values)) == 1
 
 
 def is_stale(heartbeat_at: datetime | None, lease_timeout: float, now: datetime | None = None) -> bool:

@@ -148,7 +148,6 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
 
 def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
     """Screen a pair from its two stored profiles (or do nothing if it is not runnable)."""
-    from phasecore.pipeline import ModelProfile as EngineProfile
     from phasecore.pipeline import screen_pair
 
     rt = runtime or get_runtime()
@@ -169,8 +168,7 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
                         )
                     ).all()
                 )
-            vision = EngineProfile.from_bytes(blobs[claim.vision_profile_id])
-            language = EngineProfile.from_bytes(blobs[claim.language_profile_id])
+            vision, language = (_stored(blobs, pid) for pid in (claim.vision_profile_id, claim.language_profile_id))
             result = screen_pair(
                 vision,
                 language,
@@ -209,6 +207,15 @@ def _stopped(rt: Runtime, lease: lifecycle.Lease, stop: JobStopped) -> None:
         elif lease.table is ModelProfile:
             lifecycle.cancel_profile(session, lease)
         session.commit()
+
+
+def _stored(blobs: dict[str, bytes | None], profile_id: str) -> Any:
+    from phasecore.pipeline import ModelProfile as EngineProfile
+
+    blob = blobs.get(profile_id)
+    if blob is None:  # transient by nature: a profile that succeeded always has its blob
+        raise LookupError(f"model profile {profile_id} has no stored arrays")
+    return EngineProfile.from_bytes(blob)
 
 
 def _finish(kind: str, outcome: str, started: float) -> str:

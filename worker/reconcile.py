@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import cast
 
 from sqlalchemy import and_, select
 from sqlalchemy.orm import aliased
@@ -35,7 +37,7 @@ from service.models import (
     Screening,
     utcnow,
 )
-from service.queue import JobRef
+from service.queue import JobKind, JobRef
 from service.runtime import Runtime
 from worker import metrics
 
@@ -64,14 +66,18 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
 
     with runtime.session() as session:
         # 1. lost workers
-        for table, kind in ((ModelProfile, "profile"), (Screening, "pair")):
-            stale = session.scalars(
-                select(table)
-                .where(table.state == RUNNING, table.lease_token.is_not(None), table.heartbeat_at < stale_before)
-                .limit(_BATCH)
-            ).all()
+        tables: tuple[tuple[lifecycle.JobRow, JobKind], ...] = ((ModelProfile, "profile"), (Screening, "pair"))
+        for table, kind in tables:
+            stale = cast(
+                Sequence[ModelProfile | Screening],
+                session.scalars(
+                    select(table)
+                    .where(table.state == RUNNING, table.lease_token.is_not(None), table.heartbeat_at < stale_before)
+                    .limit(_BATCH)
+                ).all(),
+            )
             for row in stale:
-                lease = lifecycle.Lease(table, row.id, row.lease_token)  # type: ignore[arg-type]
+                lease = lifecycle.Lease(table, row.id, row.lease_token or "")
                 what = "profile computation" if kind == "profile" else "pair step"
                 lost = lifecycle.worker_lost_problem(what, row.worker, row.heartbeat_at)
                 if row.attempts >= settings.max_attempts:
@@ -82,7 +88,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
                         lifecycle.fail_screening(session, row.id, gave_up, lease)
                     report.failed.append(row.id)
                 elif lifecycle.release_for_retry(session, lease, lost):
-                    forced.append(JobRef(kind, row.id))  # type: ignore[arg-type]
+                    forced.append(JobRef(kind, row.id))
                     report.requeued.append(row.id)
 
         # 2a. queued profiles the queue may have lost

@@ -27,19 +27,35 @@ def _running_profile(runtime):
         return session.scalars(select(ModelProfile).where(ModelProfile.state == "running")).first()
 
 
+def _wait_until_computing(runtime, process, log):
+    """The first profile the worker process runs; fails with its log if it dies or never gets there."""
+
+    def running():
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited with {process.returncode}: {log.read_text()[-3000:]}")
+        return _running_profile(runtime)
+
+    try:
+        return wait_for(running, timeout=240, interval=0.05, what="a running profile")
+    except AssertionError:
+        process.kill()
+        raise AssertionError(f"no profile started; worker log: {log.read_text()[-3000:]}") from None
+
+
 def test_worker_sigkilled_mid_job_is_retried_and_the_screening_succeeds(client, make_settings, runtime, tmp_path):
     settings = make_settings(lease_timeout=3.0)
-    screening_id = client.post("/v1/screenings", json=tiny_request()).json()["id"]
+    # n=40: long enough a profile that the kill lands while it computes
+    screening_id = client.post("/v1/screenings", json=tiny_request(n=40)).json()["id"]
 
     first = start_worker_process(settings, "--burst", log=tmp_path / "killed.log")
-    victim = wait_for(lambda: _running_profile(runtime), timeout=90, interval=0.05, what="a running profile")
+    victim = _wait_until_computing(runtime, first, tmp_path / "killed.log")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     assert _state(runtime, ModelProfile, victim.id).state == "running"  # what the dead worker left behind
 
     time.sleep(settings.lease_timeout + 0.5)  # its lease runs out
     second = start_worker_process(settings, "--burst", log=tmp_path / "second.log")
-    assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
 
     screening = client.get(f"/v1/screenings/{screening_id}").json()
     assert screening["state"] == "succeeded", screening["problem"]
@@ -99,11 +115,11 @@ def test_cancel_stops_a_running_job(client, make_settings, runtime, tmp_path):
     screening_id = client.post("/v1/screenings", json=tiny_request(n=100)).json()["id"]
     worker = start_worker_process(settings, "--burst", log=tmp_path / "worker.log")
     try:
-        victim = wait_for(lambda: _running_profile(runtime), timeout=90, interval=0.05, what="a running profile")
+        victim = _wait_until_computing(runtime, worker, tmp_path / "worker.log")
         cancelled = client.post(f"/v1/screenings/{screening_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
         # the job notices at its next heartbeat and stops; the burst worker then finds nothing else to do
-        assert worker.wait(timeout=120) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+        assert worker.wait(timeout=300) == 0, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
         worker.kill()
     assert _state(runtime, ModelProfile, victim.id).state == "cancelled"
