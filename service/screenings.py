@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -73,26 +75,35 @@ class Submission:
 
 def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> NormalizedRequest:
     """Canonical references and checked limits; raises domain errors a user can act on."""
-    from phasecore.pipeline import validate_request
-
     options = request.options
     if options.n > settings.max_n:
         raise InvalidSettings(f"n={options.n} is above this deployment's limit of {settings.max_n} samples")
     vision = ModelRef.parse(request.vision).canonical()
     language = ModelRef.parse(request.language).canonical()
     dataset = request.dataset.strip()
-    validate_request(
-        vision,
-        language,
-        dataset,
-        options,
-        allowed_sources=settings.allowed_sources,
-        model_root=settings.model_root,
-        data_root=settings.data_root,
-    )
-    check_model_known(vision, "vision", model_root=settings.model_root)
-    check_model_known(language, "language", model_root=settings.model_root)
+    _validate(vision, language, dataset, options, settings.allowed_sources, settings.model_root, settings.data_root)
     return NormalizedRequest(vision, language, dataset, options)
+
+
+@functools.lru_cache(maxsize=1024)
+def _validate(
+    vision: str,
+    language: str,
+    dataset: str,
+    options: EngineSettings,
+    allowed_sources: tuple[str, ...],
+    model_root: Path | None,
+    data_root: Path | None,
+) -> None:
+    """The engine's checks (they read the dataset) and ours; remembered when they pass, since a grid or a
+    polling batch script submits the same few combinations again and again. Failures are not remembered."""
+    from phasecore.pipeline import validate_request
+
+    validate_request(
+        vision, language, dataset, options, allowed_sources=allowed_sources, model_root=model_root, data_root=data_root
+    )
+    check_model_known(vision, "vision", model_root=model_root)
+    check_model_known(language, "language", model_root=model_root)
 
 
 def find_by_idempotency_key(session: Session, owner: str, key: str) -> Screening | None:
