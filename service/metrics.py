@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.models import Screening
+from service.jobstats import stage_totals
+from service.models import FAILED, Screening
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,32 @@ class _StateCollector(Collector):
         except Exception:
             log.debug("queue depth unavailable", exc_info=True)
         states = GaugeMetricFamily("phasescreen_screenings", "Screenings by state", labels=["state"])
+        failures = GaugeMetricFamily(
+            "phasescreen_failed_screenings", "Failed screenings by problem type", labels=["problem"]
+        )
+        stages = SummaryMetricFamily(
+            "phasescreen_stage_duration_seconds",
+            "Time spent in each stage of finished jobs, all workers (from the database)",
+            labels=["kind", "stage"],
+        )
         try:
             with self._runtime.session() as session:
-                rows = session.execute(select(Screening.state, func.count()).group_by(Screening.state)).all()
-            for state, count in rows:
-                states.add_metric([state], count)
-            yield states
+                by_state = session.execute(select(Screening.state, func.count()).group_by(Screening.state)).all()
+                problem_type = Screening.problem["type"].as_string()
+                by_problem = session.execute(
+                    select(problem_type, func.count()).where(Screening.state == FAILED).group_by(problem_type)
+                ).all()
+                totals = stage_totals(session)
         except Exception:
-            log.debug("screening counts unavailable", exc_info=True)
+            log.debug("database metrics unavailable", exc_info=True)
+            return
+        for state, count in by_state:
+            states.add_metric([state], count)
+        for kind, count in by_problem:
+            failures.add_metric([(kind or "unknown").rsplit(":", 1)[-1]], count)
+        for kind, stage, count, seconds in totals:
+            stages.add_metric([kind, stage], count_value=count, sum_value=seconds)
+        yield from (states, failures, stages)
 
 
 class ApiMetrics:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -137,3 +138,15 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobStageStat(Base):
+    """Running totals of stage durations over every worker: how /metrics reports job durations by stage in
+    the service deployment, where the jobs run in other processes and on other machines."""
+
+    __tablename__ = "job_stage_stats"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # profile | pair
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)

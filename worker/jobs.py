@@ -26,6 +26,7 @@ from sqlalchemy import select
 from phasecore.errors import PhasescreenError, UnsupportedModel
 from phasecore.settings import EngineSettings
 from service import lifecycle
+from service.jobstats import record_stage_durations
 from service.models import ModelProfile
 from service.problems import from_domain_error, problem_document
 from service.runtime import Runtime, get_runtime
@@ -122,16 +123,16 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
             blob = profile.to_bytes()
     except JobStopped as stop:
         _stopped(rt, claim.lease, stop)
-        return _finish("profile", "cancelled", started)
+        return _finish(rt, tracker, "profile", "cancelled", started)
     except _hard_timeouts() as exc:
         _fail(rt, claim.lease, _timeout_problem(exc), "profile")
-        return _finish("profile", "failed", started)
+        return _finish(rt, tracker, "profile", "failed", started)
     except PhasescreenError as exc:
         _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "profile")
-        return _finish("profile", "failed", started)
+        return _finish(rt, tracker, "profile", "failed", started)
     except Exception as exc:
         _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "profile computation")
-        return _finish("profile", "failed", started)
+        return _finish(rt, tracker, "profile", "failed", started)
     values = {
         "data": blob,
         "identity": jsonable(profile.identity),
@@ -143,7 +144,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
         ready = lifecycle.complete_profile(session, claim.lease, values)
         session.commit()
     _enqueue_all(rt, ready)
-    return _finish("profile", "succeeded", started)
+    return _finish(rt, tracker, "profile", "succeeded", started)
 
 
 def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
@@ -179,20 +180,20 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
             tracker.check()
     except JobStopped as stop:
         _stopped(rt, claim.lease, stop)
-        return _finish("pair", "cancelled", started)
+        return _finish(rt, tracker, "pair", "cancelled", started)
     except _hard_timeouts() as exc:
         _fail(rt, claim.lease, _timeout_problem(exc), "pair")
-        return _finish("pair", "failed", started)
+        return _finish(rt, tracker, "pair", "failed", started)
     except PhasescreenError as exc:
         _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "pair")
-        return _finish("pair", "failed", started)
+        return _finish(rt, tracker, "pair", "failed", started)
     except Exception as exc:
         _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
-        return _finish("pair", "failed", started)
+        return _finish(rt, tracker, "pair", "failed", started)
     with rt.session() as session:
         stored = lifecycle.complete_pair(session, claim.lease, jsonable(result))
         session.commit()
-    return _finish("pair", "succeeded" if stored else "cancelled", started)
+    return _finish(rt, tracker, "pair", "succeeded" if stored else "cancelled", started)
 
 
 def _stopped(rt: Runtime, lease: lifecycle.Lease, stop: JobStopped) -> None:
@@ -218,9 +219,15 @@ def _stored(blobs: dict[str, bytes | None], profile_id: str) -> Any:
     return EngineProfile.from_bytes(blob)
 
 
-def _finish(kind: str, outcome: str, started: float) -> str:
+def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: float) -> str:
     metrics.JOBS.labels(kind, outcome).inc()
     metrics.JOB_SECONDS.labels(kind, outcome).observe(time.monotonic() - started)
+    try:
+        with rt.session() as session:
+            record_stage_durations(session, kind, tracker.durations)
+            session.commit()
+    except Exception:  # statistics must never fail a job
+        log.warning("could not record stage durations", exc_info=True)
     return outcome
 
 

@@ -57,6 +57,7 @@ class JobTracker:
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{lease.row_id}", daemon=True)
         self._stage: str | None = None
+        self.durations: dict[str, float] = {}  # seconds per stage, for the metrics
         self._stage_started = time.monotonic()
         self._last_write = 0.0
 
@@ -96,7 +97,10 @@ class JobTracker:
 
     def _close_stage(self) -> None:
         if self._stage is not None:
-            metrics.STAGE_SECONDS.labels(self._kind, self._stage).observe(time.monotonic() - self._stage_started)
+            elapsed = time.monotonic() - self._stage_started
+            metrics.STAGE_SECONDS.labels(self._kind, self._stage).observe(elapsed)
+            self.durations[self._stage] = self.durations.get(self._stage, 0.0) + elapsed
+            self._stage = None
 
     def _write(self, stage: str, fraction: float) -> None:
         try:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import MetaData, create_engine, make_url, text
 
 from service.db import downgrade, upgrade
+from service.models import Base
 from service.runtime import Runtime
 from service.settings import ServiceSettings
 
@@ -89,8 +90,9 @@ def pg_url() -> str:
     except Exception as exc:  # pragma: no cover - the CI script starts PostgreSQL
         pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc}")
     engine = create_engine(PG_URL)
-    with engine.begin() as conn:  # only our database; its leftovers from an aborted run go
-        conn.execute(text("DROP TABLE IF EXISTS screenings, model_profiles, api_keys, alembic_version CASCADE"))
+    leftovers = MetaData()  # only our database: whatever an earlier run left there goes
+    leftovers.reflect(engine)
+    leftovers.drop_all(engine)
     engine.dispose()
     upgrade(PG_URL)
     downgrade(PG_URL, "base")  # the way down must work too
@@ -116,7 +118,7 @@ def clean(pg_url: str, redis_url: str) -> Iterator[None]:
 
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE screenings, model_profiles, api_keys CASCADE"))
+        conn.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} CASCADE"))
     engine.dispose()
     Redis.from_url(redis_url).flushdb()
     yield

@@ -55,6 +55,9 @@ def test_submit_work_result_stored_and_served(client, runtime):
 
     metrics = client.get("/metrics").text
     assert 'phasescreen_screenings{state="succeeded"} 3.0' in metrics
+    # stage durations of all workers, summed in the database: two profiles, two pair steps
+    assert 'phasescreen_stage_duration_seconds_count{kind="profile",stage="kernel"} 2.0' in metrics
+    assert 'phasescreen_stage_duration_seconds_count{kind="pair",stage="pair"} 2.0' in metrics
 
 
 def test_a_model_that_cannot_load_fails_with_a_problem_and_is_not_retried(client, runtime, model_root):
@@ -77,6 +80,8 @@ def test_a_model_that_cannot_load_fails_with_a_problem_and_is_not_retried(client
     assert "no_such_architecture_anywhere" in problem["detail"]  # says what is wrong
     vision = client.get(screening["profiles"]["vision"]["href"]).json()
     assert vision["state"] == "failed" and vision["attempts"] == 1  # a domain error is final
+    kind = problem["type"].rsplit(":", 1)[-1]
+    assert f'phasescreen_failed_screenings{{problem="{kind}"}} 1.0' in client.get("/metrics").text
 
 
 @pytest.mark.slow
