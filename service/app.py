@@ -20,7 +20,7 @@ from service.deps import enforce_rate_limit
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from service.routes import health, profiles, screenings
+from service.routes import batches, health, profiles, screenings, study
 from service.runtime import Runtime
 from service.settings import ServiceSettings
 
@@ -80,6 +80,8 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
     limited = [Depends(enforce_rate_limit)]
     app.include_router(screenings.router, dependencies=limited)
     app.include_router(profiles.router, dependencies=limited)
+    app.include_router(batches.router, dependencies=limited)
+    app.include_router(study.router, dependencies=limited)
     app.include_router(health.router)
     return app
 

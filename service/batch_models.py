@@ -1,0 +1,39 @@
+"""SQLAlchemy models of batches: a grid of pairs, each pair one ordinary screening.
+
+A batch adds no job of its own: its screenings share their model profiles through the profile table, so a
+V × L grid runs V + L profile jobs and V · L pair jobs. The schema is made by migration 0003.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.models import Base, JSONType, UTCDateTime, new_id, utcnow
+
+
+class Batch(Base):
+    """A request for every (vision, language) pair of two lists of models on one dataset."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
+    name: Mapped[str | None] = mapped_column(String(200))
+    dataset_ref: Mapped[str] = mapped_column(String(256))
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)  # {vision: [...], language: [...], dataset, options}
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BatchPair(Base):
+    """Cell (vision_index, language_index) of a batch's matrix: the screening of that pair."""
+
+    __tablename__ = "batch_pairs"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    vision_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    language_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    screening_id: Mapped[str] = mapped_column(ForeignKey("screenings.id", ondelete="CASCADE"), index=True)

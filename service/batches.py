@@ -1,0 +1,237 @@
+"""Batches: every pair of a grid as one screening each, so pairs share their model profiles.
+
+A V × L batch inserts V · L screenings through :func:`service.screenings.create_screening`; screenings of
+the same model on the same data and settings get the same profile row, so the queue receives V + L profile
+jobs, and each pair job is enqueued by the last of its two profiles to finish. Plain functions over a
+session, shared by the routes and the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from phasecore import batch as engine_batch
+from phasecore.errors import PhasescreenError
+from phasecore.sources.base import ModelRef
+from service import lifecycle, screenings
+from service.batch_models import Batch, BatchPair
+from service.batch_schemas import BatchCell, BatchOut, BatchRequest
+from service.models import ACTIVE_STATES, Screening
+from service.problems import Problem, from_domain_error, not_found
+from service.queue import JobQueue, JobRef
+from service.schemas import ScreeningRequest
+from service.settings import ServiceSettings
+from service.views import load_profiles, screening_href, screening_out
+
+log = logging.getLogger(__name__)
+
+
+def batch_href(batch_id: str) -> str:
+    return f"/v1/batches/{batch_id}"
+
+
+def create_batch(session: Session, request: BatchRequest, *, settings: ServiceSettings, owner: str = "") -> Batch:
+    """Insert a batch, one screening per pair (and the profiles they need). Flushes, does not commit.
+
+    Raises :class:`Problem`: 422 on an invalid pair (the whole batch is refused), 503 when the pairs would
+    take the deployment above its limit of active screenings.
+    """
+    vision = _canonical(request.vision, "vision")
+    language = _canonical(request.language, "language")
+    n_pairs = len(vision) * len(language)
+    active = session.scalar(select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES)))
+    if (active or 0) + n_pairs > settings.max_active_screenings:
+        raise Problem(
+            503,
+            "busy",
+            "Too many screenings in progress",
+            f"this batch adds {n_pairs} screenings to {active} queued or running ones, above this deployment's "
+            f"limit of {settings.max_active_screenings}; try again later or submit a smaller grid",
+            headers={"Retry-After": str(settings.retry_after * 6)},
+        )
+    dataset = request.dataset.strip()
+    batch = Batch(
+        owner=owner,
+        name=request.name,
+        dataset_ref=dataset,
+        request={
+            "vision": vision,
+            "language": language,
+            "dataset": dataset,
+            "options": request.options.model_dump(mode="json"),
+        },
+    )
+    session.add(batch)
+    session.flush()
+    for i, vision_ref in enumerate(vision):
+        for j, language_ref in enumerate(language):
+            pair = ScreeningRequest(
+                vision=vision_ref,
+                language=language_ref,
+                dataset=request.dataset,
+                options=request.options,
+                reuse=request.reuse,
+            )
+            screening = screenings.create_screening(session, pair, settings=settings, owner=owner)
+            session.add(BatchPair(batch_id=batch.id, vision_index=i, language_index=j, screening_id=screening.id))
+    session.flush()
+    return batch
+
+
+def _canonical(references: list[str], role: str) -> list[str]:
+    """Canonical references (as screenings store them), each at most once."""
+    try:
+        canonical = [ModelRef.parse(r).canonical() for r in references]
+    except PhasescreenError as exc:
+        raise from_domain_error(exc) from exc
+    duplicates = sorted({r for r in canonical if canonical.count(r) > 1})
+    if duplicates:
+        raise Problem(
+            422,
+            "duplicate-models",
+            "A model is listed twice",
+            f"the {role} list names {', '.join(duplicates)} more than once; list each model once",
+        )
+    return canonical
+
+
+def submit_batch(
+    session: Session, queue: JobQueue, request: BatchRequest, *, settings: ServiceSettings, owner: str = ""
+) -> Batch:
+    """Create a batch, commit, then enqueue each job once: the profiles, or pair steps whose profiles exist."""
+    batch = create_batch(session, request, settings=settings, owner=owner)
+    session.commit()
+    jobs: dict[str, JobRef] = {}
+    for _, screening in pairs_of(session, batch):
+        for job in lifecycle.jobs_to_start(session, screening):
+            jobs.setdefault(job.id, job)
+    try:
+        for job in jobs.values():
+            queue.enqueue(job)
+    except Exception:  # committed: the reconciler enqueues what is missing once the queue is back
+        log.warning("could not enqueue the jobs of batch %s; the reconciler will", batch.id, exc_info=True)
+    return batch
+
+
+def get_batch(session: Session, batch_id: str) -> Batch:
+    batch = session.get(Batch, batch_id) if _looks_like_id(batch_id) else None
+    if batch is None:
+        raise not_found("batch", batch_id)
+    return batch
+
+
+def _looks_like_id(value: str) -> bool:
+    return len(value) == 36 and all(c in "0123456789abcdef-" for c in value)
+
+
+def pairs_of(session: Session, batch: Batch) -> list[tuple[BatchPair, Screening]]:
+    """The cells of ``batch`` with their screenings, row by row."""
+    query = (
+        select(BatchPair, Screening)
+        .join(Screening, Screening.id == BatchPair.screening_id)
+        .where(BatchPair.batch_id == batch.id)
+        .order_by(BatchPair.vision_index, BatchPair.language_index)
+    )
+    return [(pair, screening) for pair, screening in session.execute(query).tuples()]
+
+
+def _figures(result: dict[str, Any] | None) -> dict[str, Any]:
+    row = engine_batch.pair_row({"vision": "", "language": "", "result": result})
+    return {
+        key: row[key]
+        for key in ("s_ntk_cross", "s_ntk_cross_centered", "cka", "alignment_score", "failed", "combined_rule")
+    }
+
+
+def batch_out(session: Session, batch: Batch) -> BatchOut:
+    """Progress, pair and profile counts, and the matrix of ``batch``."""
+    cells = pairs_of(session, batch)
+    rows = [screening for _, screening in cells]
+    profiles = load_profiles(session, rows)
+    vision, language = batch.request["vision"], batch.request["language"]
+    matrix: list[list[BatchCell]] = [[] for _ in vision]
+    progress = 0.0
+    for pair, screening in cells:
+        out = screening_out(screening, profiles, include_result=False)
+        progress += out.progress
+        matrix[pair.vision_index].append(
+            BatchCell(
+                vision=vision[pair.vision_index],
+                language=language[pair.language_index],
+                vision_index=pair.vision_index,
+                language_index=pair.language_index,
+                screening_id=screening.id,
+                state=screening.state,  # type: ignore[arg-type]
+                progress=out.progress,
+                href=screening_href(screening.id),
+                **_figures(screening.result),
+            )
+        )
+    states = [screening.state for screening in rows]
+    profile_states = [p.state for p in profiles.values()]
+    href = batch_href(batch.id)
+    return BatchOut(
+        id=batch.id,
+        name=batch.name,
+        state=engine_batch.batch_state(states),  # type: ignore[arg-type]
+        progress=progress / len(cells) if cells else 0.0,
+        pairs=_counts(states),
+        profiles=_counts(profile_states),
+        dataset=batch.dataset_ref,
+        options=batch.request["options"],
+        vision=vision,
+        language=language,
+        matrix=matrix,
+        created_at=batch.created_at,
+        href=href,
+        links={
+            "results_csv": f"{href}/results.csv",
+            "results_json": f"{href}/results.json",
+            "report": f"{href}/report",
+        },
+    )
+
+
+def _counts(states: list[str]) -> dict[str, int]:
+    counts = {state: 0 for state in ("queued", "running", "succeeded", "failed", "cancelled")}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    counts["total"] = len(states)
+    return counts
+
+
+def batch_document(session: Session, batch: Batch) -> dict[str, Any]:
+    """The batch document of ``phasecore.batch`` (results.json, the input of reports)."""
+    request = batch.request
+    grid = engine_batch.Grid(
+        vision=tuple(request["vision"]),
+        language=tuple(request["language"]),
+        dataset=batch.dataset_ref,
+        options=request["options"],
+        name=batch.name,
+    )
+    entries = [
+        {
+            "vision": screening.vision_ref,
+            "language": screening.language_ref,
+            "vision_index": pair.vision_index,
+            "language_index": pair.language_index,
+            "state": screening.state,
+            "screening_id": screening.id,
+            "result": screening.result,
+            "problem": screening.problem,
+        }
+        for pair, screening in pairs_of(session, batch)
+    ]
+    return engine_batch.batch_document(
+        grid,
+        grid.settings(),
+        entries,
+        batch_id=batch.id,
+        created_at=batch.created_at.isoformat(),
+    )
+

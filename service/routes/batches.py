@@ -1,0 +1,103 @@
+"""/v1/batches: submit a grid of pairs, follow its progress, download its results and report."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from service import batches
+from service.batch_schemas import BatchOut, BatchRequest
+from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep
+from service.schemas import ProblemOut
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchOut,
+    responses={
+        201: {"model": BatchOut, "description": "every pair was served from stored results"},
+        401: _PROBLEM,
+        403: _PROBLEM,
+        413: _PROBLEM,
+        422: _PROBLEM,
+        429: _PROBLEM,
+        503: _PROBLEM,
+    },
+    summary="Submit a batch",
+)
+def submit_batch(
+    body: BatchRequest,
+    response: Response,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    api_key: WriterDep,
+) -> BatchOut:
+    """Queue every (vision, language) pair. Each model's profile is computed once and shared by its pairs;
+    each pair is a screening of its own (see the matrix). Answers 202 with `Location` and `Retry-After`."""
+    batch = batches.submit_batch(session, queue, body, settings=settings, owner=api_key.id if api_key else "")
+    out = batches.batch_out(session, batch)
+    response.headers["Location"] = out.href
+    if out.state in ("queued", "running"):
+        response.headers["Retry-After"] = str(settings.retry_after)
+    else:
+        response.status_code = 201
+    return out
+
+
+@router.get("/{batch_id}", response_model=BatchOut, responses={404: _PROBLEM, 429: _PROBLEM})
+def get_batch(batch_id: str, session: SessionDep, response: Response, settings: SettingsDep) -> BatchOut:
+    """State and progress over pairs and profiles, and the matrix of results (rows: vision models)."""
+    out = batches.batch_out(session, batches.get_batch(session, batch_id))
+    if out.state in ("queued", "running"):
+        response.headers["Retry-After"] = str(settings.retry_after)
+    return out
+
+
+@router.get(
+    "/{batch_id}/results.json",
+    responses={200: {"content": {"application/json": {}}}, 404: _PROBLEM, 429: _PROBLEM},
+    summary="Batch results as JSON",
+)
+def results_json(batch_id: str, session: SessionDep) -> JSONResponse:
+    """The batch document: every pair with its full result JSON (or its problem); `phasescreen report` reads it."""
+    document = batches.batch_document(session, batches.get_batch(session, batch_id))
+    return JSONResponse(document)
+
+
+@router.get(
+    "/{batch_id}/results.csv",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/csv": {}}}, 404: _PROBLEM, 429: _PROBLEM},
+    summary="Batch results as CSV",
+)
+def results_csv(batch_id: str, session: SessionDep) -> PlainTextResponse:
+    """One row per pair: the headline metrics, the measured outcome and each rule's verdict."""
+    from phasecore.batch import to_csv
+
+    document = batches.batch_document(session, batches.get_batch(session, batch_id))
+    return PlainTextResponse(
+        to_csv(document),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="batch-{batch_id}.csv"'},
+    )
+
+
+@router.get(
+    "/{batch_id}/report",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}}, 404: _PROBLEM, 429: _PROBLEM},
+    summary="Batch report (HTML)",
+)
+def report(batch_id: str, session: SessionDep) -> HTMLResponse:
+    """A self-contained HTML page: phase landscape, S_cross heatmap, AGOP spectra per model, the rules'
+    verdicts against measured outcomes, and the table of pairs (images inlined as data URIs)."""
+    from phasecore.report import inline_html
+
+    document = batches.batch_document(session, batches.get_batch(session, batch_id))
+    return HTMLResponse(inline_html(document))

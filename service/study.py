@@ -1,0 +1,51 @@
+"""Prediction quality of the paper's rules and of a logistic model over every stored pair (METRICS §8).
+
+The records come from stored results: each distinct succeeded screening with ground truth gives its metrics,
+its measured outcome (``ground_truth.failed``) and its rule verdicts to ``phasecore.study.prediction_quality``.
+Screenings served from another's stored result (``reused_from``) and repeats of an identical request (same
+fingerprint) are counted once, so a pair screened twice does not weigh twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from phasecore.study import FEATURES, prediction_quality
+from service.models import SUCCEEDED, Screening
+
+
+def study_records(session: Session, *, dataset: str | None = None) -> list[dict[str, Any]]:
+    """One record per distinct stored pair result (the newest of each fingerprint), labelled or not."""
+    query = (
+        select(Screening.fingerprint, Screening.vision_ref, Screening.language_ref, Screening.result)
+        .where(Screening.state == SUCCEEDED, Screening.result.is_not(None), Screening.reused_from.is_(None))
+        .order_by(Screening.finished_at, Screening.id)
+    )
+    if dataset:
+        query = query.where(Screening.dataset_ref == dataset.strip())
+    newest: dict[str, dict[str, Any]] = {}
+    for fingerprint, vision, language, result in session.execute(query).tuples():
+        newest[fingerprint] = record_of(vision, language, result)
+    return list(newest.values())
+
+
+def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The study record of one result: model references, features, ``failed`` (None: no ground truth)."""
+    metrics = result.get("metrics") or {}
+    ground_truth = result.get("ground_truth") or {}
+    return {
+        "vision": vision,
+        "language": language,
+        "failed": ground_truth.get("failed"),
+        **{name: metrics.get(name) for name in FEATURES},
+        "predictions": result.get("predictions") or {},
+    }
+
+
+def run_study(session: Session, *, dataset: str | None = None, min_labelled: int = 20) -> dict[str, Any]:
+    """``prediction_quality`` over the stored records, with the dataset filter echoed."""
+    quality = prediction_quality(study_records(session, dataset=dataset), min_labelled=min_labelled)
+    return {**quality, "dataset": dataset}
