@@ -278,29 +278,30 @@ def _run(
     theta = [p for name, p in param_by_name.items() if p.requires_grad]
     theta_names = [name for name, p in param_by_name.items() if p.requires_grad]
 
+    light = False  # after the checked first chunk: backward passes skip the weight gradients
+    expected_modules: set[str] = set()
+    chunk_size = _fit_chunk(model, inputs, recorder, theta, probes, seed, chunk_size, memory_budget_gb)
+
     for start in range(0, n, chunk_size):
         rows = min(chunk_size, n - start)
         chunk = slice_inputs(inputs, slice(start, start + rows))
-        recorder.reset()
-        recorder.probe = 0
-        out = call_encoder(model, chunk)
+        while True:
+            out, grads_per_probe = _forward_backward(model, chunk, recorder, theta, probes, u, seed, light)
+            if not light or _fired(recorder) >= expected_modules:
+                break
+            # a layer's hook did not fire without weight gradients (a branch fed by parameters alone):
+            # back to full backward passes for the rest of the run
+            light = False
+            _set_trainable(param_by_name, set(theta_names))
         if out.dim() != 2:
-            raise InvalidSettings(
-                f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}"
-            )
+            raise InvalidSettings(f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}")
         if u is None:
             u, kind = make_probes(probes, out.shape[1], seed, out.dtype)
             if sink is None:
                 sink = _make_sink(resolved, n, u.shape[0], sketch_dim, seed, cross_probe)
         outputs.append(out.detach().to(torch.float64))
         n_probes = u.shape[0]
-        batch_grads: list[tuple[torch.Tensor | None, ...]] = []
-        for m in range(n_probes):
-            recorder.probe = m
-            scalar = (out * u[m]).sum()
-            grads = torch.autograd.grad(scalar, theta, retain_graph=m < n_probes - 1, allow_unused=True)
-            if start == 0:
-                batch_grads.append(grads)
+        batch_grads = grads_per_probe
         recorder.active = False
         reps = _apply_rules(recorder, owned, n_probes, rows, rules_used, fallback)
         if start == 0:
@@ -314,6 +315,15 @@ def _run(
                 _per_sample_loop(model, chunk, rows, u, [param_by_name[k] for k in fallback], fallback)
             )
         recorder.active = True
+        if start == 0:
+            expected_modules = _fired(recorder)
+            tables = {
+                f"{name}.weight" if name else "weight"
+                for name, (module, _) in owned.items()
+                if isinstance(module, nn.Embedding)
+            }
+            _set_trainable(param_by_name, (tables | set(fallback)) & set(theta_names))
+            light = True
         if start == 0 and method == "auto":
             estimate = sum(r.nbytes() for r in reps.values()) * math.ceil(n / rows)
             if estimate > budget:
@@ -347,12 +357,96 @@ def _run(
         outputs=torch.cat(outputs).numpy(),
         info={
             "seconds": time.perf_counter() - started,
-            "chunk_size": chunk_size,
+            "chunk_size": chunk_size,  # after fitting to the memory budget
             "per_sample_loop_params": sorted(fallback),
             "rules": _rule_counts(rules_used),
             "stored_bytes": int(sink.nbytes),
         },
     )
+
+
+def _forward_backward(
+    model: nn.Module,
+    chunk: Inputs,
+    recorder: _Recorder,
+    theta: list[nn.Parameter],
+    probes: Probes,
+    u: torch.Tensor | None,
+    seed: int,
+    light: bool,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor | None, ...]]]:
+    """One forward pass and one backward pass per probe; the hooks record inputs and output gradients.
+
+    Full passes differentiate θ (their batched gradients check the rules). Light passes differentiate only
+    the input (pixels) and the parameters that still require gradients (embedding tables, loop parameters):
+    the hooks see the same output gradients, but no weight gradient is computed.
+    """
+    recorder.reset()
+    recorder.probe = 0
+    if light and isinstance(chunk, torch.Tensor) and chunk.is_floating_point():
+        chunk = chunk.detach().requires_grad_(True)
+    out = call_encoder(model, chunk)
+    if u is None:
+        u, _ = make_probes(probes, out.shape[1], seed, out.dtype)
+    if light:
+        targets = [p for p in theta if p.requires_grad]
+        if isinstance(chunk, torch.Tensor) and chunk.requires_grad:
+            targets.append(chunk)
+    else:
+        targets = theta
+    grads = []
+    for m in range(u.shape[0]):
+        recorder.probe = m
+        scalar = (out * u[m]).sum()
+        if not targets:
+            break
+        grads.append(torch.autograd.grad(scalar, targets, retain_graph=m < u.shape[0] - 1, allow_unused=True))
+    return out, grads
+
+
+def _fit_chunk(
+    model: nn.Module,
+    inputs: Inputs,
+    recorder: _Recorder,
+    theta: list[nn.Parameter],
+    probes: Probes,
+    seed: int,
+    chunk_size: int,
+    memory_budget_gb: float,
+) -> int:
+    """The largest chunk ≤ ``chunk_size`` whose hook records (layer inputs + M output gradients, about
+    half of the peak with the autograd graph) stay within a quarter of the memory budget, measured on
+    two samples. High-resolution images with several probes need small chunks; short captions do not."""
+    n = batch_size(inputs)
+    if chunk_size <= 2 or n <= 2:
+        return chunk_size
+    _forward_backward(model, slice_inputs(inputs, slice(0, 2)), recorder, theta, probes, None, seed, False)
+    per_sample = _recorded_bytes(recorder) / 2
+    recorder.reset()
+    fitted = int(memory_budget_gb * 2**30 / 4 / max(per_sample, 1.0))
+    return max(1, min(chunk_size, fitted))
+
+
+def _recorded_bytes(recorder: _Recorder) -> int:
+    total = 0
+    for calls in recorder.calls.values():
+        for call in calls:
+            tensors = [a for a in call.args if isinstance(a, torch.Tensor)]
+            tensors += [g for g in call.gy if g is not None]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def _fired(recorder: _Recorder) -> set[str]:
+    """Layers whose output gradient reached a hook in the last chunk."""
+    return {
+        name for name, calls in recorder.calls.items() if any(g is not None for call in calls for g in call.gy)
+    }
+
+
+def _set_trainable(param_by_name: dict[str, nn.Parameter], names: set[str]) -> None:
+    for name, p in param_by_name.items():
+        p.requires_grad_(name in names)
 
 
 def _make_sink(
