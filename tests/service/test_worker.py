@@ -92,4 +92,4 @@ def test_offline_pretrained_pair(client, runtime):
     work_burst(runtime.settings)
     screening = client.get(f"/v1/screenings/{screening_id}").json()
     assert screening["state"] == "succeeded", screening["problem"]
-    assert screening["result"]["vision"]["n_params"] > 1_000_000
+    assert screening["result"]["vision"]["identity"]["n_params"] > 1_000_000
