@@ -92,8 +92,9 @@ class Grid:
             raise InvalidSettings(f"{origin}: expected a mapping with vision, language and dataset")
         unknown = set(data) - {"name", "dataset", "options", "vision", "language", "description"}
         if unknown:
-            raise InvalidSettings(f"{origin}: unknown keys {sorted(unknown)}; expected name, dataset, options, "
-                                  "vision, language")
+            raise InvalidSettings(
+                f"{origin}: unknown keys {sorted(unknown)}; expected name, dataset, options, vision, language"
+            )
         lists = {role: _references(data.get(role), role, origin) for role in ("vision", "language")}
         dataset = data.get("dataset", "digits")
         if not isinstance(dataset, str) or not dataset.strip():
@@ -102,8 +103,9 @@ class Grid:
         if not isinstance(options, Mapping):
             raise InvalidSettings(f"{origin}: options must be a mapping of engine settings")
         name = data.get("name")
-        return cls(lists["vision"], lists["language"], dataset.strip(), dict(options),
-                   None if name is None else str(name))
+        return cls(
+            lists["vision"], lists["language"], dataset.strip(), dict(options), None if name is None else str(name)
+        )
 
     def settings(self, overrides: Mapping[str, Any] | None = None) -> EngineSettings:
         """The engine settings of every pair: the grid's options, then ``overrides``."""
@@ -169,13 +171,20 @@ def run_grid(
     """
     from phasecore.pipeline import screen_pair
 
-    profiles: dict[tuple[str, str], ModelProfile | PhasescreenError | Exception] = {}
+    profiles: dict[tuple[str, str], ModelProfile | Exception] = {}
 
     def profile(ref: str, modality: str) -> ModelProfile | Exception:
         if (ref, modality) not in profiles:
             profiles[(ref, modality)] = _profile(
-                ref, modality, grid.dataset, settings, cache=cache, model_root=model_root, data_root=data_root,
-                allowed_sources=allowed_sources, progress=progress,
+                ref,
+                modality,
+                grid.dataset,
+                settings,
+                cache=cache,
+                model_root=model_root,
+                data_root=data_root,
+                allowed_sources=allowed_sources,
+                progress=progress,
             )
         return profiles[(ref, modality)]
 
@@ -193,13 +202,15 @@ def run_grid(
                 "problem": None,
             }
             vision, language = profile(vision_ref, "vision"), profile(language_ref, "language")
-            broken = next((p for p in (vision, language) if isinstance(p, Exception)), None)
-            if broken is not None:
-                entry["problem"] = _problem(broken, "the model profile could not be computed")
+            if isinstance(vision, Exception):
+                entry["problem"] = _problem(vision, "the vision model profile could not be computed")
+            elif isinstance(language, Exception):
+                entry["problem"] = _problem(language, "the language model profile could not be computed")
             else:
                 try:
-                    entry["result"] = screen_pair(vision, language, settings, dataset_ref=grid.dataset,  # type: ignore[arg-type]
-                                                  progress=progress)
+                    entry["result"] = screen_pair(
+                        vision, language, settings, dataset_ref=grid.dataset, progress=progress
+                    )
                     entry["state"] = "succeeded"
                 except Exception as exc:  # one broken pair must not lose the others' results
                     entry["problem"] = _problem(exc, "the pair step failed")
@@ -304,8 +315,19 @@ def pair_row(pair: Mapping[str, Any]) -> dict[str, Any]:
         "failed": gt.get("failed"),
         "problem": problem.get("detail"),
     }
-    for key in ("s_ntk_vision", "s_ntk_language", "phase_vision", "phase_language", "agop_ratio_vision",
-                "agop_ratio_language", "delta_ntk", "log_agop", "combined", "cka", "mutual_knn"):
+    for key in (
+        "s_ntk_vision",
+        "s_ntk_language",
+        "phase_vision",
+        "phase_language",
+        "agop_ratio_vision",
+        "agop_ratio_language",
+        "delta_ntk",
+        "log_agop",
+        "combined",
+        "cka",
+        "mutual_knn",
+    ):
         row[key] = m.get(key)
     for rule in RULES:
         row[rule] = (predictions.get(rule) or {}).get("predicts_failure")
@@ -339,17 +361,19 @@ def summary_table(document: Mapping[str, Any]) -> str:
     header = ("vision", "language", "state", "S_cross_c", "CKA", "align", "failed", "combined", "AGOP")
     table = [header]
     for row in rows(document):
-        table.append((
-            row["vision"],
-            row["language"],
-            row["state"],
-            _cell(row["s_ntk_cross_centered"], ".4f"),
-            _cell(row["cka"], ".3f"),
-            _cell(row["alignment_score"], ".3f"),
-            _cell(row["failed"], ""),
-            _cell(row["combined_rule"], ""),
-            _cell(row["agop_rule"], ""),
-        ))
+        table.append(
+            (
+                row["vision"],
+                row["language"],
+                row["state"],
+                _cell(row["s_ntk_cross_centered"], ".4f"),
+                _cell(row["cka"], ".3f"),
+                _cell(row["alignment_score"], ".3f"),
+                _cell(row["failed"], ""),
+                _cell(row["combined_rule"], ""),
+                _cell(row["agop_rule"], ""),
+            )
+        )
     widths = [max(len(str(line[k])) for line in table) for k in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -364,6 +388,8 @@ def totals_line(document: Mapping[str, Any]) -> str:
     agree = sum(r["failed"] == r["combined_rule"] for r in labelled)
     text = f"{len(done)} of {len(all_rows)} pairs screened ({document.get('state')})"
     if labelled:
-        text += (f"; measured failures {sum(bool(r['failed']) for r in labelled)} of {len(labelled)}; "
-                 f"the combined rule agrees with the measured outcome on {agree} of {len(labelled)}")
+        text += (
+            f"; measured failures {sum(bool(r['failed']) for r in labelled)} of {len(labelled)}; "
+            f"the combined rule agrees with the measured outcome on {agree} of {len(labelled)}"
+        )
     return text

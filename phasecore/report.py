@@ -54,8 +54,12 @@ _RULE_TITLES = {
 }
 
 
-def _short(ref: str, width: int = 30) -> str:
-    return ref if len(ref) <= width else ref[: width - 1] + "…"
+def _short(ref: str, width: int = 40) -> str:
+    """A label of at most ``width`` characters; the middle goes, since references differ at both ends."""
+    if len(ref) <= width:
+        return ref
+    head = (width - 1) // 2
+    return ref[:head] + "…" + ref[len(ref) - (width - 1 - head) :]
 
 
 def _finite(x: Any) -> bool:
@@ -82,8 +86,16 @@ def phase_landscape(document: Mapping[str, Any]) -> Figure:
             chosen = [(x, y) for x, y, f in points if f == failed]
             if chosen:
                 xs, ys = zip(*chosen, strict=True)
-                ax.scatter(xs, ys, s=60, marker=marker, c=colour, edgecolors=edge, linewidths=1.5,
-                           label=f"{label} ({'failed' if failed else 'aligned'})")
+                ax.scatter(
+                    xs,
+                    ys,
+                    s=60,
+                    marker=marker,
+                    c=colour,
+                    edgecolors=edge,
+                    linewidths=1.5,
+                    label=f"{label} ({'failed' if failed else 'aligned'})",
+                )
     ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"failure threshold {threshold:g}")
     ax.set_xlabel("S_cross centered (kernel CKA of the two NTK Grams)")
     ax.set_ylabel("measured alignment score")
@@ -117,8 +129,15 @@ def cross_alignment_heatmap(document: Mapping[str, Any]) -> Figure:
         middle = float((finite.min() + finite.max()) / 2) if finite.size else 0.0
         for (i, j), value in np.ndenumerate(grid):
             if math.isfinite(value):
-                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7,
-                        color="white" if value < middle else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value < middle else "black",
+                )
     ax.set_title("Cross-modal NTK alignment (centered)")
     return fig
 
@@ -133,11 +152,13 @@ def _models(document: Mapping[str, Any]) -> list[dict[str, Any]]:
             agop = metrics.get(f"agop_{modality}")
             if key in seen or not agop:
                 continue
-            ratio = metrics.get(f"agop_ratio_{modality}")
+            ratio, log10_ratio = metrics.get(f"agop_ratio_{modality}"), agop.get("log10_ratio")
+            if isinstance(ratio, int | float) and _finite(ratio) and ratio > 0:
+                log10_ratio = math.log10(ratio)
             seen[key] = {
                 "ref": pair[modality],
                 "modality": modality,
-                "log10_ratio": math.log10(ratio) if _finite(ratio) and ratio > 0 else agop.get("log10_ratio"),
+                "log10_ratio": log10_ratio,
                 "decay": agop.get("decay"),
                 "s_ntk": metrics.get(f"s_ntk_{modality}"),
             }
@@ -193,7 +214,7 @@ def rule_counts(document: Mapping[str, Any], rule: str) -> dict[str, Any]:
 def rule_verdicts(document: Mapping[str, Any]) -> Figure:
     fig = Figure(figsize=(12.0, 3.4), layout="constrained")
     axes = fig.subplots(1, len(RULES))
-    claims = {}
+    claims: dict[str, float | None] = {}
     for pair in document["pairs"]:
         for rule, prediction in ((pair.get("result") or {}).get("predictions") or {}).items():
             claims.setdefault(rule, prediction.get("claimed_accuracy"))
@@ -202,8 +223,15 @@ def rule_verdicts(document: Mapping[str, Any]) -> Figure:
         counts = np.array(summary["counts"])
         ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, int(counts.max())))
         for (i, j), value in np.ndenumerate(counts):
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=11,
-                    color="white" if value > counts.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=11,
+                color="white" if value > counts.max() / 2 else "black",
+            )
         ax.set_xticks([0, 1], ["failed", "aligned"])
         ax.set_yticks([0, 1], ["predicts\nfailure", "no failure\npredicted"])
         ax.set_xlabel("measured", fontsize=8)
@@ -288,10 +316,10 @@ def html_page(document: Mapping[str, Any], images: Mapping[str, str], links: Map
             f'<figure id="{name}"><img src="{e(images[name])}" alt="{e(caption)}">'
             f"<figcaption>{e(caption)}{download}</figcaption></figure>"
         )
-    columns = ("vision", "language", "state", "s_ntk_cross_centered", "cka", "alignment_score", "failed",
-               *RULES)
-    parts.append("<h2>Pairs</h2><table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns)
-                 + "</tr></thead><tbody>")
+    columns = ("vision", "language", "state", "s_ntk_cross_centered", "cka", "alignment_score", "failed", *RULES)
+    parts.append(
+        "<h2>Pairs</h2><table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr></thead><tbody>"
+    )
     for row in map(pair_row, document["pairs"]):
         cells = []
         for column in columns:

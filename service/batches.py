@@ -234,4 +234,3 @@ def batch_document(session: Session, batch: Batch) -> dict[str, Any]:
         batch_id=batch.id,
         created_at=batch.created_at.isoformat(),
     )
-
