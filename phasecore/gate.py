@@ -1,0 +1,140 @@
+"""The CI gate's decision: is alignment of this pair predicted to fail? (``phasescreen gate``)
+
+Two policies:
+
+- ``paper``: the paper's **combined rule**, ``ΔNTK × log10(max AGOP ratio) > 2.5`` predicts failure (METRICS §5).
+  It is the rule with the paper's highest claimed accuracy (96 %, a claim, not a measurement here), and the
+  only one that uses both signals the paper argues for: the phase mismatch of the two models (ΔNTK) and the
+  conditioning of their gradient outer products (AGOP). When it is undetermined (a missing stability, or
+  ΔNTK = 0 with an infinite AGOP ratio) the gate falls back to the AGOP rule (``max ratio > 1e6``, claimed
+  94 %) and says so; when both are undetermined it cannot decide.
+- ``measured``: the logistic model of METRICS §8 fitted on this deployment's own labelled pairs
+  (``phasecore.study``); failure is predicted when ``P(failed) ≥ 0.5``. Until there are enough labelled pairs
+  with both outcomes there is no such model and the gate cannot decide.
+
+"Cannot decide" raises :class:`GateUndecided`; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from phasecore.errors import PhasescreenError
+from phasecore.study import predict_failure_probability
+
+Policy = Literal["paper", "measured"]
+POLICIES: tuple[str, ...] = ("paper", "measured")
+PROBABILITY_THRESHOLD = 0.5
+
+
+class GateUndecided(PhasescreenError):
+    """The policy cannot give a verdict for this pair (undetermined rules, or no fitted model yet)."""
+
+    kind = "gate-undecided"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """A verdict with its one-line reason; ``exit_code`` is 1 when failure is predicted, else 0."""
+
+    policy: str
+    predicts_failure: bool
+    reason: str
+    rule: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    probability: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.predicts_failure else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exit_code": self.exit_code}
+
+
+def decide(result: Mapping[str, Any], policy: str = "paper", *, study: Mapping[str, Any] | None = None) -> GateDecision:
+    """The gate's verdict on one screening ``result`` (the result JSON).
+
+    ``study`` is the output of ``phasecore.study.prediction_quality`` (needed by ``measured``).
+    Raises GateUndecided when the policy gives no verdict, ValueError on an unknown policy.
+    """
+    if policy == "paper":
+        return _paper(result)
+    if policy == "measured":
+        return _measured(result, study)
+    raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def _paper(result: Mapping[str, Any]) -> GateDecision:
+    predictions = result.get("predictions") or {}
+    for rule, fallback in (("combined_rule", False), ("agop_rule", True)):
+        prediction = predictions.get(rule) or {}
+        verdict = prediction.get("predicts_failure")
+        if verdict is None:
+            continue
+        value, threshold = prediction.get("value"), prediction.get("threshold")
+        shown = "+inf" if value is None else f"{value:.4g}"
+        what = "combined rule ΔNTK × log10(AGOP)" if rule == "combined_rule" else "AGOP rule max(λ_max/λ_min)"
+        comparison = ">" if verdict else "≤"
+        outcome = "predicts alignment FAILURE" if verdict else "does not predict failure"
+        note = " (the combined rule is undetermined for this pair)" if fallback else ""
+        claimed = prediction.get("claimed_accuracy")
+        claim = f"; paper's claimed accuracy {claimed:.0%}, a claim" if claimed else ""
+        return GateDecision(
+            policy="paper",
+            predicts_failure=bool(verdict),
+            reason=f"{what} = {shown} {comparison} {threshold:g}: {outcome}{note}{claim}",
+            rule=rule,
+            value=value,
+            threshold=threshold,
+        )
+    raise GateUndecided(
+        "neither the combined rule nor the AGOP rule gives a verdict for this pair (missing or non-finite "
+        "stability or AGOP figures); see the result's metrics.notes"
+    )
+
+
+def require_fitted_model(study: Mapping[str, Any] | None) -> None:
+    """Raise GateUndecided unless ``study`` holds a fitted failure model (the ``measured`` policy needs one)."""
+    if study and study.get("status") == "ok" and study.get("model_state"):
+        return
+    why = (study or {}).get("reason") or "no prediction-quality study is available"
+    if study and study.get("status") == "ok":
+        why = "the labelled pairs with usable metrics do not hold both outcomes"
+    raise GateUndecided(
+        f"policy 'measured' needs the logistic model fitted on labelled pairs, and there are not enough "
+        f"labelled pairs yet: {why}. Use --policy paper, or screen more pairs with ground truth."
+    )
+
+
+def _measured(result: Mapping[str, Any], study: Mapping[str, Any] | None) -> GateDecision:
+    require_fitted_model(study)
+    assert study is not None
+    features = {**(result.get("metrics") or {})}
+    try:
+        probability = predict_failure_probability(study["model_state"], features)
+    except ValueError as exc:
+        raise GateUndecided(f"policy 'measured' cannot score this pair: {exc}") from exc
+    fails = probability >= PROBABILITY_THRESHOLD
+    logistic = study.get("logistic") or {}
+    quality = ""
+    if logistic.get("accuracy") is not None:
+        auroc = logistic.get("auroc")
+        quality = f"; leave-one-model-out accuracy {logistic['accuracy']:.2f}" + (
+            f", AUROC {auroc:.2f}" if auroc is not None else ""
+        )
+    return GateDecision(
+        policy="measured",
+        predicts_failure=fails,
+        reason=(
+            f"P(failure) = {probability:.3f} {'≥' if fails else '<'} {PROBABILITY_THRESHOLD} by the logistic model "
+            f"fitted on {study['model_state'].get('n', study.get('n'))} labelled pairs{quality}: "
+            f"{'predicts alignment FAILURE' if fails else 'does not predict failure'}"
+        ),
+        rule="logistic",
+        probability=probability,
+        threshold=PROBABILITY_THRESHOLD,
+    )

@@ -1,0 +1,487 @@
+"""``phasescreen batch | gate | report | study``: grids of pairs, the CI gate, reports and prediction quality.
+
+Each command runs on this machine by default (the embedded default: the pipeline in-process, profiles in the
+local cache, results in the local database) or against a server with ``--server URL`` (or
+``$PHASESCREEN_SERVER``; ``$PHASESCREEN_API_KEY`` for a key), through :mod:`service.client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# the CI gate's exit codes
+PASS, FAIL, ERROR = 0, 1, 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    batch = sub.add_parser(
+        "batch",
+        help="screen every pair of a grid file, locally or on a server",
+        description="Screen every (vision, language) pair of a grid YAML file (see grids/offline.yaml). Each "
+        "model's profile is computed once and shared by its pairs. Writes the batch results JSON (the input of "
+        "`phasescreen report`) and prints a summary table. Exit 0 when every pair succeeded, 1 when some "
+        "failed, 2 on a usage, input or connection error.",
+    )
+    batch.add_argument("grid", type=Path, help="grid YAML file: dataset, options, vision and language lists")
+    _server_arguments(batch)
+    _option_argument(batch)
+    batch.add_argument("--output", "-o", type=Path, help="results JSON (default <grid name>.results.json here)")
+    batch.add_argument("--csv", type=Path, help="also write the results table as CSV")
+    batch.add_argument("--report", type=Path, metavar="DIR", help="also write the report (PNG, SVG, index.html)")
+    batch.add_argument("--timeout", type=float, default=7 * 86400.0, help="seconds to wait for a server batch")
+    _local_arguments(batch)
+    batch.set_defaults(func=run_batch)
+
+    gate = sub.add_parser(
+        "gate",
+        help="CI gate: exit 0 when alignment is not predicted to fail, 1 when it is, 2 on an error",
+        description="Screen one pair (locally, or on a server with --server) and decide whether alignment is "
+        "predicted to fail. Policy 'paper': the paper's combined rule ΔNTK × log10(AGOP) > 2.5 (the AGOP rule "
+        "when it is undetermined). Policy 'measured': the logistic model fitted on this deployment's labelled "
+        "pairs (METRICS §8). Prints one line of why; --json prints the full result. Exit 0: not predicted to "
+        "fail; 1: predicted to fail; 2: error (bad input, server unreachable, timeout, no verdict possible).",
+    )
+    gate.add_argument("--vision", required=True, help="vision model reference, e.g. timm:vit_base_patch16_224")
+    gate.add_argument("--language", required=True, help="language model reference, e.g. hf:bert-base-uncased")
+    gate.add_argument("--dataset", required=True, help="paired dataset, e.g. digits")
+    _server_arguments(gate)
+    gate.add_argument("--policy", choices=["paper", "measured"], default="paper", help="decision policy")
+    gate.add_argument("--json", action="store_true", help="print the decision and the full result as JSON")
+    gate.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the server's result")
+    _option_argument(gate)
+    _local_arguments(gate)
+    gate.set_defaults(func=run_gate)
+
+    report = sub.add_parser(
+        "report",
+        help="write a batch's figures (PNG, SVG) and HTML page",
+        description="BATCH is a batch results JSON file (from `phasescreen batch`) or a batch id on the server "
+        "given by --server. Writes phase_landscape, cross_alignment_heatmap, model_spectra and rule_verdicts "
+        "as PNG and SVG, and index.html, into DIR.",
+    )
+    report.add_argument("batch", help="batch results JSON file, or a batch id on the server")
+    report.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="directory to write")
+    _server_arguments(report)
+    report.set_defaults(func=run_report)
+
+    study = sub.add_parser(
+        "study",
+        help="how well the paper's rules and a fitted model predict measured failure (METRICS §8)",
+        description="Accuracy, AUROC and Brier score of each rule and of a logistic model under "
+        "leave-one-model-out cross-validation, over every stored pair with ground truth (the local database, "
+        "or the server's).",
+    )
+    _server_arguments(study)
+    study.add_argument("--dataset", help="only pairs screened on this dataset")
+    study.add_argument("--json", action="store_true", help="print the full study as JSON")
+    study.set_defaults(func=run_study)
+
+
+def _server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("PHASESCREEN_SERVER") or None,
+        metavar="URL",
+        help="phasescreen server (default $PHASESCREEN_SERVER; unset: run locally)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("PHASESCREEN_API_KEY") or None,
+        help="API key (default $PHASESCREEN_API_KEY)",
+    )
+
+
+def _option_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine setting (docs/metrics.md), e.g. n=576; repeatable; overrides the grid's options",
+    )
+
+
+def _local_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, help="local profile cache (default $PHASESCREEN_HOME/profiles)")
+    parser.add_argument("--no-store", action="store_true", help="local runs: do not record results in the database")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to settings; numbers, booleans, null and JSON values are decoded."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            decoded: Any = json.loads(value) if value[:1] in "0123456789[{tfn-" else value
+        except json.JSONDecodeError:
+            decoded = value
+        options[key.strip().replace("-", "_")] = decoded
+    return options
+
+
+def _cache(args: argparse.Namespace) -> Any:
+    from phasecore.pipeline import ProfileCache
+
+    home = Path(os.environ.get("PHASESCREEN_HOME", Path.home() / ".cache" / "phasescreen"))
+    return ProfileCache(args.cache_dir or home / "profiles")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import PhasescreenClient
+
+    return PhasescreenClient(args.server, api_key=args.api_key)
+
+
+def _error(command: str, message: object) -> int:
+    print(f"phasescreen {command}: error: {message}", file=sys.stderr)
+    return ERROR
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from phasecore.errors import PhasescreenError
+    from service.client import ApiError
+
+    return (PhasescreenError, ApiError, ValidationError, ValueError, OSError)
+
+
+# --- batch ----------------------------------------------------------------------------------------------
+
+
+class _PairProgress:
+    """A bar over pairs on a terminal, one line per finished pair otherwise; silent with --quiet."""
+
+    def __init__(self, total: int, *, quiet: bool) -> None:
+        self.total, self.done, self.quiet = total, 0, quiet
+        self.bar: Any = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="pairs", unit="pair", file=sys.stderr, dynamic_ncols=True)
+
+    def stage(self, stage: str, fraction: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{stage} {fraction:.0%}", refresh=False)
+
+    def finished(self, done: int, line: str) -> None:
+        if self.quiet or done <= self.done:
+            return
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+        else:
+            print(f"[{done}/{self.total}] {line}", file=sys.stderr, flush=True)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from phasecore.batch import load_grid
+
+    try:
+        grid = load_grid(args.grid)
+        settings = grid.settings(parse_options(args.option))
+    except _expected_errors() as exc:
+        return _error("batch", exc)
+    try:
+        run = _batch_on_server if args.server else _batch_here
+        document = run(args, grid, settings)
+    except KeyboardInterrupt:
+        return _error("batch", "interrupted")
+    except _expected_errors() as exc:
+        return _error("batch", exc)
+    return _finish_batch(args, document)
+
+
+def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
+    from phasecore.batch import run_grid
+    from service.settings import ServiceSettings
+
+    service_settings = ServiceSettings()
+    progress = _PairProgress(grid.n_pairs, quiet=args.quiet)
+    count = 0
+
+    def on_pair(entry: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        progress.finished(count, f"{entry['vision']} × {entry['language']}: {entry['state']}")
+
+    try:
+        document = run_grid(
+            grid,
+            settings,
+            cache=_cache(args),
+            model_root=service_settings.model_root,
+            data_root=service_settings.data_root,
+            progress=progress.stage,
+            on_pair=on_pair,
+        )
+    finally:
+        progress.close()
+    if not args.no_store:
+        _store_locally(document)
+    return document
+
+
+def _store_locally(document: dict[str, Any]) -> None:
+    """Record every succeeded pair in the local database, so that `phasescreen study` counts it."""
+    try:
+        from service.db import local_session
+        from service.screenings import record_local_result
+
+        with local_session() as session:
+            for pair in document["pairs"]:
+                if pair["state"] != "succeeded":
+                    continue
+                request = {
+                    "vision": pair["vision"],
+                    "language": pair["language"],
+                    "dataset": document["dataset"],
+                    "options": document["options"],
+                }
+                pair["screening_id"] = record_local_result(session, request, pair["result"]).id
+            session.commit()
+    except Exception as exc:  # the results are written to a file anyway; storing them is a convenience
+        print(f"warning: results not stored in the local database: {exc}", file=sys.stderr)
+
+
+def _batch_on_server(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
+    from service.batch_schemas import BatchRequest
+
+    request = BatchRequest(
+        vision=list(grid.vision), language=list(grid.language), dataset=grid.dataset, options=settings, name=grid.name
+    )
+    with _client(args) as client:
+        batch = client.submit_batch(request)
+        print(f"batch {batch.id} on {client.base_url}{batch.href}", file=sys.stderr, flush=True)
+        progress = _PairProgress(batch.pairs["total"], quiet=args.quiet)
+
+        def on_progress(current: Any) -> None:
+            finished = sum(current.pairs[s] for s in ("succeeded", "failed", "cancelled"))
+            progress.stage(f"{current.profiles['succeeded']}/{current.profiles['total']} profiles", current.progress)
+            progress.finished(finished, f"{current.pairs['succeeded']} succeeded, {current.pairs['failed']} failed")
+
+        try:
+            client.wait_for_batch(batch.id, timeout=args.timeout, on_progress=on_progress)
+        finally:
+            progress.close()
+        return client.batch_results(batch.id)
+
+
+def _finish_batch(args: argparse.Namespace, document: dict[str, Any]) -> int:
+    from phasecore.batch import summary_table, to_csv
+
+    output = args.output or Path(f"{document.get('name') or args.grid.stem}.results.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_text(to_csv(document))
+    print(summary_table(document))
+    print(f"results: {output}" + (f", {args.csv}" if args.csv else ""))
+    if args.report:
+        from phasecore.report import write_report
+
+        paths = write_report(document, args.report)
+        print(f"report: {paths[-1]}")
+    return PASS if document["state"] == "succeeded" else FAIL
+
+
+# --- gate -----------------------------------------------------------------------------------------------
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """Exit 0 / 1 / 2 with one line of why; every error is a 2, never a 1."""
+    try:
+        return _gate(args)
+    except KeyboardInterrupt:
+        return _gate_error(args, "interrupted")
+    except _expected_errors() as exc:
+        return _gate_error(args, exc)
+    except Exception as exc:  # a CI gate must not turn a crash into a verdict
+        return _gate_error(args, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _gate_error(args: argparse.Namespace, message: object) -> int:
+    if args.json:
+        print(json.dumps({"exit_code": ERROR, "error": str(message)}))
+    return _error("gate", message)
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from phasecore.gate import decide, require_fitted_model
+    from phasecore.settings import EngineSettings
+
+    settings = EngineSettings.model_validate(parse_options(args.option))
+    screening_id = None
+    study: dict[str, Any] | None = None
+    if args.server:
+        with _client(args) as client:
+            if args.policy == "measured":  # before any screening: without a fitted model there is no verdict
+                study = client.study().model_dump(mode="json")
+                require_fitted_model(study)
+            submitted = client.submit_screening(
+                args.vision, args.language, args.dataset, settings.model_dump(mode="json")
+            )
+            screening = client.wait_for_screening(submitted.id, timeout=args.timeout)
+            screening_id = screening.id
+            if screening.state != "succeeded":
+                detail = (screening.problem or {}).get("detail") or "no reason given"
+                return _gate_error(args, f"screening {screening.id} {screening.state}: {detail}")
+            result = screening.result or {}
+    else:
+        if args.policy == "measured":
+            study = _local_study()
+            require_fitted_model(study)
+        result, screening_id = _screen_here(args, settings)
+    decision = decide(result, args.policy, study=study)
+    verdict = "FAIL" if decision.predicts_failure else "PASS"
+    line = f"{verdict}: {decision.reason} [{args.vision} × {args.language} on {args.dataset}]"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "exit_code": decision.exit_code,
+                    "decision": decision.to_dict(),
+                    "vision": args.vision,
+                    "language": args.language,
+                    "dataset": args.dataset,
+                    "screening_id": screening_id,
+                    "result": result,
+                },
+                allow_nan=False,
+            )
+        )
+        print(line, file=sys.stderr)
+    else:
+        print(line)
+    return decision.exit_code
+
+
+def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], str | None]:
+    from phasecore.pipeline import screen
+    from service.settings import ServiceSettings
+
+    service_settings = ServiceSettings()
+    result = screen(
+        args.vision,
+        args.language,
+        args.dataset,
+        settings,
+        cache=_cache(args),
+        model_root=service_settings.model_root,
+        data_root=service_settings.data_root,
+    )
+    if args.no_store:
+        return result, None
+    try:
+        from service.screenings import store_local_result
+
+        request = {
+            "vision": args.vision,
+            "language": args.language,
+            "dataset": args.dataset,
+            "options": settings.model_dump(mode="json"),
+        }
+        return result, store_local_result(request, result)
+    except Exception as exc:  # the verdict does not depend on storing
+        print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
+        return result, None
+
+
+def _local_study(dataset: str | None = None) -> dict[str, Any]:
+    from service.db import local_session
+    from service.study import run_study
+
+    with local_session() as session:
+        return run_study(session, dataset=dataset)
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from phasecore.batch import check_document
+    from phasecore.report import write_report
+
+    path = Path(args.batch)
+    try:
+        if path.is_file():
+            document = check_document(json.loads(path.read_text()), origin=str(path))
+        elif args.server:
+            with _client(args) as client:
+                document = check_document(client.batch_results(args.batch), origin=f"batch {args.batch}")
+        else:
+            return _error(
+                "report",
+                f"{args.batch!r} is not a batch results file here; for a batch id, name its server with --server "
+                "(or $PHASESCREEN_SERVER)",
+            )
+        paths = write_report(document, args.output)
+    except json.JSONDecodeError as exc:
+        return _error("report", f"{path} is not JSON: {exc}")
+    except _expected_errors() as exc:
+        return _error("report", exc)
+    for written in paths:
+        print(written)
+    return PASS
+
+
+# --- study ----------------------------------------------------------------------------------------------
+
+
+def run_study(args: argparse.Namespace) -> int:
+    try:
+        if args.server:
+            with _client(args) as client:
+                study = client.study(args.dataset).model_dump(mode="json")
+        else:
+            study = _local_study(args.dataset)
+    except _expected_errors() as exc:
+        return _error("study", exc)
+    if args.json:
+        print(json.dumps(study, indent=1, allow_nan=False))
+    else:
+        print(study_summary(study))
+    return PASS
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def study_summary(study: dict[str, Any]) -> str:
+    """The study in words and a small table (claimed accuracies labelled as the paper's claims)."""
+    base = study.get("failure_base_rate")
+    lines = [
+        f"{study['n']} labelled pairs ({study['n_models']['vision']} vision, {study['n_models']['language']} "
+        f"language models), {study['n_failed']} failed (base rate {_num(base)}); {study['cv']}",
+    ]
+    if study["status"] != "ok":
+        lines.append(f"insufficient: {study['reason']}")
+        return "\n".join(lines)
+    lines.append(f"{'predictor':22s} {'n':>4s} {'accuracy':>8s} {'AUROC':>6s} {'Brier':>6s}  paper's claim")
+    for rule, quality in (study.get("rules") or {}).items():
+        claim = _num(quality.get("claimed_accuracy"), ".2f") if quality.get("claimed_accuracy") else "-"
+        lines.append(
+            f"{rule:22s} {quality['n']:4d} {_num(quality['accuracy']):>8s} {_num(quality['auroc']):>6s} "
+            f"{_num(quality['brier']):>6s}  {claim}"
+        )
+    logistic = study.get("logistic") or {}
+    if logistic:
+        lines.append(
+            f"{'logistic (LOMO CV)':22s} {logistic['n']:4d} {_num(logistic['accuracy']):>8s} "
+            f"{_num(logistic['auroc']):>6s} {_num(logistic['brier']):>6s}  -"
+        )
+    return "\n".join(lines)
