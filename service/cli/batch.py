@@ -141,8 +141,19 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _error(command: str, message: object) -> int:
-    print(f"phasescreen {command}: error: {message}", file=sys.stderr)
+    print(f"phasescreen {command}: error: {one_line(message)}", file=sys.stderr)
     return ERROR
+
+
+def one_line(message: object) -> str:
+    """An error as one line: a settings validation error names the setting and what it must be."""
+    from pydantic import ValidationError
+
+    if isinstance(message, ValidationError):
+        errors = message.errors()
+        where = ".".join(str(part) for part in errors[0]["loc"]) if errors else ""
+        return f"invalid settings: {where}: {errors[0]['msg'] if errors else message}"
+    return " ".join(str(message).split())
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -315,7 +326,7 @@ def run_gate(args: argparse.Namespace) -> int:
 
 def _gate_error(args: argparse.Namespace, message: object) -> int:
     if args.json:
-        print(json.dumps({"exit_code": ERROR, "error": str(message)}))
+        print(json.dumps({"exit_code": ERROR, "error": one_line(message)}))
     return _error("gate", message)
 
 
