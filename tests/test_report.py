@@ -1,0 +1,181 @@
+"""Reports: figures and counts on a planted batch with a known answer; the page renders in headless Chromium with
+every image loaded and no console error; `phasescreen report` on a real batch file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from phasecore.report import FIGURES, inline_html, rule_counts, write_report
+from service.cli import main
+
+RULES = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
+
+
+def planted_document() -> dict:
+    """3 vision × 2 language models; pair (0, 0) failed to compute. Measured failure: vision model 2.
+    The combined rule says failure for vision 2 and for (1, 1): 4 right of 5. The AGOP rule always says failure:
+    2 of 5. The ΔNTK rule is undetermined everywhere."""
+    vision = ["timm:test_vit?weights=random", "timm:resnet50", "pkg:efficientnet-lite0"]
+    language = ["pkg:all-minilm-l6-v2", "hf:bert-base-uncased"]
+    phases = ["chaotic", "optimal", "lazy"]
+    pairs = []
+    for i, v in enumerate(vision):
+        for j, lang in enumerate(language):
+            entry = {"vision": v, "language": lang, "vision_index": i, "language_index": j, "screening_id": None}
+            if (i, j) == (0, 0):
+                pairs.append({**entry, "state": "failed", "result": None, "problem": {"title": "x", "detail": "boom"}})
+                continue
+            failed = i == 2
+            verdicts = {
+                "agop_rule": True,
+                "combined_rule": failed or (i, j) == (1, 1),
+                "ntk_difference_rule": None,
+                "cross_phase_rule": not failed,
+            }
+            metrics = {
+                "s_ntk_cross": 0.99,
+                "s_ntk_cross_centered": 0.1 * (i + 1) + 0.01 * j,
+                "s_ntk_vision": 0.3 + 0.3 * i,
+                "s_ntk_language": 0.95,
+                "phase_vision": phases[i],
+                "phase_language": "lazy",
+                "agop_ratio_vision": 10.0 ** (3 + i),
+                "agop_ratio_language": 10.0 ** (4 + j),
+                "agop_vision": {"decay": 1.0 + i, "log10_ratio": 3.0 + i},
+                "agop_language": {"decay": 0.5 + j, "log10_ratio": 4.0 + j},
+                "cka": 0.2,
+                "mutual_knn": 0.1,
+            }
+            result = {
+                "metrics": metrics,
+                "ground_truth": {"alignment_score": -0.05 if failed else 0.2 + 0.1 * j, "failed": failed},
+                "predictions": {
+                    rule: {"predicts_failure": verdict, "claimed_accuracy": 0.96 if rule == "combined_rule" else None}
+                    for rule, verdict in verdicts.items()
+                },
+            }
+            pairs.append({**entry, "state": "succeeded", "result": result, "problem": None})
+    return {
+        "format": "phasescreen-batch/1",
+        "id": None,
+        "name": "planted",
+        "dataset": "digits",
+        "options": {"n": 20, "failure_threshold": 0.03},
+        "vision": vision,
+        "language": language,
+        "state": "partial",
+        "created_at": None,
+        "pairs": pairs,
+    }
+
+
+def test_rule_counts_have_the_planted_answer() -> None:
+    document = planted_document()
+    combined = rule_counts(document, "combined_rule")
+    # rows: predicts failure / not; columns: measured failed / aligned
+    assert combined["counts"] == [[2, 1], [0, 2]] and combined["n"] == 5 and combined["accuracy"] == 0.8
+    assert rule_counts(document, "agop_rule")["accuracy"] == 0.4
+    assert rule_counts(document, "cross_phase_rule")["accuracy"] == 0.0
+    undetermined = rule_counts(document, "ntk_difference_rule")
+    assert undetermined["n"] == 0 and undetermined["accuracy"] is None and undetermined["undetermined"] == 5
+
+
+def test_report_files_and_inline_page(tmp_path: Path) -> None:
+    document = planted_document()
+    written = write_report(document, tmp_path)
+    assert {p.name for p in written} == {f"{n}.{ext}" for n in FIGURES for ext in ("png", "svg")} | {"index.html"}
+    for path in written:
+        assert path.stat().st_size > 1000, path
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written if p.suffix == ".png")
+    page = (tmp_path / "index.html").read_text()
+    for name in FIGURES:
+        assert f'src="{name}.svg"' in page and f'href="{name}.png"' in page
+    assert ">failed</td>" in page  # the pair that failed to compute is listed, not hidden
+    assert page.count("<tr>") == 1 + 6  # header + every pair
+
+    inline = inline_html(document)
+    sources = re.findall(r'src="data:image/png;base64,([^"]+)"', inline)
+    assert len(sources) == len(FIGURES)
+    assert all(base64.b64decode(s).startswith(b"\x89PNG") for s in sources)
+
+
+_PROBE = """<script>
+window.__errors = [];
+const __consoleError = console.error;
+console.error = (...args) => { window.__errors.push(args.join(" ")); __consoleError(...args); };
+window.addEventListener("error", e => window.__errors.push("error: " + (e.message
+  || (e.target && (e.target.src || e.target.href)))), true);
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const out = document.createElement("pre");
+  out.id = "render-probe";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    loaded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+    errors: window.__errors,
+    title: document.title,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def render_in_chromium(index: Path) -> dict:
+    """Open ``index`` (a copy with a probe script in its head) in headless Chromium; what the page saw."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    probed = index.with_name("probe.html")
+    probed.write_text(index.read_text().replace("<head>", "<head>" + _PROBE, 1))
+    profile = index.parent / ".chromium-profile"
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probed.as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="render-probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"the page did not finish loading: {done.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_report_of_a_real_batch_renders_in_chromium(tiny_batch, tmp_path: Path, capsys) -> None:
+    """`phasescreen report FILE --output DIR` on the real 2 × 2 batch; Chromium loads every image, no errors."""
+    out = tmp_path / "report"
+    assert main(["report", str(tiny_batch.results), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert str(out / "index.html") in printed and len(printed) == 2 * len(FIGURES) + 1
+    seen = render_in_chromium(out / "index.html")
+    assert seen == {"images": len(FIGURES), "loaded": len(FIGURES), "errors": [], "title": "phasescreen batch tiny"}
+
+
+def test_the_chromium_check_sees_a_missing_image(tmp_path: Path) -> None:
+    write_report(planted_document(), tmp_path)
+    (tmp_path / "model_spectra.svg").unlink()
+    seen = render_in_chromium(tmp_path / "index.html")
+    assert seen["images"] == len(FIGURES) and seen["loaded"] == len(FIGURES) - 1
+    assert any("model_spectra.svg" in error for error in seen["errors"])
+
+
+def test_report_of_something_else_exits_2(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("PHASESCREEN_SERVER", raising=False)
+    not_a_batch = tmp_path / "x.json"
+    not_a_batch.write_text(json.dumps({"metrics": {}}))
+    assert main(["report", str(not_a_batch), "--output", str(tmp_path / "r")]) == 2
+    assert "not a phasescreen batch document" in capsys.readouterr().err
+    assert main(["report", "0000-no-such-file", "--output", str(tmp_path / "r")]) == 2
+    assert "--server" in capsys.readouterr().err
