@@ -17,6 +17,7 @@ Two policies:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -113,9 +114,8 @@ def require_fitted_model(study: Mapping[str, Any] | None) -> None:
 def _measured(result: Mapping[str, Any], study: Mapping[str, Any] | None) -> GateDecision:
     require_fitted_model(study)
     assert study is not None
-    features = {**(result.get("metrics") or {})}
     try:
-        probability = predict_failure_probability(study["model_state"], features)
+        probability = predict_failure_probability(study["model_state"], _features(result))
     except ValueError as exc:
         raise GateUndecided(f"policy 'measured' cannot score this pair: {exc}") from exc
     fails = probability >= PROBABILITY_THRESHOLD
@@ -138,3 +138,13 @@ def _measured(result: Mapping[str, Any], study: Mapping[str, Any] | None) -> Gat
         probability=probability,
         threshold=PROBABILITY_THRESHOLD,
     )
+
+
+def _features(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The pair's metrics; an infinite AGOP ratio (stored as null, with the AGOP rule holding on a null value)
+    reads as log(AGOP) = +inf, which the model clips to its training range, as fitting does."""
+    features = dict(result.get("metrics") or {})
+    agop = (result.get("predictions") or {}).get("agop_rule") or {}
+    if features.get("log_agop") is None and agop.get("predicts_failure") and agop.get("value") is None:
+        features["log_agop"] = math.inf
+    return features

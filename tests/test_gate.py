@@ -78,6 +78,10 @@ def test_measured_policy_uses_the_fitted_model_and_refuses_without_one() -> None
     expected = predict_failure_probability(study["model_state"], risky["metrics"])
     assert decision.probability == pytest.approx(expected) and expected > 0.5 and decision.exit_code == 1
     assert decide(planted_result(True, delta_ntk=0.05), "measured", study=study).exit_code == 0
+    infinite = planted_result(False, agop=True, log_agop=None)  # an infinite AGOP ratio is stored as null
+    clipped = dict(infinite["metrics"], log_agop=max(r["log_agop"] for r in _labelled()))
+    expected = predict_failure_probability(study["model_state"], clipped)
+    assert decide(infinite, "measured", study=study).probability == pytest.approx(expected)
 
     few = prediction_quality(_labelled()[:10])
     with pytest.raises(GateUndecided, match="not enough labelled pairs.*only 10 labelled pairs"):
