@@ -217,6 +217,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
     from phasecore.batch import run_grid
+    from service.screenings import jsonable
     from service.settings import ServiceSettings
 
     service_settings = ServiceSettings()
@@ -240,6 +241,7 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
         )
     finally:
         progress.close()
+    document = jsonable(document)  # JSON has no inf or NaN: they read as null, as in the database
     if not args.no_store:
         _store_locally(document)
     return document
@@ -333,6 +335,7 @@ def _gate_error(args: argparse.Namespace, message: object) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from phasecore.gate import decide, require_fitted_model
     from phasecore.settings import EngineSettings
+    from service.screenings import jsonable
 
     settings = EngineSettings.model_validate(parse_options(args.option))
     screening_id = None
@@ -369,7 +372,7 @@ def _gate(args: argparse.Namespace) -> int:
                     "language": args.language,
                     "dataset": args.dataset,
                     "screening_id": screening_id,
-                    "result": result,
+                    "result": jsonable(result),
                 },
                 allow_nan=False,
             )
