@@ -86,8 +86,9 @@ def stability_probe(
     gen = torch.Generator().manual_seed(seed + 1)
     dtype = theta[0].dtype
     u0 = torch.randn(d, generator=gen, dtype=torch.float64)
-    u0 = (u0 / u0.norm()).to(dtype)
-    targets = torch.randn(n_s, generator=gen, dtype=torch.float64).to(dtype)
+    device = theta[0].device
+    u0 = (u0 / u0.norm()).to(dtype=dtype, device=device)
+    targets = torch.randn(n_s, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
     k0 = probe_gram(work, sub, probes=u0[None], **{**kw, "method": "exact"}).ntk()  # ⟨∇u0·f_i, ∇u0·f_j⟩
     lambda_max = float(np.linalg.eigvalsh(k0 / n_s)[-1])
     eta = 1.0 / lambda_max if lambda_max > 0 else 0.0

@@ -136,6 +136,7 @@ class _Recorder:
                 kwargs={k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
                 out_shape=tuple(out.shape),
                 out_dtype=out.dtype,
+                out_device=out.device,
             )
             self.calls.setdefault(name, []).append(call)
 
@@ -297,9 +298,10 @@ def _run(
             raise InvalidSettings(f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}")
         if u is None:
             u, kind = make_probes(probes, out.shape[1], seed, out.dtype)
+            u = u.to(out.device)
             if sink is None:
                 sink = _make_sink(resolved, n, u.shape[0], sketch_dim, seed, cross_probe)
-        outputs.append(out.detach().to(torch.float64))
+        outputs.append(out.detach().to(torch.float64).cpu())
         n_probes = u.shape[0]
         batch_grads = grads_per_probe
         recorder.active = False
@@ -388,6 +390,7 @@ def _forward_backward(
     out = call_encoder(model, chunk)
     if u is None:
         u, _ = make_probes(probes, out.shape[1], seed, out.dtype)
+        u = u.to(out.device)
     if light:
         targets = [p for p in theta if p.requires_grad]
         if isinstance(chunk, torch.Tensor) and chunk.requires_grad:
@@ -528,7 +531,7 @@ def _verify(
     for idx, name in enumerate(theta_names):
         if name in fallback:
             continue
-        zero = torch.zeros(param_by_name[name].shape, dtype=dtype)
+        zero = torch.zeros_like(param_by_name[name])
         expected_sum, expected_first = (
             torch.stack([g[idx] if g[idx] is not None else zero for g in grads]).reshape(n_probes, -1)
             for grads in (batch_grads, first_grads)

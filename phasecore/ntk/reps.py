@@ -141,6 +141,7 @@ def factored_gram(rep: Factored, n_rows: int, *, cross_probe: bool, block: int =
                 kx = rep.x[a] @ rep.x[b].T
             seg_a, seg_b = rep.seg[a], rep.seg[b]
             blk = _factored_block(rep.gy[:, a], rep.gy[:, b], kx, seg_a, seg_b, n_rows, cross_probe)
+            blk = blk.cpu()
             out += blk
             if b0 != a0:  # the mirrored block (s, t) of the symmetric Gram
                 out += blk.transpose(1, 3) if cross_probe else blk.transpose(1, 2)

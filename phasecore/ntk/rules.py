@@ -30,10 +30,11 @@ class Call:
     gy: list[torch.Tensor | None] = field(default_factory=list)  # one entry per probe
     out_shape: tuple[int, ...] = ()
     out_dtype: torch.dtype = torch.float32
+    out_device: torch.device | str = "cpu"
 
     def stacked_gy(self, n_probes: int) -> torch.Tensor:
         """(M, *out_shape); probes whose gradient never reached this call contribute zeros."""
-        zero = torch.zeros(self.out_shape, dtype=self.out_dtype)
+        zero = torch.zeros(self.out_shape, dtype=self.out_dtype, device=self.out_device)
         return torch.stack(
             [self.gy[m] if m < len(self.gy) and self.gy[m] is not None else zero for m in range(n_probes)]
         )
@@ -53,7 +54,7 @@ def _pack(x: torch.Tensor | None, gy: torch.Tensor, ids: torch.Tensor | None = N
     gradient is zero for every probe (padding tokens), so they cost nothing in the Gram."""
     m, c, t, b = gy.shape
     keep = gy.ne(0).any(dim=3).any(dim=0).reshape(-1)  # (C*T,)
-    seg = torch.arange(c).repeat_interleave(t)[keep]
+    seg = torch.arange(c, device=gy.device).repeat_interleave(t)[keep]
     gy_p = gy.reshape(m, c * t, b)[:, keep]
     x_p = None if x is None else x.reshape(c * t, -1)[keep]
     ids_p = None if ids is None else ids.reshape(-1)[keep]

@@ -36,7 +36,7 @@ class ExactSink:
         for key in list(self._dense):
             parts = self._dense.pop(key)
             g = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=1)
-            gram += dense_gram(g, cross_probe=self.cross_probe).to(torch.float64)
+            gram += dense_gram(g, cross_probe=self.cross_probe).to(torch.float64).cpu()
         for key in list(self._factored):
             rep = concat_factored(self._factored.pop(key))
             gram += factored_gram(rep, n, cross_probe=self.cross_probe)
@@ -67,22 +67,22 @@ class SketchSink:
             return
         g = rep.g if isinstance(rep, Dense) else rep.densify(rows)
         m, c, p = g.shape
-        bucket, sign = self._hash(key, p)
-        out = torch.zeros(m, c, self.k, dtype=g.dtype)
+        bucket, sign = (t.to(g.device) for t in self._hash(key, p))
+        out = torch.zeros(m, c, self.k, dtype=g.dtype, device=g.device)
         out.index_add_(2, bucket, g * sign.to(g.dtype))
-        self.sketch[:, start : start + c] += out.to(torch.float64)
+        self.sketch[:, start : start + c] += out.to(torch.float64).cpu()
 
     def _add_table(self, key: str, start: int, rows: int, rep: Factored) -> None:
         """An embedding table's per-sample gradient is gy_t on row ids_t: sketch those entries only."""
         assert rep.ids is not None
         m, tok, b = rep.gy.shape
-        bucket, sign = self._hash(key, rep.table_rows * b)
-        flat = rep.ids.unsqueeze(1) * b + torch.arange(b)  # (Tok, b) flat indices into the table
+        bucket, sign = (t.to(rep.gy.device) for t in self._hash(key, rep.table_rows * b))
+        flat = rep.ids.unsqueeze(1) * b + torch.arange(b, device=rep.ids.device)  # (Tok, b) indices into the table
         values = rep.gy * sign[flat].to(rep.gy.dtype)  # (M, Tok, b)
-        out = torch.zeros(m, rows * self.k, dtype=rep.gy.dtype)
+        out = torch.zeros(m, rows * self.k, dtype=rep.gy.dtype, device=rep.gy.device)
         target = (rep.seg.unsqueeze(1) * self.k + bucket[flat]).reshape(-1)
         out.index_add_(1, target, values.reshape(m, -1))
-        self.sketch[:, start : start + rows] += out.reshape(m, rows, self.k).to(torch.float64)
+        self.sketch[:, start : start + rows] += out.reshape(m, rows, self.k).to(torch.float64).cpu()
 
     def finish(self) -> torch.Tensor:
         s = self.sketch
