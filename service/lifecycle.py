@@ -136,6 +136,8 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
             .values(state=CANCELLED, finished_at=utcnow())
         )
         return None
+    # read before the UPDATE: the session may synchronise row.attempts to the incremented value
+    attempt = row.attempts + 1
     token, now = str(uuid.uuid4()), utcnow()
     claimed = _changed(
         session,
@@ -166,7 +168,7 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
         row.modality,
         row.dataset_ref,
         dict(row.settings),
-        row.attempts + 1,
+        attempt,
     )
 
 
@@ -268,6 +270,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
     if row.attempts >= max_attempts:
         fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, row.problem))
         return None
+    attempt = row.attempts + 1  # before the UPDATE, as in claim_profile
     token, now = str(uuid.uuid4()), utcnow()
     claimed = _changed(
         session,
@@ -296,7 +299,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
         dict(row.request),
         row.vision_profile_id,  # type: ignore[arg-type]
         row.language_profile_id,  # type: ignore[arg-type]
-        row.attempts + 1,
+        attempt,
     )
 
 
