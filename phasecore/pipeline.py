@@ -23,7 +23,7 @@ from phasecore.rules import PAPER, pair_rules
 from phasecore.schema import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.similarity import representation_similarity
-from phasecore.sources import SOURCE_LOADERS
+from phasecore.sources import SOURCE_LOADERS, check_allowed
 from phasecore.sources.base import ModelRef
 
 __all__ = [
@@ -36,10 +36,6 @@ __all__ = [
     "screen_pair",
     "validate_request",
 ]
-
-#: the paper's rule thresholds and claimed accuracies, for people reading a result
-PAPER_CLAIMS = PAPER
-
 
 def validate_request(
     vision_ref: str,
@@ -57,16 +53,8 @@ def validate_request(
         parsed = ModelRef.parse(ref)
         if parsed.source not in SOURCE_LOADERS:
             raise InvalidReference(f"{role} model {ref!r}: unknown source {parsed.source!r}")
-        if allowed_sources is not None and not any(
-            parsed.source == allowed or ref.startswith(f"{allowed}/") or ref.startswith(allowed + ":")
-            for allowed in allowed_sources
-        ):
-            from phasecore.errors import SourceNotAllowed
-
-            raise SourceNotAllowed(
-                f"{role} model {ref!r}: source {parsed.source!r} is not allowed here; "
-                f"allowed: {', '.join(sorted(allowed_sources))}"
-            )
+        if allowed_sources is not None:
+            check_allowed(parsed, allowed_sources)
     load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
 
 

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-def _check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:
+def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:
     """``allowed_sources`` holds source names, or ``hf:<org>`` entries that allow only that hub org."""
     if ref.source in allowed_sources:
         return
@@ -77,7 +77,7 @@ def load_encoder(
     """
     parsed = ModelRef.parse(ref, pooling=pooling)
     if allowed_sources is not None:
-        _check_allowed(parsed, allowed_sources)
+        check_allowed(parsed, allowed_sources)
     root = Path(model_root).expanduser() if model_root is not None else default_model_root()
     try:
         return SOURCE_LOADERS[parsed.source](parsed, model_root=root, device=device)

@@ -77,7 +77,6 @@ class _Bars:
         self.enabled = enabled
         self.bar: Any = None
         self.stage: str | None = None
-        self.round = 0
 
     def __call__(self, stage: str, fraction: float) -> None:
         if not self.enabled:
