@@ -75,6 +75,22 @@ FIGURES = (
 )
 
 
+def check_sample(labels: np.ndarray, folds: int) -> None:
+    """Raise InvalidSettings when the labelled sample cannot carry the K-fold and unseen-class tests
+    (cheap: the service and the CLI call it before any profile is computed)."""
+    y = np.asarray(labels).astype(np.int64)
+    present, counts = np.unique(y, return_counts=True)
+    if folds < 2 or counts.min() < folds:
+        raise InvalidSettings(
+            f"{folds}-fold ground truth needs ≥ {folds} pairs in every class; the smallest class has "
+            f"{counts.min()}: raise N or lower the folds"
+        )
+    if present.size < 4:
+        raise InvalidSettings(
+            f"the unseen-class test needs ≥ 4 classes (two groups of ≥ 2), the sample has {present.size}"
+        )
+
+
 def measure_alignment(
     E_v: np.ndarray,
     E_l: np.ndarray,
@@ -141,17 +157,8 @@ def _measure_alignment(
         raise InvalidSettings(f"ground-truth method {method!r} is not one of {', '.join(METHODS)}")
     X, Y, y, T = _validate(E_v, E_l, labels, prototypes, captions)
     n, n_classes = X.shape[0], T.shape[0]
+    check_sample(y, folds)
     present = np.unique(y)
-    counts = np.bincount(y, minlength=n_classes)
-    if folds < 2 or counts[present].min() < folds:
-        raise InvalidSettings(
-            f"{folds}-fold ground truth needs ≥ {folds} pairs in every class; the smallest class has "
-            f"{counts[present].min()}: raise N or lower the folds"
-        )
-    if present.size < 4:
-        raise InvalidSettings(
-            f"the unseen-class test needs ≥ 4 classes (two groups of ≥ 2), the sample has {present.size}"
-        )
     groups = _text_groups(Y, captions)
     distinct_captions = captions is not None and len(set(captions)) == n
 

@@ -17,7 +17,7 @@ from phasecore import ENGINE_VERSION
 from phasecore.alignment import kernel_alignment, permutation_null
 from phasecore.data import load_dataset
 from phasecore.errors import InvalidReference, InvalidSettings
-from phasecore.groundtruth import measure_alignment
+from phasecore.groundtruth import check_sample, measure_alignment
 from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, profile_key
 from phasecore.rules import PAPER, pair_rules
 from phasecore.schema import ScreeningResult
@@ -48,14 +48,17 @@ def validate_request(
     data_root: str | Path | None = None,
 ) -> None:
     """Cheap checks before any work is queued: references parse, sources are allowed, the dataset
-    exists and holds N pairs. Raises a PhasescreenError with a message the user can act on."""
+    exists and holds N pairs, and (with ground truth on) every class has enough pairs for the K-fold
+    and unseen-class tests. Raises a PhasescreenError with a message the user can act on."""
     for role, ref in (("vision", vision_ref), ("language", language_ref)):
         parsed = ModelRef.parse(ref)
         if parsed.source not in SOURCE_LOADERS:
             raise InvalidReference(f"{role} model {ref!r}: unknown source {parsed.source!r}")
         if allowed_sources is not None:
             check_allowed(parsed, allowed_sources)
-    load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
+    dataset = load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
+    if settings.ground_truth:
+        check_sample(dataset.labels, settings.gt_folds)
 
 
 def _null(K1: np.ndarray, K2: np.ndarray, statistic: str, settings: EngineSettings) -> dict[str, Any]:

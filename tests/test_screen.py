@@ -122,6 +122,20 @@ def test_bad_reference_exits_2_with_a_clear_message(capsys) -> None:
     assert "source:name" in capsys.readouterr().err
 
 
+def test_too_few_pairs_per_class_for_ground_truth_fails_before_any_profile(capsys, monkeypatch) -> None:
+    """N = 40 over 10 classes gives 4 pairs per class: the 5-fold ground truth cannot run, and the CLI
+    says so in seconds instead of after both profiles."""
+    import phasecore.pipeline
+
+    def no_profiles(*args, **kwargs):
+        raise AssertionError("a profile was computed before the request was validated")
+
+    monkeypatch.setattr(phasecore.pipeline, "compute_profile", no_profiles)
+    argv = ["screen", "--vision", VISION, "--language", LANGUAGE, "--n", "40", "--quiet", "--no-cache"]
+    assert main(argv) == 2
+    assert "5-fold ground truth needs ≥ 5 pairs in every class" in capsys.readouterr().err
+
+
 def test_profiles_are_deterministic_and_round_trip(profiles, settings: EngineSettings) -> None:
     vision, _ = profiles
     again = compute_profile(VISION, "vision", "digits", settings)

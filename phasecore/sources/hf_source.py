@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from phasecore.errors import AssetUnavailable, InvalidReference, UnsupportedModel
 from phasecore.sources.base import ModelRef
@@ -30,6 +31,18 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
     while seen is not None:
         yield seen
         seen = seen.__cause__ or seen.__context__
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers draws its own "Loading weights" bar; phasescreen reports loading as a stage of its own."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager
@@ -100,7 +113,7 @@ def build_text_encoder(
     contribute their encoder.
     """
     options = {"revision": revision, "trust_remote_code": False}
-    with _hub_errors(location, revision):
+    with _hub_errors(location, revision), _quiet_loading():
         config = AutoConfig.from_pretrained(location, **options)
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
         if ref.weights == "random":

@@ -91,7 +91,7 @@ class _Bars:
                 desc=f"{stage:>10}",
                 leave=False,
                 file=sys.stderr,
-                bar_format="{l_bar}{bar}| {elapsed}",
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
             )
         self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
         self.bar.refresh()
@@ -132,7 +132,7 @@ def summary(result: dict[str, Any]) -> str:
     if gt:
         lines.append(
             f"measured alignment: unseen-class accuracy {_fmt(gt['unseen_accuracy'], '.3f')} "
-            f"(chance {_fmt(gt['chance'].get('unseen_accuracy'), '.3f')}), seen {_fmt(gt['seen_accuracy'], '.3f')}, "
+            f"(chance {_fmt(gt['chance'].get('unseen'), '.3f')}), seen {_fmt(gt['seen_accuracy'], '.3f')}, "
             f"alignment_score {_fmt(gt['alignment_score'], '.3f')} -> {'FAILED' if gt['failed'] else 'aligned'}"
         )
     return "\n".join(lines)
@@ -140,7 +140,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from phasecore.errors import PhasescreenError
-    from phasecore.pipeline import ProfileCache, screen
+    from phasecore.pipeline import ProfileCache, screen, validate_request
 
     try:
         settings = _settings(args)
@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else ProfileCache(args.cache_dir or home / "profiles")
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
+        validate_request(args.vision, args.language, args.dataset, settings)  # seconds, before minutes of work
         result = screen(args.vision, args.language, args.dataset, settings, cache=cache, progress=bars)
     except PhasescreenError as exc:
         bars.close()
