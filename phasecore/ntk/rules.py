@@ -10,6 +10,7 @@ and sends parameters that fail the check to an exact per-sample loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,38 +123,85 @@ def embedding_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) 
 
 
 def conv2d_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
-    """Per-sample weight gradients of a 2-D convolution.
+    """Per-sample weight gradients of a 2-D convolution (any kernel, stride, dilation, groups), one
+    kernel offset at a time.
 
-    A pointwise (1 × 1, stride 1, ungrouped) convolution is a linear layer over positions:
-    ``g = Σ_l gy_l ⊗ x_l``, one einsum. Any other convolution goes through the vmapped VJP, whose batching
-    rule folds the samples into the groups of one convolution: 2–3× faster on CPU than unfold (im2col),
-    which materialises k² copies of the input.
+    For offset (a, b) the gradient is ``Σ_l gy_l ⊗ x_{l + (a, b)}``: a batched matmul of the output
+    gradient with the input shifted by that offset and strided like the convolution, batched over
+    (sample, group). No im2col copy of k² inputs and no vmapped re-run of the layer: the cost is that of
+    the batched weight gradient itself. Zero padding is applied explicitly; timm's ``Conv2dSame`` gets the
+    TF "SAME" padding it applies in its own forward.
     """
     assert isinstance(module, nn.Conv2d)
-    pointwise = (
-        module.kernel_size == (1, 1)
-        and module.stride == (1, 1)
-        and module.groups == 1
-        and module.padding in ((0, 0), "valid")
-        and module.dilation == (1, 1)
-    )
-    if not pointwise:
+    pads = _conv_padding(module)
+    if pads is None:
         return generic_rule(module, calls, n_probes, c)
+    weight = module.weight
+    out_ch, in_g, kh, kw = weight.shape
+    groups = module.groups
+    out_g = out_ch // groups
+    sh, sw = module.stride
+    dh, dw = module.dilation
     total_w: torch.Tensor | None = None
     total_b: torch.Tensor | None = None
     for call in calls:
-        x = call.args[0].flatten(2)  # (C, in, L)
-        gy = call.stacked_gy(n_probes).flatten(3)  # (M, C, out, L)
-        g = torch.einsum("mcol,cil->mcoi", gy, x).reshape(n_probes, c, -1)
+        x = call.args[0]
+        if x.dim() != 4 or x.shape[0] != c:
+            raise _NotBatchFirst(type(module).__name__)
+        top, bottom, left, right = pads(x)
+        x = F.pad(x, (left, right, top, bottom))
+        gy = call.stacked_gy(n_probes)  # (M, C, O, Ho, Wo)
+        ho, wo = gy.shape[-2:]
+        # (C·G, M·Og, L): one matmul batch per (sample, group)
+        gy_b = gy.reshape(n_probes, c, groups, out_g, ho * wo).permute(1, 2, 0, 3, 4)
+        gy_b = gy_b.reshape(c * groups, n_probes * out_g, ho * wo)
+        g = gy.new_empty(c * groups, n_probes * out_g, in_g, kh * kw)
+        for a in range(kh):
+            for b in range(kw):
+                xs = x[:, :, a * dh : a * dh + sh * (ho - 1) + 1 : sh, b * dw : b * dw + sw * (wo - 1) + 1 : sw]
+                xs = xs.reshape(c * groups, in_g, ho * wo)
+                g[..., a * kw + b] = torch.bmm(gy_b, xs.transpose(1, 2))
+        # (C, G, M, Og, Ig, k²) -> (M, C, O·Ig·k²), the layout of weight (O, Ig, kh, kw)
+        g = g.reshape(c, groups, n_probes, out_g, in_g * kh * kw).permute(2, 0, 1, 3, 4).reshape(n_probes, c, -1)
         total_w = g if total_w is None else total_w + g
         if module.bias is not None:
-            gb = gy.sum(-1)
+            gb = gy.sum(dim=(-2, -1))
             total_b = gb if total_b is None else total_b + gb
     assert total_w is not None
     reps: dict[str, Dense | Factored] = {"weight": Dense(total_w)}
     if total_b is not None:
         reps["bias"] = Dense(total_b)
     return reps
+
+
+def _conv_padding(module: nn.Conv2d) -> Callable[[torch.Tensor], tuple[int, int, int, int]] | None:
+    """(top, bottom, left, right) zero padding of a convolution's input, or None when the layer pads
+    otherwise (reflect / circular modes, string padding): those go through the generic rule."""
+    if module.padding_mode != "zeros":
+        return None
+    kh, kw = module.kernel_size
+    (sh, sw), (dh, dw) = module.stride, module.dilation
+    if _is_timm_conv2d_same(module):
+
+        def same(x: torch.Tensor) -> tuple[int, int, int, int]:
+            ph = max((math.ceil(x.shape[-2] / sh) - 1) * sh + (kh - 1) * dh + 1 - x.shape[-2], 0)
+            pw = max((math.ceil(x.shape[-1] / sw) - 1) * sw + (kw - 1) * dw + 1 - x.shape[-1], 0)
+            return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
+
+        return same
+    if type(module).forward is not nn.Conv2d.forward:
+        return None
+    if module.padding == "valid":
+        return lambda x: (0, 0, 0, 0)
+    if isinstance(module.padding, str):
+        return None
+    ph, pw = module.padding
+    return lambda x: (ph, ph, pw, pw)
+
+
+def _is_timm_conv2d_same(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "Conv2dSame" and cls.__module__.startswith("timm")
 
 
 def norm_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
@@ -206,23 +254,26 @@ def _position_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
 
 
 def _through_activation(module: nn.Module, z: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
-    """Gradients at the affine output z, given those at the module output (M, *z.shape)."""
+    """Gradients at the affine output z, given those at the module output (M, *z.shape): one forward
+    of the activation and its pullback vmapped over the M probes."""
     act, drop = getattr(module, "act", None), getattr(module, "drop", None)
-    if act is None and drop is None:
+    layers = [layer for layer in (drop, act) if layer is not None and not isinstance(layer, nn.Identity)]
+    if not layers:
         return gy
-    with torch.enable_grad():
-        leaf = z.requires_grad_(True)
-        out = leaf
-        for layer in (drop, act):
-            if layer is not None:
-                out = layer(out)
-        return torch.stack(
-            [torch.autograd.grad(out, leaf, gy[m], retain_graph=m < gy.shape[0] - 1)[0] for m in range(gy.shape[0])]
-        )
+    from torch.func import vjp, vmap
+
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            t = layer(t)
+        return t
+
+    _, pullback = vjp(forward, z)
+    return vmap(pullback)(gy)[0]
 
 
 def generic_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:
-    """Per-sample VJP of the layer's own forward, vectorised over samples with ``torch.func.vmap``.
+    """Per-sample VJP of the layer's own forward, vectorised with ``torch.func.vmap`` over samples and,
+    inside each sample's single forward, over the M probes.
 
     Exact for any layer whose forward treats samples independently with batch-first tensors (norms,
     layer scales, attention blocks with their own parameters, a model root holding position
@@ -231,18 +282,17 @@ def generic_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) ->
     own = {name: p.detach() for name, p in module.named_parameters(recurse=False)}
     total: dict[str, torch.Tensor] = {}
     for call in calls:
-        gy = call.stacked_gy(n_probes)  # (M, C, ...)
-        for m in range(n_probes):
-            for name, g in _vmapped_vjp(module, call, own, gy[m], c).items():
-                acc = total.setdefault(name, g.new_zeros((n_probes, c, g[0].numel())))
-                acc[m] += g.detach().reshape(c, -1)
-    return {name: Dense(g) for name, g in total.items()}
+        gy = call.stacked_gy(n_probes).transpose(0, 1)  # (C, M, ...)
+        for name, g in _vmapped_vjp(module, call, own, gy, c).items():  # (C, M, *shape)
+            g = g.detach().reshape(c, n_probes, -1).transpose(0, 1)
+            total[name] = g if name not in total else total[name] + g
+    return {name: Dense(g.contiguous()) for name, g in total.items()}
 
 
 def _vmapped_vjp(
     module: nn.Module, call: Call, own: dict[str, torch.Tensor], gy: torch.Tensor, c: int
 ) -> dict[str, torch.Tensor]:
-    """Per-sample ``gy_i · ∂module(x_i)/∂own`` for one call and one probe, vectorised over samples."""
+    """Per-sample, per-probe ``gy_{i,m} · ∂module(x_i)/∂own`` for one call: gy (C, M, ...) -> (C, M, ...)."""
     from torch.func import functional_call, vjp, vmap
 
     tensor_pos = [i for i, a in enumerate(call.args) if isinstance(a, torch.Tensor)]
@@ -264,7 +314,7 @@ def _vmapped_vjp(
             return out[0] if isinstance(out, tuple) else out
 
         _, pullback = vjp(fwd, own)
-        return pullback(gy_i.unsqueeze(0))[0]
+        return vmap(lambda g: pullback(g.unsqueeze(0))[0])(gy_i)  # the M probes share one forward
 
     return vmap(single)(gy, *batched)
 
@@ -284,7 +334,7 @@ def rule_for(module: nn.Module) -> Rule:
         return linear_rule
     if _exact_forward(cls, nn.Embedding):
         return embedding_rule
-    if _exact_forward(cls, nn.Conv2d):
+    if _exact_forward(cls, nn.Conv2d) or _is_timm_conv2d_same(module):
         return conv2d_rule
     if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers"):
         return conv1d_hf_rule

@@ -38,7 +38,46 @@ def _check(model: nn.Module, inputs, *, chunk_size: int = 2) -> dict:
 
 @pytest.mark.parametrize("name", sorted(VISION))
 def test_exact_gram_matches_brute_force_vision(name: str) -> None:
-    _check(VISION[name], image_batch())
+    info = _check(VISION[name], image_batch())
+    # Swin's window attention folds the windows of all samples into one batch dimension, so its bias
+    # table has no batch-first rule and goes through the exact per-sample loop; every other layer has a rule
+    looped = {p.rsplit(".", 1)[-1] for p in info["per_sample_loop_params"]}
+    assert looped <= ({"relative_position_bias_table"} if name == "swin" else set()), info
+
+
+CONVS = {
+    "3x3": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
+    "stride2-even-input": dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1),
+    "depthwise-5x5-stride2": dict(in_channels=6, out_channels=6, kernel_size=5, stride=2, padding=2, groups=6),
+    "grouped-multiplier": dict(in_channels=4, out_channels=8, kernel_size=3, groups=2, bias=False),
+    "dilated-rect": dict(in_channels=3, out_channels=5, kernel_size=(3, 2), dilation=(2, 1), padding=(2, 1)),
+    "patchify": dict(in_channels=3, out_channels=4, kernel_size=4, stride=4),
+    "pointwise": dict(in_channels=5, out_channels=7, kernel_size=1),
+    "valid": dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_conv_rule_matches_brute_force(name: str) -> None:
+    """Every conv geometry takes the per-offset rule (no per-sample loop) and reproduces the reference."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**CONVS[name])
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten())
+    channels = CONVS[name]["in_channels"]
+    x = torch.randn(3, channels, 9, 8)
+    info = _check(model, x)
+    assert info["per_sample_loop_params"] == [] and info["rules"] == {"conv2d_rule": 1}
+
+
+def test_conv_rule_handles_timm_conv2d_same() -> None:
+    """timm's Conv2dSame pads asymmetrically in its own forward (TF "SAME"); odd and even inputs."""
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.Flatten())
+    for size in (8, 9):
+        info = _check(model, torch.randn(3, 3, size, size))
+        assert info["per_sample_loop_params"] == [] and info["rules"] == {"conv2d_rule": 1}
 
 
 @pytest.mark.parametrize("name", sorted(LANGUAGE))
