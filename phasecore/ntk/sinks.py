@@ -5,6 +5,13 @@ end, layer by layer, in float64. ``SketchSink`` folds each chunk into ``s_i^m = 
 one CountSketch R per parameter group (a hash ``h: [P_L] -> [k]`` and signs ``σ: [P_L] -> ±1``, never a
 k × P matrix), so memory is bounded by the chunk, not by N × P. Sketches of different groups are
 summed: the sketch of the concatenated gradient with independent hashes per group.
+
+A factored layer (``g = Σ_t gy_t ⊗ x_t``, a linear layer over tokens) is sketched without forming g:
+its CountSketch uses the product hash ``h(o, i) = h_out(o) + h_in(i) mod k``, ``σ(o, i) = σ_out(o) σ_in(i)``
+(TensorSketch, Pham & Pagh 2013), under which the sketch of ``gy ⊗ x`` is the circular convolution of
+the two factors' CountSketches: one FFT per factor, a product, and a segment sum over each sample's
+tokens. Inner products stay unbiased; the cost is ``Tok · (a + b + k log k)`` instead of ``a · b`` per
+sample and no 16-byte hash per parameter.
 """
 
 from __future__ import annotations
@@ -44,26 +51,58 @@ class ExactSink:
 
 
 class SketchSink:
-    def __init__(self, n_rows: int, n_probes: int, *, sketch_dim: int, seed: int, cross_probe: bool) -> None:
+    def __init__(
+        self, n_rows: int, n_probes: int, *, sketch_dim: int, seed: int, cross_probe: bool, token_block: int = 1024
+    ) -> None:
         self.n_rows, self.n_probes, self.k = n_rows, n_probes, sketch_dim
         self.seed, self.cross_probe = seed, cross_probe
+        self.token_block = token_block
         self.sketch = torch.zeros(n_probes, n_rows, sketch_dim, dtype=torch.float64)
         self._hashes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._pair_hashes: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
         self.nbytes = self.sketch.numel() * 8
 
+    def _draw(self, key: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bucket (size,) long, sign (size,) ±1) from (seed, key) alone."""
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
+        bucket = torch.randint(0, self.k, (size,), generator=gen)
+        sign = torch.randint(0, 2, (size,), generator=gen).mul_(2).sub_(1)
+        return bucket, sign
+
     def _hash(self, key: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bucket (P_L,) long, sign (P_L,) ±1) for one parameter group, from (seed, key) alone."""
+        """Flat hash of one parameter group; the product hash expanded when the group was first factored."""
         if key not in self._hashes:
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
-            bucket = torch.randint(0, self.k, (size,), generator=gen)
-            sign = torch.randint(0, 2, (size,), generator=gen).mul_(2).sub_(1)
+            if key in self._pair_hashes:
+                h_out, s_out, h_in, s_in, swapped = self._pair_hashes[key]
+                bucket = (h_out[:, None] + h_in[None, :]) % self.k  # (b, a): W stored as (out, in)
+                sign = s_out[:, None] * s_in[None, :]
+                if swapped:  # transformers' Conv1D stores (in, out)
+                    bucket, sign = bucket.T, sign.T
+                bucket, sign = bucket.reshape(-1), sign.reshape(-1)
+                if bucket.numel() != size:
+                    raise ValueError(f"{key}: {size} parameters, but its factored form had {bucket.numel()}")
+            else:
+                bucket, sign = self._draw(key, size)
             self._hashes[key] = (bucket, sign)
             self.nbytes += size * 16
         return self._hashes[key]
 
+    def _pair_hash(
+        self, key: str, b: int, a: int, swapped: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if key not in self._pair_hashes:
+            bucket, sign = self._draw(key, b + a)
+            self._pair_hashes[key] = (bucket[:b], sign[:b], bucket[b:], sign[b:], swapped)
+            self.nbytes += (a + b) * 16
+        h_out, s_out, h_in, s_in, _ = self._pair_hashes[key]
+        return h_out, s_out, h_in, s_in
+
     def add(self, key: str, start: int, rows: int, rep: Dense | Factored) -> None:
         if isinstance(rep, Factored) and rep.ids is not None:
             self._add_table(key, start, rows, rep)
+            return
+        if isinstance(rep, Factored) and key not in self._hashes:
+            self._add_factored(key, start, rows, rep)
             return
         g = rep.g if isinstance(rep, Dense) else rep.densify(rows)
         m, c, p = g.shape
@@ -71,6 +110,32 @@ class SketchSink:
         out = torch.zeros(m, c, self.k, dtype=g.dtype, device=g.device)
         out.index_add_(2, bucket, g * sign.to(g.dtype))
         self.sketch[:, start : start + c] += out.to(torch.float64).cpu()
+
+    def _add_factored(self, key: str, start: int, rows: int, rep: Factored) -> None:
+        """TensorSketch of ``Σ_t gy_t ⊗ x_t`` per sample (module docstring), by blocks of tokens."""
+        assert rep.x is not None
+        m, tok, b = rep.gy.shape
+        a = rep.x.shape[1]
+        dev, dtype = rep.gy.device, rep.gy.dtype
+        h_out, s_out, h_in, s_in = (
+            t.to(dev) for t in self._pair_hash(key, b, a, swapped=type(rep).__name__ == "_SwappedFactored")
+        )
+        k, bins = self.k, self.k // 2 + 1
+        spectrum = None
+        for t0 in range(0, tok, self.token_block):
+            t1 = min(tok, t0 + self.token_block)
+            cs_gy = torch.zeros(m, t1 - t0, k, dtype=dtype, device=dev)
+            cs_gy.index_add_(2, h_out, rep.gy[:, t0:t1] * s_out.to(dtype))
+            cs_x = torch.zeros(t1 - t0, k, dtype=dtype, device=dev)
+            cs_x.index_add_(1, h_in, rep.x[t0:t1] * s_in.to(dtype))
+            f = torch.fft.rfft(cs_gy, dim=-1) * torch.fft.rfft(cs_x, dim=-1)  # (M, t, bins)
+            if spectrum is None:
+                spectrum = torch.zeros(m, rows, bins, dtype=f.dtype, device=dev)
+            spectrum.index_add_(1, rep.seg[t0:t1], f)  # the FFT is linear: sum each sample's tokens first
+        if spectrum is None:
+            return  # no position carried a gradient in this chunk
+        sketch = torch.fft.irfft(spectrum, n=k, dim=-1)
+        self.sketch[:, start : start + rows] += sketch.to(torch.float64).cpu()
 
     def _add_table(self, key: str, start: int, rows: int, rep: Factored) -> None:
         """An embedding table's per-sample gradient is gy_t on row ids_t: sketch those entries only."""
