@@ -79,7 +79,11 @@ def stability_probe(
         if progress:
             progress("stability", stage_fraction)
 
-    gram0 = probe_gram(work, sub, probes=probes, **kw).ntk()
+    first = probe_gram(work, sub, probes=probes, **kw)
+    gram0 = first.ntk()
+    # the loss passes use the chunk the engine fitted to the memory budget: on a CPU, small batches of
+    # large images also run faster per sample (they stay in cache)
+    loss_chunk = int(first.info.get("chunk_size", chunk_size))
     report(0.3)
     with torch.no_grad():
         d = call_encoder(work, slice_inputs(sub, slice(0, 1))).shape[1]
@@ -99,7 +103,7 @@ def stability_probe(
     for p in work.parameters():
         p.requires_grad_(p in set(theta))
     for step in range(steps + 1):
-        loss_value, grads = _loss_and_grad(work, sub, u0, targets, theta, chunk_size)
+        loss_value, grads = _loss_and_grad(work, sub, u0, targets, theta, loss_chunk)
         losses.append(loss_value)
         if step == steps:
             break
