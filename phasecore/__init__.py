@@ -7,6 +7,8 @@ Public entry points:
 - ``phasecore.data.load_dataset``: paired (image, caption, label) samples
 """
 
-ENGINE_VERSION = "0.1.0"
+#: Part of every profile key and result: bump it whenever a change can move a number, so cached
+#: profiles computed by an older engine are never mixed with new ones.
+ENGINE_VERSION = "0.2.0"
 
 __all__ = ["ENGINE_VERSION"]

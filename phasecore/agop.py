@@ -32,6 +32,9 @@ class AgopSpectrum:
     n_nonzero: int
     rtol: float
     space: Literal["parameters", "inputs"] = "parameters"
+    # λ_min lies within 10× of the cut rtol·λ_max: the spectrum is rank-deficient (repeated inputs, fewer
+    # distinct samples than N·M) and the kept tail is round-off, so the ratio reflects rtol, not the model
+    at_cut: bool = False
 
     def to_dict(self, *, with_eigenvalues: bool = False) -> dict[str, Any]:
         out = asdict(self)
@@ -69,6 +72,7 @@ def spectrum_stats(
         n_nonzero=int(nonzero.size),
         rtol=rtol,
         space=space,
+        at_cut=bool(nonzero[-1] < 10 * rtol * top),
     )
 
 

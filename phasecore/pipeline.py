@@ -110,6 +110,14 @@ def screen_pair(
         agop_ratio_language=language.meta["agop"]["ratio"],
         s_ntk_cross=s_cross,
     )
+    for role, profile in (("vision", vision), ("language", language)):
+        agop, size = profile.meta["agop"], profile.arrays["agop_eigenvalues"].size
+        if agop.get("at_cut"):
+            derived["notes"].append(
+                f"the {role} AGOP spectrum reaches the non-zero cut (λ_min < 10 · rtol · λ_max, "
+                f"rtol = {agop['rtol']:g}): it is rank-deficient ({agop['n_nonzero']} kept of {size}) and its "
+                "smallest kept eigenvalues are round-off, so agop_ratio reflects rtol rather than the model"
+            )
     ground_truth = None
     tick = time.perf_counter()
     if settings.ground_truth:

@@ -68,3 +68,13 @@ def test_phase_bands() -> None:
         "lazy",
     ]
     assert phase_of(float("nan")) == "undetermined"
+
+
+def test_a_rank_deficient_spectrum_is_flagged_at_the_cut() -> None:
+    """Repeated inputs leave a round-off tail: the kept λ_min sits at the cut, and the result says so."""
+    signal = np.logspace(0, -6, 40)
+    tail = np.full(20, 3e-10)  # round-off just above rtol · λ_max = 1e-10
+    flagged = spectrum_stats(np.concatenate([signal, tail, np.zeros(10)]), rtol=1e-10)
+    assert flagged.at_cut and flagged.n_nonzero == 60 and 1e9 < flagged.ratio < 1e10
+    clean = spectrum_stats(np.concatenate([signal, np.zeros(10)]), rtol=1e-10)
+    assert not clean.at_cut and np.isclose(clean.ratio, 1e6)
