@@ -87,6 +87,9 @@ def test_screen_command_writes_a_valid_result(screened, cache_dir: Path) -> None
     argv, out, printed = screened
     assert "S_cross" in printed and "claimed 94%" in printed
     result = json.loads(out.read_text())
+    chance = result["ground_truth"]["chance"]["unseen"]
+    assert f"(chance {chance:.3f}, class-clustered p " in printed  # the unseen test's own chance level
+    assert all(f"note: {note}" in printed for note in result["metrics"]["notes"])
     ScreeningResult.model_validate(result)
     assert set(result) >= {
         "vision",

@@ -130,11 +130,15 @@ def summary(result: dict[str, Any]) -> str:
             f"  {name:20s} value {_fmt(rule['value'], '.4g')} vs {rule['threshold']:g}: {verdict}{claim}"
         )
     if gt:
+        unseen = (gt.get("figures") or {}).get("unseen") or {}
         lines.append(
             f"measured alignment: unseen-class accuracy {_fmt(gt['unseen_accuracy'], '.3f')} "
-            f"(chance {_fmt(gt['chance'].get('unseen'), '.3f')}), seen {_fmt(gt['seen_accuracy'], '.3f')}, "
+            f"(chance {_fmt(gt['chance'].get('unseen'), '.3f')}, "
+            f"class-clustered p {_fmt(unseen.get('p_value_clustered'), '.3g')}), "
+            f"seen {_fmt(gt['seen_accuracy'], '.3f')}, "
             f"alignment_score {_fmt(gt['alignment_score'], '.3f')} -> {'FAILED' if gt['failed'] else 'aligned'}"
         )
+    lines += [f"note: {note}" for note in m.get("notes") or []]
     return "\n".join(lines)
 
 
