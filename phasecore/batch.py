@@ -162,6 +162,7 @@ def run_grid(
     allowed_sources: Collection[str] | None = None,
     progress: ProgressFn | None = None,
     on_pair: PairCallback | None = None,
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
     """Screen every pair of ``grid`` in this process: the embedded default of ``phasescreen batch``.
 
@@ -185,6 +186,7 @@ def run_grid(
                 data_root=data_root,
                 allowed_sources=allowed_sources,
                 progress=progress,
+                device=device,
             )
         return profiles[(ref, modality)]
 

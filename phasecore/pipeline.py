@@ -194,8 +194,10 @@ def screen(
     model_root: str | Path | None = None,
     data_root: str | Path | None = None,
     allowed_sources: Collection[str] | None = None,
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
-    """Profiles (from ``cache`` when present) then the pair step: the embedded default's screening."""
+    """Profiles (from ``cache`` when present) then the pair step: the embedded default's screening.
+    ``device``: where models run (``auto``, ``cpu``, ``cuda[:N]``; see ``phasecore.sources.resolve_device``)."""
     profiles = []
     for ref, modality in ((vision_ref, "vision"), (language_ref, "language")):
         key = profile_key(ref, modality, dataset_ref, settings)
@@ -210,6 +212,7 @@ def screen(
                 data_root=data_root,
                 allowed_sources=allowed_sources,
                 progress=progress,
+                device=device,
             )
             if cache:
                 cache.put(profile)

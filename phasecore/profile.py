@@ -29,7 +29,7 @@ from phasecore.data.base import PairedDataset
 from phasecore.errors import InvalidSettings
 from phasecore.ntk import probe_gram
 from phasecore.settings import EngineSettings
-from phasecore.sources import load_encoder
+from phasecore.sources import load_encoder, resolve_device
 from phasecore.sources.base import Encoder, ModelRef
 from phasecore.stability import stability_probe
 
@@ -125,8 +125,12 @@ def compute_profile(
     progress: ProgressFn | None = None,
     encoder: Encoder | None = None,
     dataset: PairedDataset | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> ModelProfile:
-    """Compute one model's profile (stages: loading, kernel, stability, spectrum, embeddings)."""
+    """Compute one model's profile (stages: loading, kernel, stability, spectrum, embeddings).
+
+    ``device`` (``auto``, ``cpu``, ``cuda[:N]``) is where a model loaded here runs; an ``encoder`` passed in
+    runs where it is. The device is recorded in ``meta["device"]`` but is not part of the key."""
     timings: dict[str, float] = {}
     tick = time.perf_counter()
 
@@ -138,7 +142,11 @@ def compute_profile(
     if encoder is None:
         pooling = settings.language_pooling if modality == "language" else None
         encoder = load_encoder(
-            model_ref, model_root=model_root, allowed_sources=allowed_sources, pooling=pooling
+            model_ref,
+            model_root=model_root,
+            allowed_sources=allowed_sources,
+            pooling=pooling,
+            device=resolve_device(device),
         )
     if encoder.modality != modality:
         raise InvalidSettings(f"{model_ref} is a {encoder.modality} model, given as the {modality} model")
@@ -216,6 +224,7 @@ def compute_profile(
         "captions": dataset.captions,
         "settings": settings.profile_fields(),
         "engine_version": ENGINE_VERSION,
+        "device": str(next(encoder.parameters()).device),
         "kernel": {
             "method": gram.method,
             "probes": gram.n_probes,

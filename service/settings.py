@@ -70,6 +70,12 @@ class ServiceSettings(BaseSettings):
     reuse_results: bool = Field(True, description="serve an identical finished request from its stored result")
     embedded_workers: int = Field(1, ge=1, le=64, description="threads of the in-process executor")
     encoder_cache_size: int = Field(2, ge=0, le=64, description="models a worker keeps loaded between jobs")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where workers and local runs put models: auto (the first GPU if torch sees one, else the "
+        "CPU), cpu, cuda or cuda:N (one worker process per GPU)",
+    )
     retry_after: int = Field(5, ge=1, description="seconds clients are told to wait before polling")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="port of a worker's /metrics; 0 = off")
     log_level: str = Field("INFO", description="logging level of serve and worker")

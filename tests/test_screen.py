@@ -147,6 +147,7 @@ def test_profiles_are_deterministic_and_round_trip(profiles, settings: EngineSet
     restored = type(vision).from_bytes(vision.to_bytes())
     assert restored.meta == vision.meta and np.array_equal(restored.arrays["ntk"], vision.arrays["ntk"])
     assert vision.key == profile_key(VISION, "vision", "digits", settings)
+    assert vision.meta["device"] == "cpu"  # compute_profile's default; recorded, not part of the key
     pair_only = settings.model_copy(update={"null_permutations": 99})
     assert profile_key(VISION, "vision", "digits", pair_only) == vision.key  # pair settings share profiles
 

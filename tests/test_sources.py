@@ -324,3 +324,35 @@ def test_file_paths_cannot_leave_the_model_root(model_root: Path, tmp_path: Path
     for name in ["../outside.safetensors", str(outside), "link.safetensors"]:
         with pytest.raises(SourceNotAllowed):
             load_encoder(f"file:{name}?arch=test_vit", model_root=model_root)
+
+
+def test_device_resolution() -> None:
+    """auto follows what torch sees; a named GPU must exist; anything else is a usage error."""
+    from phasecore.errors import InvalidSettings
+    from phasecore.sources import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto") and resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(InvalidSettings, match="not one of auto, cpu, cuda"):
+        resolve_device("gpu")
+    with pytest.raises(InvalidSettings, match="does not exist|sees no CUDA GPU"):
+        resolve_device("cuda:63")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_usage_error(capsys) -> None:
+    from service.cli import main
+
+    argv = ["screen", "--vision", "timm:test_vit?weights=random", "--language", "pkg:all-minilm-l6-v2"]
+    assert main([*argv, "--n", "20", "--device", "cuda", "--quiet", "--no-cache"]) == 2
+    assert "torch sees no CUDA GPU here; use auto or cpu" in capsys.readouterr().err
+
+
+def test_service_settings_reject_an_unknown_device() -> None:
+    from pydantic import ValidationError
+
+    from service.settings import ServiceSettings
+
+    assert ServiceSettings(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ValidationError):
+        ServiceSettings(device="gpu")

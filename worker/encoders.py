@@ -25,18 +25,25 @@ class EncoderCache:
         pooling: str | None,
         model_root: Path | None,
         allowed_sources: Collection[str],
+        device: str = "auto",
     ) -> Any:
-        """The encoder of ``model_ref`` (a ``phasecore.sources.Encoder``), loaded or remembered."""
-        from phasecore.sources import load_encoder
+        """The encoder of ``model_ref`` (a ``phasecore.sources.Encoder``) on ``device``, loaded or remembered."""
+        from phasecore.sources import load_encoder, resolve_device
 
         # the allow-list is part of the key: a hit never bypasses the check the load made
-        key = (model_ref, pooling, str(model_root), tuple(sorted(allowed_sources)))
+        key = (model_ref, pooling, str(model_root), tuple(sorted(allowed_sources)), device)
         cacheable = self.capacity > 0 and not model_ref.startswith("file:")  # files may change on disk
         with self._lock:
             if cacheable and key in self._encoders:
                 self._encoders.move_to_end(key)
                 return self._encoders[key]
-        encoder = load_encoder(model_ref, model_root=model_root, allowed_sources=allowed_sources, pooling=pooling)
+        encoder = load_encoder(
+            model_ref,
+            model_root=model_root,
+            allowed_sources=allowed_sources,
+            pooling=pooling,
+            device=resolve_device(device),
+        )
         if cacheable:
             with self._lock:
                 self._encoders[key] = encoder

@@ -106,6 +106,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
                 pooling=engine_settings.language_pooling if claim.modality == "language" else None,
                 model_root=settings.model_root,
                 allowed_sources=settings.allowed_sources,
+                device=settings.device,
             )
             _check_size(encoder.identity.to_dict(), settings.max_params)  # before hours of work, not after
             profile = compute_profile(

@@ -29,13 +29,22 @@ def run_worker(settings: ServiceSettings, *, burst: bool = False, queues: Sequen
             "phasescreen worker needs PHASESCREEN_REDIS_URL; without Redis, `phasescreen serve` runs the "
             "jobs in-process"
         )
+    from phasecore.errors import InvalidSettings
+    from phasecore.sources import resolve_device
+
+    try:  # a GPU worker that cannot see its GPU stops here, instead of failing (or crawling through) every job
+        device = resolve_device(settings.device)
+    except InvalidSettings as exc:
+        raise SystemExit(f"phasescreen worker: PHASESCREEN_DEVICE={settings.device}: {exc}") from exc
     runtime = Runtime.create(settings)
     set_runtime(runtime)  # the job functions receive only ids and find the runtime here
     log.info(
-        "worker %s:%d on queue(s) %s, CUDA_VISIBLE_DEVICES=%s",
+        "worker %s:%d on queue(s) %s, device %s (PHASESCREEN_DEVICE=%s), CUDA_VISIBLE_DEVICES=%s",
         socket.gethostname(),
         os.getpid(),
         ", ".join(queues or [settings.queue_name]),
+        device,
+        settings.device,
         os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
     )
     reconcile(runtime)

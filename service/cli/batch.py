@@ -109,6 +109,11 @@ def _option_argument(parser: argparse.ArgumentParser) -> None:
 def _local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="local profile cache (default $PHASESCREEN_HOME/profiles)")
     parser.add_argument("--no-store", action="store_true", help="local runs: do not record results in the database")
+    parser.add_argument(
+        "--device",
+        help="local runs: auto | cpu | cuda | cuda:N (default $PHASESCREEN_DEVICE, else auto: a GPU when "
+        "torch sees one)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
 
@@ -217,10 +222,13 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
     from phasecore.batch import run_grid
+    from phasecore.sources import resolve_device
     from service.screenings import jsonable
     from service.settings import ServiceSettings
 
     service_settings = ServiceSettings()
+    device = args.device or service_settings.device
+    resolve_device(device)  # an unusable device is a usage error (exit 2), not a failure of every pair
     progress = _PairProgress(grid.n_pairs, quiet=args.quiet)
     count = 0
 
@@ -238,6 +246,7 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
             data_root=service_settings.data_root,
             progress=progress.stage,
             on_pair=on_pair,
+            device=device,
         )
     finally:
         progress.close()
@@ -396,6 +405,7 @@ def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any
         cache=_cache(args),
         model_root=service_settings.model_root,
         data_root=service_settings.data_root,
+        device=args.device or service_settings.device,
     )
     if args.no_store:
         return result, None

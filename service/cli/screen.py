@@ -45,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute both profiles")
     p.add_argument("--no-store", action="store_true", help="do not record the result in the local database")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        default=os.environ.get("PHASESCREEN_DEVICE", "auto"),
+        help="auto | cpu | cuda | cuda:N: where the models run (default $PHASESCREEN_DEVICE, else auto: "
+        "a GPU when torch sees one)",
+    )
     p.set_defaults(func=run)
 
 
@@ -145,6 +151,7 @@ def summary(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from phasecore.errors import PhasescreenError
     from phasecore.pipeline import ProfileCache, screen, validate_request
+    from phasecore.sources import resolve_device
 
     try:
         settings = _settings(args)
@@ -155,8 +162,11 @@ def run(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else ProfileCache(args.cache_dir or home / "profiles")
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
+        resolve_device(args.device)  # an unusable device is a usage error, said before any work
         validate_request(args.vision, args.language, args.dataset, settings)  # seconds, before minutes of work
-        result = screen(args.vision, args.language, args.dataset, settings, cache=cache, progress=bars)
+        result = screen(
+            args.vision, args.language, args.dataset, settings, cache=cache, progress=bars, device=args.device
+        )
     except PhasescreenError as exc:
         bars.close()
         print(f"phasescreen screen: {exc}", file=sys.stderr)

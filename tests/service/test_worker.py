@@ -93,3 +93,18 @@ def test_offline_pretrained_pair(client, runtime):
     screening = client.get(f"/v1/screenings/{screening_id}").json()
     assert screening["state"] == "succeeded", screening["problem"]
     assert screening["result"]["vision"]["identity"]["n_params"] > 1_000_000
+
+
+def test_a_gpu_worker_that_sees_no_gpu_exits_at_start():
+    """PHASESCREEN_DEVICE=cuda on a machine (or container) without a visible GPU: the worker stops before it
+    takes a job, with the reason, instead of running every job on the CPU."""
+    import torch
+
+    from service.settings import ServiceSettings
+    from worker.main import run_worker
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    settings = ServiceSettings(redis_url="redis://127.0.0.1:6379/13", device="cuda")
+    with pytest.raises(SystemExit, match="PHASESCREEN_DEVICE=cuda: .*sees no CUDA GPU"):
+        run_worker(settings, burst=True)
