@@ -52,6 +52,20 @@ class Metrics(_Open):
     mutual_knn: float | None = Field(description="mutual kNN overlap, k = knn_k (§6)")
 
 
+class MeasuredRule(_Open):
+    """The service's own accuracy of a rule over its stored labelled pairs (METRICS §8), a snapshot taken
+    when this result was made; null figures with a reason until enough labelled pairs exist."""
+
+    status: str = Field(description="'ok', or 'insufficient' (too few labelled pairs, or one outcome only)")
+    reason: str | None = Field(description="why no figures are given yet")
+    n_labelled: int = Field(description="stored pairs with ground truth the figures come from")
+    failure_base_rate: float | None = Field(description="share of those pairs that failed (METRICS §7)")
+    n: int = Field(description="pairs on which the rule gave a verdict")
+    accuracy: float | None = Field(description="measured accuracy of the rule's verdict against 'failed'")
+    auroc: float | None = Field(description="AUROC of the rule's value as a failure score")
+    brier: float | None = Field(description="Brier score of the verdict as a 0/1 forecast")
+
+
 class RulePrediction(_Open):
     """One of the paper's screening rules, evaluated on this pair (§5)."""
 
@@ -62,6 +76,9 @@ class RulePrediction(_Open):
         description="the paper's claimed accuracy: a claim, not a measurement"
     )
     source: str = Field(description="where the rule and its claimed accuracy come from")
+    measured: MeasuredRule | None = Field(
+        None, description="the rule's measured accuracy over this service's stored pairs, next to the claim"
+    )
 
 
 class ScreeningResult(BaseModel):

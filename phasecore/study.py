@@ -105,6 +105,37 @@ def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: in
     return out
 
 
+def measured_rules(quality: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each rule's measured figures from a ``prediction_quality`` result, in the form a screening result
+    carries next to the paper's claim: ``{status, reason, n_labelled, failure_base_rate, n, accuracy, auroc,
+    brier}``. ``status`` is "insufficient" (with the reason, and null figures) until enough labelled pairs
+    with both outcomes exist (METRICS §8)."""
+    common = {"n_labelled": quality["n"], "failure_base_rate": quality["failure_base_rate"]}
+    if quality["status"] != "ok" or not quality.get("rules"):
+        empty = {"n": 0, "accuracy": None, "auroc": None, "brier": None}
+        return {rule: {"status": "insufficient", "reason": quality["reason"], **common, **empty} for rule in RULES}
+    return {
+        rule: {
+            "status": "ok",
+            "reason": None,
+            **common,
+            **{key: quality["rules"][rule][key] for key in ("n", "accuracy", "auroc", "brier")},
+        }
+        for rule in RULES
+    }
+
+
+def attach_measured(result: Mapping[str, Any], quality: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``result`` whose ``predictions[rule]["measured"]`` holds the rule's measured figures
+    over the stored pairs (a snapshot taken when the result was made; ``/v1/study`` has the live ones)."""
+    measured = measured_rules(quality)
+    predictions = {
+        rule: {**prediction, "measured": measured.get(rule)}
+        for rule, prediction in (result.get("predictions") or {}).items()
+    }
+    return {**result, "predictions": predictions}
+
+
 def fit_failure_model(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Fit the logistic failure model on every labelled record with usable features.
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from phasecore.study import FEATURES, prediction_quality
+from phasecore.study import FEATURES, attach_measured, prediction_quality
 from service.models import SUCCEEDED, Screening
 
 
@@ -49,3 +49,8 @@ def run_study(session: Session, *, dataset: str | None = None, min_labelled: int
     """``prediction_quality`` over the stored records, with the dataset filter echoed."""
     quality = prediction_quality(study_records(session, dataset=dataset), min_labelled=min_labelled)
     return {**quality, "dataset": dataset}
+
+
+def with_measured_rules(session: Session, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with each rule's measured figures over the stored pairs (all datasets) beside its claim."""
+    return attach_measured(result, run_study(session))

@@ -78,18 +78,26 @@ def screened(tmp_path_factory, cache_dir: Path):
     import io
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stdout(printed):
+        env.setenv("PHASESCREEN_HOME", str(tmp / "home"))  # an empty local database of its own
+        env.delenv("PHASESCREEN_DATABASE_URL", raising=False)
         assert main(argv) == 0
     return argv, out, printed.getvalue()
 
 
-def test_screen_command_writes_a_valid_result(screened, cache_dir: Path) -> None:
+def test_screen_command_writes_a_valid_result(screened, cache_dir: Path, monkeypatch) -> None:
     argv, out, printed = screened
+    monkeypatch.setenv("PHASESCREEN_HOME", str(out.parent / "home"))
+    monkeypatch.delenv("PHASESCREEN_DATABASE_URL", raising=False)
     assert "S_cross" in printed and "claimed 94%" in printed
     result = json.loads(out.read_text())
     chance = result["ground_truth"]["chance"]["unseen"]
     assert f"(chance {chance:.3f}, class-clustered p " in printed  # the unseen test's own chance level
     assert all(f"note: {note}" in printed for note in result["metrics"]["notes"])
+    # the measured accuracy sits beside each claim: none yet, with an empty local database
+    measured = result["predictions"]["agop_rule"]["measured"]
+    assert measured["status"] == "insufficient" and measured["n_labelled"] == 0 and measured["accuracy"] is None
+    assert "claimed 94%; measured: not yet (0 labelled pairs stored)" in printed
     ScreeningResult.model_validate(result)
     assert set(result) >= {
         "vision",

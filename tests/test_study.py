@@ -130,3 +130,22 @@ def test_unusable_features_are_excluded_or_clipped():
     assert out["logistic"]["excluded"] == 1
     assert out["logistic"]["n"] == 35
     json.dumps(out, allow_nan=False)
+
+
+def test_measured_figures_sit_beside_the_claims(quality):
+    """A result gets, per rule, the service's measured accuracy next to the paper's claimed one."""
+    from phasecore.schema import RulePrediction
+    from phasecore.study import attach_measured
+
+    result = {"predictions": {"agop_rule": {"value": 2e6, "threshold": 1e6, "predicts_failure": True,
+                                            "claimed_accuracy": 0.94, "source": "paper claim"}}}
+    attached = attach_measured(result, quality)
+    rule = attached["predictions"]["agop_rule"]
+    assert rule["claimed_accuracy"] == 0.94 and "measured" not in result["predictions"]["agop_rule"]
+    assert rule["measured"]["status"] == "ok" and rule["measured"]["n_labelled"] == quality["n"]
+    assert rule["measured"]["accuracy"] == quality["rules"]["agop_rule"]["accuracy"]
+    RulePrediction.model_validate(rule)
+
+    early = attach_measured(result, prediction_quality(planted_records()[:5]))["predictions"]["agop_rule"]
+    assert early["measured"]["status"] == "insufficient" and early["measured"]["accuracy"] is None
+    assert "at least 20" in early["measured"]["reason"]

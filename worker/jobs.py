@@ -191,10 +191,23 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
     except Exception as exc:
         _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
         return _finish(rt, tracker, "pair", "failed", started)
+    result = _with_measured_rules(rt, result, screening_id)
     with rt.session() as session:
         stored = lifecycle.complete_pair(session, claim.lease, jsonable(result))
         session.commit()
     return _finish(rt, tracker, "pair", "succeeded" if stored else "cancelled", started)
+
+
+def _with_measured_rules(rt: Runtime, result: dict[str, Any], screening_id: str) -> dict[str, Any]:
+    """Each rule's measured accuracy over the stored pairs, beside the paper's claim; a result stands without it."""
+    from service.study import with_measured_rules
+
+    try:
+        with rt.session() as session:
+            return with_measured_rules(session, result)
+    except Exception:
+        log.warning("screening %s: the rules' measured accuracy could not be attached", screening_id, exc_info=True)
+        return result
 
 
 def _stopped(rt: Runtime, lease: lifecycle.Lease, stop: JobStopped) -> None:

@@ -108,6 +108,28 @@ class _Bars:
             self.bar = None
 
 
+def _with_measured_rules(result: dict[str, Any]) -> dict[str, Any]:
+    """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim."""
+    try:
+        from service.db import local_session
+        from service.study import with_measured_rules
+
+        with local_session() as session:
+            return with_measured_rules(session, result)
+    except Exception as exc:  # no local database (read-only home, ...): the result stands without it
+        print(f"phasescreen screen: the rules' measured accuracy is not attached ({exc})", file=sys.stderr)
+        return result
+
+
+def _measured(rule: dict[str, Any]) -> str:
+    measured = rule.get("measured")
+    if not measured:
+        return ""
+    if measured["status"] != "ok" or measured["accuracy"] is None:
+        return f"; measured: not yet ({measured['n_labelled']} labelled pairs stored)"
+    return f"; measured {measured['accuracy']:.0%} over {measured['n']} pairs"
+
+
 def _fmt(x: Any, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -125,7 +147,7 @@ def summary(result: dict[str, Any]) -> str:
         f"centered {_fmt(m['s_ntk_cross_centered'])} (null mean {_fmt(nc['mean'])}, p {_fmt(nc['p_value'], '.3f')})",
         f"CKA {_fmt(m['cka'])}, mutual kNN {_fmt(m['mutual_knn'])}; ΔNTK {_fmt(m['delta_ntk'])}, "
         f"log(AGOP) {_fmt(m['log_agop'], '.2f')}, combined {_fmt(m['combined'], '.3f')}",
-        "paper's rules (claimed accuracies are the paper's claims, not measurements):",
+        "paper's rules (claimed: the paper's claim, not verified; measured: over the pairs stored here):",
     ]
     for name, rule in pred.items():
         verdict = {True: "predicts FAILURE", False: "no failure predicted", None: "undetermined"}[
@@ -134,6 +156,7 @@ def summary(result: dict[str, Any]) -> str:
         claim = f", claimed {rule['claimed_accuracy']:.0%}" if rule.get("claimed_accuracy") else ""
         lines.append(
             f"  {name:20s} value {_fmt(rule['value'], '.4g')} vs {rule['threshold']:g}: {verdict}{claim}"
+            f"{_measured(rule)}"
         )
     if gt:
         unseen = (gt.get("figures") or {}).get("unseen") or {}
@@ -172,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasescreen screen: {exc}", file=sys.stderr)
         return 2
     bars.close()
+    result = _with_measured_rules(result)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")

@@ -32,6 +32,8 @@ def test_submit_work_result_stored_and_served(client, runtime):
     assert body["state"] == "succeeded", body["problem"]
     assert body["progress"] == 1.0 and body["finished_at"] and body["problem"] is None
     assert set(body["result"]) >= RESULT_KEYS
+    for rule in body["result"]["predictions"].values():  # measured beside claimed: too few stored pairs yet
+        assert rule["measured"]["status"] == "insufficient" and rule["measured"]["reason"]
     with runtime.session() as session:  # stored in PostgreSQL, not only served
         row = session.get(Screening, screening_id)
         assert row.result == body["result"] and row.attempts == 1
