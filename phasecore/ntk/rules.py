@@ -267,8 +267,16 @@ def _through_activation(module: nn.Module, z: torch.Tensor, gy: torch.Tensor) ->
             t = layer(t)
         return t
 
-    _, pullback = vjp(forward, z)
-    return vmap(pullback)(gy)[0]
+    try:
+        _, pullback = vjp(forward, z)
+        return vmap(pullback)(gy)[0]
+    except RuntimeError:  # an activation torch.func cannot transform (a custom autograd.Function): per probe
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            out = forward(leaf)
+            last = gy.shape[0] - 1
+            grads = [torch.autograd.grad(out, leaf, gy[m], retain_graph=m < last)[0] for m in range(last + 1)]
+        return torch.stack(grads)
 
 
 def generic_rule(module: nn.Module, calls: list[Call], n_probes: int, c: int) -> dict[str, Dense | Factored]:

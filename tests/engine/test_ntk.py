@@ -80,6 +80,48 @@ def test_conv_rule_handles_timm_conv2d_same() -> None:
         assert info["per_sample_loop_params"] == [] and info["rules"] == {"conv2d_rule": 1}
 
 
+class _ReLUFunction(torch.autograd.Function):
+    """An activation torch.func cannot transform (no setup_context / vmap rule), as some custom layers are."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0).to(g.dtype)
+
+
+class _CustomReLU(nn.Module):
+    def forward(self, x):
+        return _ReLUFunction.apply(x)
+
+
+def test_norm_rule_handles_an_activation_torch_func_cannot_transform() -> None:
+    """timm's BatchNormAct2d with such an activation keeps its closed-form rule (per-probe autograd inside)."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    norm = BatchNormAct2d(4, act_layer=_CustomReLU)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), norm, nn.Flatten()).double().eval()
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    probes = torch.randn(2, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    result = probe_gram(model, x, probes=probes, cross_probe=True, chunk_size=2)
+    assert result.info["per_sample_loop_params"] == [] and result.info["rules"]["norm_rule"] == 1
+    params = list(model.parameters())
+    rows = []
+    for u in probes:  # reference: plain autograd, one sample at a time
+        for i in range(3):
+            grads = torch.autograd.grad((model(x[i : i + 1])[0] * u).sum(), params)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    g = torch.stack(rows)
+    assert _rel_err(result.gram, (g @ g.T).reshape(2, 3, 2, 3)) < 1e-8
+
+
 @pytest.mark.parametrize("name", sorted(LANGUAGE))
 def test_exact_gram_matches_brute_force_language(name: str) -> None:
     _check(LANGUAGE[name], text_batch())
