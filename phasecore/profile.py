@@ -234,6 +234,7 @@ def compute_profile(
             "n_outputs": gram.n_outputs,
             "seed": gram.seed,
             "per_sample_loop_params": gram.info["per_sample_loop_params"],
+            "gradients": gram.info["gradients"],
             "stored_bytes": gram.info["stored_bytes"],
         },
         "agop": spectrum.to_dict(),

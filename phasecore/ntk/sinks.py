@@ -27,7 +27,7 @@ class ExactSink:
     def __init__(self, n_rows: int, n_probes: int, *, cross_probe: bool) -> None:
         self.n_rows, self.n_probes, self.cross_probe = n_rows, n_probes, cross_probe
         self._dense: dict[str, list[tuple[int, torch.Tensor]]] = {}
-        self._factored: dict[str, list[Factored]] = {}
+        self._factored: dict[str, list[tuple[int, int, Factored]]] = {}  # (start, rows, chunk-local rep)
         self.nbytes = 0
 
     def add(self, key: str, start: int, rows: int, rep: Dense | Factored) -> None:
@@ -35,17 +35,19 @@ class ExactSink:
         if isinstance(rep, Dense):
             self._dense.setdefault(key, []).append((start, rep.g))
         else:
-            self._factored.setdefault(key, []).append(rep.offset(start))
+            self._factored.setdefault(key, []).append((start, rows, rep))
 
     def finish(self) -> torch.Tensor:
         m, n = self.n_probes, self.n_rows
         gram = torch.zeros((m, n, m, n) if self.cross_probe else (m, n, n), dtype=torch.float64)
         for key in list(self._dense):
             parts = self._dense.pop(key)
+            # a group given in both forms (the per-sample loop took over after the first chunk): materialise
+            parts += [(start, rep.densify(rows)) for start, rows, rep in self._factored.pop(key, [])]
             g = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=1)
             gram += dense_gram(g, cross_probe=self.cross_probe).to(torch.float64).cpu()
         for key in list(self._factored):
-            rep = concat_factored(self._factored.pop(key))
+            rep = concat_factored([rep.offset(start) for start, _, rep in self._factored.pop(key)])
             gram += factored_gram(rep, n, cross_probe=self.cross_probe)
         return gram
 

@@ -216,3 +216,27 @@ def test_params_restrict_theta() -> None:
     full = probe_gram(model, x, probes="exact")
     assert full.n_params == sum(p.numel() for p in model.parameters())
     assert not np.allclose(only_b.ntk(), full.ntk())
+
+
+def test_gradient_strategies_agree_and_auto_picks_by_representation() -> None:
+    """After the checked first chunk, ``auto`` hands a conv net on the CPU (every rep materialised) to the
+    per-sample loop and keeps a text model (embedding tables, ghost layers) on the rules; both strategies
+    give the same Gram."""
+    conv = VISION["efficientnet"].double().eval()
+    images = image_batch(n=5).double()
+    by = {
+        g: probe_gram(conv, images, probes=2, chunk_size=2, cross_probe=True, gradients=g) for g in ("rules", "loop")
+    }
+    auto = probe_gram(conv, images, probes=2, chunk_size=2, cross_probe=True)
+    assert auto.info["gradients"] == "loop" and by["rules"].info["gradients"] == "rules"
+    assert np.allclose(by["loop"].gram, by["rules"].gram, rtol=1e-10, atol=0)
+    assert np.allclose(auto.outputs, by["rules"].outputs, rtol=1e-12)
+
+    bert = LANGUAGE["bert"].double().eval()
+    text = text_batch(n=5)
+    auto_text = probe_gram(bert, text, probes=2, chunk_size=2)
+    loop_text = probe_gram(bert, text, probes=2, chunk_size=2, gradients="loop")
+    assert auto_text.info["gradients"] == "rules" and loop_text.info["gradients"] == "loop"
+    assert np.allclose(loop_text.gram, auto_text.gram, rtol=1e-10, atol=1e-14)
+    one_chunk = probe_gram(conv, images, probes=2, chunk_size=8)
+    assert one_chunk.info["gradients"] == "rules"  # nothing left to hand over after the first chunk
