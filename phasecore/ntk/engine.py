@@ -627,6 +627,7 @@ def ntk_gram(
     params: Iterable[str] | None = None,
     memory_budget_gb: float = 4.0,
     progress: ProgressFn | None = None,
+    gradients: Gradients = "auto",
 ) -> np.ndarray:
     """Empirical trace NTK averaged over outputs, ``Θ̂ (N, N) float64`` (METRICS §1).
 
@@ -645,5 +646,6 @@ def ntk_gram(
         params=params,
         memory_budget_gb=memory_budget_gb,
         progress=progress,
+        gradients=gradients,
     )
     return result.ntk()
