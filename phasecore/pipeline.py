@@ -118,6 +118,8 @@ def screen_pair(
                 f"rtol = {agop['rtol']:g}): it is rank-deficient ({agop['n_nonzero']} kept of {size}) and its "
                 "smallest kept eigenvalues are round-off, so agop_ratio reflects rtol rather than the model"
             )
+    for role, stability in (("vision", stab_v), ("language", stab_l)):
+        derived["notes"].extend(_phase_edge_notes(role, stability.get("s_ntk")))
     ground_truth = None
     tick = time.perf_counter()
     if settings.ground_truth:
@@ -177,6 +179,22 @@ def screen_pair(
     validated = ScreeningResult.model_validate(result).model_dump(mode="json")
     report(1.0)
     return validated
+
+
+#: How far float rounding alone moved S_NTK between two exact-to-1e-8 kernel paths (docs/metrics.md §3).
+S_NTK_ROUNDING = 0.005
+
+
+def _phase_edge_notes(role: str, s_ntk: float | None) -> list[str]:
+    """A note when S_NTK lies so close to a phase edge (0.5, 0.9) that rounding could flip the phase."""
+    if s_ntk is None or not np.isfinite(s_ntk):
+        return []
+    return [
+        f"the {role} S_NTK {s_ntk:.4f} lies within {S_NTK_ROUNDING} of the phase edge {edge}: float rounding in "
+        "the probe training moves S_NTK by about that much, so the phase may differ on another device or engine"
+        for edge in (0.5, 0.9)
+        if abs(s_ntk - edge) < S_NTK_ROUNDING
+    ]
 
 
 def _model_summary(profile: ModelProfile) -> dict[str, Any]:

@@ -123,3 +123,12 @@ def test_paper_record_names_the_claims():
     assert PAPER["title"].startswith("Phase Incompatibility Explains Cross-Modal Alignment Failure")
     assert PAPER["claims"]["agop_rule"]["accuracy"] == 0.94
     assert PAPER["claims"]["combined_rule"]["accuracy"] == 0.96
+
+
+def test_an_s_ntk_near_a_phase_edge_is_noted() -> None:
+    """Float rounding moves S_NTK by about 0.005 (docs/metrics.md §3): a value that close to 0.5 or 0.9 is noted."""
+    from phasecore.pipeline import _phase_edge_notes
+
+    assert _phase_edge_notes("vision", 0.8981) and "phase edge 0.9" in _phase_edge_notes("vision", 0.8981)[0]
+    assert _phase_edge_notes("language", 0.5031) and not _phase_edge_notes("vision", 0.9809)
+    assert _phase_edge_notes("vision", None) == [] and _phase_edge_notes("vision", float("nan")) == []
