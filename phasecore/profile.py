@@ -29,7 +29,7 @@ from phasecore.data.base import PairedDataset
 from phasecore.errors import InvalidSettings
 from phasecore.ntk import probe_gram
 from phasecore.settings import EngineSettings
-from phasecore.sources import load_encoder, resolve_device
+from phasecore.sources import load_encoder
 from phasecore.sources.base import Encoder, ModelRef
 from phasecore.stability import stability_probe
 
@@ -146,7 +146,7 @@ def compute_profile(
             model_root=model_root,
             allowed_sources=allowed_sources,
             pooling=pooling,
-            device=resolve_device(device),
+            device=device,
         )
     if encoder.modality != modality:
         raise InvalidSettings(f"{model_ref} is a {encoder.modality} model, given as the {modality} model")

@@ -28,7 +28,7 @@ class EncoderCache:
         device: str = "auto",
     ) -> Any:
         """The encoder of ``model_ref`` (a ``phasecore.sources.Encoder``) on ``device``, loaded or remembered."""
-        from phasecore.sources import load_encoder, resolve_device
+        from phasecore.sources import load_encoder
 
         # the allow-list is part of the key: a hit never bypasses the check the load made
         key = (model_ref, pooling, str(model_root), tuple(sorted(allowed_sources)), device)
@@ -38,11 +38,7 @@ class EncoderCache:
                 self._encoders.move_to_end(key)
                 return self._encoders[key]
         encoder = load_encoder(
-            model_ref,
-            model_root=model_root,
-            allowed_sources=allowed_sources,
-            pooling=pooling,
-            device=resolve_device(device),
+            model_ref, model_root=model_root, allowed_sources=allowed_sources, pooling=pooling, device=device
         )
         if cacheable:
             with self._lock:

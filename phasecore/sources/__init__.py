@@ -90,10 +90,11 @@ def load_encoder(
     *,
     model_root: str | Path | None = None,
     allowed_sources: Collection[str] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     pooling: str | None = None,
 ) -> Encoder:
-    """Load the encoder named by ``ref``, in eval mode on ``device``, with its ``identity`` set.
+    """Load the encoder named by ``ref``, in eval mode on ``device`` (``auto``, ``cpu``, ``cuda[:N]`` or a
+    ``torch.device``; see ``resolve_device``), with its ``identity`` set.
 
     ``model_root`` is where ``file:`` paths live (default ``$PHASESCREEN_MODEL_ROOT`` or
     ``~/.cache/phasescreen/models``); ``allowed_sources`` restricts sources (None: all); ``pooling``
@@ -105,7 +106,7 @@ def load_encoder(
         check_allowed(parsed, allowed_sources)
     root = Path(model_root).expanduser() if model_root is not None else default_model_root()
     try:
-        return SOURCE_LOADERS[parsed.source](parsed, model_root=root, device=device)
+        return SOURCE_LOADERS[parsed.source](parsed, model_root=root, device=resolve_device(device))
     except PhasescreenError:
         raise
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as error:
