@@ -8,6 +8,8 @@ fingerprint) are counted once, so a pair screened twice does not weigh twice.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -51,6 +53,21 @@ def run_study(session: Session, *, dataset: str | None = None, min_labelled: int
     return {**quality, "dataset": dataset}
 
 
-def with_measured_rules(session: Session, result: dict[str, Any]) -> dict[str, Any]:
-    """``result`` with each rule's measured figures over the stored pairs (all datasets) beside its claim."""
-    return attach_measured(result, run_study(session))
+_STUDY_CACHE: dict[str, tuple[float, dict[str, Any]]] = {}
+_STUDY_CACHE_LOCK = threading.Lock()
+
+
+def with_measured_rules(session: Session, result: dict[str, Any], *, max_age: float = 60.0) -> dict[str, Any]:
+    """``result`` with each rule's measured figures over the stored pairs (all datasets) beside its claim.
+
+    The study reads every stored result, so a worker reuses one for ``max_age`` seconds: the pair jobs of a
+    144-pair batch then read the table a few times, not once each."""
+    url = str(session.get_bind().url)
+    now = time.monotonic()
+    with _STUDY_CACHE_LOCK:
+        cached = _STUDY_CACHE.get(url)
+    if cached is None or now - cached[0] > max_age:
+        cached = (now, run_study(session))
+        with _STUDY_CACHE_LOCK:
+            _STUDY_CACHE[url] = cached
+    return attach_measured(result, cached[1])

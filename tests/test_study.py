@@ -149,3 +149,23 @@ def test_measured_figures_sit_beside_the_claims(quality):
     early = attach_measured(result, prediction_quality(planted_records()[:5]))["predictions"]["agop_rule"]
     assert early["measured"]["status"] == "insufficient" and early["measured"]["accuracy"] is None
     assert "at least 20" in early["measured"]["reason"]
+
+
+def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
+    """Pair jobs attach the study's figures; one worker reads the stored results once per minute, not per pair."""
+    import service.study as study
+
+    calls = []
+    monkeypatch.setattr(study, "run_study", lambda session: calls.append(1) or prediction_quality([]))
+    monkeypatch.setattr(study, "_STUDY_CACHE", {})
+
+    class Session:
+        def get_bind(self):
+            return type("Bind", (), {"url": "sqlite:///study-cache-test"})()
+
+    result = {"predictions": {"agop_rule": {"value": 1.0, "threshold": 1e6, "predicts_failure": False}}}
+    first = study.with_measured_rules(Session(), result)
+    study.with_measured_rules(Session(), result)
+    assert len(calls) == 1 and first["predictions"]["agop_rule"]["measured"]["status"] == "insufficient"
+    study.with_measured_rules(Session(), result, max_age=0.0)
+    assert len(calls) == 2
