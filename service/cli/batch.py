@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
+
 # the CI gate's exit codes
 PASS, FAIL, ERROR = 0, 1, 2
 
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--csv", type=Path, help="also write the results table as CSV")
     batch.add_argument("--report", type=Path, metavar="DIR", help="also write the report (PNG, SVG, index.html)")
     batch.add_argument("--timeout", type=float, default=7 * 86400.0, help="seconds to wait for a server batch")
-    _local_arguments(batch)
+    add_local_arguments(batch)
     batch.set_defaults(func=run_batch)
 
     gate = sub.add_parser(
@@ -54,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gate.add_argument("--json", action="store_true", help="print the decision and the full result as JSON")
     gate.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the server's result")
     _option_argument(gate)
-    _local_arguments(gate)
+    add_local_arguments(gate)
     gate.set_defaults(func=run_gate)
 
     report = sub.add_parser(
@@ -106,17 +108,6 @@ def _option_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _local_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", type=Path, help="local profile cache (default $PHASESCREEN_HOME/profiles)")
-    parser.add_argument("--no-store", action="store_true", help="local runs: do not record results in the database")
-    parser.add_argument(
-        "--device",
-        help="local runs: auto | cpu | cuda | cuda:N (default $PHASESCREEN_DEVICE, else auto: a GPU when "
-        "torch sees one)",
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-
-
 def parse_options(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings to settings; numbers, booleans, null and JSON values are decoded."""
     options: dict[str, Any] = {}
@@ -130,13 +121,6 @@ def parse_options(items: list[str]) -> dict[str, Any]:
             decoded = value
         options[key.strip().replace("-", "_")] = decoded
     return options
-
-
-def _cache(args: argparse.Namespace) -> Any:
-    from phasecore.pipeline import ProfileCache
-
-    home = Path(os.environ.get("PHASESCREEN_HOME", Path.home() / ".cache" / "phasescreen"))
-    return ProfileCache(args.cache_dir or home / "profiles")
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -227,7 +211,7 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
     from service.settings import ServiceSettings
 
     service_settings = ServiceSettings()
-    device = args.device or service_settings.device
+    device = local_device(args)
     resolve_device(device)  # an unusable device is a usage error (exit 2), not a failure of every pair
     progress = _PairProgress(grid.n_pairs, quiet=args.quiet)
     count = 0
@@ -241,7 +225,7 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
         document = run_grid(
             grid,
             settings,
-            cache=_cache(args),
+            cache=profile_cache(args),
             model_root=service_settings.model_root,
             data_root=service_settings.data_root,
             progress=progress.stage,
@@ -402,23 +386,15 @@ def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any
         args.language,
         args.dataset,
         settings,
-        cache=_cache(args),
+        cache=profile_cache(args),
         model_root=service_settings.model_root,
         data_root=service_settings.data_root,
-        device=args.device or service_settings.device,
+        device=local_device(args),
     )
     if args.no_store:
         return result, None
     try:
-        from service.screenings import store_local_result
-
-        request = {
-            "vision": args.vision,
-            "language": args.language,
-            "dataset": args.dataset,
-            "options": settings.model_dump(mode="json"),
-        }
-        return result, store_local_result(request, result)
+        return result, store_screening(args, settings, result)
     except Exception as exc:  # the verdict does not depend on storing
         print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
         return result, None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,16 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-ground-truth", action="store_true", help="skip the measured alignment (METRICS §7)")
     p.add_argument("--output", "-o", type=Path, help="where to write the JSON result")
-    p.add_argument("--cache-dir", type=Path, help="profile cache (default $PHASESCREEN_HOME/profiles)")
     p.add_argument("--no-cache", action="store_true", help="recompute both profiles")
-    p.add_argument("--no-store", action="store_true", help="do not record the result in the local database")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--device",
-        default=os.environ.get("PHASESCREEN_DEVICE", "auto"),
-        help="auto | cpu | cuda | cuda:N: where the models run (default $PHASESCREEN_DEVICE, else auto: "
-        "a GPU when torch sees one)",
-    )
+    add_local_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -173,22 +166,27 @@ def summary(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from phasecore.errors import PhasescreenError
-    from phasecore.pipeline import ProfileCache, screen, validate_request
+    from phasecore.pipeline import screen, validate_request
     from phasecore.sources import resolve_device
 
     try:
         settings = _settings(args)
+        device = local_device(args)
     except (ValidationError, ValueError) as exc:
         print(f"phasescreen screen: invalid settings: {exc}", file=sys.stderr)
         return 2
-    home = Path(os.environ.get("PHASESCREEN_HOME", Path.home() / ".cache" / "phasescreen"))
-    cache = None if args.no_cache else ProfileCache(args.cache_dir or home / "profiles")
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        resolve_device(args.device)  # an unusable device is a usage error, said before any work
+        resolve_device(device)  # an unusable device is a usage error, said before any work
         validate_request(args.vision, args.language, args.dataset, settings)  # seconds, before minutes of work
         result = screen(
-            args.vision, args.language, args.dataset, settings, cache=cache, progress=bars, device=args.device
+            args.vision,
+            args.language,
+            args.dataset,
+            settings,
+            cache=profile_cache(args),
+            progress=bars,
+            device=device,
         )
     except PhasescreenError as exc:
         bars.close()
@@ -202,16 +200,7 @@ def run(args: argparse.Namespace) -> int:
     print(summary(result))
     if not args.no_store:
         try:
-            from service.screenings import store_local_result
-
-            request = {
-                "vision": args.vision,
-                "language": args.language,
-                "dataset": args.dataset,
-                "options": settings.model_dump(mode="json"),
-            }
-            screening_id = store_local_result(request, result)
-            print(f"stored as screening {screening_id}")
+            print(f"stored as screening {store_screening(args, settings, result)}")
         except Exception as exc:  # the result is on disk already; storing is a convenience
             print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
     if args.output:
