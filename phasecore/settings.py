@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from phasecore import ENGINE_VERSION
 
+#: Where models run: ``auto`` (the first GPU torch sees, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A runtime
+#: choice, not an engine setting: it changes float rounding only, so it is not part of any key.
+DEVICE_SPEC = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
 
 class EngineSettings(BaseModel):
     """Every knob that changes a number. Defaults follow ../shared/docs/METRICS.md."""

@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from phasecore.settings import DEVICE_SPEC
+
 DEFAULT_SOURCES = ("timm", "hf", "file", "pkg")
 
 
@@ -72,7 +74,7 @@ class ServiceSettings(BaseSettings):
     encoder_cache_size: int = Field(2, ge=0, le=64, description="models a worker keeps loaded between jobs")
     device: str = Field(
         "auto",
-        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        pattern=DEVICE_SPEC,
         description="where workers and local runs put models: auto (the first GPU if torch sees one, else the "
         "CPU), cpu, cuda or cuda:N (one worker process per GPU)",
     )

@@ -20,6 +20,7 @@ import torch
 
 from phasecore.errors import InvalidSettings, PhasescreenError, SourceNotAllowed, UnsupportedModel
 from phasecore.paths import default_model_root
+from phasecore.settings import DEVICE_SPEC
 from phasecore.sources.base import Encoder, ModelIdentity, ModelRef
 from phasecore.sources.encoders import TextEncoder, VisionEncoder
 from phasecore.sources.file_source import load_file
@@ -47,8 +48,6 @@ __all__ = [
     "load_encoder",
     "resolve_device",
 ]
-
-DEVICE_SPEC = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
