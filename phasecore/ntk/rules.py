@@ -10,7 +10,6 @@ and sends parameters that fail the check to an exact per-sample loop.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,10 +181,11 @@ def _conv_padding(module: nn.Conv2d) -> Callable[[torch.Tensor], tuple[int, int,
     kh, kw = module.kernel_size
     (sh, sw), (dh, dw) = module.stride, module.dilation
     if _is_timm_conv2d_same(module):
+        from timm.layers.padding import get_same_padding  # the padding its own forward applies
 
         def same(x: torch.Tensor) -> tuple[int, int, int, int]:
-            ph = max((math.ceil(x.shape[-2] / sh) - 1) * sh + (kh - 1) * dh + 1 - x.shape[-2], 0)
-            pw = max((math.ceil(x.shape[-1] / sw) - 1) * sw + (kw - 1) * dw + 1 - x.shape[-1], 0)
+            ph = get_same_padding(x.shape[-2], kh, sh, dh)
+            pw = get_same_padding(x.shape[-1], kw, sw, dw)
             return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
 
         return same
