@@ -118,8 +118,7 @@ def screen_pair(
                 f"rtol = {agop['rtol']:g}): it is rank-deficient ({agop['n_nonzero']} kept of {size}) and its "
                 "smallest kept eigenvalues are round-off, so agop_ratio reflects rtol rather than the model"
             )
-    for role, stability in (("vision", stab_v), ("language", stab_l)):
-        derived["notes"].extend(_phase_edge_notes(role, stability.get("s_ntk")))
+        derived["notes"].extend(_phase_edge_notes(role, profile.meta["stability"].get("s_ntk")))
     ground_truth = None
     tick = time.perf_counter()
     if settings.ground_truth:
