@@ -7,10 +7,7 @@ Override the targets with PHASESCREEN_TEST_DATABASE_URL and PHASESCREEN_TEST_RED
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +23,7 @@ from service.db import downgrade, upgrade
 from service.models import Base
 from service.runtime import Runtime
 from service.settings import ServiceSettings
+from tests.conftest import build_tiny_bert
 
 PG_URL = os.environ.get(
     "PHASESCREEN_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/phasescreen_test"
@@ -54,20 +52,7 @@ def tiny_request(**options: Any) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model root with ``tiny-bert``: MiniLM's tokenizer and a 2-layer, 32-wide config (random init)."""
-    from phasecore.sources.pkg_source import PACKAGES
-
-    package = PACKAGES["all-minilm-l6-v2"]
-    source = Path(importlib.import_module(package.module).get_model_path())
-    root = tmp_path_factory.mktemp("models")
-    target = root / "tiny-bert"
-    target.mkdir()
-    for path in source.iterdir():
-        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".onnx") and path.name != "config.json":
-            shutil.copy(path, target / path.name)
-    config = json.loads((source / "config.json").read_text())
-    config.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    (target / "config.json").write_text(json.dumps(config))
-    return root
+    return build_tiny_bert(tmp_path_factory.mktemp("models"))
 
 
 def _ensure_database(url: str) -> None:
