@@ -54,21 +54,19 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``auto`` (or None): the first GPU when torch sees one, else the CPU; ``cpu``; ``cuda`` / ``cuda:N``,
     which must exist. The device changes float rounding only, so profiles are shared across devices (the
     device a profile was computed on is recorded in its metadata)."""
-    if isinstance(spec, torch.device):
-        spec = str(spec)
-    spec = (spec or "auto").strip().lower()
+    spec = str(spec or "auto").strip().lower()
+    if not re.fullmatch(DEVICE_SPEC, spec):
+        raise InvalidSettings(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec.startswith("cuda") and re.fullmatch(DEVICE_SPEC, spec):
-        if not torch.cuda.is_available():
-            raise InvalidSettings(f"device {spec!r} was asked for, but torch sees no CUDA GPU here; use auto or cpu")
-        index = int(spec.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise InvalidSettings(f"device {spec!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
-        return torch.device(spec)
-    raise InvalidSettings(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise InvalidSettings(f"device {spec!r} was asked for, but torch sees no CUDA GPU here; use auto or cpu")
+    index = int(spec.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise InvalidSettings(f"device {spec!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+    return torch.device(spec)
 
 
 def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:
