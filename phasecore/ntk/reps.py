@@ -110,8 +110,12 @@ def concat_factored(parts: list[Factored]) -> Factored:
 
 
 def dense_gram(g: torch.Tensor, *, cross_probe: bool) -> torch.Tensor:
-    """Gram of materialised gradients ``g (M, N, P)``: (M, N, M, N) if cross_probe else (M, N, N)."""
+    """Gram of materialised gradients ``g (M, N, P)``: (M, N, M, N) if cross_probe else (M, N, N), float64.
+
+    Products run in float64: a float32 GEMM rounds entry (i, j) and (j, i) differently (relative asymmetry
+    about 1e-7), which would fail the Gram validity check of METRICS §0 (1e-8)."""
     m, n, _ = g.shape
+    g = g.to(torch.float64)
     if cross_probe:
         flat = g.reshape(m * n, -1)
         return (flat @ flat.T).reshape(m, n, m, n)
@@ -125,7 +129,8 @@ def factored_gram(rep: Factored, n_rows: int, *, cross_probe: bool, block: int =
     and ``Kg^{m m'} = gy_m gy_m'ᵀ``; the position sums are segment sums over ``seg``.
     """
     m = rep.gy.shape[0]
-    dtype = rep.gy.dtype
+    dtype = torch.float64  # products in float64, as in dense_gram: symmetric to round-off
+    rep = Factored(rep.gy.to(dtype), rep.seg, None if rep.x is None else rep.x.to(dtype), rep.ids, rep.table_rows)
     shape = (m, n_rows, m, n_rows) if cross_probe else (m, n_rows, n_rows)
     out = torch.zeros(shape, dtype=torch.float64)
     tok = rep.seg.shape[0]
@@ -143,8 +148,8 @@ def factored_gram(rep: Factored, n_rows: int, *, cross_probe: bool, block: int =
             blk = _factored_block(rep.gy[:, a], rep.gy[:, b], kx, seg_a, seg_b, n_rows, cross_probe)
             blk = blk.cpu()
             out += blk
-            if b0 != a0:  # the mirrored block (s, t) of the symmetric Gram
-                out += blk.transpose(1, 3) if cross_probe else blk.transpose(1, 2)
+            if b0 != a0:  # the mirrored block (s, t): K[m',j,m,i] = blk[m,i,m',j], so swap (m, i) with (m', j)
+                out += blk.permute(2, 3, 0, 1) if cross_probe else blk.transpose(1, 2)
     return out
 
 
