@@ -128,3 +128,37 @@ def text_batch(n: int = 3, t: int = 7, seed: int = 0) -> dict[str, torch.Tensor]
 
 def image_batch(n: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def factored_text_models() -> dict[str, nn.Module]:
+    """Text encoders whose token layers all take the factored (ghost) form on sequences of ≤ 3 tokens
+    (``T² (a + b) < a b``): BERT (nn.Linear), GPT-2 (transformers' Conv1D) and ALBERT, whose one shared layer
+    is called twice per sample (6 positions). Every embedding table is factored in any case."""
+    c = transformers
+    small = dict(vocab_size=30, max_position_embeddings=8)
+    configs = {
+        "bert": c.BertConfig(**small, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96),
+        "gpt2": c.GPT2Config(
+            vocab_size=30, n_positions=8, n_embd=48, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2
+        ),
+        "albert": c.AlbertConfig(
+            **small,
+            embedding_size=32,
+            hidden_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=192,
+        ),
+    }
+    return {
+        name: MeanPooled(c.AutoModel.from_config(cfg, attn_implementation="eager")) for name, cfg in configs.items()
+    }
+
+
+def short_text_batch(lengths: tuple[int, ...] = (3, 2, 3, 1, 3, 2), vocab: int = 12, seed: int = 0):
+    """Ragged sequences of at most 3 tokens from a few ids (rows of the tables repeat across samples)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), t), generator=gen)
+    mask = (torch.arange(t) < torch.tensor(lengths)[:, None]).long()
+    return {"input_ids": ids, "attention_mask": mask}
