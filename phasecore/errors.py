@@ -39,3 +39,10 @@ class UnsupportedModel(PhasescreenError, TypeError):
     """A model whose parameters the kernel engine cannot attribute per sample."""
 
     kind = "unsupported-model"
+
+
+class EngineError(PhasescreenError, RuntimeError):
+    """The engine produced a number that fails its own checks (a Gram that is not symmetric PSD, ...): a bug
+    or a numerical breakdown, reported with the figures rather than clipped into shape."""
+
+    kind = "engine-error"

@@ -71,14 +71,23 @@ class ProbeGram:
         total = np.einsum("aiaj->ij", self.gram) if self.cross_probe else self.gram.sum(axis=0)
         return np.asarray(total) * self.scale
 
-    def agop_gram(self) -> np.ndarray:
-        """(N M, N M) Gram whose spectrum is the non-zero AGOP spectrum (METRICS §4): ``G · scale / N``."""
+    def agop_gram(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """(N M, N M) Gram whose spectrum is the non-zero AGOP spectrum (METRICS §4).
+
+        ``D^{1/2} (G · scale) D^{1/2}`` with ``D = diag(weights)`` repeated over the probes (row ``m N + i``
+        has weight ``weights[i]``). ``weights`` (N,) defaults to ``1/N`` each (N samples, all distinct); over
+        the U distinct inputs of a sample of N, ``n_u / N``.
+        """
         if not self.cross_probe:
             raise ValueError(
                 "the AGOP spectrum needs cross-probe products: call probe_gram(cross_probe=True)"
             )
         m, n = self.n_probes, self.gram.shape[1]
-        return self.gram.reshape(m * n, m * n) * (self.scale / n)
+        w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"weights must be ({n},), got {w.shape}")
+        root = np.sqrt(np.tile(w, m))
+        return self.gram.reshape(m * n, m * n) * self.scale * root[:, None] * root[None, :]
 
 
 def make_probes(probes: Probes, d: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, str]:
