@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -20,21 +21,23 @@ def _model() -> tuple[nn.Module, torch.Tensor]:
 def test_agop_spectrum_equals_explicit_parameter_space_agop() -> None:
     """Non-zero eigenvalues of (1/(N d)) Σ_i J_iᵀ J_i, formed explicitly (P × P) on a tiny model."""
     model, x = _model()
-    spec = agop_spectrum(model, x, probes="exact")
+    spec = agop_spectrum(model, x, probes="exact", k=2)
     g = brute_force_probe_gram(model, x, torch.eye(3, dtype=torch.float64))  # (d, N, d, N)
     gram = g.reshape(21, 21).numpy() / (7 * 3)
     expected = np.sort(np.linalg.eigvalsh(gram))[::-1]
     assert np.allclose(spec.eigenvalues, expected, rtol=1e-9, atol=1e-12)
-    nz = expected[expected > 1e-10 * expected[0]]
-    assert np.isclose(spec.ratio, nz[0] / nz[-1])
+    assert np.isclose(spec.ratio, expected[0] / expected[1]) and not spec.censored  # λ_1/λ_k, k = 2
+    nz = expected[expected > 1e-6 * expected[0]]
+    assert np.isclose(spec.condition, nz[0] / nz[-1])  # the paper's λ_max/λ_min, beside it
 
 
 def test_spectrum_stats_on_a_known_power_law() -> None:
     lam = np.arange(1, 101, dtype=float) ** -2.0
-    stats = spectrum_stats(np.concatenate([lam, np.zeros(5)]))
+    stats = spectrum_stats(np.concatenate([lam, np.zeros(5)]), k=8)
     assert stats.n_nonzero == 100
-    assert np.isclose(stats.decay, 2.0)
-    assert np.isclose(stats.ratio, 1e4)
+    assert np.isclose(stats.decay, 2.0)  # fitted over r = 1..k
+    assert np.isclose(stats.ratio, 64.0) and np.isclose(stats.log10_ratio, np.log10(64.0))
+    assert np.isclose(stats.condition, 1e4)
     assert 1 <= stats.participation_ratio <= stats.effective_rank <= 100
 
 
@@ -70,11 +73,27 @@ def test_phase_bands() -> None:
     assert phase_of(float("nan")) == "undetermined"
 
 
-def test_a_rank_deficient_spectrum_is_flagged_at_the_cut() -> None:
-    """Repeated inputs leave a round-off tail: the kept λ_min sits at the cut, and the result says so."""
-    signal = np.logspace(0, -6, 40)
-    tail = np.full(20, 3e-10)  # round-off just above rtol · λ_max = 1e-10
-    flagged = spectrum_stats(np.concatenate([signal, tail, np.zeros(10)]), rtol=1e-10)
-    assert flagged.at_cut and flagged.n_nonzero == 60 and 1e9 < flagged.ratio < 1e10
-    clean = spectrum_stats(np.concatenate([signal, np.zeros(10)]), rtol=1e-10)
-    assert not clean.at_cut and np.isclose(clean.ratio, 1e6)
+def test_a_round_off_tail_moves_the_condition_number_but_not_the_agop_ratio() -> None:
+    """Repeated inputs and float32 leave a round-off tail near the cut: λ_max/λ_min then measures the cut (the
+    version-1 artefact of 1e9–1e10), λ_1/λ_k does not move, and the condition number is flagged at_cut."""
+    signal = np.logspace(0, -3, 40)
+    tail = np.full(20, 3e-10)
+    flagged = spectrum_stats(np.concatenate([signal, tail, np.zeros(10)]), k=4, rtol=1e-10)
+    clean = spectrum_stats(np.concatenate([signal, np.zeros(30)]), k=4, rtol=1e-10)
+    assert flagged.at_cut and 1e9 < flagged.condition < 1e10  # what version 1 reported as the AGOP ratio
+    assert not clean.at_cut and np.isclose(clean.condition, 1e3)
+    assert flagged.ratio == clean.ratio == signal[0] / signal[3]
+    assert not flagged.censored
+
+
+def test_an_agop_ratio_below_the_float32_floor_is_censored() -> None:
+    lam = np.concatenate([[1.0, 0.5], np.full(30, 1e-7)])  # λ_4 < 1e-5 λ_1
+    stats = spectrum_stats(lam, k=4)
+    assert stats.censored and stats.ratio == pytest.approx(1e5) and stats.log10_ratio == pytest.approx(5.0)
+
+
+def test_an_agop_ratio_needs_eight_k_distinct_rows() -> None:
+    stats = spectrum_stats(np.linspace(1.0, 0.1, 100), k=16)
+    assert stats.ratio is None and stats.log10_ratio is None
+    assert "U·M ≥ 8k = 128" in stats.reason and "100" in stats.reason
+    assert spectrum_stats(np.linspace(1.0, 0.1, 100), k=12).ratio is not None  # 96 ≥ 8 · 12
