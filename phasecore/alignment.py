@@ -4,19 +4,26 @@
 ``A(H K1 H, H K2 H)`` with ``H = I − 11ᵀ/N`` is CKA of the two kernels. Row ``i`` of both Grams is
 pair ``i``, so a random permutation ``P`` of one side, ``A(K1, P K2 Pᵀ)``, is what the alignment of two
 unrelated kernels with the same spectra looks like: the null without which a raw value is not interpretable.
+
+The biased centered value shrinks with N (its null mean is ≈ 0.2 at N = 64, ≈ 0.04 at N = 576), so two forms
+that compare across N sit beside it (METRICS §2 v2): the unbiased centered alignment (the U-statistic HSIC of
+Song et al. 2012, as in unbiased CKA) and the excess over the null ``(A − null_mean) / (1 − null_mean)``. A
+second null permutes only within classes (``groups``): class-template captions make any two models share the
+class structure, so the plain null is beaten by construction; the within-class null asks whether the models
+agree beyond the labels.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-Statistic = Literal["uncentered", "centered"]
+Statistic = Literal["uncentered", "centered", "unbiased"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,9 @@ class NullResult:
 
     ``observed`` is the statistic on the true pairing; ``mean``, ``std`` (ddof = 1) and ``p95`` (95th
     percentile) summarise the B null values; ``z = (observed − mean) / std`` (NaN when std = 0);
-    ``p_value = (1 + #{null ≥ observed}) / (B + 1)`` is one-sided (large observed = aligned) and never 0.
+    ``p_value = (1 + #{null ≥ observed}) / (B + 1)`` is one-sided (large observed = aligned) and never 0;
+    ``excess = (observed − mean) / (1 − mean)`` the share of the headroom above the null (NaN when mean = 1);
+    ``within`` names the permutation scheme: ``"all"`` or ``"class"`` (permutations inside each class).
     """
 
     observed: float
@@ -35,10 +44,14 @@ class NullResult:
     z: float
     p_value: float
     permutations: int
+    excess: float = math.nan
+    within: Literal["all", "class"] = "all"
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         """JSON-able copy; non-finite numbers (a NaN z of a constant null) become None."""
-        return {k: (v if isinstance(v, int) or math.isfinite(v) else None) for k, v in asdict(self).items()}
+        return {
+            k: (v if isinstance(v, int | str) or math.isfinite(v) else None) for k, v in asdict(self).items()
+        }
 
 
 def center_gram(K: np.ndarray) -> np.ndarray:
@@ -70,6 +83,19 @@ def kernel_alignment(K1: np.ndarray, K2: np.ndarray, *, centered: bool = False) 
     return float(np.vdot(K1, K2) / denom)
 
 
+def unbiased_alignment(K1: np.ndarray, K2: np.ndarray) -> float:
+    """Unbiased centered alignment ``HSIC_u(K1, K2) / sqrt(HSIC_u(K1, K1) HSIC_u(K2, K2))`` (METRICS §2 v2).
+
+    The U-statistic HSIC of Song et al. 2012 (see ``UnbiasedHsic``): near 0 for unrelated kernels at any N,
+    where the biased centered value's null mean falls like 1/N. Needs N ≥ 4; NaN when a denominator is not
+    positive."""
+    K1 = _check_gram(K1, "K1")
+    K2 = _check_gram(K2, "K2")
+    if K1.shape != K2.shape:
+        raise ValueError(f"K1 {K1.shape} and K2 {K2.shape} must be Grams on the same N samples")
+    return UnbiasedHsic(K1, K2).alignment(np.arange(K1.shape[0]))
+
+
 def permutation_null(
     K1: np.ndarray,
     K2: np.ndarray,
@@ -77,6 +103,7 @@ def permutation_null(
     statistic: Statistic = "uncentered",
     permutations: int = 200,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> NullResult:
     """Permutation null of the kernel alignment (METRICS §2).
 
@@ -84,16 +111,25 @@ def permutation_null(
     ``numpy.random.default_rng(seed)``; rows and columns of K2 are permuted jointly, so the null kernel
     keeps K2's spectrum and only the pairing is broken.
 
-    K1, K2: (N, N) Grams. statistic: ``"uncentered"`` (the paper's A) or ``"centered"`` (CKA of kernels).
+    K1, K2: (N, N) Grams. statistic: ``"uncentered"`` (the paper's A), ``"centered"`` (CKA of kernels) or
+    ``"unbiased"`` (``unbiased_alignment``). groups: (N,) class labels for the within-class null (each
+    permutation moves samples only inside their class), or None for the plain null.
     Fast path: ‖P K2 Pᵀ‖_F = ‖K2‖_F and ``H P K Pᵀ H = P (H K H) Pᵀ`` (P1 = 1), so the (centered) Grams
     and norms are computed once and each permutation costs one index gather and one dot product.
     """
-    if statistic not in ("uncentered", "centered"):
-        raise ValueError(f"statistic must be 'uncentered' or 'centered', not {statistic!r}")
+    if statistic not in ("uncentered", "centered", "unbiased"):
+        raise ValueError(f"statistic must be 'uncentered', 'centered' or 'unbiased', not {statistic!r}")
     K1 = _check_gram(K1, "K1")
     K2 = _check_gram(K2, "K2")
     if K1.shape != K2.shape:
         raise ValueError(f"K1 {K1.shape} and K2 {K2.shape} must be Grams on the same N samples")
+    n = K1.shape[0]
+    if statistic == "unbiased":
+        hsic = UnbiasedHsic(K1, K2)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return null_distribution(
+                hsic.alignment(np.arange(n)), hsic.alignment, n=n, permutations=permutations, seed=seed, groups=groups
+            )
     if statistic == "centered":
         K1, K2 = center_gram(K1), center_gram(K2)
     denom = np.linalg.norm(K1) * np.linalg.norm(K2)
@@ -107,7 +143,7 @@ def permutation_null(
     observed = float(np.vdot(K1, K2) / denom)
     # single-threaded BLAS: B small dot products, where threads only add contention on a busy machine
     with threadpool_limits(limits=1, user_api="blas"):
-        return null_distribution(observed, alignment_of, n=K1.shape[0], permutations=permutations, seed=seed)
+        return null_distribution(observed, alignment_of, n=n, permutations=permutations, seed=seed, groups=groups)
 
 
 def null_distribution(
@@ -117,18 +153,39 @@ def null_distribution(
     n: int,
     permutations: int = 200,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> NullResult:
     """Summarise a permutation null around an observed statistic.
 
     statistic_of(perm) returns the statistic with the second side re-paired by ``perm`` (N,) int, i.e.
     sample i paired with sample ``perm[i]``. B = ``permutations`` permutations come from
     ``numpy.random.default_rng(seed)``, so the same seed gives the same permutations for every statistic.
+    With ``groups`` (N,) labels, each permutation moves samples only within their group (the within-class
+    null of METRICS §2), drawn from ``default_rng([seed, 2])``.
     """
     if permutations < 1:
         raise ValueError(f"permutations must be ≥ 1, not {permutations}")
-    rng = np.random.default_rng(seed)
-    null = np.array([statistic_of(rng.permutation(n)) for _ in range(permutations)], dtype=np.float64)
-    return summarise_null(observed, null)
+    if groups is None:
+        rng = np.random.default_rng(seed)
+        perms = (rng.permutation(n) for _ in range(permutations))
+    else:
+        perms = within_group_permutations(np.asarray(groups), permutations, seed=seed)
+    null = np.array([statistic_of(perm) for perm in perms], dtype=np.float64)
+    result = summarise_null(observed, null)
+    return replace(result, within="all" if groups is None else "class")
+
+
+def within_group_permutations(groups: np.ndarray, permutations: int, *, seed: int = 0) -> Iterator[np.ndarray]:
+    """``permutations`` permutations (N,) of the samples that keep every sample inside its group."""
+    if groups.ndim != 1:
+        raise ValueError(f"groups must be (N,) labels, got shape {groups.shape}")
+    rng = np.random.default_rng([seed, 2])
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    for _ in range(permutations):
+        perm = np.arange(groups.size)
+        for idx in members:
+            perm[idx] = idx[rng.permutation(idx.size)]
+        yield perm
 
 
 def summarise_null(observed: float, null: np.ndarray) -> NullResult:
@@ -150,7 +207,40 @@ def summarise_null(observed: float, null: np.ndarray) -> NullResult:
         z=(observed - mean) / std if std > 0 else math.nan,
         p_value=(1 + exceed) / (b + 1),
         permutations=b,
+        excess=(observed - mean) / (1.0 - mean) if mean != 1.0 else math.nan,
     )
+
+
+class UnbiasedHsic:
+    """Unbiased HSIC (Song et al. 2012) of K against ``L[p][:, p]``; all but the pairing is cached.
+
+    With ``K̃, L̃`` the Grams with zero diagonal, ``HSIC_u = [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((N−1)(N−2))
+    − 2/(N−2)·1ᵀK̃L̃1] / (N(N−3))``; ``alignment(p) = HSIC_u(K, PLPᵀ) / sqrt(HSIC_u(K, K) HSIC_u(L, L))``."""
+
+    def __init__(self, K: np.ndarray, L: np.ndarray) -> None:
+        n = K.shape[0]
+        if n < 4:
+            raise ValueError(f"the unbiased HSIC needs N ≥ 4 samples, got {n}")
+        self.n = n
+        self.K = K - np.diag(np.diag(K))
+        self.L = L - np.diag(np.diag(L))
+        self.rowsum_K, self.rowsum_L = self.K.sum(axis=1), self.L.sum(axis=1)
+        self.sum_K, self.sum_L = float(self.rowsum_K.sum()), float(self.rowsum_L.sum())
+        rK, rL = self.rowsum_K, self.rowsum_L
+        self.hsic_KK = self._hsic(float(np.vdot(self.K, self.K)), self.sum_K**2, float(rK @ rK))
+        self.hsic_LL = self._hsic(float(np.vdot(self.L, self.L)), self.sum_L**2, float(rL @ rL))
+
+    def _hsic(self, trace: float, sums: float, cross: float) -> float:
+        n = self.n
+        return (trace + sums / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+    def alignment(self, perm: np.ndarray) -> float:
+        denom = self.hsic_KK * self.hsic_LL
+        if not denom > 0:
+            return math.nan
+        trace = float(np.vdot(self.K, self.L[np.ix_(perm, perm)]))
+        cross = float(self.rowsum_K @ self.rowsum_L[perm])
+        return self._hsic(trace, self.sum_K * self.sum_L, cross) / math.sqrt(denom)
 
 
 def _check_gram(K: np.ndarray, name: str) -> np.ndarray:

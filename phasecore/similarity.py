@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from phasecore.alignment import NullResult, center_gram, null_distribution
+from phasecore.alignment import NullResult, UnbiasedHsic, center_gram, null_distribution
 
 
 def linear_cka(E1: np.ndarray, E2: np.ndarray, *, unbiased: bool = False) -> float:
@@ -35,8 +35,8 @@ def linear_cka(E1: np.ndarray, E2: np.ndarray, *, unbiased: bool = False) -> flo
         K, L = center_gram(K), center_gram(L)
         denom = np.linalg.norm(K) * np.linalg.norm(L)
         return float(np.vdot(K, L) / denom) if denom > 0 else math.nan
-    stats = _UnbiasedHsic(K, L)
-    return stats.cka(np.arange(K.shape[0]))
+    stats = UnbiasedHsic(K, L)
+    return stats.alignment(np.arange(K.shape[0]))
 
 
 def mutual_knn(E1: np.ndarray, E2: np.ndarray, *, k: int = 10) -> float:
@@ -58,6 +58,7 @@ def representation_similarity(
     k: int = 10,
     permutations: int = 200,
     seed: int = 0,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Linear CKA (biased and unbiased) and mutual kNN of ``E_v`` (N, d_v) and ``E_l`` (N, d_l), with nulls.
 
@@ -68,14 +69,16 @@ def representation_similarity(
     Returns a dict with keys ``n``, ``k``, ``permutations``, ``seed``, ``cka``, ``cka_null``,
     ``cka_unbiased``, ``cka_unbiased_null``, ``mutual_knn``, ``mutual_knn_null``, ``mutual_knn_chance``
     (k/(N−1)); each ``*_null`` is ``NullResult.to_dict()`` (observed, mean, std, p95, z, p_value,
-    permutations). BLAS runs single-threaded inside (many small products; threads only add contention).
+    permutations, excess, within). With ``labels`` (N,), also ``cka_within_class_null`` and
+    ``mutual_knn_within_class_null``: the nulls of permutations inside each class (METRICS §2 v2).
+    BLAS runs single-threaded inside (many small products; threads only add contention).
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return _representation_similarity(E_v, E_l, k=k, permutations=permutations, seed=seed)
+        return _representation_similarity(E_v, E_l, k=k, permutations=permutations, seed=seed, labels=labels)
 
 
 def _representation_similarity(
-    E_v: np.ndarray, E_l: np.ndarray, *, k: int, permutations: int, seed: int
+    E_v: np.ndarray, E_l: np.ndarray, *, k: int, permutations: int, seed: int, labels: np.ndarray | None
 ) -> dict[str, Any]:
     K, L = _linear_grams(E_v, E_l)
     n = K.shape[0]
@@ -86,7 +89,7 @@ def _representation_similarity(
     def biased_of(perm: np.ndarray) -> float:
         return float(np.vdot(Kc, Lc[np.ix_(perm, perm)]) / denom) if denom > 0 else math.nan
 
-    unbiased = _UnbiasedHsic(K, L)
+    unbiased = UnbiasedHsic(K, L)
 
     nbrs_v, nbrs_l = _neighbours(E_v, k), _neighbours(E_l, k)
     member_v = _membership(nbrs_v)
@@ -99,43 +102,18 @@ def _representation_similarity(
     identity = np.arange(n)
     nulls: dict[str, NullResult] = {
         name: null_distribution(stat(identity), stat, n=n, permutations=permutations, seed=seed)
-        for name, stat in (("cka", biased_of), ("cka_unbiased", unbiased.cka), ("mutual_knn", knn_of))
+        for name, stat in (("cka", biased_of), ("cka_unbiased", unbiased.alignment), ("mutual_knn", knn_of))
     }
     out: dict[str, Any] = {"n": n, "k": k, "permutations": permutations, "seed": seed}
     for name, null in nulls.items():
         out[name] = null.observed if math.isfinite(null.observed) else None
         out[f"{name}_null"] = null.to_dict()
     out["mutual_knn_chance"] = k / (n - 1)
+    if labels is not None:
+        for name, stat in (("cka", biased_of), ("mutual_knn", knn_of)):
+            null = null_distribution(stat(identity), stat, n=n, permutations=permutations, seed=seed, groups=labels)
+            out[f"{name}_within_class_null"] = null.to_dict()
     return out
-
-
-class _UnbiasedHsic:
-    """Unbiased HSIC (Song et al. 2012) of K against ``L[p][:, p]``; all but the pairing is cached."""
-
-    def __init__(self, K: np.ndarray, L: np.ndarray) -> None:
-        n = K.shape[0]
-        if n < 4:
-            raise ValueError(f"the unbiased HSIC needs N ≥ 4 samples, got {n}")
-        self.n = n
-        self.K = K - np.diag(np.diag(K))
-        self.L = L - np.diag(np.diag(L))
-        self.rowsum_K, self.rowsum_L = self.K.sum(axis=1), self.L.sum(axis=1)
-        self.sum_K, self.sum_L = float(self.rowsum_K.sum()), float(self.rowsum_L.sum())
-        rK, rL = self.rowsum_K, self.rowsum_L
-        self.hsic_KK = self._hsic(float(np.vdot(self.K, self.K)), self.sum_K**2, float(rK @ rK))
-        self.hsic_LL = self._hsic(float(np.vdot(self.L, self.L)), self.sum_L**2, float(rL @ rL))
-
-    def _hsic(self, trace: float, sums: float, cross: float) -> float:
-        n = self.n
-        return (trace + sums / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)) / (n * (n - 3))
-
-    def cka(self, perm: np.ndarray) -> float:
-        denom = self.hsic_KK * self.hsic_LL
-        if not denom > 0:
-            return math.nan
-        trace = float(np.vdot(self.K, self.L[np.ix_(perm, perm)]))
-        cross = float(self.rowsum_K @ self.rowsum_L[perm])
-        return self._hsic(trace, self.sum_K * self.sum_L, cross) / math.sqrt(denom)
 
 
 def _linear_grams(E1: np.ndarray, E2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

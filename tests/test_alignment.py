@@ -108,7 +108,8 @@ def test_null_result_is_deterministic_and_json_safe():
     assert a == b
     assert a.mean != c.mean
     d = a.to_dict()
-    assert set(d) == {"observed", "mean", "std", "p95", "z", "p_value", "permutations"}
+    assert set(d) == {"observed", "mean", "std", "p95", "z", "p_value", "permutations", "excess", "within"}
+    assert d["within"] == "all" and d["excess"] == pytest.approx((a.observed - a.mean) / (1 - a.mean))
     json.dumps(d, allow_nan=False)
     constant = NullResult(1.0, 1.0, 0.0, 1.0, math.nan, 1.0, 5)
     assert constant.to_dict()["z"] is None
