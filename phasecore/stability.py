@@ -2,17 +2,19 @@
 
 From θ_0, T full-batch gradient-descent steps on a seeded subset of n_s samples with seeded random
 targets ``t_i ~ N(0, 1)`` and loss ``L = (1/2n_s) Σ_i (u_0·f(x_i) − t_i)²``, step size
-``η = 1 / λ_max(K_0 / n_s)`` where ``K_0`` is the scalar NTK of ``u_0·f`` (half the linear-stability
-edge 2/λ_max). Then ``S_NTK = A(Θ̂(θ_0), Θ̂(θ_T))`` on the same subset, estimator and seed. The probe
-trains a deep copy: the caller's model is never changed.
+``η = c / λ_max(K_0 / n_s)`` where ``K_0`` is the scalar NTK of ``u_0·f``; c = 1 is half the linear-stability
+edge 2/λ_max. Then ``S_NTK = A(Θ̂(θ_0), Θ̂(θ_T))`` on the same subset, estimator and seed. S_NTK compares only
+at equal (n_s, T, c), so all three are recorded; ``lr_scales`` adds the curve of S_NTK over c (the phase uses
+c = 1). Kernels run over the distinct inputs of the subset (METRICS §0). The probe trains deep copies: the
+caller's model is never changed.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,23 +22,41 @@ import torch
 from torch import nn
 
 from phasecore.alignment import kernel_alignment
+from phasecore.ntk.distinct import Distinct, distinct_inputs
 from phasecore.ntk.engine import Method, Probes, ProgressFn, probe_gram
+from phasecore.ntk.validity import check_gram
 from phasecore.rules import phase_of
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
 
 
 @dataclass(frozen=True)
-class StabilityResult:
+class StabilityPoint:
+    """S_NTK after T steps at one step size η = lr_scale / λ_max."""
+
+    lr_scale: float
+    eta: float
     s_ntk: float  # A(Θ̂_0, Θ̂_T), uncentered (the paper's)
+    s_ntk_centered: float
+    phase: str
+    loss_start: float
+    loss_end: float
+
+
+@dataclass(frozen=True)
+class StabilityResult:
+    s_ntk: float  # at lr_scale = 1
     s_ntk_centered: float
     phase: str
     eta: float
     lambda_max: float  # of K_0 / n_s
-    steps: int
-    subset: int
+    steps: int  # T
+    subset: int  # n_s
+    lr_scale: float  # the c of s_ntk and the phase: 1
+    n_distinct: int  # distinct inputs in the subset
     loss_start: float
     loss_end: float
     seconds: float
+    curve: list[StabilityPoint] = field(default_factory=list)  # one point per lr_scale, ascending
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,15 +82,17 @@ def stability_probe(
     chunk_size: int = 32,
     params: Iterable[str] | None = None,
     progress: ProgressFn | None = None,
+    lr_scales: Sequence[float] = (1.0,),
 ) -> StabilityResult:
-    """S_NTK and the phase of one model (METRICS §3); see the module docstring for the protocol."""
+    """S_NTK and the phase of one model (METRICS §3), and S_NTK at each step-size scale of ``lr_scales``
+    (1 is always included); see the module docstring for the protocol."""
     started = time.perf_counter()
+    scales = sorted(set(float(c) for c in lr_scales) | {1.0})
     idx = subset_indices(batch_size(inputs), subset, seed)
     sub = slice_inputs(inputs, torch.as_tensor(idx))
+    distinct = distinct_inputs(sub)
     n_s = len(idx)
-    work = copy.deepcopy(model).eval()
-    selected = set(params) if params is not None else {name for name, _ in work.named_parameters()}
-    theta = [p for name, p in work.named_parameters() if name in selected]
+    selected = set(params) if params is not None else {name for name, _ in model.named_parameters()}
     kw: dict[str, Any] = dict(
         method=method, sketch_dim=sketch_dim, seed=seed, chunk_size=chunk_size, params=selected
     )
@@ -79,29 +101,74 @@ def stability_probe(
         if progress:
             progress("stability", stage_fraction)
 
-    first = probe_gram(work, sub, probes=probes, **kw)
-    gram0 = first.ntk()
+    first = probe_gram(model, distinct.inputs, probes=probes, **kw)
+    gram0 = distinct.expand_gram(first.ntk())
     # the loss passes use the chunk the engine fitted to the memory budget: on a CPU, small batches of
     # large images also run faster per sample (they stay in cache)
     loss_chunk = int(first.info.get("chunk_size", chunk_size))
-    report(0.3)
     with torch.no_grad():
-        d = call_encoder(work, slice_inputs(sub, slice(0, 1))).shape[1]
+        d = call_encoder(model, slice_inputs(sub, slice(0, 1))).shape[1]
     gen = torch.Generator().manual_seed(seed + 1)
-    dtype = theta[0].dtype
+    reference = next(p for name, p in model.named_parameters() if name in selected)
     u0 = torch.randn(d, generator=gen, dtype=torch.float64)
-    device = theta[0].device
-    u0 = (u0 / u0.norm()).to(dtype=dtype, device=device)
-    targets = torch.randn(n_s, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-    k0 = probe_gram(work, sub, probes=u0[None], **{**kw, "method": "exact"}).ntk()  # ⟨∇u0·f_i, ∇u0·f_j⟩
-    lambda_max = float(np.linalg.eigvalsh(k0 / n_s)[-1])
-    eta = 1.0 / lambda_max if lambda_max > 0 else 0.0
-    report(0.4)
+    u0 = (u0 / u0.norm()).to(dtype=reference.dtype, device=reference.device)
+    targets = torch.randn(n_s, generator=gen, dtype=torch.float64).to(dtype=reference.dtype, device=reference.device)
+    k0 = probe_gram(model, distinct.inputs, probes=u0[None], **{**kw, "method": "exact"}).ntk()  # ⟨∇u0·f, ∇u0·f⟩
+    lambda_max = float(check_gram(distinct.expand_gram(k0) / n_s, "stability K_0")[-1])
+    report(0.3)
 
-    losses = []
-    was = {p: p.requires_grad for p in work.parameters()}
+    curve = []
+    for i, c in enumerate(scales):
+        eta = c / lambda_max if lambda_max > 0 else 0.0
+        span = (0.3 + 0.7 * i / len(scales), 0.7 / len(scales))
+        point = _train_and_compare(
+            model, sub, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, probes, kw, report, span
+        )
+        curve.append(point)
+    main = next(point for point in curve if point.lr_scale == 1.0)
+    report(1.0)
+    return StabilityResult(
+        s_ntk=main.s_ntk,
+        s_ntk_centered=main.s_ntk_centered,
+        phase=main.phase,
+        eta=main.eta,
+        lambda_max=lambda_max,
+        steps=steps,
+        subset=n_s,
+        lr_scale=1.0,
+        n_distinct=distinct.u,
+        loss_start=main.loss_start,
+        loss_end=main.loss_end,
+        seconds=time.perf_counter() - started,
+        curve=curve,
+    )
+
+
+def _train_and_compare(
+    model: nn.Module,
+    sub: Inputs,
+    distinct: Distinct,
+    gram0: np.ndarray,
+    u0: torch.Tensor,
+    targets: torch.Tensor,
+    selected: set[str],
+    eta: float,
+    lr_scale: float,
+    steps: int,
+    loss_chunk: int,
+    probes: Probes,
+    kw: dict[str, Any],
+    report: Callable[[float], None],
+    span: tuple[float, float],
+) -> StabilityPoint:
+    """T steps of gradient descent at ``eta`` on a deep copy, then S_NTK = A(Θ̂_0, Θ̂_T)."""
+    work = copy.deepcopy(model).eval()
+    theta = [p for name, p in work.named_parameters() if name in selected]
     for p in work.parameters():
-        p.requires_grad_(p in set(theta))
+        p.requires_grad_(False)
+    for p in theta:
+        p.requires_grad_(True)
+    losses = []
     for step in range(steps + 1):
         loss_value, grads = _loss_and_grad(work, sub, u0, targets, theta, loss_chunk)
         losses.append(loss_value)
@@ -110,24 +177,18 @@ def stability_probe(
         with torch.no_grad():
             for p, g in zip(theta, grads, strict=True):
                 p.sub_(eta * g)
-        report(0.4 + 0.4 * (step + 1) / steps)
-    for p, flag in was.items():
-        p.requires_grad_(flag)
-
-    gram_t = probe_gram(work, sub, probes=probes, **kw).ntk()
-    report(1.0)
+        report(span[0] + span[1] * 0.8 * (step + 1) / steps)
+    gram_t = distinct.expand_gram(probe_gram(work, distinct.inputs, probes=probes, **kw).ntk())
+    report(span[0] + span[1])
     s = kernel_alignment(gram0, gram_t)
-    return StabilityResult(
+    return StabilityPoint(
+        lr_scale=lr_scale,
+        eta=eta,
         s_ntk=s,
         s_ntk_centered=kernel_alignment(gram0, gram_t, centered=True),
         phase=phase_of(s),
-        eta=eta,
-        lambda_max=lambda_max,
-        steps=steps,
-        subset=n_s,
         loss_start=losses[0],
         loss_end=losses[-1],
-        seconds=time.perf_counter() - started,
     )
 
 
