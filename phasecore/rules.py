@@ -3,12 +3,16 @@
 Every threshold and claimed accuracy here is the paper's, returned as the paper's claim with its source, never
 as a result of phasescreen; the service's own accuracy of each rule is measured in ``phasecore.study`` (§8).
 
-Non-finite inputs: an ``agop_ratio`` of +inf (λ_min = 0 within the cut) is a legal, maximally
-ill-conditioned spectrum, so ``log(AGOP) = +inf`` and the AGOP rule holds; the combined rule then holds when
-ΔNTK > 0 and is undetermined when ΔNTK = 0 (0 × ∞). None (not measured) or NaN anywhere, an infinite
-stability, or an AGOP ratio below 1 (impossible for λ_max/λ_min) leave the rules that use them undetermined:
-``predicts_failure = None`` with a ``note`` saying why. Values that are not finite are returned as None
-(JSON has no inf/NaN), with a note. Nothing here raises on a number.
+The AGOP rules read ``agop_ratio = λ_1/λ_k`` (METRICS §4, version 2). The paper's thresholds (1e6, 2.5) were set
+on the paper's own, undefined ratio: they are kept as the paper's, labelled "uncalibrated for λ_1/λ_k", and the
+study (§8) reports each rule's AUROC and the threshold the stored pairs support. A ratio that is null (too few
+distinct rows for λ_k) or unstable (its sub-blocks disagree) gives the AGOP and combined rules no verdict; a
+censored ratio (λ_k under the float32 floor) is a lower bound, so it can only confirm ``> threshold``.
+
+Non-finite inputs: None (not measured) or NaN anywhere, an infinite stability, or an AGOP ratio below 1
+(impossible for λ_1/λ_k) leave the rules that use them undetermined: ``predicts_failure = None`` with a ``note``
+saying why. Values that are not finite are returned as None (JSON has no inf/NaN), with a note. Nothing here
+raises on a number.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ Phase = Literal["chaotic", "optimal", "lazy", "undetermined"]
 
 PAPER_TITLE = "Phase Incompatibility Explains Cross-Modal Alignment Failure: Evidence from 144 Model Pairs"
 _CLAIM_SOURCE = f"paper claim ({PAPER_TITLE}, 144 pairs); not verified by phasescreen"
+#: how the paper's AGOP thresholds relate to the ratio phasescreen measures
+UNCALIBRATED = (
+    "the paper's threshold, set on its own undefined AGOP ratio; uncalibrated for λ_1/λ_k (see the study's "
+    "cross-validated threshold)"
+)
 
 #: The source paper and the claims phasescreen reproduces as rules. Thresholds are the paper's.
 PAPER: dict[str, Any] = {
@@ -67,11 +76,15 @@ def pair_rules(
     agop_ratio_vision: float | None,
     agop_ratio_language: float | None,
     s_ntk_cross: float | None,
+    agop_censored: tuple[bool, bool] = (False, False),
+    agop_unstable: tuple[bool | None, bool | None] = (False, False),
+    agop_reasons: tuple[str | None, str | None] = (None, None),
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The paper's screening rules of one pair (METRICS §5).
 
-    Inputs: S_NTK^V, S_NTK^L (§3), the AGOP condition numbers λ_max/λ_min of both models (§4, may be +inf),
-    and S_NTK^cross = A(Θ_v, Θ_l) uncentered (§2).
+    Inputs: S_NTK^V, S_NTK^L (§3), ``agop_ratio = λ_1/λ_k`` of both models (§4; None when not eligible, with
+    ``agop_reasons``), their ``censored`` and ``unstable`` flags (vision, language), and S_NTK^cross =
+    A(Θ_v, Θ_l) uncentered (§2).
 
     Derived: ``ΔNTK = |S_NTK^V − S_NTK^L|``, ``log(AGOP) = log10(max(agop_ratio_v, agop_ratio_l))`` (the worse
     of the two models), ``combined = ΔNTK × log(AGOP)``.
@@ -94,12 +107,27 @@ def pair_rules(
         notes.append(f"S_NTK (vision {s_v}, language {s_l}) is not finite: ΔNTK is undetermined")
 
     ratio_max: float | None = None
+    agop_blocker: str | None = None  # why the AGOP and combined rules give no verdict
+    for role, reason in zip(("vision", "language"), agop_reasons, strict=True):
+        if reason:
+            notes.append(f"the {role} AGOP ratio is null: {reason}")
     if all(_valid_ratio(r) for r in ratios):
         ratio_max = max(ratios)
         if math.isinf(ratio_max):
-            notes.append("an AGOP ratio is infinite (λ_min = 0): log(AGOP) = +inf, the AGOP rule holds")
+            notes.append("an AGOP ratio is infinite: log(AGOP) = +inf, the AGOP rule holds")
     else:
+        agop_blocker = "an AGOP ratio is null (or not ≥ 1): no verdict"
         notes.append(f"AGOP ratios {ratios} are not all ≥ 1 (or NaN): log(AGOP) is undetermined")
+    unstable = [role for role, flag in zip(("vision", "language"), agop_unstable, strict=True) if flag]
+    if unstable:
+        agop_blocker = f"the {' and '.join(unstable)} AGOP ratio is unstable (sub-blocks differ > 0.3 in log10)"
+        notes.append(f"{agop_blocker}: the AGOP and combined rules give no verdict")
+    # a censored ratio is a lower bound: it can confirm "> threshold" but never deny it
+    censored = ratio_max is not None and any(
+        c and r == ratio_max for c, r in zip(agop_censored, ratios, strict=True)
+    )
+    if censored:
+        notes.append("the larger AGOP ratio is censored (λ_k under the float32 floor): it is a lower bound")
     log_agop = None if ratio_max is None else math.log10(ratio_max)
 
     combined: float | None = None
@@ -128,14 +156,20 @@ def pair_rules(
             AGOP_THRESHOLD,
             above=True,
             claimed=0.94,
-            rule="max(agop_ratio_vision, agop_ratio_language) > 1e6 predicts failure",
+            rule="max(agop_ratio_vision, agop_ratio_language) > 1e6 predicts failure (agop_ratio = λ_1/λ_k)",
+            blocker=agop_blocker,
+            lower_bound=censored,
+            threshold_note=UNCALIBRATED,
         ),
         "combined_rule": _rule(
             combined,
             COMBINED_THRESHOLD,
             above=True,
             claimed=0.96,
-            rule="combined = ΔNTK × log10(max agop_ratio) > 2.5 predicts failure",
+            rule="combined = ΔNTK × log10(max agop_ratio) > 2.5 predicts failure (agop_ratio = λ_1/λ_k)",
+            blocker=agop_blocker,
+            lower_bound=censored,
+            threshold_note=UNCALIBRATED,
         ),
         "ntk_difference_rule": _rule(
             delta,
@@ -155,16 +189,36 @@ def pair_rules(
     return derived, predictions
 
 
-def _rule(value: float | None, threshold: float, *, above: bool, claimed: float | None, rule: str) -> dict:
+def _rule(
+    value: float | None,
+    threshold: float,
+    *,
+    above: bool,
+    claimed: float | None,
+    rule: str,
+    blocker: str | None = None,
+    lower_bound: bool = False,
+    threshold_note: str = "the paper's threshold",
+) -> dict:
     note = None
+    verdict: bool | None
     if value is None:
         verdict = None
-        note = "an input is missing or not finite; no verdict"
+        note = blocker or "an input is missing or not finite; no verdict"
+    elif blocker:
+        verdict, note = None, blocker
     else:
         verdict = value > threshold if above else value < threshold
         if math.isinf(value):
             note = f"value is {'+' if value > 0 else '-'}inf (reported as None)"
+        elif lower_bound and not verdict:
+            verdict = None
+            note = f"the value is a lower bound (censored AGOP ratio) at or below {threshold:g}: no verdict"
+        elif lower_bound:
+            note = "the value is a lower bound (censored AGOP ratio) and already exceeds the threshold"
     return {
+        "lower_bound": lower_bound,
+        "threshold_note": threshold_note,
         "value": _finite_or_none(value),
         "threshold": threshold,
         "predicts_failure": verdict,

@@ -7,7 +7,17 @@ import pytest
 
 from phasecore.rules import PAPER, pair_rules, phase_of
 
-RULE_KEYS = {"value", "threshold", "predicts_failure", "claimed_accuracy", "source", "rule", "note"}
+RULE_KEYS = {
+    "value",
+    "threshold",
+    "predicts_failure",
+    "claimed_accuracy",
+    "source",
+    "rule",
+    "note",
+    "threshold_note",
+    "lower_bound",
+}
 
 
 def _rules(**overrides):
@@ -117,6 +127,48 @@ def test_unusable_inputs_leave_only_their_rules_undetermined(overrides, undeterm
             assert prediction["predicts_failure"] is True, name
     assert derived["notes"]
     json.dumps([derived, predictions], allow_nan=False)
+
+
+def test_the_agop_thresholds_are_labelled_as_the_papers_and_uncalibrated():
+    _, predictions = _rules()
+    for rule in ("agop_rule", "combined_rule"):
+        assert "paper's threshold" in predictions[rule]["threshold_note"]
+        assert "uncalibrated for λ_1/λ_k" in predictions[rule]["threshold_note"]
+        assert "λ_1/λ_k" in predictions[rule]["rule"]
+
+
+def test_a_null_agop_ratio_gives_no_verdict_with_its_reason():
+    reason = "λ_1/λ_16 needs U·M ≥ 8k = 128 distinct (input, probe) rows; this spectrum has 40"
+    derived, predictions = _rules(agop_ratio_language=None, agop_reasons=(None, reason))
+    assert derived["log_agop"] is None
+    for rule in ("agop_rule", "combined_rule"):
+        assert predictions[rule]["predicts_failure"] is None and predictions[rule]["note"]
+    assert any(reason in note for note in derived["notes"])
+    assert predictions["ntk_difference_rule"]["predicts_failure"] is True
+
+
+def test_an_unstable_agop_ratio_gives_the_agop_rules_no_verdict():
+    derived, predictions = _rules(agop_unstable=(True, False))
+    assert derived["log_agop"] == pytest.approx(7.0)  # the value is still reported
+    for rule in ("agop_rule", "combined_rule"):
+        assert predictions[rule]["predicts_failure"] is None
+        assert "unstable" in predictions[rule]["note"]
+    assert predictions["cross_phase_rule"]["predicts_failure"] is True
+
+
+def test_a_censored_ratio_is_a_lower_bound_that_can_only_confirm_failure():
+    # λ_1/λ_k ≥ 1e5: below the AGOP rule's 1e6, so it cannot say "no failure"
+    derived, predictions = _rules(agop_ratio_vision=1e5, agop_censored=(True, False))
+    agop = predictions["agop_rule"]
+    assert agop["lower_bound"] and agop["predicts_failure"] is None and "lower bound" in agop["note"]
+    # ΔNTK × log ≥ 0.65 × 5 = 3.25 > 2.5: the combined rule holds whatever the true ratio
+    combined = predictions["combined_rule"]
+    assert combined["lower_bound"] and combined["predicts_failure"] is True
+    _, predictions = _rules(s_ntk_vision=0.35, agop_ratio_vision=1e5, agop_censored=(True, False))
+    assert predictions["combined_rule"]["predicts_failure"] is None  # 0.05 × 5 ≤ 2.5 from a bound: unknown
+    # a censored ratio that is not the larger one changes nothing
+    _, predictions = _rules(agop_ratio_language=1e5, agop_censored=(False, True))
+    assert predictions["agop_rule"]["predicts_failure"] is True and not predictions["agop_rule"]["lower_bound"]
 
 
 def test_paper_record_names_the_claims():
