@@ -9,6 +9,9 @@ Public entry points:
 
 #: Part of every profile key and result: bump it whenever a change can move a number, so cached
 #: profiles computed by an older engine are never mixed with new ones.
-ENGINE_VERSION = "0.2.0"
+ENGINE_VERSION = "0.3.0"
 
-__all__ = ["ENGINE_VERSION"]
+#: The version of ../shared/docs/METRICS.md the numbers follow; results of another version are never pooled.
+METRICS_VERSION = 2
+
+__all__ = ["ENGINE_VERSION", "METRICS_VERSION"]

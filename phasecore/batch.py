@@ -35,6 +35,7 @@ from typing import Any
 
 from phasecore.errors import InvalidReference, InvalidSettings, PhasescreenError
 from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, profile_key
+from phasecore.schema import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.sources.base import ModelRef
 
@@ -72,6 +73,19 @@ CSV_FIELDS: tuple[str, ...] = (
     "failed",
     *RULES,
     "problem",
+    "metrics_version",
+    "s_ntk_cross_unbiased",
+    "s_ntk_cross_centered_within_class_p_value",
+    "agop_censored_vision",
+    "agop_censored_language",
+    "agop_unstable_vision",
+    "agop_unstable_language",
+    "agop_condition_vision",
+    "agop_condition_language",
+    "outcome",
+    "p_above",
+    "p_below",
+    "n_groups",
 )
 
 
@@ -212,7 +226,7 @@ def run_grid(
                 try:
                     entry["result"] = screen_pair(
                         vision, language, settings, dataset_ref=grid.dataset, progress=progress
-                    )
+                    ).model_dump(mode="json")
                     entry["state"] = "succeeded"
                 except Exception as exc:  # one broken pair must not lose the others' results
                     entry["problem"] = _problem(exc, "the pair step failed")
@@ -293,10 +307,7 @@ def check_document(document: Any, *, origin: str = "batch document") -> dict[str
 
 def pair_row(pair: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row (``CSV_FIELDS``) of a pair entry; figures are None where the pair has no result."""
-    result = pair.get("result") or {}
-    m = result.get("metrics") or {}
-    gt = result.get("ground_truth") or {}
-    predictions = result.get("predictions") or {}
+    result = as_result(pair.get("result"))
     problem = pair.get("problem") or {}
     row: dict[str, Any] = {
         "vision": pair["vision"],
@@ -305,35 +316,61 @@ def pair_row(pair: Mapping[str, Any]) -> dict[str, Any]:
         "language_index": pair.get("language_index"),
         "state": pair.get("state"),
         "screening_id": pair.get("screening_id"),
-        "s_ntk_cross": m.get("s_ntk_cross"),
-        "s_ntk_cross_p_value": (m.get("s_ntk_cross_null") or {}).get("p_value"),
-        "s_ntk_cross_centered": m.get("s_ntk_cross_centered"),
-        "s_ntk_cross_centered_p_value": (m.get("s_ntk_cross_centered_null") or {}).get("p_value"),
-        "agop_decay_vision": (m.get("agop_vision") or {}).get("decay"),
-        "agop_decay_language": (m.get("agop_language") or {}).get("decay"),
-        "seen_accuracy": gt.get("seen_accuracy"),
-        "unseen_accuracy": gt.get("unseen_accuracy"),
-        "alignment_score": gt.get("alignment_score"),
-        "failed": gt.get("failed"),
         "problem": problem.get("detail"),
     }
-    for key in (
-        "s_ntk_vision",
-        "s_ntk_language",
-        "phase_vision",
-        "phase_language",
-        "agop_ratio_vision",
-        "agop_ratio_language",
-        "delta_ntk",
-        "log_agop",
-        "combined",
-        "cka",
-        "mutual_knn",
-    ):
-        row[key] = m.get(key)
+    if result is None:
+        return {name: row.get(name) for name in CSV_FIELDS}
+    m, gt = result.metrics, result.ground_truth
+    within = m.s_ntk_cross_centered_within_class_null
+    row.update(
+        metrics_version=result.metrics_version,
+        s_ntk_cross=m.s_ntk_cross,
+        s_ntk_cross_p_value=m.s_ntk_cross_null.p_value,
+        s_ntk_cross_centered=m.s_ntk_cross_centered,
+        s_ntk_cross_centered_p_value=m.s_ntk_cross_centered_null.p_value,
+        s_ntk_cross_unbiased=m.s_ntk_cross_unbiased,
+        s_ntk_cross_centered_within_class_p_value=None if within is None else within.p_value,
+        s_ntk_vision=m.s_ntk_vision,
+        s_ntk_language=m.s_ntk_language,
+        phase_vision=m.phase_vision,
+        phase_language=m.phase_language,
+        agop_ratio_vision=m.agop_ratio_vision,
+        agop_ratio_language=m.agop_ratio_language,
+        agop_condition_vision=m.agop_condition_vision,
+        agop_condition_language=m.agop_condition_language,
+        delta_ntk=m.delta_ntk,
+        log_agop=m.log_agop,
+        combined=m.combined,
+        cka=m.cka,
+        mutual_knn=m.mutual_knn,
+    )
+    for modality, agop in (("vision", m.agop_vision), ("language", m.agop_language)):
+        if agop is not None:
+            row[f"agop_decay_{modality}"] = agop.decay
+            row[f"agop_censored_{modality}"] = agop.censored
+            row[f"agop_unstable_{modality}"] = agop.unstable
+    if gt is not None:
+        row.update(
+            seen_accuracy=gt.seen_accuracy,
+            unseen_accuracy=gt.unseen_accuracy,
+            alignment_score=gt.alignment_score,
+            failed=gt.failed,
+            outcome=gt.outcome,
+            p_above=gt.p_above,
+            p_below=gt.p_below,
+            n_groups=gt.n_groups,
+        )
     for rule in RULES:
-        row[rule] = (predictions.get(rule) or {}).get("predicts_failure")
+        prediction = result.predictions.get(rule)
+        row[rule] = None if prediction is None else prediction.predicts_failure
     return {name: row.get(name) for name in CSV_FIELDS}
+
+
+def as_result(result: ScreeningResult | Mapping[str, Any] | None) -> ScreeningResult | None:
+    """A stored result (JSON) as the typed model; None stays None."""
+    if result is None or isinstance(result, ScreeningResult):
+        return result
+    return ScreeningResult.model_validate(result)
 
 
 def rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -22,8 +22,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from phasecore.batch import as_result
 from phasecore.errors import PhasescreenError
-from phasecore.study import predict_failure_probability
+from phasecore.schema import ScreeningResult
+from phasecore.study import FEATURES, predict_failure_probability
 
 Policy = Literal["paper", "measured"]
 POLICIES: tuple[str, ...] = ("paper", "measured")
@@ -56,34 +58,38 @@ class GateDecision:
         return {**asdict(self), "exit_code": self.exit_code}
 
 
-def decide(result: Mapping[str, Any], policy: str = "paper", *, study: Mapping[str, Any] | None = None) -> GateDecision:
-    """The gate's verdict on one screening ``result`` (the result JSON).
+def decide(
+    result: ScreeningResult | Mapping[str, Any], policy: str = "paper", *, study: Mapping[str, Any] | None = None
+) -> GateDecision:
+    """The gate's verdict on one screening ``result`` (typed, or its stored JSON).
 
     ``study`` is the output of ``phasecore.study.prediction_quality`` (needed by ``measured``).
     Raises GateUndecided when the policy gives no verdict, ValueError on an unknown policy.
     """
+    typed = as_result(result)
+    assert typed is not None
     if policy == "paper":
-        return _paper(result)
+        return _paper(typed)
     if policy == "measured":
-        return _measured(result, study)
+        return _measured(typed, study)
     raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
-def _paper(result: Mapping[str, Any]) -> GateDecision:
-    predictions = result.get("predictions") or {}
+def _paper(result: ScreeningResult) -> GateDecision:
     for rule, fallback in (("combined_rule", False), ("agop_rule", True)):
-        prediction = predictions.get(rule) or {}
-        verdict = prediction.get("predicts_failure")
-        if verdict is None:
+        prediction = result.predictions.get(rule)
+        if prediction is None or prediction.predicts_failure is None:
             continue
-        value, threshold = prediction.get("value"), prediction.get("threshold")
+        verdict, value, threshold = prediction.predicts_failure, prediction.value, prediction.threshold
         shown = "+inf" if value is None else f"{value:.4g}"
-        what = "combined rule ΔNTK × log10(AGOP)" if rule == "combined_rule" else "AGOP rule max(λ_max/λ_min)"
+        what = "combined rule ΔNTK × log10(AGOP)" if rule == "combined_rule" else "AGOP rule max(λ_1/λ_k)"
         comparison = ">" if verdict else "≤"
         outcome = "predicts alignment FAILURE" if verdict else "does not predict failure"
         note = " (the combined rule is undetermined for this pair)" if fallback else ""
-        claimed = prediction.get("claimed_accuracy")
-        claim = f"; paper's claimed accuracy {claimed:.0%}, a claim" if claimed else ""
+        claimed = prediction.claimed_accuracy
+        claim = ""
+        if claimed:
+            claim = f"; paper's claimed accuracy {claimed:.0%}, a claim; its threshold is uncalibrated for λ_1/λ_k"
         return GateDecision(
             policy="paper",
             predicts_failure=bool(verdict),
@@ -111,7 +117,7 @@ def require_fitted_model(study: Mapping[str, Any] | None) -> None:
     )
 
 
-def _measured(result: Mapping[str, Any], study: Mapping[str, Any] | None) -> GateDecision:
+def _measured(result: ScreeningResult, study: Mapping[str, Any] | None) -> GateDecision:
     require_fitted_model(study)
     assert study is not None
     try:
@@ -140,11 +146,11 @@ def _measured(result: Mapping[str, Any], study: Mapping[str, Any] | None) -> Gat
     )
 
 
-def _features(result: Mapping[str, Any]) -> dict[str, Any]:
+def _features(result: ScreeningResult) -> dict[str, Any]:
     """The pair's metrics; an infinite AGOP ratio (stored as null, with the AGOP rule holding on a null value)
     reads as log(AGOP) = +inf, which the model clips to its training range, as fitting does."""
-    features = dict(result.get("metrics") or {})
-    agop = (result.get("predictions") or {}).get("agop_rule") or {}
-    if features.get("log_agop") is None and agop.get("predicts_failure") and agop.get("value") is None:
+    features = {name: getattr(result.metrics, name) for name in FEATURES}
+    agop = result.predictions.get("agop_rule")
+    if features["log_agop"] is None and agop is not None and agop.predicts_failure and agop.value is None:
         features["log_agop"] = math.inf
     return features

@@ -9,12 +9,15 @@ normalised ``A_ij = K_ij / (N sqrt(K_ii K_jj))`` has unit trace and ``S_α(A) = 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from phasecore.rules import PAPER_TITLE
+from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
 
 ALPHA = 1.01
 INFO_RATIO_THRESHOLD = 3.0
@@ -118,3 +121,81 @@ def information_plane(
             "source": f"paper claim ({PAPER_TITLE}, 144 pairs); not verified by phasescreen",
         },
     }
+
+
+def model_information_plane(
+    model: nn.Module,
+    inputs: Inputs,
+    labels: np.ndarray,
+    blocks: tuple[str, nn.Module] | None,
+    *,
+    chunk_size: int = 32,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
+    """The information plane of one model on its N samples (METRICS §9), in eval mode.
+
+    X: the model's input, as pixels (tensor inputs) or as the bag of token ids (mapping inputs with
+    ``input_ids``, padding masked out); T: the output of every block of ``blocks`` (the model's longest block
+    list, ``profile.block_list``), pooled over positions (spatial mean, or the masked mean over tokens), then the
+    final embedding. Every Gram is Gaussian with the median heuristic (``rbf_gram``). Returns
+    ``information_plane``'s dict plus ``representations`` (the names of the T, first to last)."""
+    n = batch_size(inputs)
+    modules = [] if blocks is None else [(f"{blocks[0]}.{i}", m) for i, m in enumerate(blocks[1])]
+    pooled: dict[str, list[torch.Tensor]] = {name: [] for name, _ in modules}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook_for(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(out, torch.Tensor):
+                pooled[name].append(_pool_positions(out.detach(), mask[0]).double().cpu())
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in modules]
+    was_training = model.training
+    model.eval()
+    x_rows, final = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, n, chunk_size):
+                chunk = slice_inputs(inputs, slice(start, start + chunk_size))
+                mask[0] = chunk.get("attention_mask") if isinstance(chunk, Mapping) else None
+                final.append(call_encoder(model, chunk).double().cpu())
+                x_rows.append(_input_features(chunk))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    names = [name for name, _ in modules if pooled[name]]
+    T = [torch.cat(pooled[name]).numpy() for name in names] + [torch.cat(final).numpy()]
+    width = max(r.shape[1] for r in x_rows)
+    X = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in x_rows])
+    Y = np.eye(int(np.max(labels)) + 1)[np.asarray(labels, dtype=np.int64)]
+    result = information_plane(rbf_gram(X), [rbf_gram(t) for t in T], Y, alpha=alpha)
+    result["representations"] = names + ["embedding"]
+    return result
+
+
+def _pool_positions(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, ...) block output → (B, width): spatial mean of (B, C, H, W), masked token mean of (B, T, D)."""
+    if out.dim() == 4:
+        return out.mean(dim=(2, 3))
+    if out.dim() == 3:
+        if mask is not None and mask.shape == out.shape[:2]:
+            weights = mask.to(out.dtype).unsqueeze(-1)
+            return (out * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return out.mean(dim=1)
+    return out.reshape(out.shape[0], -1)
+
+
+def _input_features(chunk: Inputs) -> np.ndarray:
+    """X of METRICS §9: flattened pixels, or the bag of (unmasked) token ids as counts over the vocabulary."""
+    if not isinstance(chunk, Mapping):
+        return chunk.detach().double().reshape(chunk.shape[0], -1).cpu().numpy()
+    ids = chunk["input_ids"].cpu()
+    mask = chunk.get("attention_mask")
+    weights = torch.ones_like(ids, dtype=torch.float64) if mask is None else mask.cpu().to(torch.float64)
+    counts = torch.zeros(ids.shape[0], int(ids.max()) + 1, dtype=torch.float64)
+    counts.scatter_add_(1, ids, weights)
+    return counts.numpy()

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from phasecore import ENGINE_VERSION
-from phasecore.alignment import kernel_alignment, permutation_null
+from phasecore import ENGINE_VERSION, METRICS_VERSION
+from phasecore.alignment import permutation_null
 from phasecore.data import load_dataset
 from phasecore.errors import InvalidReference, InvalidSettings
 from phasecore.groundtruth import check_sample, measure_alignment
@@ -61,13 +61,16 @@ def validate_request(
         check_sample(dataset.labels, settings.gt_folds)
 
 
-def _null(K1: np.ndarray, K2: np.ndarray, statistic: str, settings: EngineSettings) -> dict[str, Any]:
+def _null(
+    K1: np.ndarray, K2: np.ndarray, statistic: str, settings: EngineSettings, groups: np.ndarray | None = None
+) -> dict[str, Any]:
     return permutation_null(
         K1,
         K2,
-        statistic=statistic,
+        statistic=statistic,  # type: ignore[arg-type]
         permutations=settings.null_permutations,
-        seed=settings.seed,  # type: ignore[arg-type]
+        seed=settings.seed,
+        groups=groups,
     ).to_dict()
 
 
@@ -78,14 +81,20 @@ def screen_pair(
     *,
     dataset_ref: str,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """The result JSON of one pair from its two profiles (keys of ``ScreeningResult``)."""
+) -> ScreeningResult:
+    """The typed result of one pair from its two profiles (METRICS §2, §5–§8, version 2)."""
     started = time.perf_counter()
     if vision.modality != "vision" or language.modality != "language":
         raise InvalidSettings("screen_pair takes a vision profile and a language profile, in that order")
     dv, dl = vision.meta["dataset"], language.meta["dataset"]
     if dv["sample_ids_sha256"] != dl["sample_ids_sha256"]:
         raise InvalidSettings("the two profiles were computed on different dataset samples")
+    for profile in (vision, language):
+        if profile.meta.get("engine_version") != ENGINE_VERSION:
+            raise InvalidSettings(
+                f"the {profile.modality} profile was computed by engine {profile.meta.get('engine_version')}, "
+                f"not {ENGINE_VERSION}: recompute it (metrics version {METRICS_VERSION})"
+            )
 
     def report(fraction: float) -> None:
         if progress:
@@ -93,31 +102,29 @@ def screen_pair(
 
     K_v, K_l = vision.arrays["ntk"], language.arrays["ntk"]
     E_v, E_l = vision.arrays["embeddings"], language.arrays["embeddings"]
-    s_cross = kernel_alignment(K_v, K_l)
-    s_cross_centered = kernel_alignment(K_v, K_l, centered=True)
-    null_u = _null(K_v, K_l, "uncentered", settings)
+    labels = vision.arrays["labels"]
     null_c = _null(K_v, K_l, "centered", settings)
+    null_u = _null(K_v, K_l, "uncentered", settings)
+    null_unbiased = _null(K_v, K_l, "unbiased", settings)
+    null_within = _null(K_v, K_l, "centered", settings, groups=labels)
     report(0.3)
     representation = representation_similarity(
-        E_v, E_l, k=settings.knn_k, permutations=settings.null_permutations, seed=settings.seed
+        E_v, E_l, k=settings.knn_k, permutations=settings.null_permutations, seed=settings.seed, labels=labels
     )
     report(0.5)
     stab_v, stab_l = vision.meta["stability"], language.meta["stability"]
+    agop_v, agop_l = vision.meta["agop"], language.meta["agop"]
     derived, predictions = pair_rules(
         s_ntk_vision=stab_v["s_ntk"],
         s_ntk_language=stab_l["s_ntk"],
-        agop_ratio_vision=vision.meta["agop"]["ratio"],
-        agop_ratio_language=language.meta["agop"]["ratio"],
-        s_ntk_cross=s_cross,
+        agop_ratio_vision=agop_v["ratio"],
+        agop_ratio_language=agop_l["ratio"],
+        s_ntk_cross=null_u["observed"],
+        agop_censored=(agop_v["censored"], agop_l["censored"]),
+        agop_unstable=(agop_v["unstable"], agop_l["unstable"]),
+        agop_reasons=(agop_v["reason"], agop_l["reason"]),
     )
     for role, profile in (("vision", vision), ("language", language)):
-        agop, size = profile.meta["agop"], profile.arrays["agop_eigenvalues"].size
-        if agop.get("at_cut"):
-            derived["notes"].append(
-                f"the {role} AGOP spectrum reaches the non-zero cut (λ_min < 10 · rtol · λ_max, "
-                f"rtol = {agop['rtol']:g}): it is rank-deficient ({agop['n_nonzero']} kept of {size}) and its "
-                "smallest kept eigenvalues are round-off, so agop_ratio reflects rtol rather than the model"
-            )
         derived["notes"].extend(_phase_edge_notes(role, profile.meta["stability"].get("s_ntk")))
     ground_truth = None
     tick = time.perf_counter()
@@ -125,36 +132,44 @@ def screen_pair(
         ground_truth = measure_alignment(
             E_v,
             E_l,
-            vision.arrays["labels"],
+            labels,
             language.arrays["prototypes"],
             captions=language.meta["captions"],
             method=settings.gt_method,
             folds=settings.gt_folds,
             seed=settings.seed,
             failure_threshold=settings.failure_threshold,
+            outcome_alpha=settings.outcome_alpha,
         )
     report(0.9)
     metrics = {
-        "s_ntk_cross": s_cross,
-        "s_ntk_cross_centered": s_cross_centered,
+        "s_ntk_cross": null_u["observed"],
+        "s_ntk_cross_centered": null_c["observed"],
+        "s_ntk_cross_unbiased": null_unbiased["observed"],
         "s_ntk_cross_null": null_u,
         "s_ntk_cross_centered_null": null_c,
+        "s_ntk_cross_unbiased_null": null_unbiased,
+        "s_ntk_cross_centered_within_class_null": null_within,
         "s_ntk_vision": stab_v["s_ntk"],
         "s_ntk_language": stab_l["s_ntk"],
         "phase_vision": derived["phase_vision"],
         "phase_language": derived["phase_language"],
-        "agop_ratio_vision": vision.meta["agop"]["ratio"],
-        "agop_ratio_language": language.meta["agop"]["ratio"],
+        "agop_ratio_vision": agop_v["ratio"],
+        "agop_ratio_language": agop_l["ratio"],
+        "agop_condition_vision": agop_v["condition"],
+        "agop_condition_language": agop_l["condition"],
         "delta_ntk": derived["delta_ntk"],
         "log_agop": derived["log_agop"],
         "combined": derived["combined"],
         "cka": representation["cka"],
         "mutual_knn": representation["mutual_knn"],
         "representation": representation,
-        "agop_vision": vision.meta["agop"],
-        "agop_language": language.meta["agop"],
+        "agop_vision": agop_v,
+        "agop_language": agop_l,
         "agop_inputs_vision": vision.meta.get("agop_inputs"),
         "agop_inputs_language": language.meta.get("agop_inputs"),
+        "info_plane_vision": vision.meta.get("info_plane"),
+        "info_plane_language": language.meta.get("info_plane"),
         "stability_vision": stab_v,
         "stability_language": stab_l,
         "notes": derived.get("notes", []),
@@ -163,21 +178,25 @@ def screen_pair(
     timings.update({f"language_{k}": v for k, v in language.meta["timings"].items()})
     timings["ground_truth"] = time.perf_counter() - tick
     timings["pair"] = time.perf_counter() - started
-    result = {
-        "vision": _model_summary(vision),
-        "language": _model_summary(language),
-        "dataset": {**dv, "ref": dataset_ref},
-        "settings": settings.model_dump(mode="json"),
-        "metrics": metrics,
-        "ground_truth": ground_truth,
-        "predictions": predictions,
-        "paper": PAPER,
-        "timings": timings,
-        "engine_version": ENGINE_VERSION,
-    }
-    validated = ScreeningResult.model_validate(result).model_dump(mode="json")
+    distinct = {"vision": vision.meta.get("distinct_inputs"), "language": language.meta.get("distinct_inputs")}
+    result = ScreeningResult.model_validate(
+        {
+            "vision": _model_summary(vision),
+            "language": _model_summary(language),
+            "dataset": {**dv, "ref": dataset_ref, "distinct_inputs": distinct},
+            "settings": settings.model_dump(mode="json"),
+            "metrics": metrics,
+            "ground_truth": ground_truth,
+            "predictions": predictions,
+            "paper": PAPER,
+            "timings": timings,
+            "engine_version": ENGINE_VERSION,
+            "metrics_version": METRICS_VERSION,
+            "stratum": settings.stratum(dataset_ref),
+        }
+    )
     report(1.0)
-    return validated
+    return result
 
 
 #: How far float rounding alone moved S_NTK between two exact-to-1e-8 kernel paths (docs/metrics.md §3).
@@ -212,7 +231,7 @@ def screen(
     data_root: str | Path | None = None,
     allowed_sources: Collection[str] | None = None,
     device: str | None = "cpu",
-) -> dict[str, Any]:
+) -> ScreeningResult:
     """Profiles (from ``cache`` when present) then the pair step: the embedded default's screening.
     ``device``: where models run (``auto``, ``cpu``, ``cuda[:N]``; see ``phasecore.sources.resolve_device``)."""
     profiles = []

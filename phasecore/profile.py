@@ -1,8 +1,10 @@
 """Model profiles: everything about one model on one dataset sample that does not depend on its partner.
 
 A profile holds the NTK Gram Θ̂ (METRICS §1), the AGOP spectrum (§4), the stability probe and phase
-(§3), the embeddings of the N samples (and, for a language model, the class prototypes of §7), the
-model's identity and parameter count, the settings and timings. It is keyed by
+(§3), optionally the information plane (§9), the embeddings of the N samples (and, for a language model,
+the class prototypes of §7), the model's identity and parameter count, the settings and timings. Kernels
+run over the U distinct inputs of the sample and are expanded to N (METRICS §0); every Gram is checked
+before its spectrum. It is keyed by
 ``(model reference, modality, dataset, profile settings, engine version)``: a 12 × 12 grid costs 24
 profiles, and every pair step reuses them.
 """
@@ -27,7 +29,10 @@ from phasecore.agop import agop_spectrum, spectrum_from_probe_gram
 from phasecore.data import load_dataset
 from phasecore.data.base import PairedDataset
 from phasecore.errors import InvalidSettings
+from phasecore.infoplane import model_information_plane
 from phasecore.ntk import probe_gram
+from phasecore.ntk.distinct import distinct_inputs
+from phasecore.ntk.validity import check_gram
 from phasecore.settings import EngineSettings
 from phasecore.sources import load_encoder
 from phasecore.sources.base import Encoder, ModelRef
@@ -83,18 +88,25 @@ def select_params(model: nn.Module, spec: str) -> list[str] | None:
     if not spec.startswith("last:") or not spec[5:].isdigit() or int(spec[5:]) < 1:
         raise InvalidSettings(f"params={spec!r} is not 'all' or 'last:K' with K ≥ 1")
     k = int(spec[5:])
+    found = block_list(model)
+    if found is None:
+        raise InvalidSettings("params='last:K' needs a model with a list of blocks; use params='all'")
+    name, blocks = found
+    names = [n for n, _ in model.named_parameters()]
+    first_kept = f"{name}.{max(0, len(blocks) - k)}." if name else f"{max(0, len(blocks) - k)}."
+    start = next(i for i, n in enumerate(names) if n.startswith(first_kept))
+    return names[start:]
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, module) of the model's longest list of blocks (a ModuleList/Sequential such as ``blocks``,
+    ``encoder.layer``, ``h``, ``stages``), or None when it has none."""
     lists = [
         (n, m)
         for n, m in model.named_modules()
         if isinstance(m, nn.ModuleList | nn.Sequential) and len(m) > 1
     ]
-    if not lists:
-        raise InvalidSettings("params='last:K' needs a model with a list of blocks; use params='all'")
-    name, blocks = max(lists, key=lambda item: len(item[1]))
-    names = [n for n, _ in model.named_parameters()]
-    first_kept = f"{name}.{max(0, len(blocks) - k)}." if name else f"{max(0, len(blocks) - k)}."
-    start = next(i for i, n in enumerate(names) if n.startswith(first_kept))
-    return names[start:]
+    return max(lists, key=lambda item: len(item[1])) if lists else None
 
 
 def _inputs(encoder: Encoder, dataset: PairedDataset) -> Any:
@@ -165,9 +177,10 @@ def compute_profile(
         chunk_size=settings.chunk_size,
         params=params,
     )
+    distinct = distinct_inputs(inputs)  # METRICS §0: kernels over the U distinct inputs, expanded to N
     gram = probe_gram(
         encoder,
-        inputs,
+        distinct.inputs,
         method=settings.method,
         cross_probe=True,
         memory_budget_gb=settings.memory_budget_gb,
@@ -175,6 +188,8 @@ def compute_profile(
         stage="kernel",
         **engine,
     )
+    ntk_distinct = gram.ntk()
+    check_gram(ntk_distinct, f"{modality} NTK")
     timings["kernel"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -184,6 +199,7 @@ def compute_profile(
         method=gram.method,
         steps=settings.stability_steps,
         subset=settings.stability_subset,
+        lr_scales=settings.stability_lr_scales,
         progress=progress,
         **engine,
     )
@@ -191,7 +207,10 @@ def compute_profile(
 
     tick = time.perf_counter()
     report("spectrum", 0.0)
-    spectrum = spectrum_from_probe_gram(gram, rtol=settings.agop_rtol)
+    agop = dict(k=settings.agop_k, censor_below=settings.agop_censor_below, rtol=settings.agop_rtol)
+    spectrum = spectrum_from_probe_gram(
+        gram, counts=distinct.counts, unstable_log10=settings.agop_unstable_log10, **agop
+    )
     meta_input: dict[str, Any] | None = None
     if settings.agop_input_space:
         meta_input = agop_spectrum(
@@ -200,22 +219,30 @@ def compute_profile(
             probes=settings.probes,
             space="inputs",
             seed=settings.seed,
-            rtol=settings.agop_rtol,
             chunk_size=settings.chunk_size,
+            **agop,
         ).to_dict()
     report("spectrum", 1.0)
     timings["spectrum"] = time.perf_counter() - tick
 
+    embeddings = distinct.expand_rows(gram.outputs)
     arrays: dict[str, np.ndarray] = {
-        "ntk": gram.ntk(),
+        "ntk": distinct.expand_gram(ntk_distinct),
         "agop_eigenvalues": spectrum.eigenvalues,
-        "embeddings": gram.outputs,
+        "embeddings": embeddings,
         "labels": dataset.labels,
     }
     if modality == "language":
         tick = time.perf_counter()
         arrays["prototypes"] = class_prototypes(encoder, dataset)
         timings["prototypes"] = time.perf_counter() - tick
+    info_plane: dict[str, Any] | None = None
+    if settings.info_plane:
+        tick = time.perf_counter()
+        info_plane = model_information_plane(
+            encoder, inputs, dataset.labels, block_list(encoder), chunk_size=settings.chunk_size
+        )
+        timings["info_plane"] = time.perf_counter() - tick
 
     identity = encoder.identity.to_dict()
     meta = {
@@ -225,8 +252,10 @@ def compute_profile(
         "settings": settings.profile_fields(),
         "engine_version": ENGINE_VERSION,
         "device": str(next(encoder.parameters()).device),
+        "distinct_inputs": distinct.u,
         "kernel": {
             "method": gram.method,
+            "distinct_inputs": distinct.u,
             "probes": gram.n_probes,
             "probe_kind": gram.probe_kind,
             "sketch_dim": gram.sketch_dim,
@@ -240,6 +269,7 @@ def compute_profile(
         "agop": spectrum.to_dict(),
         "agop_inputs": meta_input,
         "stability": stability.to_dict(),
+        "info_plane": info_plane,
         "timings": timings,
     }
     key = profile_key(model_ref, modality, dataset_ref, settings)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from phasecore.batch import RULES, pair_row, totals_line
+from phasecore.batch import RULES, as_result, pair_row, totals_line
 
 #: figure name -> caption
 FIGURES: dict[str, str] = {
@@ -37,7 +37,7 @@ FIGURES: dict[str, str] = {
     ),
     "cross_alignment_heatmap": "Centered cross-modal NTK alignment S_cross over the grid (blank: no result).",
     "model_spectra": (
-        "Per model: log10 of the AGOP condition number λ_max/λ_min (the AGOP rule's threshold 10^6 dashed) "
+        "Per model: log10 of the AGOP ratio λ_1/λ_k (the paper's threshold 10^6, uncalibrated for λ_1/λ_k, dashed) "
         "and the spectral decay α of λ_r ∝ r^(-α)."
     ),
     "rule_verdicts": (
@@ -146,21 +146,23 @@ def _models(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One entry per model with its AGOP figures and S_NTK, from the first result that has them."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for pair in document["pairs"]:
-        metrics = (pair.get("result") or {}).get("metrics") or {}
+        result = as_result(pair.get("result"))
+        if result is None:
+            continue
         for modality in ("vision", "language"):
             key = (modality, pair[modality])
-            agop = metrics.get(f"agop_{modality}")
-            if key in seen or not agop:
+            agop = getattr(result.metrics, f"agop_{modality}")
+            if key in seen or agop is None:
                 continue
-            ratio, log10_ratio = metrics.get(f"agop_ratio_{modality}"), agop.get("log10_ratio")
+            ratio, log10_ratio = getattr(result.metrics, f"agop_ratio_{modality}"), agop.log10_ratio
             if isinstance(ratio, int | float) and _finite(ratio) and ratio > 0:
                 log10_ratio = math.log10(ratio)
             seen[key] = {
                 "ref": pair[modality],
                 "modality": modality,
                 "log10_ratio": log10_ratio,
-                "decay": agop.get("decay"),
-                "s_ntk": metrics.get(f"s_ntk_{modality}"),
+                "decay": agop.decay,
+                "s_ntk": getattr(result.metrics, f"s_ntk_{modality}"),
             }
     order = {ref: k for k, ref in enumerate([*document["vision"], *document["language"]])}
     return sorted(seen.values(), key=lambda m: (m["modality"] != "vision", order.get(m["ref"], 0)))
@@ -174,7 +176,7 @@ def model_spectra(document: Mapping[str, Any]) -> Figure:
     colours = ["#1f77b4" if m["modality"] == "vision" else "#ff7f0e" for m in models]
     y = np.arange(len(models))
     for ax, key, title in (
-        (ratio_ax, "log10_ratio", "log10 AGOP ratio λ_max/λ_min"),
+        (ratio_ax, "log10_ratio", "log10 AGOP ratio λ_1/λ_k"),
         (decay_ax, "decay", "spectral decay α"),
     ):
         values = [m[key] if _finite(m[key]) else 0.0 for m in models]
@@ -216,8 +218,9 @@ def rule_verdicts(document: Mapping[str, Any]) -> Figure:
     axes = fig.subplots(1, len(RULES))
     claims: dict[str, float | None] = {}
     for pair in document["pairs"]:
-        for rule, prediction in ((pair.get("result") or {}).get("predictions") or {}).items():
-            claims.setdefault(rule, prediction.get("claimed_accuracy"))
+        result = as_result(pair.get("result"))
+        for rule, prediction in (result.predictions if result else {}).items():
+            claims.setdefault(rule, prediction.claimed_accuracy)
     for ax, rule in zip(axes, RULES, strict=True):
         summary = rule_counts(document, rule)
         counts = np.array(summary["counts"])

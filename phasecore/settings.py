@@ -1,29 +1,41 @@
-"""Engine settings of one screening (METRICS.md defaults). Stored with every result."""
+"""Engine settings of one screening (METRICS.md defaults). Stored with every result.
+
+Two groups, two models: ``ProfileSettings`` (everything a model profile depends on: its fields are the
+profile key) and ``PairSettings`` (what only the pair step reads). ``EngineSettings`` is both at once, flat,
+as requests and the CLI spell them (``{"n": 60, "knn_k": 5}``); it declares no field of its own, so a new
+setting has to be put in one group or the other, and a profile-level one cannot miss the profile key.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from phasecore import ENGINE_VERSION
+from phasecore import ENGINE_VERSION, METRICS_VERSION
 
 #: Where models run: ``auto`` (the first GPU torch sees, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A runtime
 #: choice, not an engine setting: it changes float rounding only, so it is not part of any key.
 DEVICE_SPEC = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
+#: ``params``: all parameters, or those of the last K blocks (K written with at most 4 digits)
+PARAMS_SPEC = r"^(all|last:[1-9][0-9]{0,3})$"
 
-class EngineSettings(BaseModel):
-    """Every knob that changes a number. Defaults follow ../shared/docs/METRICS.md."""
+#: At most this many Gaussian output probes M (the exact basis, ``probes="exact"``, is bounded by memory)
+MAX_PROBES = 64
+
+
+class ProfileSettings(BaseModel):
+    """The settings a model profile depends on: every field here is part of the profile key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n: int = Field(576, ge=8, le=4096, description="paired samples N, balanced over classes (METRICS §0)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random draw (sample, probes, sketch, nulls)")
     probes: int | Literal["exact"] = Field(
-        4, description="output probes M (Gaussian), or 'exact' for the d basis outputs (METRICS §1)"
+        4, description=f"output probes M (Gaussian, 1..{MAX_PROBES}), or 'exact' for the d basis outputs (§1)"
     )
     method: Literal["auto", "exact", "sketch"] = Field(
         "auto",
@@ -34,30 +46,102 @@ class EngineSettings(BaseModel):
     chunk_size: int = Field(32, ge=1, le=1024, description="samples per forward/backward chunk")
     sketch_dim: int = Field(8192, ge=64, le=1 << 20, description="CountSketch width k (method=sketch)")
     params: str = Field(
-        "all", description="parameters in θ: 'all', or 'last:K' for the last K blocks (METRICS §0)"
+        "all",
+        pattern=PARAMS_SPEC,
+        description="parameters in θ: 'all', or 'last:K' for the last K blocks (METRICS §0)",
     )
     stability_steps: int = Field(10, ge=1, le=200, description="probe-training steps T (METRICS §3)")
     stability_subset: int = Field(128, ge=4, le=4096, description="probe-training subset n_s (METRICS §3)")
-    null_permutations: int = Field(200, ge=10, le=10000, description="permutations B of every null (§2, §6)")
-    knn_k: int = Field(10, ge=1, le=100, description="k of mutual kNN (METRICS §6)")
-    agop_rtol: float = Field(1e-10, gt=0, lt=1, description="non-zero cut of the AGOP spectrum (METRICS §4)")
+    stability_lr_scales: tuple[float, ...] = Field(
+        (1.0,),
+        min_length=1,
+        max_length=8,
+        description="step sizes η = c / λ_max of the probe training, one S_NTK per c (METRICS §3); the phase "
+        "and the rules use c = 1, which always runs",
+    )
+    agop_k: int = Field(16, ge=2, le=4096, description="k of agop_ratio = λ_1/λ_k (METRICS §4)")
+    agop_censor_below: float = Field(
+        1e-5, gt=0, lt=1, description="λ_k below this · λ_1 (the float32 floor): agop_ratio is a lower bound (§4)"
+    )
+    agop_unstable_log10: float = Field(
+        0.3, gt=0, description="agop_unstable when a sub-block's ratio differs by more than this in log10 (§4)"
+    )
+    agop_rtol: float = Field(
+        1e-6, gt=0, lt=1, description="the non-zero cut of agop_condition = λ_max/λ_min, the paper's form (§4)"
+    )
     agop_input_space: bool = Field(False, description="also compute the input-space AGOP (METRICS §4)")
-    ground_truth: bool = Field(True, description="measure cross-modal alignment (METRICS §7)")
-    gt_method: Literal["ridge", "procrustes", "infonce"] = Field("ridge", description="map W of METRICS §7")
-    gt_folds: int = Field(5, ge=2, le=20, description="K of the stratified K-fold (METRICS §7)")
-    failure_threshold: float = Field(0.03, ge=0, le=1, description="alignment_score below this = failed (§7)")
-    info_plane: bool = Field(False, description="information-plane figures of METRICS §9")
+    info_plane: bool = Field(False, description="information-plane figures of METRICS §9, per model")
     language_pooling: Literal["mean", "cls", "last"] | None = Field(
         None, description="pooling of the language encoder; None = the source's default (mean; last for GPT-2)"
     )
 
+    @field_validator("probes")
+    @classmethod
+    def _bounded_probes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= MAX_PROBES:
+            raise ValueError(f"probes must be between 1 and {MAX_PROBES}, or 'exact'")
+        return value
+
+    @field_validator("stability_lr_scales")
+    @classmethod
+    def _positive_scales(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < c <= 64 for c in value):
+            raise ValueError("every stability_lr_scales entry c must satisfy 0 < c ≤ 64")
+        return tuple(sorted(set(value) | {1.0}))
+
+
+class PairSettings(BaseModel):
+    """The settings only the pair step reads (nulls, representation similarity, ground truth, outcome)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    null_permutations: int = Field(200, ge=10, le=10000, description="permutations B of every null (§2, §6)")
+    knn_k: int = Field(10, ge=1, le=100, description="k of mutual kNN (METRICS §6)")
+    ground_truth: bool = Field(True, description="measure cross-modal alignment (METRICS §7)")
+    gt_method: Literal["ridge", "procrustes", "infonce"] = Field("ridge", description="map W of METRICS §7")
+    gt_folds: int = Field(5, ge=2, le=20, description="K of the stratified K-fold (METRICS §7)")
+    failure_threshold: float = Field(
+        0.03, ge=0, le=1, description="τ of the outcome test: alignment_score against τ (METRICS §7)"
+    )
+    outcome_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="α of the outcome's sign-flip test: aligned / failed / inconclusive (§7)"
+    )
+
+
+#: pair-level settings that decide a pair's label: with the profile settings, they make the study's stratum
+OUTCOME_FIELDS = ("ground_truth", "gt_method", "gt_folds", "failure_threshold", "outcome_alpha")
+
+
+class EngineSettings(ProfileSettings, PairSettings):
+    """Every knob that changes a number, flat. Defaults follow ../shared/docs/METRICS.md (version 2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def profile(self) -> ProfileSettings:
+        return ProfileSettings.model_validate({k: getattr(self, k) for k in ProfileSettings.model_fields})
+
+    @property
+    def pair(self) -> PairSettings:
+        return PairSettings.model_validate({k: getattr(self, k) for k in PairSettings.model_fields})
+
     def profile_fields(self) -> dict[str, object]:
         """The settings a model profile depends on (pair-level settings excluded, so profiles are shared)."""
-        keys = ("n", "seed", "probes", "method", "sketch_dim", "params", "stability_steps", "stability_subset",
-                "agop_rtol", "agop_input_space", "info_plane", "language_pooling", "memory_budget_gb")
-        return {k: v for k, v in self.model_dump(mode="json").items() if k in keys}
+        return self.profile.model_dump(mode="json")
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the settings and the engine version."""
         payload = json.dumps({"settings": self.model_dump(mode="json"), "engine": ENGINE_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
+
+    def stratum(self, dataset_ref: str) -> dict[str, Any]:
+        """The study's stratum of a pair screened with these settings (METRICS §8): the same dataset, profile
+        settings, outcome settings and metrics version. ``key`` is the sha256 of the rest."""
+        outcome = {k: getattr(self, k) for k in OUTCOME_FIELDS}
+        body = {
+            "dataset": dataset_ref,
+            "metrics_version": METRICS_VERSION,
+            "settings": {**self.profile_fields(), **outcome},
+        }
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return {"key": key, **body}

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from phasecore.schema import ScreeningResult
 from phasecore.settings import EngineSettings
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -91,7 +92,7 @@ class ScreeningOut(BaseModel):
     finished_at: datetime | None
     profiles: dict[str, ProfileSummary] = Field(description="the vision and language model profiles")
     reused_from: str | None = Field(description="the screening whose stored result this one serves")
-    result: dict[str, Any] | None = Field(
+    result: ScreeningResult | None = Field(
         description="the result JSON, the same as `phasescreen screen` writes (only when succeeded)"
     )
     problem: dict[str, Any] | None = Field(description="RFC 9457 problem document (when failed)")

@@ -191,9 +191,9 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
     except Exception as exc:
         _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
         return _finish(rt, tracker, "pair", "failed", started)
-    result = _with_measured_rules(rt, result, screening_id)
+    stored_result = _with_measured_rules(rt, result.model_dump(mode="json"), screening_id)
     with rt.session() as session:
-        stored = lifecycle.complete_pair(session, claim.lease, jsonable(result))
+        stored = lifecycle.complete_pair(session, claim.lease, jsonable(stored_result))
         session.commit()
     return _finish(rt, tracker, "pair", "succeeded" if stored else "cancelled", started)
 

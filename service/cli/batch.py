@@ -390,7 +390,7 @@ def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any
         model_root=service_settings.model_root,
         data_root=service_settings.data_root,
         device=local_device(args),
-    )
+    ).model_dump(mode="json")
     if args.no_store:
         return result, None
     try:

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from phasecore.schema import AgopSummary, RulePrediction, ScreeningResult
 from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 
@@ -114,53 +115,71 @@ def _with_measured_rules(result: dict[str, Any]) -> dict[str, Any]:
         return result
 
 
-def _measured(rule: dict[str, Any]) -> str:
-    measured = rule.get("measured")
-    if not measured:
+def _measured(rule: RulePrediction) -> str:
+    measured = rule.measured
+    if measured is None:
         return ""
-    if measured["status"] != "ok" or measured["accuracy"] is None:
-        return f"; measured: not yet ({measured['n_labelled']} labelled pairs stored)"
-    return f"; measured {measured['accuracy']:.0%} over {measured['n']} pairs"
+    if measured.status != "ok" or measured.accuracy is None:
+        return f"; measured: not yet ({measured.n_labelled} labelled pairs in this stratum)"
+    return f"; measured {measured.accuracy:.0%} over {measured.n} pairs"
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def summary(result: dict[str, Any]) -> str:
-    m, gt, pred = result["metrics"], result["ground_truth"], result["predictions"]
-    nu = m["s_ntk_cross_null"]
-    nc = m["s_ntk_cross_centered_null"]
+def _agop(summary: AgopSummary | None, ratio: float | None) -> str:
+    if summary is None or ratio is None:
+        reason = summary.reason if summary is not None else None
+        return "AGOP λ_1/λ_k n/a" + (f" ({reason})" if reason else "")
+    flags = [f for f, on in (("censored: a lower bound", summary.censored), ("UNSTABLE", summary.unstable)) if on]
+    return (
+        f"AGOP λ_1/λ_{summary.k} {'≥ ' if summary.censored else ''}{ratio:.3g}"
+        + (f" [{', '.join(flags)}]" if flags else "")
+        + f" (λ_max/λ_min {_fmt(summary.condition, '.3g')})"
+    )
+
+
+def summary(result: ScreeningResult | dict[str, Any]) -> str:
+    """The lines ``phasescreen screen`` prints: the headline figures with their nulls, the rules, the outcome."""
+    result = result if isinstance(result, ScreeningResult) else ScreeningResult.model_validate(result)
+    m, gt = result.metrics, result.ground_truth
+    nu, nc, nw = m.s_ntk_cross_null, m.s_ntk_cross_centered_null, m.s_ntk_cross_centered_within_class_null
+    distinct = result.dataset.get("distinct_inputs") or {}
     lines = [
-        f"vision   {result['vision']['identity']['ref']}: S_NTK {_fmt(m['s_ntk_vision'])} ({m['phase_vision']}), "
-        f"AGOP ratio {_fmt(m['agop_ratio_vision'], '.3g')}",
-        f"language {result['language']['identity']['ref']}: S_NTK {_fmt(m['s_ntk_language'])} "
-        f"({m['phase_language']}), AGOP ratio {_fmt(m['agop_ratio_language'], '.3g')}",
-        f"S_cross  uncentered {_fmt(m['s_ntk_cross'])} (null mean {_fmt(nu['mean'])}, p {_fmt(nu['p_value'], '.3f')}); "
-        f"centered {_fmt(m['s_ntk_cross_centered'])} (null mean {_fmt(nc['mean'])}, p {_fmt(nc['p_value'], '.3f')})",
-        f"CKA {_fmt(m['cka'])}, mutual kNN {_fmt(m['mutual_knn'])}; ΔNTK {_fmt(m['delta_ntk'])}, "
-        f"log(AGOP) {_fmt(m['log_agop'], '.2f')}, combined {_fmt(m['combined'], '.3f')}",
-        "paper's rules (claimed: the paper's claim, not verified; measured: over the pairs stored here):",
+        f"vision   {result.vision.identity['ref']}: S_NTK {_fmt(m.s_ntk_vision)} ({m.phase_vision}), "
+        f"{_agop(m.agop_vision, m.agop_ratio_vision)}, distinct images {_fmt(distinct.get('vision'), 'd')}",
+        f"language {result.language.identity['ref']}: S_NTK {_fmt(m.s_ntk_language)} ({m.phase_language}), "
+        f"{_agop(m.agop_language, m.agop_ratio_language)}, distinct captions {_fmt(distinct.get('language'), 'd')}",
+        f"S_cross  uncentered {_fmt(m.s_ntk_cross)} (null mean {_fmt(nu.mean)}, p {_fmt(nu.p_value, '.3f')}); "
+        f"centered {_fmt(m.s_ntk_cross_centered)} (null mean {_fmt(nc.mean)}, p {_fmt(nc.p_value, '.3f')}, "
+        f"excess {_fmt(nc.excess, '.3f')}"
+        + (f", within-class p {_fmt(nw.p_value, '.3f')}" if nw is not None else "")
+        + f"); unbiased {_fmt(m.s_ntk_cross_unbiased)}",
+        f"CKA {_fmt(m.cka)}, mutual kNN {_fmt(m.mutual_knn)}; ΔNTK {_fmt(m.delta_ntk)}, "
+        f"log(AGOP) {_fmt(m.log_agop, '.2f')}, combined {_fmt(m.combined, '.3f')}",
+        "paper's rules (claimed: the paper's claim, not verified; thresholds the paper's, uncalibrated for λ_1/λ_k;"
+        " measured: over the decided pairs stored here in this stratum):",
     ]
-    for name, rule in pred.items():
-        verdict = {True: "predicts FAILURE", False: "no failure predicted", None: "undetermined"}[
-            rule["predicts_failure"]
-        ]
-        claim = f", claimed {rule['claimed_accuracy']:.0%}" if rule.get("claimed_accuracy") else ""
+    for name, rule in result.predictions.items():
+        verdict = {True: "predicts FAILURE", False: "no failure predicted", None: "no verdict"}[rule.predicts_failure]
+        claim = f", claimed {rule.claimed_accuracy:.0%}" if rule.claimed_accuracy else ""
         lines.append(
-            f"  {name:20s} value {_fmt(rule['value'], '.4g')} vs {rule['threshold']:g}: {verdict}{claim}"
-            f"{_measured(rule)}"
+            f"  {name:20s} value {_fmt(rule.value, '.4g')} vs {rule.threshold:g}: {verdict}{claim}{_measured(rule)}"
         )
     if gt:
-        unseen = (gt.get("figures") or {}).get("unseen") or {}
+        unseen = gt.figures.get("unseen") or {}
+        outcome = (gt.outcome or ("FAILED" if gt.failed else "aligned")).upper()
         lines.append(
-            f"measured alignment: unseen-class accuracy {_fmt(gt['unseen_accuracy'], '.3f')} "
-            f"(chance {_fmt(gt['chance'].get('unseen'), '.3f')}, "
-            f"class-clustered p {_fmt(unseen.get('p_value_clustered'), '.3g')}), "
-            f"seen {_fmt(gt['seen_accuracy'], '.3f')}, "
-            f"alignment_score {_fmt(gt['alignment_score'], '.3f')} -> {'FAILED' if gt['failed'] else 'aligned'}"
+            f"measured alignment: unseen-class accuracy {_fmt(gt.unseen_accuracy, '.3f')} "
+            f"(chance {_fmt(unseen.get('chance'), '.3f')}, class-clustered p "
+            f"{_fmt(unseen.get('p_value_clustered'), '.3g')}), seen {_fmt(gt.seen_accuracy, '.3f')}, "
+            f"alignment_score {_fmt(gt.alignment_score, '.3f')} over G = {_fmt(gt.n_groups, 'd')} class groups "
+            f"vs τ = {_fmt(gt.failure_threshold, 'g')}: p_above {_fmt(gt.p_above, '.3g')}, "
+            f"p_below {_fmt(gt.p_below, '.3g')} (α = {_fmt(gt.outcome_alpha, 'g')}) -> {outcome}"
+            + (f" ({gt.outcome_reason})" if gt.outcome_reason and gt.outcome == "inconclusive" else "")
         )
-    lines += [f"note: {note}" for note in m.get("notes") or []]
+    lines += [f"note: {note}" for note in m.notes]
     return "\n".join(lines)
 
 
@@ -193,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasescreen screen: {exc}", file=sys.stderr)
         return 2
     bars.close()
-    result = _with_measured_rules(result)
+    result = _with_measured_rules(result.model_dump(mode="json"))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
