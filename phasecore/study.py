@@ -432,7 +432,10 @@ def _spearman(rule: str, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     out: dict[str, Any] = {"rho": None, "p": None, "n": len(scores), "score": RULE_SCORE_TEXT[rule]}
     if len(scores) < 3:
         return out
-    result = spearmanr(_finite_ranks(np.array(scores)), np.array(alignment))
+    ranked, measured = _finite_ranks(np.array(scores)), np.array(alignment)
+    if np.ptp(ranked) == 0 or np.ptp(measured) == 0:  # a constant input: ρ is undefined
+        return out
+    result = spearmanr(ranked, measured)
     rho, p = float(result.statistic), float(result.pvalue)
     if math.isfinite(rho):
         out.update(rho=rho, p=p if math.isfinite(p) else None)
