@@ -414,3 +414,17 @@ def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
     assert len(calls) == 1 and first["predictions"]["agop_rule"]["measured"]["status"] == "insufficient"
     study.with_measured_rules(Session(), result, max_age=0.0)
     assert len(calls) == 2
+
+
+def test_the_cli_prints_one_block_per_stratum():
+    from service.cli.batch import study_summary
+
+    study = study_by_stratum(
+        hidden_records(seed=1, margin=0.1) + hidden_records(2, 5, seed=2, stratum=STRATUM_B) + hidden_records(version=1)
+    )
+    text = study_summary(study)
+    assert "36 stored result(s) of METRICS version 1 left out" in text
+    assert text.count("stratum aaaaaaaaaaaa — dataset digits") == 1 and text.count("stratum bbbbbbbbbbbb") == 1
+    assert text.index("aaaaaaaaaaaa") < text.index("bbbbbbbbbbbb") and "insufficient: only 10 labelled" in text
+    assert "inconclusive pairs counted as failed … as aligned" in text and "0/1 forecasts" in text
+    assert "insufficient" in study_summary(study_by_stratum([]) | prediction_quality([]))
