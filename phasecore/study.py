@@ -1,23 +1,36 @@
 """Prediction quality: how well the paper's rules and a fitted model predict measured failure (METRICS §8).
 
-Over every stored pair with ground truth (§7, ``failed``): the accuracy, AUROC and Brier score of each rule of
-§5 and of a logistic model on the pair metrics, under leave-one-model-out cross-validation, with n and the
-failure base rate. Pairs that share a model are not independent, so the out-of-sample prediction of pair
-(v, l) comes from a model fitted without any pair that contains v or l.
+Within one stratum (the same dataset, the same profile and outcome settings, the same metrics version: figures
+from other settings do not compare) and over the pairs with a decided outcome (§7: ``aligned`` or ``failed``):
+the accuracy, AUROC and Brier score of each rule of §5 and of a logistic model on the pair metrics, under
+leave-one-model-out cross-validation, with n, the failure base rate and the number of inconclusive pairs left
+out; each figure's range when the inconclusive pairs are counted as failed, then as aligned; Spearman's ρ of
+each rule's score with ``alignment_score`` over every pair of the stratum; and each rule's cross-validated
+threshold. Pairs that share a model are not independent, so the out-of-sample prediction of pair (v, l) comes
+from a model fitted without any pair that contains v or l.
 
 Choices:
 
-- Rules have no fitted parameters, so cross-validation leaves them unchanged: their verdicts are scored on
-  every pair where they give one. Accuracy compares the verdict with ``failed``; the Brier score treats the
-  verdict as a 0/1 probability (so it equals 1 − accuracy); AUROC ranks pairs by the rule's continuous score
-  (``RULE_SCORES``, oriented so that larger predicts failure), computed from the stored features.
+- Rules have no fitted parameters, so cross-validation leaves their verdicts unchanged: they are scored on
+  every pair where they give one. Accuracy compares the verdict with the outcome; the Brier score treats the
+  verdict as a 0/1 forecast (so it equals 1 − accuracy; ``brier_form`` says so); AUROC and Spearman's ρ use
+  the rule's continuous score (``RULE_SCORES``, oriented so that larger predicts failure: the cross-phase
+  rule's value negated, the AGOP rule's on a log10 scale, same ranks), computed from the stored features.
+  A useful rule thus has ρ < 0 with ``alignment_score`` (larger = better aligned).
+- Cross-validated threshold: in each leave-one-model-out fold, the threshold on the rule's score that
+  maximises the training pairs' accuracy (``score > threshold`` predicts failure; candidates are the
+  midpoints between adjacent distinct finite sorted scores; among equally accurate ones the middle one),
+  scored on the held-out pair; and the threshold chosen the same way on every decided pair.
 - Logistic model: ``StandardScaler`` + ``LogisticRegression(C=1)`` on ``FEATURES``. A feature that is None or
   NaN leaves its pair out of the model (counted in ``excluded``); ±inf (an infinite AGOP ratio) is replaced by
-  the largest / smallest finite value of that feature, which keeps the ranking. A held-out pair whose training
-  set is empty or has one outcome gets the training base rate (0.5 when empty), counted in
+  the largest / smallest finite value of that feature, which keeps the ranking. Clipping bounds and scaling
+  are fitted on each training fold only (a held-out pair is clipped to its fold's bounds). A held-out pair
+  whose training set is empty or has one outcome gets the training base rate (0.5 when empty), counted in
   ``fallback_predictions``.
-- Below ``min_labelled`` labelled pairs, or without both outcomes, no rate and no probability is returned:
+- Below ``min_labelled`` decided pairs, or without both outcomes, no rate and no probability is returned:
   ``status = "insufficient"`` with the reason.
+- ``study_by_stratum`` groups records by ``stratum.key``; records without ``metrics_version == 2`` are left
+  out of every stratum and counted (``excluded_version_1``).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
@@ -57,78 +71,226 @@ _CV = (
     "its vision or its language model"
 )
 _STATE_VERSION = 1
+#: the METRICS version whose results the study reads; results of another version are left out (counted)
+METRICS_VERSION = 2
+_DECIDED = ("aligned", "failed")
+#: what each rule's continuous score is, in words (larger predicts failure)
+RULE_SCORE_TEXT: dict[str, str] = {
+    "agop_rule": "log_agop (log10 of the rule's value)",
+    "combined_rule": "delta_ntk × log_agop (the rule's value)",
+    "ntk_difference_rule": "delta_ntk (the rule's value)",
+    "cross_phase_rule": "−s_ntk_cross (the rule's value, negated: low cross alignment predicts failure)",
+}
+_BRIER_FORM = "the rule's verdict as a 0/1 forecast (no probability): equals 1 − accuracy"
+
+
+def outcome_of(record: Mapping[str, Any]) -> str | None:
+    """A record's §7 outcome: "aligned", "failed", "inconclusive", or None (no ground truth). A record without
+    ``outcome`` but with a bool ``failed`` (the form before METRICS version 2) counts as decided."""
+    outcome = record.get("outcome")
+    if outcome in ("aligned", "failed", "inconclusive"):
+        return str(outcome)
+    failed = record.get("failed")
+    if outcome is None and failed is not None:
+        return "failed" if failed else "aligned"
+    return None
 
 
 def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: int = 20) -> dict[str, Any]:
-    """Accuracy, AUROC and Brier score of the paper's rules and of a logistic model (METRICS §8).
+    """Accuracy, AUROC and Brier score of the paper's rules and of a logistic model within one stratum (§8).
 
-    records: one dict per screened pair with ``vision``, ``language`` (model references), ``failed`` (bool
-    ground truth; None = not labelled, skipped), the features of ``FEATURES``, and each rule's verdict either
-    as ``predictions[rule]["predicts_failure"]`` (the ``pair_rules`` output) or as a bool under the rule's
-    name.
+    records: the pairs of ONE stratum (``study_by_stratum`` groups them), one dict per screened pair with
+    ``vision``, ``language`` (model references), ``outcome`` ("aligned" | "failed" | "inconclusive"; None = no
+    ground truth; without it a bool ``failed`` gives the outcome), ``alignment_score`` (float or None), the
+    features of ``FEATURES``, and each rule's verdict either as ``predictions[rule]["predicts_failure"]`` (the
+    ``pair_rules`` output) or as a bool under the rule's name.
 
     Returns a dict with keys ``status`` ("ok" | "insufficient"), ``reason`` (a sentence when insufficient,
-    else None), ``n`` (labelled pairs), ``n_failed``, ``failure_base_rate``, ``min_labelled``, ``n_models``
-    ({vision, language}), ``cv`` (the scheme, in words), ``rules`` ({rule: {n, accuracy, auroc, brier,
-    claimed_accuracy, source}}), ``logistic`` ({n, excluded, fallback_predictions, accuracy, auroc, brier,
-    features}) and ``model_state`` (the model fitted on all pairs, for ``predict_failure_probability``).
-    ``rules``, ``logistic`` and ``model_state`` are None when insufficient.
+    else None), ``n`` (decided pairs), ``n_failed``, ``failure_base_rate``, ``n_inconclusive`` (left out of n),
+    ``n_without_ground_truth``, ``n_pairs`` (all records), ``min_labelled``, ``n_models`` ({vision,
+    language}, of the decided pairs), ``cv`` (the scheme, in words), ``rules`` ({rule: {n, accuracy, auroc,
+    brier, brier_form, claimed_accuracy, source, range_if_inconclusive, spearman_rho, cv_threshold}}),
+    ``logistic`` ({n, excluded, fallback_predictions, accuracy, auroc, brier, features,
+    range_if_inconclusive}) and ``model_state`` (the model fitted on all decided pairs, for
+    ``predict_failure_probability``). ``rules``, ``logistic`` and ``model_state`` are None when insufficient.
+
+    ``range_if_inconclusive`` is ``{as_failed: {n, accuracy, auroc, brier}, as_aligned: {...}}``: the same
+    figures with the inconclusive pairs added, counted as failed, then as aligned (the logistic model is
+    cross-validated again on those labels). ``spearman_rho`` is ``{rho, p, n, score}`` over every pair with
+    both a rule score and an ``alignment_score`` (inconclusive ones included). ``cv_threshold`` is ``{score,
+    threshold, training_accuracy, held_out_accuracy, n, no_threshold, fold_thresholds}``.
     """
-    labelled = [r for r in records if r.get("failed") is not None]
-    outcomes = np.array([bool(r["failed"]) for r in labelled], dtype=bool)
-    n, n_failed = len(labelled), int(outcomes.sum())
+    outcomes = [outcome_of(r) for r in records]
+    decided = [r for r, o in zip(records, outcomes, strict=True) if o in _DECIDED]
+    inconclusive = [r for r, o in zip(records, outcomes, strict=True) if o == "inconclusive"]
+    y = np.array([o == "failed" for o in outcomes if o in _DECIDED], dtype=bool)
+    n, n_failed, n_inconclusive = len(decided), int(y.sum()), len(inconclusive)
     out: dict[str, Any] = {
         "status": "ok",
         "reason": None,
         "n": n,
         "n_failed": n_failed,
         "failure_base_rate": n_failed / n if n else None,
+        "n_inconclusive": n_inconclusive,
+        "n_without_ground_truth": len(records) - n - n_inconclusive,
+        "n_pairs": len(records),
         "min_labelled": min_labelled,
         "n_models": {
-            "vision": len({str(r["vision"]) for r in labelled}),
-            "language": len({str(r["language"]) for r in labelled}),
+            "vision": len({str(r["vision"]) for r in decided}),
+            "language": len({str(r["language"]) for r in decided}),
         },
         "cv": _CV,
         "rules": None,
         "logistic": None,
         "model_state": None,
     }
-    reason = _insufficient(n, n_failed, min_labelled)
+    reason = _insufficient(n, n_failed, min_labelled, n_inconclusive)
     if reason is not None:
         out.update(status="insufficient", reason=reason)
         return out
+    with_inconclusive = [*decided, *inconclusive]
+    as_failed = np.concatenate([y, np.ones(n_inconclusive, dtype=bool)])
+    as_aligned = np.concatenate([y, np.zeros(n_inconclusive, dtype=bool)])
     # single-threaded BLAS: one small fit per pair, where threads only add contention
     with threadpool_limits(limits=1, user_api="blas"):
-        out["rules"] = {rule: _score_rule(rule, labelled, outcomes) for rule in RULES}
-        out["logistic"] = _cross_validate_logistic(labelled)
-        out["model_state"] = fit_failure_model(labelled)
+        rules = {}
+        for rule in RULES:
+            figures = _score_rule(rule, decided, y)
+            if n_inconclusive:
+                ranges = {
+                    "as_failed": _figures(_score_rule(rule, with_inconclusive, as_failed)),
+                    "as_aligned": _figures(_score_rule(rule, with_inconclusive, as_aligned)),
+                }
+            else:
+                ranges = {"as_failed": _figures(figures), "as_aligned": _figures(figures)}
+            rules[rule] = {
+                **figures,
+                "range_if_inconclusive": ranges,
+                "spearman_rho": _spearman(rule, records),
+                "cv_threshold": _cv_threshold(rule, decided, y),
+            }
+        logistic = _cross_validate_logistic(decided, y)
+        if n_inconclusive:
+            ranges = {
+                "as_failed": _figures(_cross_validate_logistic(with_inconclusive, as_failed)),
+                "as_aligned": _figures(_cross_validate_logistic(with_inconclusive, as_aligned)),
+            }
+        else:
+            ranges = {"as_failed": _figures(logistic), "as_aligned": _figures(logistic)}
+        out["rules"] = rules
+        out["logistic"] = {**logistic, "range_if_inconclusive": ranges}
+        out["model_state"] = fit_failure_model(decided)
     return out
 
 
-def measured_rules(quality: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each rule's measured figures from a ``prediction_quality`` result, in the form a screening result
-    carries next to the paper's claim: ``{status, reason, n_labelled, failure_base_rate, n, accuracy, auroc,
-    brier}``. ``status`` is "insufficient" (with the reason, and null figures) until enough labelled pairs
-    with both outcomes exist (METRICS §8)."""
-    common = {"n_labelled": quality["n"], "failure_base_rate": quality["failure_base_rate"]}
+def study_by_stratum(records: Sequence[Mapping[str, Any]], *, min_labelled: int = 20) -> dict[str, Any]:
+    """``prediction_quality`` per stratum: pairs compare only within one ``stratum.key`` (METRICS §8).
+
+    records: as for ``prediction_quality``, each with ``metrics_version`` and ``stratum`` ({key, dataset,
+    metrics_version, settings}). A record without ``metrics_version == 2`` is left out of every stratum and
+    counted in ``excluded_version_1``; a version-2 record without a stratum key in ``excluded_no_stratum``.
+
+    Returns ``{"strata": [{"stratum": {key, dataset, metrics_version, settings}, **prediction_quality(...)},
+    ...], "excluded_version_1", "excluded_no_stratum", "n_records"}``, strata with the most decided pairs
+    first (then the most pairs, then by key).
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    described: dict[str, dict[str, Any]] = {}
+    excluded_version_1 = excluded_no_stratum = 0
+    for record in records:
+        if record.get("metrics_version") != METRICS_VERSION:
+            excluded_version_1 += 1
+            continue
+        stratum = record.get("stratum")
+        key = stratum.get("key") if isinstance(stratum, Mapping) else None
+        if not key:
+            excluded_no_stratum += 1
+            continue
+        groups.setdefault(str(key), []).append(record)
+        described.setdefault(str(key), _stratum_description(stratum))
+    strata = [
+        {"stratum": described[key], **prediction_quality(group, min_labelled=min_labelled)}
+        for key, group in groups.items()
+    ]
+    strata.sort(key=lambda s: (-s["n"], -s["n_pairs"], s["stratum"]["key"]))
+    return {
+        "strata": strata,
+        "excluded_version_1": excluded_version_1,
+        "excluded_no_stratum": excluded_no_stratum,
+        "n_records": len(records),
+    }
+
+
+def measured_rules(
+    quality: Mapping[str, Any], *, stratum: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each rule's measured figures from a ``prediction_quality`` result (one stratum), in the form a
+    screening result carries next to the paper's claim: ``{status, reason, n_labelled, failure_base_rate, n,
+    accuracy, auroc, brier, n_inconclusive, range_if_inconclusive, spearman_rho, cv_threshold, stratum}``.
+    ``status`` is "insufficient" (with the reason, and null figures) until enough decided pairs with both
+    outcomes exist (METRICS §8). ``stratum`` defaults to ``quality["stratum"]`` when it has one."""
+    if stratum is None:
+        stratum = quality.get("stratum")
+    common = {
+        "n_labelled": quality["n"],
+        "failure_base_rate": quality["failure_base_rate"],
+        "n_inconclusive": quality.get("n_inconclusive", 0),
+        "stratum": None if stratum is None else dict(stratum),
+    }
     if quality["status"] != "ok" or not quality.get("rules"):
-        empty = {"n": 0, "accuracy": None, "auroc": None, "brier": None}
+        empty = {
+            "n": 0, "accuracy": None, "auroc": None, "brier": None,
+            "range_if_inconclusive": None, "spearman_rho": None, "cv_threshold": None,
+        }  # fmt: skip
         return {rule: {"status": "insufficient", "reason": quality["reason"], **common, **empty} for rule in RULES}
+    keys = ("n", "accuracy", "auroc", "brier", "range_if_inconclusive", "spearman_rho", "cv_threshold")
     return {
         rule: {
             "status": "ok",
             "reason": None,
             **common,
-            **{key: quality["rules"][rule][key] for key in ("n", "accuracy", "auroc", "brier")},
+            **{key: quality["rules"][rule].get(key) for key in keys},
         }
         for rule in RULES
     }
 
 
-def attach_measured(result: Mapping[str, Any], quality: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``result`` whose ``predictions[rule]["measured"]`` holds the rule's measured figures
-    over the stored pairs (a snapshot taken when the result was made; ``/v1/study`` has the live ones)."""
-    measured = measured_rules(quality)
+def stratum_measured(result: Mapping[str, Any], study: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The measured figures of ``result``'s own stratum in a ``study_by_stratum`` study (by
+    ``result["stratum"]["key"]``), or "insufficient" with a reason naming the stratum and its decided pairs.
+    A plain ``prediction_quality`` result (no ``strata``) is taken as it is."""
+    if "strata" not in study:
+        return measured_rules(study)
+    stratum = result.get("stratum")
+    key = stratum.get("key") if isinstance(stratum, Mapping) else None
+    if result.get("metrics_version") != METRICS_VERSION or not key:
+        empty = prediction_quality([])
+        reason = (
+            f"this result carries no METRICS version {METRICS_VERSION} stratum; measured figures compare only "
+            "within one stratum (same dataset, settings and metrics version)"
+        )
+        return measured_rules({**empty, "reason": reason}, stratum=None)
+    for entry in study["strata"]:
+        if entry["stratum"]["key"] == key:
+            if entry["status"] == "ok":
+                return measured_rules(entry)
+            reason = f"{_name(entry['stratum'])} holds {entry['n']} decided pairs: {entry['reason']}"
+            return measured_rules({**entry, "reason": reason})
+    empty = prediction_quality([])
+    described = _stratum_description(stratum)
+    reason = (
+        f"{_name(described)} holds 0 decided pairs among the stored results; measured prediction quality "
+        f"needs at least {empty['min_labelled']} with both outcomes in the same stratum"
+    )
+    return measured_rules({**empty, "reason": reason}, stratum=described)
+
+
+def attach_measured(result: Mapping[str, Any], study: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``result`` whose ``predictions[rule]["measured"]`` holds the rule's measured figures over
+    the stored pairs of the result's own stratum (``stratum_measured``; a snapshot taken when the result was
+    made; ``/v1/study`` has the live ones). ``study`` is a ``study_by_stratum`` study (or one stratum's
+    ``prediction_quality``)."""
+    measured = stratum_measured(result, study)
     predictions = {
         rule: {**prediction, "measured": measured.get(rule)}
         for rule, prediction in (result.get("predictions") or {}).items()
@@ -137,13 +299,15 @@ def attach_measured(result: Mapping[str, Any], quality: Mapping[str, Any]) -> di
 
 
 def fit_failure_model(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Fit the logistic failure model on every labelled record with usable features.
+    """Fit the logistic failure model on every record with a decided outcome (``outcome_of``: aligned or
+    failed) and usable features.
 
     Returns a JSON-able state with keys ``kind`` ("logistic"), ``version``, ``features``, ``mean``, ``scale``,
     ``coef``, ``intercept``, ``clip_min``, ``clip_max``, ``n``, ``failure_base_rate``; None when the usable
     records do not hold both outcomes.
     """
-    X, y, _ = _design_matrix([r for r in records if r.get("failed") is not None])
+    decided = [r for r in records if outcome_of(r) in _DECIDED]
+    X, y, _ = _design_matrix(decided, np.array([outcome_of(r) == "failed" for r in decided], dtype=bool))
     if y.size == 0 or y.min() == y.max():
         return None
     finite_min, finite_max = _finite_extremes(X)
@@ -186,16 +350,38 @@ def predict_failure_probability(model_state: Mapping[str, Any], features: Mappin
     return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
 
 
-def _insufficient(n: int, n_failed: int, min_labelled: int) -> str | None:
+def _insufficient(n: int, n_failed: int, min_labelled: int, n_inconclusive: int = 0) -> str | None:
+    left_out = f" ({n_inconclusive} inconclusive left out)" if n_inconclusive else ""
     if n < min_labelled:
         return (
-            f"only {n} labelled pair{'s' if n != 1 else ''}; measured prediction quality needs at least "
-            f"{min_labelled} with both outcomes, so no rate or probability is reported yet"
+            f"only {n} labelled pair{'s' if n != 1 else ''} with a decided outcome{left_out}; measured "
+            f"prediction quality needs at least {min_labelled} with both outcomes, so no rate or probability "
+            "is reported yet"
         )
     if n_failed in (0, n):
         outcome = "failed" if n_failed else "aligned"
-        return f"all {n} labelled pairs {outcome}; accuracy, AUROC and probabilities need pairs of both outcomes"
+        return (
+            f"all {n} decided labelled pairs {outcome}{left_out}; accuracy, AUROC and probabilities need pairs "
+            "of both outcomes"
+        )
     return None
+
+
+def _stratum_description(stratum: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "key": str(stratum.get("key")),
+        "dataset": stratum.get("dataset"),
+        "metrics_version": stratum.get("metrics_version"),
+        "settings": stratum.get("settings"),
+    }
+
+
+def _name(stratum: Mapping[str, Any]) -> str:
+    return f"stratum {str(stratum.get('key'))[:12]} (dataset {stratum.get('dataset')})"
+
+
+def _figures(figures: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: figures[key] for key in ("n", "accuracy", "auroc", "brier")}
 
 
 def _score_rule(rule: str, records: Sequence[Mapping[str, Any]], outcomes: np.ndarray) -> dict[str, Any]:
@@ -211,6 +397,7 @@ def _score_rule(rule: str, records: Sequence[Mapping[str, Any]], outcomes: np.nd
         "accuracy": accuracy,
         "auroc": auroc,
         "brier": None if accuracy is None else 1.0 - accuracy,
+        "brier_form": _BRIER_FORM,
         "claimed_accuracy": _CLAIMED[rule],
         "source": f"claimed accuracy: paper claim ({PAPER['title']}); accuracy, AUROC, Brier: measured here",
     }
@@ -233,10 +420,89 @@ def _rule_score(rule: str, record: Mapping[str, Any]) -> float:
     return math.nan if value is None else float(value)
 
 
-def _cross_validate_logistic(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    X, y, keep = _design_matrix(records)
-    finite_min, finite_max = _finite_extremes(X)
-    X = np.clip(X, finite_min, finite_max)
+def _spearman(rule: str, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Spearman's ρ of the rule's score with ``alignment_score`` over every record that has both."""
+    scores, alignment = [], []
+    for record in records:
+        score, value = _rule_score(rule, record), record.get("alignment_score")
+        if math.isnan(score) or value is None or not math.isfinite(float(value)):
+            continue
+        scores.append(score)
+        alignment.append(float(value))
+    out: dict[str, Any] = {"rho": None, "p": None, "n": len(scores), "score": RULE_SCORE_TEXT[rule]}
+    if len(scores) < 3:
+        return out
+    ranked, measured = _finite_ranks(np.array(scores)), np.array(alignment)
+    if np.ptp(ranked) == 0 or np.ptp(measured) == 0:  # a constant input: ρ is undefined
+        return out
+    result = spearmanr(ranked, measured)
+    rho, p = float(result.statistic), float(result.pvalue)
+    if math.isfinite(rho):
+        out.update(rho=rho, p=p if math.isfinite(p) else None)
+    return out
+
+
+def _best_threshold(scores: np.ndarray, failed: np.ndarray) -> tuple[float, float] | None:
+    """(threshold, training accuracy): the midpoint between adjacent distinct finite sorted scores that
+    maximises the accuracy of ``score > threshold`` ⇒ failure (the middle one of equally good ones)."""
+    if scores.size < 2:
+        return None
+    order = np.argsort(scores, kind="stable")
+    s, y = scores[order], failed[order].astype(np.int64)
+    # split after position k (k = 1 … n−1): the first k predicted aligned, the rest failed
+    correct = np.cumsum(1 - y)[:-1] + (y.sum() - np.cumsum(y)[:-1])
+    valid = (s[:-1] < s[1:]) & np.isfinite(s[:-1]) & np.isfinite(s[1:])
+    if not valid.any():
+        return None
+    best = correct[valid].max()
+    candidates = np.flatnonzero(valid & (correct == best))
+    k = int(candidates[len(candidates) // 2])
+    return float((s[k] + s[k + 1]) / 2.0), float(best / s.size)
+
+
+def _cv_threshold(rule: str, records: Sequence[Mapping[str, Any]], outcomes: np.ndarray) -> dict[str, Any]:
+    """The rule's threshold chosen on the training pairs of each leave-one-model-out fold, scored on the
+    held-out pair; and the one chosen on every decided pair."""
+    scores = np.array([_rule_score(rule, r) for r in records])
+    usable = ~np.isnan(scores)
+    s, y = scores[usable], outcomes[usable].astype(bool)
+    vision = np.array([str(r["vision"]) for r, u in zip(records, usable, strict=True) if u])
+    language = np.array([str(r["language"]) for r, u in zip(records, usable, strict=True) if u])
+    held_out, thresholds, no_threshold = [], [], 0
+    for i in range(s.size):
+        train = (vision != vision[i]) & (language != language[i])
+        chosen = _best_threshold(s[train], y[train])
+        if chosen is None:
+            no_threshold += 1
+            continue
+        thresholds.append(chosen[0])
+        held_out.append(bool(s[i] > chosen[0]) == bool(y[i]))
+    overall = _best_threshold(s, y)
+    return {
+        "score": RULE_SCORE_TEXT[rule],
+        "threshold": None if overall is None else overall[0],
+        "training_accuracy": None if overall is None else overall[1],
+        "held_out_accuracy": float(np.mean(held_out)) if held_out else None,
+        "n": len(held_out),
+        "no_threshold": no_threshold,
+        "fold_thresholds": (
+            {
+                "min": float(np.min(thresholds)),
+                "median": float(np.median(thresholds)),
+                "max": float(np.max(thresholds)),
+            }
+            if thresholds
+            else None
+        ),
+    }
+
+
+def _logistic_cv_probabilities(
+    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+    """(held-out P(failed), 0/1 outcomes, kept record indices, fallback count) under leave-one-model-out CV.
+    Clipping bounds and scaling come from each training fold only."""
+    X, y, keep = _design_matrix(records, outcomes)
     vision = np.array([str(records[i]["vision"]) for i in keep])
     language = np.array([str(records[i]["language"]) for i in keep])
     probabilities = np.zeros(y.size)
@@ -250,6 +516,11 @@ def _cross_validate_logistic(records: Sequence[Mapping[str, Any]]) -> dict[str, 
         predict, is_fallback = fits[key]
         fallback += int(is_fallback)
         probabilities[i] = predict(X[i : i + 1])[0]
+    return probabilities, y, keep, fallback
+
+
+def _cross_validate_logistic(records: Sequence[Mapping[str, Any]], outcomes: np.ndarray) -> dict[str, Any]:
+    probabilities, y, _, fallback = _logistic_cv_probabilities(records, outcomes)
     return {
         "n": int(y.size),
         "excluded": len(records) - int(y.size),
@@ -262,27 +533,31 @@ def _cross_validate_logistic(records: Sequence[Mapping[str, Any]]) -> dict[str, 
 
 
 def _fit_or_base_rate(X: np.ndarray, y: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
-    """(predict, is_fallback): the fitted P(failed), or the constant training base rate."""
+    """(predict, is_fallback): the fitted P(failed), or the constant training base rate. The ±inf clipping
+    bounds and the scaler are fitted on ``X`` (the training fold) and applied to what is predicted."""
     if y.size == 0 or y.min() == y.max():
         rate = float(y.mean()) if y.size else 0.5
         return (lambda Z: np.full(len(Z), rate)), True
-    scaler = StandardScaler().fit(X)
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(X), y)
-    return (lambda Z: model.predict_proba(scaler.transform(Z))[:, 1]), False
+    lo, hi = _finite_extremes(X)
+    scaler = StandardScaler().fit(np.clip(X, lo, hi))
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(np.clip(X, lo, hi)), y)
+    return (lambda Z: model.predict_proba(scaler.transform(np.clip(Z, lo, hi)))[:, 1]), False
 
 
-def _design_matrix(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _design_matrix(
+    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(n, 6) features, (n,) 0/1 outcomes, kept record indices; rows with a None/NaN feature dropped."""
-    rows, outcomes, keep = [], [], []
+    rows, kept_outcomes, keep = [], [], []
     for i, record in enumerate(records):
         values = [math.nan if record.get(name) is None else float(record[name]) for name in FEATURES]
         if any(math.isnan(v) for v in values):
             continue
         rows.append(values)
-        outcomes.append(int(bool(record["failed"])))
+        kept_outcomes.append(int(bool(outcomes[i])))
         keep.append(i)
     X = np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES))
-    return X, np.array(outcomes, dtype=np.int64), keep
+    return X, np.array(kept_outcomes, dtype=np.int64), keep
 
 
 def _finite_extremes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

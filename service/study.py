@@ -1,9 +1,12 @@
-"""Prediction quality of the paper's rules and of a logistic model over every stored pair (METRICS §8).
+"""Prediction quality of the paper's rules and of a logistic model, per stratum of stored pairs (METRICS §8).
 
-The records come from stored results: each distinct succeeded screening with ground truth gives its metrics,
-its measured outcome (``ground_truth.failed``) and its rule verdicts to ``phasecore.study.prediction_quality``.
-Screenings served from another's stored result (``reused_from``) and repeats of an identical request (same
-fingerprint) are counted once, so a pair screened twice does not weigh twice.
+The records come from stored results: each distinct succeeded screening gives its metrics version, its stratum
+(dataset, profile and outcome settings, metrics version), its metrics, its measured outcome
+(``ground_truth.outcome``: aligned, failed or inconclusive) and ``alignment_score``, and its rule verdicts to
+``phasecore.study.study_by_stratum``; figures are computed within one stratum only, and results without
+``metrics_version == 2`` are left out (counted). Screenings served from another's stored result
+(``reused_from``) and repeats of an identical request (same fingerprint) are counted once, so a pair screened
+twice does not weigh twice.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from phasecore.study import FEATURES, attach_measured, prediction_quality
+from phasecore.study import FEATURES, attach_measured, prediction_quality, study_by_stratum
 from service.models import SUCCEEDED, Screening
 
 
@@ -35,22 +38,52 @@ def study_records(session: Session, *, dataset: str | None = None) -> list[dict[
 
 
 def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The study record of one result: model references, features, ``failed`` (None: no ground truth)."""
+    """The study record of one result: model references, metrics version, stratum, features, ``outcome``
+    (None: no ground truth), ``failed`` and ``alignment_score``."""
     metrics = result.get("metrics") or {}
     ground_truth = result.get("ground_truth") or {}
     return {
         "vision": vision,
         "language": language,
+        "metrics_version": result.get("metrics_version"),
+        "stratum": result.get("stratum"),
+        "outcome": ground_truth.get("outcome"),
         "failed": ground_truth.get("failed"),
+        "alignment_score": ground_truth.get("alignment_score"),
         **{name: metrics.get(name) for name in FEATURES},
         "predictions": result.get("predictions") or {},
     }
 
 
-def run_study(session: Session, *, dataset: str | None = None, min_labelled: int = 20) -> dict[str, Any]:
-    """``prediction_quality`` over the stored records, with the dataset filter echoed."""
-    quality = prediction_quality(study_records(session, dataset=dataset), min_labelled=min_labelled)
-    return {**quality, "dataset": dataset}
+def run_study(
+    session: Session,
+    *,
+    dataset: str | None = None,
+    stratum: str | None = None,
+    min_labelled: int = 20,
+) -> dict[str, Any]:
+    """The study per stratum over the stored records (``study_by_stratum``), optionally of one dataset and of
+    one stratum key.
+
+    Returns ``{**figures, "stratum", "strata", "excluded_version_1", "excluded_no_stratum", "n_records",
+    "dataset"}``: ``strata`` lists every stratum's figures (most decided pairs first); the top level repeats
+    the figures of the requested stratum, or else of the largest one, with ``stratum`` describing it (None,
+    with an insufficient status and the reason, when no stratum matches).
+    """
+    study = study_by_stratum(study_records(session, dataset=dataset), min_labelled=min_labelled)
+    strata = study["strata"]
+    if stratum:
+        strata = [entry for entry in strata if entry["stratum"]["key"] == stratum.strip()]
+    if strata:
+        top = strata[0]
+    else:
+        empty = prediction_quality([], min_labelled=min_labelled)
+        where = "".join(
+            (f" on dataset {dataset}" if dataset else "", f" in stratum {stratum.strip()}" if stratum else "")
+        )
+        reason = f"no stored METRICS version 2 pair{where}: {empty['reason']}"
+        top = {**empty, "reason": reason, "stratum": None}
+    return {**top, **study, "strata": strata, "dataset": dataset}
 
 
 _STUDY_CACHE: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -58,7 +91,8 @@ _STUDY_CACHE_LOCK = threading.Lock()
 
 
 def with_measured_rules(session: Session, result: dict[str, Any], *, max_age: float = 60.0) -> dict[str, Any]:
-    """``result`` with each rule's measured figures over the stored pairs (all datasets) beside its claim.
+    """``result`` with each rule's measured figures over the stored pairs of its own stratum beside its claim
+    (``attach_measured``: "insufficient", with the reason, when that stratum has no figures yet).
 
     The study reads every stored result, so a worker reuses one for ``max_age`` seconds: the pair jobs of a
     144-pair batch then read the table a few times, not once each."""

@@ -462,26 +462,67 @@ def _num(value: Any, spec: str = ".3f") -> str:
 
 
 def study_summary(study: dict[str, Any]) -> str:
-    """The study in words and a small table (claimed accuracies labelled as the paper's claims)."""
+    """The study in words and one small table per stratum (claimed accuracies labelled as the paper's claims).
+
+    Figures compare only within a stratum (same dataset, settings and metrics version), so each stratum gets
+    its own block; a study without strata (no stored version-2 pair, or an older server) prints its top level."""
+    lines: list[str] = []
+    excluded = study.get("excluded_version_1")
+    if excluded:
+        lines.append(f"{excluded} stored result(s) of METRICS version 1 left out (figures compare within one version)")
+    strata = study.get("strata") or []
+    if not strata:
+        return "\n".join([*lines, _stratum_block(study)])
+    for entry in strata:
+        stratum = entry.get("stratum") or {}
+        lines.append(
+            f"stratum {str(stratum.get('key'))[:12]} — dataset {stratum.get('dataset')}, metrics version "
+            f"{stratum.get('metrics_version')}"
+        )
+        lines.append("  " + _stratum_block(entry).replace("\n", "\n  "))
+    return "\n".join(lines)
+
+
+def _stratum_block(study: dict[str, Any]) -> str:
     base = study.get("failure_base_rate")
+    inconclusive = study.get("n_inconclusive") or 0
     lines = [
-        f"{study['n']} labelled pairs ({study['n_models']['vision']} vision, {study['n_models']['language']} "
-        f"language models), {study['n_failed']} failed (base rate {_num(base)}); {study['cv']}",
+        f"{study['n']} decided pairs ({study['n_models']['vision']} vision, {study['n_models']['language']} "
+        f"language models), {study['n_failed']} failed (base rate {_num(base)}), {inconclusive} inconclusive "
+        f"left out; {study['cv']}",
     ]
     if study["status"] != "ok":
         lines.append(f"insufficient: {study['reason']}")
         return "\n".join(lines)
-    lines.append(f"{'predictor':22s} {'n':>4s} {'accuracy':>8s} {'AUROC':>6s} {'Brier':>6s}  paper's claim")
+    lines.append(
+        f"{'predictor':22s} {'n':>4s} {'accuracy':>8s} {'AUROC':>6s} {'Brier':>6s} {'ρ':>6s} {'CV thr':>8s} "
+        f"{'CV acc':>6s}  paper's claim"
+    )
     for rule, quality in (study.get("rules") or {}).items():
         claim = _num(quality.get("claimed_accuracy"), ".2f") if quality.get("claimed_accuracy") else "-"
+        rho = (quality.get("spearman_rho") or {}).get("rho")
+        cv = quality.get("cv_threshold") or {}
         lines.append(
             f"{rule:22s} {quality['n']:4d} {_num(quality['accuracy']):>8s} {_num(quality['auroc']):>6s} "
-            f"{_num(quality['brier']):>6s}  {claim}"
+            f"{_num(quality['brier']):>6s} {_num(rho, '.2f'):>6s} {_num(cv.get('threshold'), '.3g'):>8s} "
+            f"{_num(cv.get('held_out_accuracy')):>6s}  {claim}"
         )
     logistic = study.get("logistic") or {}
     if logistic:
         lines.append(
             f"{'logistic (LOMO CV)':22s} {logistic['n']:4d} {_num(logistic['accuracy']):>8s} "
-            f"{_num(logistic['auroc']):>6s} {_num(logistic['brier']):>6s}  -"
+            f"{_num(logistic['auroc']):>6s} {_num(logistic['brier']):>6s} {'-':>6s} {'-':>8s} {'-':>6s}  -"
         )
+    if inconclusive:
+        lines.append("with the inconclusive pairs counted as failed … as aligned (accuracy, AUROC, Brier):")
+        for name, quality in [*(study.get("rules") or {}).items(), ("logistic", logistic)]:
+            ends = (quality or {}).get("range_if_inconclusive") or {}
+            failed, aligned = ends.get("as_failed") or {}, ends.get("as_aligned") or {}
+            lines.append(
+                f"  {name:20s} "
+                + "  ".join(
+                    f"{_num(failed.get(key))}…{_num(aligned.get(key))}" for key in ("accuracy", "auroc", "brier")
+                )
+            )
+    lines.append("Brier scores of the rules treat their verdicts as 0/1 forecasts (= 1 − accuracy)")
     return "\n".join(lines)

@@ -21,8 +21,14 @@ _PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 def get_study(
     session: SessionDep,
     dataset: Annotated[FilterText, Query(max_length=256, description="only pairs on this dataset")] = None,
+    stratum: Annotated[
+        FilterText, Query(max_length=64, description="only this stratum (its sha256 key; see `strata`)")
+    ] = None,
 ) -> StudyOut:
-    """Accuracy, AUROC and Brier score of each rule and of a logistic model under leave-one-model-out
-    cross-validation, with n and the failure base rate; `status: insufficient` with the reason below 20
-    labelled pairs with both outcomes."""
-    return StudyOut.model_validate(run_study(session, dataset=dataset))
+    """Per stratum (same dataset, settings and metrics version; version-1 results left out, counted): accuracy,
+    AUROC and Brier score of each rule and of a logistic model under leave-one-model-out cross-validation over
+    the decided pairs, with n, the failure base rate, the inconclusive pairs left out and the figures' range
+    when they count as failed or aligned; each rule's Spearman ρ with alignment_score and its cross-validated
+    threshold. The top level holds the requested stratum's figures, or the largest stratum's; `strata` all of
+    them. `status: insufficient` with the reason below 20 decided pairs with both outcomes."""
+    return StudyOut.model_validate(run_study(session, dataset=dataset, stratum=stratum))

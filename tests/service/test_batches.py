@@ -149,21 +149,39 @@ def test_batch_end_to_end_through_the_worker_and_the_cli(client, runtime, live_s
     assert "not enough labelled pairs" in capsys.readouterr().err
     _plant_labelled(runtime, 24)
     study = client.get("/v1/study").json()
-    assert study["status"] == "ok" and study["n"] == 24 + 4
+    # the planted stratum is the largest; the screened pairs are in a stratum of their own (or, as results
+    # without metrics_version 2, left out)
+    assert study["status"] == "ok" and study["n"] == 24 and study["stratum"]["key"] == PLANTED_STRATUM["key"]
     probability = predict_failure_probability(study["model_state"], planted["metrics"])
     assert main(gate(live_server, "--policy", "measured")) == (1 if probability >= 0.5 else 0)
     assert f"P(failure) = {probability:.3f}" in capsys.readouterr().out
 
 
-def _planted_result(failed: bool | None, verdicts: dict[str, bool | None], **metrics: float) -> dict:
+PLANTED_STRATUM = {"key": "5" * 64, "dataset": "digits", "metrics_version": 2, "settings": {"planted": True}}
+
+
+def _planted_result(
+    failed: bool | None,
+    verdicts: dict[str, bool | None],
+    *,
+    inconclusive: bool = False,
+    stratum: dict | None = PLANTED_STRATUM,
+    version: int | None = 2,
+    **metrics: float,
+) -> dict:
+    outcome = "inconclusive" if inconclusive else ("failed" if failed else "aligned")
+    ground_truth = {"outcome": outcome, "failed": None if inconclusive else failed}
+    ground_truth["alignment_score"] = 0.05 if inconclusive else (-0.1 if failed else 0.3)
     return {
+        "metrics_version": version,
+        "stratum": stratum,
         "metrics": metrics,
-        "ground_truth": None if failed is None else {"failed": failed, "alignment_score": -0.1 if failed else 0.3},
+        "ground_truth": None if failed is None and not inconclusive else ground_truth,
         "predictions": {rule: {"predicts_failure": verdict} for rule, verdict in verdicts.items()},
     }
 
 
-def _plant_labelled(runtime, count: int, dataset: str = "digits") -> list[tuple[dict, dict]]:
+def _plant_labelled(runtime, count: int, dataset: str = "digits", **planted_options: object) -> list[tuple[dict, dict]]:
     """Planted pairs over 6 vision × 4 language models; failure alternates like a chequerboard (base rate 1/2).
 
     The combined rule is right except on 3 pairs (21 of 24); the AGOP rule always predicts failure (12 of 24);
@@ -194,7 +212,7 @@ def _plant_labelled(runtime, count: int, dataset: str = "digits") -> list[tuple[
                 "dataset": dataset,
                 "options": {"seed": k},
             }
-            result = _planted_result(failed, verdicts, **metrics)
+            result = _planted_result(failed, verdicts, **planted_options, **metrics)
             record_local_result(session, request, result)
             planted.append((request, result))
         session.commit()
@@ -223,8 +241,40 @@ def test_study_endpoint_has_the_planted_answer(client, runtime):
     assert study["logistic"]["n"] == 24 and study["logistic"]["accuracy"] == 1.0
     assert study["model_state"]["n"] == 24
 
+    assert study["stratum"] == PLANTED_STRATUM and [s["stratum"]["key"] for s in study["strata"]] == [
+        PLANTED_STRATUM["key"]
+    ]
+    assert study["n_inconclusive"] == 0 and study["n_without_ground_truth"] == 1
+    assert rules["combined_rule"]["spearman_rho"]["n"] == 24 and rules["combined_rule"]["spearman_rho"]["rho"] < 0
+    assert rules["ntk_difference_rule"]["cv_threshold"]["held_out_accuracy"] == 1.0
+
     other = client.get("/v1/study", params={"dataset": "cifar10"}).json()
     assert other["status"] == "insufficient" and other["n"] == 0 and "0 labelled pairs" in other["reason"]
+    assert other["stratum"] is None and other["strata"] == []
+
+
+def test_study_strata_are_apart_and_version_1_is_left_out(client, runtime):
+    _plant_labelled(runtime, 24)
+    thin = {**PLANTED_STRATUM, "key": "6" * 64, "settings": {"planted": "thin"}}
+    # a second stratum of 12 inconclusive pairs, and 24 results of METRICS version 1
+    _plant_labelled(runtime, 12, dataset="digits-thin", stratum=thin, inconclusive=True)
+    _plant_labelled(runtime, 24, dataset="digits-v1", version=1)
+    study = client.get("/v1/study").json()
+    assert study["excluded_version_1"] == 24 and study["n_records"] == 24 + 12 + 24
+    assert [s["stratum"]["key"] for s in study["strata"]] == [PLANTED_STRATUM["key"], thin["key"]]
+    assert study["stratum"]["key"] == PLANTED_STRATUM["key"] and study["n"] == 24
+    assert study["rules"]["combined_rule"]["accuracy"] == pytest.approx(21 / 24)  # untouched by the other stratum
+    only_thin = client.get("/v1/study", params={"stratum": thin["key"]}).json()
+    assert only_thin["stratum"]["key"] == thin["key"] and [s["stratum"]["key"] for s in only_thin["strata"]] == [
+        thin["key"]
+    ]
+    assert only_thin["status"] == "insufficient" and only_thin["n"] == 0 and only_thin["n_inconclusive"] == 12
+    assert "12 inconclusive left out" in only_thin["reason"]
+    unknown = client.get("/v1/study", params={"stratum": "7" * 64}).json()
+    assert unknown["status"] == "insufficient" and unknown["stratum"] is None and "7" * 64 in unknown["reason"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"strata", "stratum", "excluded_version_1", "n_inconclusive"} <= set(schema["StudyOut"]["properties"])
+    assert {"range_if_inconclusive", "spearman_rho", "cv_threshold"} <= set(schema["RuleQualityOut"]["properties"])
 
 
 def test_study_below_twenty_labelled_pairs_says_so(client, runtime):
