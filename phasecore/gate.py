@@ -28,6 +28,7 @@ from phasecore.schema import ScreeningResult
 from phasecore.study import FEATURES, predict_failure_probability
 
 Policy = Literal["paper", "measured"]
+ScreenResultLike = ScreeningResult | Mapping[str, Any]
 POLICIES: tuple[str, ...] = ("paper", "measured")
 PROBABILITY_THRESHOLD = 0.5
 
@@ -117,7 +118,25 @@ def require_fitted_model(study: Mapping[str, Any] | None) -> None:
     )
 
 
+def stratum_study(study: Mapping[str, Any] | None, result: ScreenResultLike) -> Mapping[str, Any] | None:
+    """The figures of the result's own stratum (METRICS §8: numbers from other settings do not compare) from a
+    by-stratum study; a single-stratum study (no ``strata``) is returned as it is."""
+    if study is None or "strata" not in study:
+        return study
+    typed = as_result(result)
+    key = typed.stratum.key if typed is not None and typed.stratum is not None else None
+    for entry in study.get("strata") or []:
+        if (entry.get("stratum") or {}).get("key") == key:
+            return entry
+    return {
+        "status": "insufficient",
+        "reason": "the study holds no decided pairs in this result's stratum (same dataset, profile and outcome "
+        "settings, metrics version)",
+    }
+
+
 def _measured(result: ScreeningResult, study: Mapping[str, Any] | None) -> GateDecision:
+    study = stratum_study(study, result)
     require_fitted_model(study)
     assert study is not None
     try:
