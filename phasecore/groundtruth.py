@@ -3,7 +3,19 @@
 "Alignment following CLIP" is measured as zero-shot classification: a map ``W: R^{d_v} → R^{d_l}`` is fitted
 on training pairs, and a held-out image is classified by ``argmax_c cos(W φ_v(e_v), t̃_c)`` against the class
 prototypes. A linear classifier already passes the seen-class test; only a map that carries meaning passes
-the unseen-class test, whose accuracy gives ``alignment_score`` and the verdict ``failed``.
+the unseen-class test, which gives ``alignment_score`` and the three-way ``outcome``.
+
+Outcome, three-way (METRICS v2 §7, binding): the seed splits the C classes into ``G = ⌊C/2⌋`` class-disjoint
+groups of two (one of three when C is odd); for each group g the map is fitted on the other classes and g's
+held-out images are classified among g's classes. ``b_g`` = mean over c ∈ g of the fraction of c's held-out
+images predicted as c, ``s_g = (b_g − 1/|g|) / (1 − 1/|g|)`` and ``alignment_score = mean_g s_g``. It is
+tested against ``τ = failure_threshold`` by a sign-flip test over the groups (``sign_flip_test``): with
+``D = mean_g(s_g − τ)``, ``p_above = P_ε[mean_g ε_g(s_g − τ) ≥ D]`` and
+``p_below = P_ε[mean_g ε_g(s_g − τ) ≤ D]`` over all ``2^G`` sign vectors ε (G ≤ 16), or over 9,999 seeded
+draws plus the identity (G > 16). ``aligned`` when ``p_above ≤ α``, ``failed`` when ``p_below ≤ α``,
+``inconclusive`` otherwise (α = ``outcome_alpha``); ``failed`` is True / False for a decided pair and None when
+inconclusive. The smallest attainable p-value is ``1/2^G``, so with ``G < 5`` (C < 10) no outcome can reach
+α = 0.05 and the pair is inconclusive for "too few classes" whatever its scores (``outcome_of``).
 
 Choices made here (METRICS leaves them open):
 
@@ -12,9 +24,16 @@ Choices made here (METRICS leaves them open):
   training mean of ẽ: L2-normalised, centered, L2-normalised again. A prototype ``t_c`` (already a mean of
   normalised text embeddings) becomes ``t̃_c = (t_c − μ_l)/‖t_c − μ_l‖``.
 - Folds: seen = ``StratifiedKFold(folds, shuffle, random_state=seed)`` over pairs, predicting among all C
-  classes (chance 1/C). Unseen = the C classes shuffled by ``default_rng(seed)`` and split into
-  ``min(folds, C // 2)`` class-disjoint groups (so every held-out group has ≥ 2 classes); the map is fitted on
-  the other classes and predicts among the held-out classes only (chance ``1/|group|`` per test pair).
+  classes (chance 1/C). Unseen = the §7 groups: the C classes shuffled by ``default_rng(seed)`` (a stream of
+  its own, so the groups do not depend on how many draws a map consumes) and cut in order into ``G = C // 2``
+  consecutive groups by ``np.array_split``, so the first group holds three classes when C is odd and every
+  other group two; ``folds`` plays no part there. The ``unseen`` figure (accuracy, p-values) pools the same
+  predictions over pairs (chance ``1/|g|`` per test pair); the outcome uses the per-group ``s_g``.
+- Ties in the sign-flip test (sign vectors whose statistic equals D up to ``1e-9 · (1 + max_g |s_g − τ|)``)
+  count towards both p-values, i.e. in favour of the null. The Monte-Carlo draws (G > 16) come from
+  ``default_rng(seed)``; the identity is always counted, so every p-value lies in ``[1/2^G, 1]`` (exact) or
+  ``[1/10,000, 1]`` (Monte-Carlo). ``α`` must lie in (0, 0.5), where ``p_above + p_below ≥ 1`` keeps
+  ``aligned`` and ``failed`` exclusive.
 - Retrieval (image → caption) runs on the seen folds, among the held-out pairs of each fold, ranking their
   ``φ_l(e_l)`` by cosine to the mapped image; it needs every caption to be distinct (otherwise the correct
   caption is not unique and the figure is "n/a"). Chance: 1/n_fold (top-1) and min(5, n_fold)/n_fold (top-5).
@@ -22,7 +41,7 @@ Choices made here (METRICS leaves them open):
   on ``φ_l`` with the labels, on the seen folds; chance 1/C.
 - Every accuracy carries its test size n, the 95% Wilson interval and a one-sided p-value against chance:
   ``scipy.stats.binomtest`` when every test pair has the same chance level, otherwise the exact
-  Poisson-binomial tail (unseen groups of unequal size). Pairs of one class are not independent (a map sends a
+  Poisson-binomial tail (unseen test with a group of three). Pairs of one class are not independent (a map sends a
   whole class the same way; on shuffled planted data the pair-level p-value falls below 0.05 in about 40% of
   draws), so each figure also carries ``n_effective`` (Kish design effect over classes) and
   ``p_value_clustered`` / ``ci95_clustered`` at that size: read those before calling a figure significant.
@@ -65,6 +84,12 @@ INFONCE = {"temperature": 0.07, "steps": 300, "lr": 0.02, "weight_decay": 1e-4}
 #: InfoNCE acts on at most this many top principal coordinates of φ_v (bounds the cost per step)
 INFONCE_MAX_DIM = 128
 
+#: sign-flip test: exact enumeration of all 2^G sign vectors up to this many groups, Monte-Carlo above
+SIGN_FLIP_EXACT_MAX_GROUPS = 16
+#: Monte-Carlo sign vectors drawn (the identity is added to them) when G > SIGN_FLIP_EXACT_MAX_GROUPS
+SIGN_FLIP_DRAWS = 9999
+OUTCOMES: tuple[str, ...] = ("aligned", "failed", "inconclusive")
+
 FIGURES = (
     "seen",
     "unseen",
@@ -77,7 +102,11 @@ FIGURES = (
 
 def check_sample(labels: np.ndarray, folds: int) -> None:
     """Raise InvalidSettings when the labelled sample cannot carry the K-fold and unseen-class tests
-    (cheap: the service and the CLI call it before any profile is computed)."""
+    (cheap: the service and the CLI call it before any profile is computed).
+
+    Needs ≥ ``folds`` pairs in every class and ≥ 4 classes (G = ⌊C/2⌋ ≥ 2 groups). Fewer than 10 classes
+    (G < 5) are accepted: the measurement runs and its outcome is "inconclusive" (too few classes).
+    """
     y = np.asarray(labels).astype(np.int64)
     present, counts = np.unique(y, return_counts=True)
     if folds < 2 or counts.min() < folds:
@@ -102,6 +131,7 @@ def measure_alignment(
     folds: int = 5,
     seed: int = 0,
     failure_threshold: float = 0.03,
+    outcome_alpha: float = 0.05,
 ) -> dict[str, Any]:
     """Measured cross-modal alignment of one pair (METRICS §7); every choice is in the module docstring.
 
@@ -109,20 +139,22 @@ def measure_alignment(
     labels: (N,) int in [0, C); prototypes: (C, d_l), ``t_c`` = mean normalised text embedding of class c's
     caption templates; captions: the N caption strings (enables retrieval when all distinct).
 
-    ``alignment_score = (unseen_accuracy − chance) / (1 − chance)`` with chance that of the unseen test, and
-    ``failed = alignment_score < failure_threshold``.
+    Outcome, three-way (§7): over the ``G = ⌊C/2⌋`` class-disjoint held-out groups g (pairs, one triple when
+    C is odd), ``b_g`` = mean over c ∈ g of the fraction of c's held-out images predicted as c,
+    ``s_g = (b_g − 1/|g|) / (1 − 1/|g|)``, ``alignment_score = mean_g s_g``; the sign-flip test of the s_g
+    against ``τ = failure_threshold`` at level ``α = outcome_alpha`` gives ``outcome`` (see ``outcome_of``).
 
-    Returns a JSON-able dict with keys ``method``, ``n``, ``n_classes``, ``folds``, ``unseen_folds``,
-    ``seed``, ``failure_threshold``, ``n_distinct_captions``, ``seen_accuracy``, ``unseen_accuracy``,
-    ``retrieval_top1``, ``retrieval_top5``, ``linear_probe_vision``, ``linear_probe_language`` (float, or None
-    when n/a), ``chance`` ({figure: float | None}), ``figures`` ({figure: {status, reason, accuracy, correct,
-    n, chance, p_value, ci95, n_effective, p_value_clustered, ci95_clustered}} for the six figures of
-    ``FIGURES``), ``alignment_score``, ``failed`` and ``map`` (the method's fitted settings per fold, e.g. the
-    ridge λ chosen in each fold, and the unseen class groups).
-
-    ``failed`` follows METRICS §7 on the point estimate; with ~10 classes its noise is large (on shuffled
-    planted data the score exceeds 0.03 about half the time), so read it with ``figures["unseen"]``'s
-    ``p_value_clustered`` and ``ci95_clustered``.
+    Returns a JSON-able dict with keys ``method``, ``n``, ``n_classes``, ``folds``, ``unseen_folds`` (= G),
+    ``seed``, ``failure_threshold`` (τ), ``outcome_alpha`` (α), ``n_distinct_captions``, ``seen_accuracy``,
+    ``unseen_accuracy``, ``retrieval_top1``, ``retrieval_top5``, ``linear_probe_vision``,
+    ``linear_probe_language`` (float, or None when n/a), ``chance`` ({figure: float | None}), ``figures``
+    ({figure: {status, reason, accuracy, correct, n, chance, p_value, ci95, n_effective, p_value_clustered,
+    ci95_clustered}} for the six figures of ``FIGURES``), ``alignment_score`` (mean_g s_g), ``group_scores``
+    ([{classes: [int], s_g, b_g, n}] per group, n its held-out images), ``n_groups`` (G), ``p_above``,
+    ``p_below``, ``sign_flip`` ("exact" or "monte-carlo (9999 draws + identity)"), ``outcome`` ("aligned" |
+    "failed" | "inconclusive"), ``outcome_reason`` (None when decided, else why not, e.g. "too few classes
+    (G = 4 < 5 groups)"), ``failed`` (True / False when decided, None when inconclusive) and ``map`` (the
+    method's fitted settings per fold, e.g. the ridge λ chosen in each fold, and the unseen class groups).
 
     BLAS runs single-threaded inside (``threadpoolctl``): the work is many small dense problems, where
     threads gain nothing and, on a busy machine, cost up to 20× in contention.
@@ -138,6 +170,7 @@ def measure_alignment(
             folds=folds,
             seed=seed,
             failure_threshold=failure_threshold,
+            outcome_alpha=outcome_alpha,
         )
 
 
@@ -152,9 +185,11 @@ def _measure_alignment(
     folds: int,
     seed: int,
     failure_threshold: float,
+    outcome_alpha: float,
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise InvalidSettings(f"ground-truth method {method!r} is not one of {', '.join(METHODS)}")
+    _check_outcome_settings(failure_threshold, outcome_alpha)
     X, Y, y, T = _validate(E_v, E_l, labels, prototypes, captions)
     n, n_classes = X.shape[0], T.shape[0]
     check_sample(y, folds)
@@ -165,7 +200,7 @@ def _measure_alignment(
     # separate streams: the unseen class groups must not depend on how many draws a map consumes
     group_rng = np.random.default_rng(seed)
     fit_rng = np.random.default_rng([seed, 1])
-    class_groups = list(np.array_split(group_rng.permutation(present), min(folds, present.size // 2)))
+    class_groups = outcome_groups(present, group_rng)
     fitter = _FITTERS[method]
     map_info: dict[str, Any] = {"method": method, "seen": [], "unseen": []}
 
@@ -196,6 +231,7 @@ def _measure_alignment(
     unseen_correct = np.zeros(n, dtype=bool)
     unseen_chance = np.zeros(n)
     map_info["unseen_class_groups"] = [sorted(int(c) for c in g) for g in class_groups]
+    group_scores: list[dict[str, Any]] = []
     for held_out in class_groups:
         test_mask = np.isin(y, held_out)
         train, test = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
@@ -208,6 +244,7 @@ def _measure_alignment(
         predicted = candidates[_classify(mapped, prep.prototypes(T[candidates]))]
         unseen_correct[test] = predicted == y[test]
         unseen_chance[test] = 1.0 / candidates.size
+        group_scores.append(_group_score(candidates, y[test], predicted))
 
     uniform = np.full(n, 1.0 / n_classes)
     figures: dict[str, dict[str, Any]] = {
@@ -228,7 +265,7 @@ def _measure_alignment(
         figures["retrieval_top1"], figures["retrieval_top5"] = _not_applicable(reason), _not_applicable(reason)
 
     unseen = figures["unseen"]
-    score = (unseen["accuracy"] - unseen["chance"]) / (1.0 - unseen["chance"])
+    outcome = outcome_of(np.array([g["s_g"] for g in group_scores]), failure_threshold, outcome_alpha, seed)
     return {
         "method": method,
         "n": n,
@@ -236,7 +273,8 @@ def _measure_alignment(
         "folds": folds,
         "unseen_folds": len(class_groups),
         "seed": seed,
-        "failure_threshold": failure_threshold,
+        "failure_threshold": outcome["failure_threshold"],
+        "outcome_alpha": outcome["outcome_alpha"],
         "n_distinct_captions": None if captions is None else len(set(captions)),
         "seen_accuracy": figures["seen"]["accuracy"],
         "unseen_accuracy": unseen["accuracy"],
@@ -246,10 +284,140 @@ def _measure_alignment(
         "linear_probe_language": figures["linear_probe_language"]["accuracy"],
         "chance": {name: figures[name]["chance"] for name in FIGURES},
         "figures": {name: figures[name] for name in FIGURES},
-        "alignment_score": float(score),
-        "failed": bool(score < failure_threshold),
+        "alignment_score": outcome["alignment_score"],
+        "group_scores": group_scores,
+        "n_groups": outcome["n_groups"],
+        "p_above": outcome["p_above"],
+        "p_below": outcome["p_below"],
+        "sign_flip": outcome["sign_flip"],
+        "outcome": outcome["outcome"],
+        "outcome_reason": outcome["outcome_reason"],
+        "failed": outcome["failed"],
         "map": map_info,
     }
+
+
+# --- outcome, three-way (§7) ----------------------------------------------------------------------------
+
+
+def outcome_groups(classes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The §7 groups: the C classes shuffled by ``rng`` and cut into ``G = ⌊C/2⌋`` class-disjoint groups,
+    all of two classes except the first, of three, when C is odd (``np.array_split`` of the permutation)."""
+    classes = np.asarray(classes)
+    if classes.size < 2:
+        raise ValueError(f"the §7 groups need ≥ 2 classes, got {classes.size}")
+    return list(np.array_split(rng.permutation(classes), classes.size // 2))
+
+
+def _group_score(classes: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """b_g = mean over c ∈ g of the fraction of c's held-out images predicted as c; s_g its chance-corrected
+    form ``(b_g − 1/|g|) / (1 − 1/|g|)`` (1 perfect, 0 chance, < 0 below chance)."""
+    b = float(np.mean([np.mean(predicted[truth == c] == c) for c in classes]))
+    k = classes.size
+    return {
+        "classes": sorted(int(c) for c in classes),
+        "s_g": (b - 1.0 / k) / (1.0 - 1.0 / k),
+        "b_g": b,
+        "n": int(truth.size),
+    }
+
+
+def _sign_vectors(n_groups: int, *, seed: int, draws: int) -> tuple[np.ndarray, bool]:
+    """(M, G) ±1 sign vectors: all 2^G when G ≤ SIGN_FLIP_EXACT_MAX_GROUPS (exact), else the identity plus
+    ``draws`` rows drawn by ``default_rng(seed)``; and whether the set is exact."""
+    if n_groups <= SIGN_FLIP_EXACT_MAX_GROUPS:
+        bits = (np.arange(2**n_groups)[:, None] >> np.arange(n_groups)[None, :]) & 1
+        return 1.0 - 2.0 * bits, True  # row 0 is the identity
+    drawn = np.random.default_rng(seed).integers(0, 2, size=(draws, n_groups))
+    return np.vstack([np.ones((1, n_groups)), 1.0 - 2.0 * drawn]), False
+
+
+def sign_flip_test(
+    scores: np.ndarray, tau: float, *, seed: int = 0, draws: int = SIGN_FLIP_DRAWS
+) -> tuple[float, float]:
+    """(p_above, p_below) of the sign-flip test of the group scores s_g against τ (METRICS §7).
+
+    With ``d_g = s_g − τ`` and ``D = mean_g d_g``: ``p_above = P_ε[mean_g ε_g d_g ≥ D]`` and
+    ``p_below = P_ε[mean_g ε_g d_g ≤ D]``, ε uniform over all ``2^G`` sign vectors when G ≤ 16 (exact,
+    vectorised), otherwise over ``draws`` vectors drawn by ``default_rng(seed)`` plus the identity. Ties (within
+    ``1e-9 · (1 + max_g |d_g|)`` of D) count in both tails, in favour of the null; the identity always counts,
+    so p ∈ [1/2^G, 1] (exact) or [1/(draws + 1), 1]. Small p_above: the s_g lie above τ; small p_below: below.
+    """
+    d = np.asarray(scores, dtype=np.float64).reshape(-1) - float(tau)
+    if d.size == 0:
+        raise ValueError("the sign-flip test needs at least one group score")
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"group scores and τ must be finite, got {scores!r} and {tau!r}")
+    if d.size > SIGN_FLIP_EXACT_MAX_GROUPS and draws < 1:
+        raise ValueError(f"the Monte-Carlo sign-flip test needs ≥ 1 draw, got {draws}")
+    signs, _ = _sign_vectors(d.size, seed=seed, draws=draws)
+    stats = signs @ d / d.size
+    observed = float(d.mean())
+    eps = 1e-9 * (1.0 + float(np.max(np.abs(d))))
+    p_above = float(np.count_nonzero(stats >= observed - eps)) / stats.size
+    p_below = float(np.count_nonzero(stats <= observed + eps)) / stats.size
+    return p_above, p_below
+
+
+def min_groups_for(alpha: float) -> int:
+    """Smallest G whose exact sign-flip test can reach α: the least G with ``1/2^G ≤ α`` (5 for α = 0.05)."""
+    return max(1, math.ceil(-math.log2(alpha) - 1e-12))
+
+
+def outcome_of(
+    scores: np.ndarray,
+    tau: float = 0.03,
+    alpha: float = 0.05,
+    seed: int = 0,
+    *,
+    draws: int = SIGN_FLIP_DRAWS,
+) -> dict[str, Any]:
+    """The three-way outcome of METRICS §7 from the group scores s_g (G = len(scores)).
+
+    ``aligned`` if ``p_above ≤ α``, ``failed`` if ``p_below ≤ α``, ``inconclusive`` otherwise; with
+    ``G < min_groups_for(α)`` (G < 5 at α = 0.05) no outcome can reach α and the outcome is ``inconclusive``
+    with reason "too few classes (G = … < … groups)" whatever the scores (the p-values are still reported).
+    Returns {outcome, outcome_reason (None when decided), failed (True / False / None), alignment_score
+    (mean_g s_g), n_groups (G), p_above, p_below, failure_threshold (τ), outcome_alpha (α), sign_flip
+    ("exact" or "monte-carlo (9999 draws + identity)")}.
+    """
+    tau, alpha = _check_outcome_settings(tau, alpha)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    p_above, p_below = sign_flip_test(s, tau, seed=seed, draws=draws)
+    n_groups = int(s.size)
+    needed = min_groups_for(alpha)
+    reason: str | None
+    if n_groups < needed:
+        outcome, reason = "inconclusive", f"too few classes (G = {n_groups} < {needed} groups)"
+    elif p_above <= alpha:
+        outcome, reason = "aligned", None
+    elif p_below <= alpha:
+        outcome, reason = "failed", None
+    else:
+        outcome = "inconclusive"
+        reason = f"neither p-value ≤ α (p_above = {p_above:.4g}, p_below = {p_below:.4g}, α = {alpha:g})"
+    exact = n_groups <= SIGN_FLIP_EXACT_MAX_GROUPS
+    return {
+        "outcome": outcome,
+        "outcome_reason": reason,
+        "failed": None if outcome == "inconclusive" else outcome == "failed",
+        "alignment_score": float(s.mean()),
+        "n_groups": n_groups,
+        "p_above": p_above,
+        "p_below": p_below,
+        "failure_threshold": tau,
+        "outcome_alpha": alpha,
+        "sign_flip": "exact" if exact else f"monte-carlo ({draws} draws + identity)",
+    }
+
+
+def _check_outcome_settings(tau: float, alpha: float) -> tuple[float, float]:
+    tau, alpha = float(tau), float(alpha)
+    if not math.isfinite(tau):
+        raise InvalidSettings(f"failure_threshold τ must be finite, got {tau}")
+    if not 0.0 < alpha < 0.5:
+        raise InvalidSettings(f"outcome_alpha α must lie in (0, 0.5), got {alpha}")
+    return tau, alpha
 
 
 # --- features -------------------------------------------------------------------------------------------

@@ -47,9 +47,14 @@ def test_a_planted_linear_map_is_found_on_unseen_classes(aligned):
     assert aligned["seen_accuracy"] > 0.95
     assert aligned["retrieval_top1"] > 0.8
     assert aligned["alignment_score"] > 0.9
+    # 10 classes: G = 5 pairs, every s_g above τ, so only the identity reaches D: p_above = 1/2^5 ≤ 0.05
+    assert aligned["n_groups"] == aligned["unseen_folds"] == 5
+    assert all(g["s_g"] > 0.8 for g in aligned["group_scores"])
+    assert aligned["p_above"] == pytest.approx(1 / 32) and aligned["p_below"] == 1.0
+    assert aligned["outcome"] == "aligned" and aligned["outcome_reason"] is None
     assert aligned["failed"] is False
     unseen = aligned["figures"]["unseen"]
-    assert unseen["chance"] == pytest.approx(0.5)  # 10 classes, 5 folds: 2 held-out classes each
+    assert unseen["chance"] == pytest.approx(0.5)  # 10 classes: 5 held-out groups of 2 classes
     assert unseen["n"] == 200
     assert unseen["p_value"] < 1e-20
     assert unseen["p_value_clustered"] < 0.01
@@ -61,7 +66,17 @@ def test_result_shape_is_documented_and_json_safe(aligned):
         "method", "n", "n_classes", "folds", "unseen_folds", "seed", "failure_threshold",
         "n_distinct_captions", "seen_accuracy", "unseen_accuracy", "retrieval_top1", "retrieval_top5",
         "linear_probe_vision", "linear_probe_language", "chance", "figures", "alignment_score", "failed", "map",
+        "outcome_alpha", "outcome", "outcome_reason", "group_scores", "n_groups", "p_above", "p_below", "sign_flip",
     }  # fmt: skip
+    assert aligned["failure_threshold"] == 0.03 and aligned["outcome_alpha"] == 0.05
+    assert aligned["sign_flip"] == "exact"
+    groups = aligned["group_scores"]
+    assert [g["classes"] for g in groups] == aligned["map"]["unseen_class_groups"]
+    assert sorted(c for g in groups for c in g["classes"]) == list(range(10))
+    for g in groups:
+        assert set(g) == {"classes", "s_g", "b_g", "n"}
+        assert g["n"] == 40 and g["s_g"] == pytest.approx(2 * g["b_g"] - 1)  # two classes of 20 pairs
+    assert aligned["alignment_score"] == pytest.approx(np.mean([g["s_g"] for g in groups]))
     assert set(aligned["figures"]) == set(FIGURES) == set(aligned["chance"])
     for figure in aligned["figures"].values():
         assert set(figure) == FIGURE_KEYS
@@ -81,6 +96,7 @@ def test_shuffled_pairs_fall_to_chance():
     assert abs(out["unseen_accuracy"] - 0.5) < 0.2
     assert out["retrieval_top1"] < 0.1
     assert out["alignment_score"] < 0.4
+    assert out["outcome"] != "aligned"
     # the images still carry their labels: within-modal probes are unaffected by the pairing
     assert out["linear_probe_vision"] > 0.9
 
@@ -128,12 +144,15 @@ def test_same_seed_same_numbers_and_another_seed_other_folds():
     assert a["map"]["unseen_class_groups"] != c["map"]["unseen_class_groups"]
 
 
-def test_unequal_held_out_groups_use_the_poisson_binomial_tail():
-    E_v, E_l, labels, prototypes, captions = planted(per_class=10, seed=6)
+def test_odd_classes_give_one_group_of_three_and_the_poisson_binomial_tail():
+    E_v, E_l, labels, prototypes, captions = planted(classes=9, per_class=10, seed=6)
     out = measure_alignment(E_v, E_l, labels, prototypes, captions=captions, folds=3)
     groups = out["map"]["unseen_class_groups"]
-    assert sorted(len(g) for g in groups) == [3, 3, 4]
-    assert out["chance"]["unseen"] == pytest.approx((40 / 4 + 60 / 3) / 100)
+    assert sorted(len(g) for g in groups) == [2, 2, 2, 3]
+    assert out["n_groups"] == out["unseen_folds"] == 4
+    triple = next(g for g in out["group_scores"] if len(g["classes"]) == 3)
+    assert triple["n"] == 30 and triple["s_g"] == pytest.approx((triple["b_g"] - 1 / 3) / (2 / 3))
+    assert out["chance"]["unseen"] == pytest.approx((30 / 3 + 60 / 2) / 90)
     probs = np.array([0.25] * 40 + [1 / 3] * 60)
     k = 55
     dp = _poisson_binomial_sf(k, probs)
@@ -149,6 +168,8 @@ def test_inputs_that_cannot_support_the_tests_are_refused():
     E_v, E_l, labels, prototypes, captions = planted(per_class=4)
     with pytest.raises(InvalidSettings, match="every class"):
         measure_alignment(E_v, E_l, labels, prototypes, folds=5)
+    with pytest.raises(InvalidSettings, match="outcome_alpha"):
+        measure_alignment(E_v, E_l, labels, prototypes, folds=2, outcome_alpha=0.5)
     with pytest.raises(InvalidSettings, match="method"):
         measure_alignment(E_v, E_l, labels, prototypes, method="cca")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="text space"):
