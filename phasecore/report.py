@@ -70,7 +70,7 @@ def phase_landscape(document: Mapping[str, Any]) -> Figure:
     fig = Figure(figsize=(7.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
     threshold = (document.get("options") or {}).get("failure_threshold", 0.03)
-    groups: dict[str, list[tuple[float, float, bool]]] = {}
+    groups: dict[str, list[tuple[float, float, str]]] = {}
     missing = 0
     for row in map(pair_row, document["pairs"]):
         x, y = row["s_ntk_cross_centered"], row["alignment_score"]
@@ -78,12 +78,13 @@ def phase_landscape(document: Mapping[str, Any]) -> Figure:
             missing += 1
             continue
         label = f"{row['phase_vision']} / {row['phase_language']}"
-        groups.setdefault(label, []).append((x, y, bool(row["failed"])))
+        outcome = row["outcome"] or {True: "failed", False: "aligned", None: "inconclusive"}[row["failed"]]
+        groups.setdefault(label, []).append((x, y, outcome))
     for label, points in sorted(groups.items()):
         colour = _PHASE_COLOURS.get(label.split(" / ")[0], "#7f7f7f")
         edge = _PHASE_COLOURS.get(label.split(" / ")[1], "#7f7f7f")
-        for failed, marker in ((False, "o"), (True, "X")):
-            chosen = [(x, y) for x, y, f in points if f == failed]
+        for outcome, marker in (("aligned", "o"), ("failed", "X"), ("inconclusive", "^")):
+            chosen = [(x, y) for x, y, o in points if o == outcome]
             if chosen:
                 xs, ys = zip(*chosen, strict=True)
                 ax.scatter(
@@ -94,9 +95,9 @@ def phase_landscape(document: Mapping[str, Any]) -> Figure:
                     c=colour,
                     edgecolors=edge,
                     linewidths=1.5,
-                    label=f"{label} ({'failed' if failed else 'aligned'})",
+                    label=f"{label} ({outcome})",
                 )
-    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"failure threshold {threshold:g}")
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"τ = failure threshold {threshold:g}")
     ax.set_xlabel("S_cross centered (kernel CKA of the two NTK Grams)")
     ax.set_ylabel("measured alignment score")
     hidden = f" ({missing} pair{'s' if missing != 1 else ''} without both figures not shown)" if missing else ""

@@ -68,8 +68,13 @@ class BatchCell(BaseModel):
     s_ntk_cross_centered: float | None = Field(description="centered cross-modal NTK alignment (METRICS §2)")
     cka: float | None
     alignment_score: float | None = Field(description="measured alignment (METRICS §7)")
-    failed: bool | None = Field(description="measured failure: alignment_score below the threshold")
-    combined_rule: bool | None = Field(description="the paper's combined rule predicts failure")
+    failed: bool | None = Field(
+        description="measured failure (METRICS §7): true or false for a decided pair, null when inconclusive"
+    )
+    outcome: Literal["aligned", "failed", "inconclusive"] | None = Field(
+        None, description="the three-way outcome of the sign-flip test (METRICS §7, version 2)"
+    )
+    combined_rule: bool | None = Field(description="the paper's combined rule predicts failure (null: no verdict)")
     href: str
 
 

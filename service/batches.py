@@ -140,10 +140,13 @@ def pairs_of(session: Session, batch: Batch) -> list[tuple[BatchPair, Screening]
 
 
 def _figures(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The matrix cell's headline figures, read from the typed result."""
     row = engine_batch.pair_row({"vision": "", "language": "", "result": result})
     return {
         key: row[key]
-        for key in ("s_ntk_cross", "s_ntk_cross_centered", "cka", "alignment_score", "failed", "combined_rule")
+        for key in (
+            "s_ntk_cross", "s_ntk_cross_centered", "cka", "alignment_score", "failed", "outcome", "combined_rule"
+        )
     }
 
 
