@@ -25,6 +25,7 @@ TINY_OPTIONS = {
     "stability_subset": 10,
     "null_permutations": 20,
     "gt_folds": 2,
+    "agop_k": 2,  # λ_1/λ_k needs U·M ≥ 8k: 16 of the 20 × 1 rows
 }
 TINY_VISION = ["timm:test_vit?weights=random", "timm:test_efficientnet_gn?weights=random"]
 TINY_LANGUAGE = ["file:tiny-bert?weights=random", "file:tiny-bert?weights=random&pooling=cls"]

@@ -14,25 +14,18 @@ from phasecore.study import predict_failure_probability, prediction_quality
 from service.cli import main
 from service.client import ApiError, PhasescreenClient, ServerUnreachable, retry_after_seconds
 from tests.conftest import TINY_LANGUAGE, TINY_VISION, option_flags
+from tests.results import full_result
 
 
 def planted_result(combined: bool | None, agop: bool | None = True, **metrics: float) -> dict:
     value = None if combined is None else (3.1 if combined else 0.4)
-    return {
-        "metrics": {
-            "s_ntk_cross": 0.9,
-            "s_ntk_cross_centered": 0.2,
-            "delta_ntk": 0.5,
-            "log_agop": 6.2,
-            "cka": 0.3,
-            "mutual_knn": 0.1,
-            **metrics,
-        },
-        "predictions": {
+    return full_result(
+        metrics={"s_ntk_cross": 0.9, "delta_ntk": 0.5, "log_agop": 6.2, "cka": 0.3, **metrics},
+        predictions={
             "combined_rule": {"value": value, "threshold": 2.5, "predicts_failure": combined, "claimed_accuracy": 0.96},
             "agop_rule": {"value": None, "threshold": 1e6, "predicts_failure": agop, "claimed_accuracy": 0.94},
         },
-    }
+    )
 
 
 def test_paper_policy_is_the_combined_rule_with_the_agop_rule_as_fallback() -> None:

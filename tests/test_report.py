@@ -15,6 +15,7 @@ import pytest
 
 from phasecore.report import FIGURES, inline_html, rule_counts, write_report
 from service.cli import main
+from tests.results import full_result
 
 RULES = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
 
@@ -54,14 +55,18 @@ def planted_document() -> dict:
                 "cka": 0.2,
                 "mutual_knn": 0.1,
             }
-            result = {
-                "metrics": metrics,
-                "ground_truth": {"alignment_score": -0.05 if failed else 0.2 + 0.1 * j, "failed": failed},
-                "predictions": {
+            result = full_result(
+                metrics=metrics,
+                ground_truth={
+                    "alignment_score": -0.05 if failed else 0.2 + 0.1 * j,
+                    "failed": failed,
+                    "outcome": "failed" if failed else "aligned",
+                },
+                predictions={
                     rule: {"predicts_failure": verdict, "claimed_accuracy": 0.96 if rule == "combined_rule" else None}
                     for rule, verdict in verdicts.items()
                 },
-            }
+            )
             pairs.append({**entry, "state": "succeeded", "result": result, "problem": None})
     return {
         "format": "phasescreen-batch/1",

@@ -1,0 +1,63 @@
+"""Complete, schema-valid screening results for planted tests (gate, report, batches): the figures a test cares
+about are given, every other required field gets a neutral value, so the typed readers see a real result."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from phasecore import ENGINE_VERSION, METRICS_VERSION
+from phasecore.rules import PAPER
+from phasecore.schema import ScreeningResult
+from phasecore.settings import EngineSettings
+
+_NULL = {"observed": 0.0, "mean": 0.0, "std": 0.0, "p95": 0.0, "z": None, "p_value": 1.0, "permutations": 20}
+_METRICS: dict[str, Any] = {
+    "s_ntk_cross": 0.9,
+    "s_ntk_cross_centered": 0.2,
+    "s_ntk_cross_null": _NULL,
+    "s_ntk_cross_centered_null": _NULL,
+    "s_ntk_vision": 0.95,
+    "s_ntk_language": 0.95,
+    "phase_vision": "lazy",
+    "phase_language": "lazy",
+    "agop_ratio_vision": 10.0,
+    "agop_ratio_language": 10.0,
+    "delta_ntk": 0.0,
+    "log_agop": 1.0,
+    "combined": 0.0,
+    "cka": 0.2,
+    "mutual_knn": 0.1,
+}
+_RULE = {"value": None, "threshold": 1.0, "predicts_failure": None, "claimed_accuracy": None, "source": PAPER["title"]}
+
+
+def full_result(
+    *,
+    metrics: dict[str, Any] | None = None,
+    predictions: dict[str, dict[str, Any]] | None = None,
+    ground_truth: dict[str, Any] | None = None,
+    dataset: str = "digits",
+    settings: EngineSettings | None = None,
+) -> dict[str, Any]:
+    """A result dict that ``ScreeningResult`` accepts, with ``metrics``, ``predictions`` (per rule, merged onto a
+    neutral rule) and ``ground_truth`` (merged onto a neutral one; None: ground truth off) given."""
+    settings = settings or EngineSettings(n=20)
+    gt = None
+    if ground_truth is not None:
+        gt = {"method": "ridge", "n": 20, "n_classes": 10, "alignment_score": 0.0, "failed": None, **ground_truth}
+    result = {
+        "vision": {"identity": {"ref": "timm:test_vit?weights=random"}, "profile_key": "v", "kernel": {}},
+        "language": {"identity": {"ref": "pkg:all-minilm-l6-v2"}, "profile_key": "l", "kernel": {}},
+        "dataset": {"ref": dataset},
+        "settings": settings.model_dump(mode="json"),
+        "metrics": {**copy.deepcopy(_METRICS), **(metrics or {})},
+        "ground_truth": gt,
+        "predictions": {rule: {**_RULE, **values} for rule, values in (predictions or {}).items()},
+        "paper": PAPER,
+        "timings": {},
+        "engine_version": ENGINE_VERSION,
+        "metrics_version": METRICS_VERSION,
+        "stratum": settings.stratum(dataset),
+    }
+    return ScreeningResult.model_validate(result).model_dump(mode="json")

@@ -1,0 +1,62 @@
+"""Engine settings: two groups that partition the fields, so every profile-level setting is in the profile key."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from phasecore import METRICS_VERSION
+from phasecore.profile import profile_key
+from phasecore.settings import EngineSettings, PairSettings, ProfileSettings
+
+
+def test_the_two_groups_partition_every_setting() -> None:
+    profile, pair = set(ProfileSettings.model_fields), set(PairSettings.model_fields)
+    assert not profile & pair
+    assert set(EngineSettings.model_fields) == profile | pair
+    settings = EngineSettings(n=60, knn_k=5)
+    assert settings.profile.n == 60 and settings.pair.knn_k == 5
+    assert set(settings.profile_fields()) == profile
+
+
+@pytest.mark.parametrize("name", list(ProfileSettings.model_fields))
+def test_every_profile_setting_moves_the_profile_key(name: str) -> None:
+    base = EngineSettings()
+    changed = {
+        "n": 64, "seed": 1, "probes": 2, "method": "sketch", "memory_budget_gb": 2.0, "chunk_size": 8,
+        "sketch_dim": 128, "params": "last:2", "stability_steps": 3, "stability_subset": 16,
+        "stability_lr_scales": [2], "agop_k": 8, "agop_censor_below": 1e-4, "agop_unstable_log10": 0.5,
+        "agop_rtol": 1e-8, "agop_input_space": True, "info_plane": True, "language_pooling": "cls",
+    }
+    assert set(changed) == set(ProfileSettings.model_fields), "a new profile setting needs a value here"
+    other = EngineSettings.model_validate({name: changed[name]})  # the defaults but for this one setting
+    ref = "timm:resnet18?weights=random"
+    assert profile_key(ref, "vision", "digits", base) != profile_key(ref, "vision", "digits", other)
+
+
+def test_pair_settings_share_the_profile_and_the_stratum_follows_the_outcome_settings() -> None:
+    base = EngineSettings()
+    ref = "timm:resnet18?weights=random"
+    assert profile_key(ref, "vision", "digits", base) == profile_key(
+        ref, "vision", "digits", EngineSettings(knn_k=3, null_permutations=50, outcome_alpha=0.01)
+    )
+    stratum = base.stratum("digits")
+    assert stratum["metrics_version"] == METRICS_VERSION and stratum["dataset"] == "digits"
+    assert stratum["key"] == EngineSettings(knn_k=3).stratum("digits")["key"]  # nulls do not change a label
+    assert stratum["key"] != EngineSettings(outcome_alpha=0.01).stratum("digits")["key"]
+    assert stratum["key"] != EngineSettings(n=64).stratum("digits")["key"]
+    assert stratum["key"] != base.stratum("cifar10")["key"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"probes": 0}, {"probes": 65}, {"params": "last:" + "9" * 5000}, {"params": "first:2"},
+     {"stability_lr_scales": [0]}, {"stability_lr_scales": []}, {"outcome_alpha": 0.5}, {"agop_k": 1}],
+)
+def test_out_of_range_settings_are_refused(options: dict) -> None:
+    with pytest.raises(ValidationError):
+        EngineSettings.model_validate(options)
+
+
+def test_the_step_size_scales_always_hold_one_and_are_sorted() -> None:
+    assert EngineSettings(stability_lr_scales=[4, 2]).stability_lr_scales == (1.0, 2.0, 4.0)
