@@ -177,7 +177,7 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
     done = _changed(
         session,
         update(ModelProfile)
-        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
+        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token, ModelProfile.state == RUNNING)
         .values(
             state=SUCCEEDED,
             lease_token=None,
@@ -249,6 +249,21 @@ def cancel_profile(session: Session, lease: Lease) -> None:
     )
 
 
+def cancel_screening(session: Session, screening_id: str) -> bool:
+    """Cancel a screening that is still queued or running; ``False`` when it had already finished (a worker
+    completed or failed it since the caller read it): a terminal state never changes."""
+    return (
+        _changed(
+            session,
+            update(Screening)
+            .where(Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES))
+            .values(state=CANCELLED, cancel_requested=True, lease_token=None, finished_at=utcnow())
+            .execution_options(synchronize_session=False),
+        )
+        == 1
+    )
+
+
 # --- pair step -----------------------------------------------------------------------------------------
 
 
@@ -308,7 +323,12 @@ def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> boo
         _changed(
             session,
             update(Screening)
-            .where(Screening.id == lease.row_id, Screening.lease_token == lease.token, Screening.state == RUNNING)
+            .where(
+                Screening.id == lease.row_id,
+                Screening.lease_token == lease.token,
+                Screening.state == RUNNING,
+                Screening.cancel_requested.is_(False),
+            )
             .values(
                 state=SUCCEEDED,
                 result=result,
