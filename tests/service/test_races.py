@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
 
 from service import lifecycle, screenings
 from service.models import ModelProfile, Screening
@@ -56,3 +58,36 @@ def test_a_cancelled_screening_cannot_be_completed_afterwards(client, runtime):
         row = session.get(Screening, screening_id)
         session.refresh(row)
         assert (row.state, row.result, row.problem) == ("cancelled", None, None)
+
+
+def test_leases_are_judged_by_the_database_clock_not_a_skewed_worker_clock(client, runtime, monkeypatch):
+    """A worker whose clock runs an hour late writes heartbeats an hour old by its own clock, and a reconciler
+    whose clock runs an hour early sees every heartbeat as an hour old: neither may steal a live job."""
+    import service.models
+    from worker.reconcile import reconcile
+
+    real = service.models.datetime
+
+    def skewed(hours: float) -> type:
+        class Skewed(real):  # type: ignore[misc, valid-type]
+            @classmethod
+            def now(cls, tz=None):  # noqa: ANN001, ANN206
+                return real.now(tz) + timedelta(hours=hours)
+
+        return Skewed
+
+    profile_id = client.post("/v1/screenings", json=tiny_request()).json()["profiles"]["vision"]["id"]
+    monkeypatch.setattr(service.models, "datetime", skewed(-1))  # the worker's clock
+    with runtime.session() as session:
+        claim = lifecycle.claim_profile(session, profile_id, worker="late:1", max_attempts=3)
+        assert claim is not None
+        assert lifecycle.renew_lease(session, claim.lease)
+        session.commit()
+    monkeypatch.setattr(service.models, "datetime", skewed(+1))  # the reconciler's clock
+    report = reconcile(runtime)
+    assert profile_id not in report.requeued + report.failed
+    with runtime.session() as session:
+        row = session.get(ModelProfile, profile_id)
+        assert (row.state, row.lease_token) == ("running", claim.lease.token)
+        db_now = session.scalar(select(func.now()))
+        assert abs((row.heartbeat_at - db_now).total_seconds()) < 60
