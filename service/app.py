@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -160,6 +161,18 @@ def _install_problem_handlers(app: FastAPI) -> None:
             )
             return _problem_response(doc, {"Retry-After": str(app.state.runtime.settings.retry_after)})
         return _internal(request)
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_exhausted(request: Request, exc: PoolTimeoutError) -> JSONResponse:
+        log.warning("no free database connection on %s %s: %s", request.method, request.url.path, exc)
+        doc = problem_document(
+            503,
+            "database-busy",
+            "Database busy",
+            "every database connection of this server is in use; the request was not completed, retry shortly",
+            request.url.path,
+        )
+        return _problem_response(doc, {"Retry-After": str(app.state.runtime.settings.retry_after)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,7 @@
 """SQLAlchemy models of batches: a grid of pairs, each pair one ordinary screening.
 
 A batch adds no job of its own: its screenings share their model profiles through the profile table, so a
-V × L grid runs V + L profile jobs and V · L pair jobs. The schema is made by migration 0003.
+V × L grid runs V + L profile jobs and V · L pair jobs. The schema is made by migrations 0003 and 0004.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.models import Base, JSONType, UTCDateTime, new_id, utcnow
@@ -19,9 +19,12 @@ class Batch(Base):
     """A request for every (vision, language) pair of two lists of models on one dataset."""
 
     __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_batches_owner_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))  # of the request body, to tell a replay
     name: Mapped[str | None] = mapped_column(String(200))
     dataset_ref: Mapped[str] = mapped_column(String(256))
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)  # {vision: [...], language: [...], dataset, options}

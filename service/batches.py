@@ -8,12 +8,17 @@ session, shared by the routes and the CLI.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from phasecore import ENGINE_VERSION
 from phasecore import batch as engine_batch
 from phasecore.errors import PhasescreenError
 from phasecore.sources.base import ModelRef
@@ -34,12 +39,31 @@ def batch_href(batch_id: str) -> str:
     return f"/v1/batches/{batch_id}"
 
 
-def create_batch(session: Session, request: BatchRequest, *, settings: ServiceSettings, owner: str = "") -> Batch:
+@dataclass(frozen=True)
+class BatchSubmission:
+    batch: Batch
+    created: bool  # False: an Idempotency-Key replay of an earlier submission
+
+
+def create_batch(
+    session: Session,
+    request: BatchRequest,
+    *,
+    settings: ServiceSettings,
+    owner: str = "",
+    idempotency_key: str | None = None,
+) -> Batch:
     """Insert a batch, one screening per pair (and the profiles they need). Flushes, does not commit.
 
     Raises :class:`Problem`: 422 on an invalid pair (the whole batch is refused), 503 when the pairs would
     take the deployment above its limit of active screenings.
     """
+    return _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key).batch
+
+
+def _create(
+    session: Session, request: BatchRequest, *, settings: ServiceSettings, owner: str, idempotency_key: str | None
+) -> BatchSubmission:
     vision = _canonical(request.vision, "vision")
     language = _canonical(request.language, "language")
     n_pairs = len(vision) * len(language)
@@ -56,6 +80,8 @@ def create_batch(session: Session, request: BatchRequest, *, settings: ServiceSe
     dataset = request.dataset.strip()
     batch = Batch(
         owner=owner,
+        idempotency_key=idempotency_key,
+        fingerprint=_fingerprint(request),
         name=request.name,
         dataset_ref=dataset,
         request={
@@ -65,8 +91,15 @@ def create_batch(session: Session, request: BatchRequest, *, settings: ServiceSe
             "options": request.options.model_dump(mode="json"),
         },
     )
-    session.add(batch)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(batch)
+    except IntegrityError:
+        # a concurrent request with the same Idempotency-Key won the insert
+        existing = _find_by_idempotency_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return BatchSubmission(_replay(existing, request), created=False)
     for i, vision_ref in enumerate(vision):
         for j, language_ref in enumerate(language):
             pair = ScreeningRequest(
@@ -79,7 +112,38 @@ def create_batch(session: Session, request: BatchRequest, *, settings: ServiceSe
             screening = screenings.create_screening(session, pair, settings=settings, owner=owner)
             session.add(BatchPair(batch_id=batch.id, vision_index=i, language_index=j, screening_id=screening.id))
     session.flush()
-    return batch
+    return BatchSubmission(batch, created=True)
+
+
+def _fingerprint(request: BatchRequest) -> str:
+    """sha256 of the canonical request body (references in canonical form) and the engine version."""
+    body = {
+        "vision": _canonical(request.vision, "vision"),
+        "language": _canonical(request.language, "language"),
+        "dataset": request.dataset.strip(),
+        "options": request.options.model_dump(mode="json"),
+        "name": request.name,
+        "reuse": request.reuse,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{canonical}\n{ENGINE_VERSION}".encode()).hexdigest()
+
+
+def _find_by_idempotency_key(session: Session, owner: str, key: str) -> Batch | None:
+    return session.scalar(select(Batch).where(Batch.owner == owner, Batch.idempotency_key == key))
+
+
+def _replay(existing: Batch, request: BatchRequest) -> Batch:
+    if existing.fingerprint != _fingerprint(request):
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            "this Idempotency-Key was already used with a different request body; use a new key for a new "
+            f"request (the key belongs to batch {existing.id})",
+            batch_id=existing.id,
+        )
+    return existing
 
 
 def _canonical(references: list[str], role: str) -> list[str]:
@@ -100,11 +164,29 @@ def _canonical(references: list[str], role: str) -> list[str]:
 
 
 def submit_batch(
-    session: Session, queue: JobQueue, request: BatchRequest, *, settings: ServiceSettings, owner: str = ""
-) -> Batch:
-    """Create a batch, commit, then enqueue each job once: the profiles, or pair steps whose profiles exist."""
-    batch = create_batch(session, request, settings=settings, owner=owner)
+    session: Session,
+    queue: JobQueue,
+    request: BatchRequest,
+    *,
+    settings: ServiceSettings,
+    owner: str = "",
+    idempotency_key: str | None = None,
+) -> BatchSubmission:
+    """Create (or replay) a batch, commit, then enqueue each job once: the profiles, or pair steps whose
+    profiles exist. The same ``idempotency_key`` with the same body answers the first batch; with another
+    body, 422."""
+    existing = _find_by_idempotency_key(session, owner, idempotency_key) if idempotency_key is not None else None
+    if existing is not None:
+        submission = BatchSubmission(_replay(existing, request), created=False)
+    else:
+        submission = _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key)
     session.commit()
+    # on a replay too: harmless for queued jobs, and recovers a submission whose enqueue failed
+    _enqueue_jobs(session, queue, submission.batch)
+    return submission
+
+
+def _enqueue_jobs(session: Session, queue: JobQueue, batch: Batch) -> None:
     jobs: dict[str, JobRef] = {}
     for _, screening in pairs_of(session, batch):
         for job in lifecycle.jobs_to_start(session, screening):
@@ -114,7 +196,6 @@ def submit_batch(
             queue.enqueue(job)
     except Exception:  # committed: the reconciler enqueues what is missing once the queue is back
         log.warning("could not enqueue the jobs of batch %s; the reconciler will", batch.id, exc_info=True)
-    return batch
 
 
 def get_batch(session: Session, batch_id: str) -> Batch:

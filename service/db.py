@@ -6,6 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,10 +18,14 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _migrate_lock = threading.Lock()
 
 
-def make_engine(url: str, *, pooled: bool = True) -> Engine:
+def make_engine(url: str, *, pooled: bool = True, settings: ServiceSettings | None = None) -> Engine:
     """An engine that survives a database restart: stale pooled connections are pinged and replaced.
 
-    ``pooled=False`` is for one-shot work (migrations) that must leave no connection behind.
+    On PostgreSQL every connection has TCP keepalives (a peer that vanished without closing the connection is
+    noticed in about a minute, not hours) and, when pooled, a statement timeout. Sizes and limits come from
+    ``settings`` (``PHASESCREEN_DB_*``; the defaults when ``None``).
+    ``pooled=False`` is for one-shot work (migrations) that must leave no connection behind; it has no
+    statement timeout, since a migration may rewrite a large table.
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -33,12 +38,33 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    settings = settings or ServiceSettings()
+    connect_args = _postgres_connect_args(settings, statement_timeout=pooled) if url.startswith("postgresql") else {}
     if not pooled:
         return create_engine(url, poolclass=NullPool, connect_args=connect_args)
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=10, connect_args=connect_args
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        connect_args=connect_args,
     )
+
+
+def _postgres_connect_args(settings: ServiceSettings, *, statement_timeout: bool) -> dict[str, Any]:
+    """libpq connection parameters (psycopg and psycopg2 alike)."""
+    args: dict[str, Any] = {"connect_timeout": 5}
+    if settings.db_keepalives_idle:
+        args.update(
+            keepalives=1,
+            keepalives_idle=settings.db_keepalives_idle,
+            keepalives_interval=settings.db_keepalives_interval,
+            keepalives_count=settings.db_keepalives_count,
+        )
+    if statement_timeout and settings.db_statement_timeout:
+        args["options"] = f"-c statement_timeout={max(1, round(settings.db_statement_timeout * 1000))}"
+    return args
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI objects are untyped
@@ -93,7 +119,7 @@ def local_session(settings: ServiceSettings | None = None) -> Iterator[Session]:
     settings = settings or ServiceSettings()
     if settings.should_migrate:
         upgrade(settings.sqlalchemy_url)
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url, settings=settings)
     try:
         with make_sessionmaker(engine)() as session:
             yield session

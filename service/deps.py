@@ -19,6 +19,20 @@ from service.runtime import Runtime
 from service.settings import ServiceSettings
 
 
+def checked_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header of a POST that creates something (a screening, a batch)."""
+    if value is None:
+        return None
+    if not value or len(value) > 255 or not value.isprintable() or not value.isascii():
+        raise Problem(
+            400,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            "the Idempotency-Key header must be 1 to 255 printable ASCII characters (a UUID will do)",
+        )
+    return value
+
+
 # plain attribute reads are async so FastAPI calls them on the event loop, not through the thread pool
 async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime

@@ -4,16 +4,20 @@ Every transition is a conditional UPDATE, so two workers, a retry and the reconc
 and exactly one wins. A running job holds a *lease* (``lease_token`` + ``heartbeat_at``): it renews it while
 alive, and any write it makes is conditional on still holding it. A cancelled or reassigned job loses the
 lease, notices on its next heartbeat, and stops; its late writes match no row. The caller commits.
+
+Heartbeats, start and finish times, and the reconciler's cut-offs come from the database's clock
+(:class:`service.models.db_now`), never a worker's own: workers on machines whose clocks drift apart still
+agree on whose lease ran out.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, exists, or_, select, update
+from sqlalchemy import CursorResult, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import (
@@ -25,7 +29,7 @@ from service.models import (
     SUCCEEDED,
     ModelProfile,
     Screening,
-    utcnow,
+    db_now,
 )
 from service.problems import problem_document
 from service.queue import JobRef
@@ -133,12 +137,12 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
         session.execute(
             update(ModelProfile)
             .where(ModelProfile.id == profile_id, ModelProfile.state == QUEUED)
-            .values(state=CANCELLED, finished_at=utcnow())
+            .values(state=CANCELLED, finished_at=db_now())
         )
         return None
     # read before the UPDATE: the session may synchronise row.attempts to the incremented value
     attempt = row.attempts + 1
-    token, now = str(uuid.uuid4()), utcnow()
+    token, now = str(uuid.uuid4()), db_now()
     claimed = _changed(
         session,
         update(ModelProfile)
@@ -177,14 +181,14 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
     done = _changed(
         session,
         update(ModelProfile)
-        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
+        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token, ModelProfile.state == RUNNING)
         .values(
             state=SUCCEEDED,
             lease_token=None,
             stage=None,
             progress=1.0,
             problem=None,
-            finished_at=utcnow(),
+            finished_at=db_now(),
             **values,
         ),
     )
@@ -220,7 +224,7 @@ def fail_profile(session: Session, profile_id: str, problem: dict[str, Any], lea
     row = session.execute(
         update(ModelProfile)
         .where(*condition)
-        .values(state=FAILED, lease_token=None, problem=problem, finished_at=utcnow())
+        .values(state=FAILED, lease_token=None, problem=problem, finished_at=db_now())
         .returning(ModelProfile.modality)
     ).first()
     if row is not None:
@@ -237,7 +241,7 @@ def fail_waiting_screenings(session: Session, profile_id: str, modality: str, pr
             Screening.state.in_(ACTIVE_STATES),
             Screening.lease_token.is_(None),
         )
-        .values(state=FAILED, problem={**problem, "detail": detail}, finished_at=utcnow()),
+        .values(state=FAILED, problem={**problem, "detail": detail}, finished_at=db_now()),
     )
 
 
@@ -245,7 +249,22 @@ def cancel_profile(session: Session, lease: Lease) -> None:
     session.execute(
         update(ModelProfile)
         .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
-        .values(state=CANCELLED, lease_token=None, stage=None, finished_at=utcnow())
+        .values(state=CANCELLED, lease_token=None, stage=None, finished_at=db_now())
+    )
+
+
+def cancel_screening(session: Session, screening_id: str) -> bool:
+    """Cancel a screening that is still queued or running; ``False`` when it had already finished (a worker
+    completed or failed it since the caller read it): a terminal state never changes."""
+    return (
+        _changed(
+            session,
+            update(Screening)
+            .where(Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES))
+            .values(state=CANCELLED, cancel_requested=True, lease_token=None, finished_at=db_now())
+            .execution_options(synchronize_session=False),
+        )
+        == 1
     )
 
 
@@ -271,7 +290,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
         fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, row.problem))
         return None
     attempt = row.attempts + 1  # before the UPDATE, as in claim_profile
-    token, now = str(uuid.uuid4()), utcnow()
+    token, now = str(uuid.uuid4()), db_now()
     claimed = _changed(
         session,
         update(Screening)
@@ -287,7 +306,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
             worker=worker,
             heartbeat_at=now,
             attempts=Screening.attempts + 1,
-            started_at=row.started_at or now,
+            started_at=func.coalesce(Screening.started_at, now),
             stage="pair",
             progress=0.0,
         ),
@@ -308,7 +327,12 @@ def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> boo
         _changed(
             session,
             update(Screening)
-            .where(Screening.id == lease.row_id, Screening.lease_token == lease.token, Screening.state == RUNNING)
+            .where(
+                Screening.id == lease.row_id,
+                Screening.lease_token == lease.token,
+                Screening.state == RUNNING,
+                Screening.cancel_requested.is_(False),
+            )
             .values(
                 state=SUCCEEDED,
                 result=result,
@@ -316,7 +340,7 @@ def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> boo
                 stage=None,
                 progress=1.0,
                 problem=None,
-                finished_at=utcnow(),
+                finished_at=db_now(),
             ),
         )
         == 1
@@ -330,7 +354,7 @@ def fail_screening(session: Session, screening_id: str, problem: dict[str, Any],
     session.execute(
         update(Screening)
         .where(*condition)
-        .values(state=FAILED, lease_token=None, problem=problem, finished_at=utcnow())
+        .values(state=FAILED, lease_token=None, problem=problem, finished_at=db_now())
     )
 
 
@@ -345,7 +369,7 @@ def renew_lease(session: Session, lease: Lease) -> bool:
             session,
             update(table)
             .where(table.id == lease.row_id, table.lease_token == lease.token, table.state == RUNNING)
-            .values(heartbeat_at=utcnow()),
+            .values(heartbeat_at=db_now()),
         )
         == 1
     )
@@ -358,7 +382,7 @@ def record_progress(session: Session, lease: Lease, stage: str, progress: float)
             session,
             update(table)
             .where(table.id == lease.row_id, table.lease_token == lease.token)
-            .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=utcnow()),
+            .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=db_now()),
         )
         == 1
     )
@@ -378,11 +402,6 @@ def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any], *
     else:
         condition.append(table.state == RUNNING)  # a screening waits in running; its profiles are done
     return _changed(session, update(table).where(*condition).values(**values)) == 1
-
-
-def is_stale(heartbeat_at: datetime | None, lease_timeout: float, now: datetime | None = None) -> bool:
-    now = now or utcnow()
-    return heartbeat_at is None or heartbeat_at < now - timedelta(seconds=lease_timeout)
 
 
 def active_profiles_of(session: Session, screening: Screening) -> list[ModelProfile]:

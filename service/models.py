@@ -22,7 +22,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.sql.expression import FunctionElement, literal
 
 # None is stored as SQL NULL (not JSON 'null'), so "IS NULL" means "absent" on both backends
 JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -35,6 +37,33 @@ TERMINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class db_now(FunctionElement[datetime]):  # noqa: N801 - a SQL function, named like one
+    """The database's clock, ``offset`` seconds from now (negative: in the past), as a SQL expression.
+
+    Heartbeats, leases and the reconciler's cut-offs are all taken from this one clock, so workers whose own
+    clocks drift never judge each other's leases (PostgreSQL: ``now()``, the start of the transaction)."""
+
+    inherit_cache = True
+
+    def __init__(self, offset: float = 0.0) -> None:
+        super().__init__(literal(float(offset)))
+
+    @property
+    def type(self) -> UTCDateTime:  # type: ignore[override]
+        return UTCDateTime()
+
+
+@compiles(db_now)
+def _db_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return f"(now() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    # the text format SQLAlchemy stores DATETIME in on SQLite, so comparisons with stored values hold
+    return f"strftime('%Y-%m-%d %H:%M:%f', 'now', ({compiler.process(element.clauses, **kw)} || ' seconds'))"
 
 
 def new_id() -> str:

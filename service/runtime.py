@@ -28,7 +28,7 @@ class Runtime:
     def create(cls, settings: ServiceSettings) -> Runtime:
         if settings.should_migrate:
             upgrade(settings.sqlalchemy_url)
-        engine = make_engine(settings.sqlalchemy_url)
+        engine = make_engine(settings.sqlalchemy_url, settings=settings)
         runtime = cls(settings, engine, make_sessionmaker(engine))
         if settings.redis_url:
             runtime.queue = RedisJobQueue(

@@ -258,21 +258,19 @@ def cancel_screening(session: Session, screening_id: str) -> Screening:
     Profiles that no other screening waits for stop at their next heartbeat. Commits.
     """
     screening = get_screening(session, screening_id)
+    if screening.state not in TERMINAL_STATES:
+        # conditional on the state still being active: a worker may finish the row after the read above
+        lifecycle.cancel_screening(session, screening_id)
+        session.commit()
+        session.refresh(screening)
     if screening.state == CANCELLED:
         return screening
-    if screening.state in TERMINAL_STATES:
-        raise Problem(
-            409,
-            "not-cancellable",
-            "Screening already finished",
-            f"screening {screening_id} is {screening.state}; only queued or running ones can be cancelled",
-        )
-    screening.cancel_requested = True
-    screening.state = CANCELLED
-    screening.lease_token = None
-    screening.finished_at = utcnow()
-    session.commit()
-    return screening
+    raise Problem(
+        409,
+        "not-cancellable",
+        "Screening already finished",
+        f"screening {screening_id} is {screening.state}; only queued or running ones can be cancelled",
+    )
 
 
 def encode_cursor(screening_id: str) -> str:

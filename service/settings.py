@@ -41,6 +41,19 @@ class ServiceSettings(BaseSettings):
         None, description="run migrations at start-up; unset = only for the embedded SQLite file"
     )
 
+    # PostgreSQL connections
+    db_pool_size: int = Field(5, ge=1, le=1000, description="connections each process keeps open")
+    db_max_overflow: int = Field(10, ge=0, le=1000, description="connections opened beyond the pool under load")
+    db_pool_timeout: float = Field(
+        10.0, gt=0, description="seconds a request waits for a free connection before answering 503"
+    )
+    db_statement_timeout: float = Field(60.0, ge=0, description="seconds one SQL statement may run; 0 = no limit")
+    db_keepalives_idle: int = Field(
+        30, ge=0, description="seconds a connection is idle before TCP keepalive probes start; 0 = off"
+    )
+    db_keepalives_interval: int = Field(10, ge=1, description="seconds between TCP keepalive probes")
+    db_keepalives_count: int = Field(3, ge=1, description="unanswered keepalive probes before the connection is dead")
+
     # engine inputs
     model_root: Path | None = Field(None, description="root of file: model references")
     data_root: Path | None = Field(None, description="root of local datasets")

@@ -193,3 +193,13 @@ def test_manifest_paths_stay_under_the_data_root(tmp_path: Path, pictures: list[
     write_manifest(root, [{"image": "missing.png", "caption": "x"}])
     with pytest.raises(AssetUnavailable, match="missing.png"):
         load_dataset("manifest:pairs.jsonl", n=1, data_root=root)
+
+
+def test_a_manifest_that_is_a_folder_or_not_utf8_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    for ref in ("manifest:.", "manifest:folder"):
+        with pytest.raises(InvalidReference, match="is a folder, not a manifest file"):
+            load_dataset(ref, n=1, data_root=tmp_path)
+    (tmp_path / "latin1.jsonl").write_bytes('{"image": "a.png", "caption": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(InvalidReference, match=r"latin1\.jsonl is not UTF-8 text .*byte 0x.. at offset"):
+        load_dataset("manifest:latin1.jsonl", n=1, data_root=tmp_path)

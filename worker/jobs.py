@@ -5,16 +5,21 @@ writes the outcome through the lease. Outcomes:
 
 - domain error (bad reference, unsupported model, ...): failed with that problem, never retried;
 - time limit: failed, not retried (the same job would time out again);
-- anything else (database or network blip, out of memory, a bug): the row goes back to ``queued`` and the
-  exception propagates so the queue retries it with backoff, until PHASESCREEN_MAX_ATTEMPTS is reached;
+- out of memory (host or GPU) while the job computes: failed, not retried (the same job would run out again);
+- out of memory while a model loads, however the loader reported it: retried like the next case, after the
+  models this process keeps loaded are let go (other jobs' models held the memory, not this model's fault);
+- anything else (database or network blip, a bug): the row goes back to ``queued`` and the exception
+  propagates so the queue retries it with backoff, until PHASESCREEN_MAX_ATTEMPTS is reached;
 - cancelled: nothing more is written (the canceller did).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
+import sys
 import time
 import weakref
 from functools import partial
@@ -61,6 +66,47 @@ def _timeout_problem(exc: BaseException) -> dict[str, Any]:
     return problem_document(500, "timeout", "Job timed out", str(exc) or "the job ran past its time limit")
 
 
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(exc: BaseException | None) -> BaseException | None:
+    """``exc``, or the exception it was raised from, that is the host or a GPU running out of memory."""
+    seen: set[int] = set()
+    torch = sys.modules.get("torch")  # no torch loaded, no torch OOM
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)):
+            return exc
+        if isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in _OOM_WORDS):
+            return exc  # allocator failures that torch reports as plain RuntimeErrors
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _release_memory(rt: Runtime) -> None:
+    """Let go of the cached models (and the GPU memory torch holds for them) before a retry."""
+    _encoders(rt).clear()
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _LoadOutOfMemory(Exception):  # noqa: N818 - carries the loader's exception as its cause
+    """Memory ran out while a model loaded: transient, tried again."""
+
+
+def _out_of_memory_problem(kind: str, exc: BaseException) -> dict[str, Any]:
+    return problem_document(
+        500,
+        "out-of-memory",
+        "Out of memory",
+        f"the {kind} job ran out of memory while computing ({type(exc).__name__}: {exc}); it is not retried, "
+        "since it would run out again. Use a smaller n, fewer probes, a smaller chunk_size or "
+        "memory_budget_gb, or a worker with more memory",
+    )
+
+
 def _check_size(identity: dict[str, Any], max_params: int) -> None:
     n_params = int(identity.get("n_params") or 0)
     if n_params > max_params:
@@ -101,13 +147,19 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
     try:
         with tracker:
             tracker("loading", 0.0)
-            encoder = _encoders(rt).get(
-                claim.model_ref,
-                pooling=engine_settings.language_pooling if claim.modality == "language" else None,
-                model_root=settings.model_root,
-                allowed_sources=settings.allowed_sources,
-                device=settings.device,
-            )
+            try:
+                encoder = _encoders(rt).get(
+                    claim.model_ref,
+                    pooling=engine_settings.language_pooling if claim.modality == "language" else None,
+                    model_root=settings.model_root,
+                    allowed_sources=settings.allowed_sources,
+                    device=settings.device,
+                )
+            except Exception as exc:
+                oom = _out_of_memory(exc)  # loaders may wrap it as an unsupported model or missing weights
+                if oom is not None:
+                    raise _LoadOutOfMemory(str(oom)) from oom
+                raise
             _check_size(encoder.identity.to_dict(), settings.max_params)  # before hours of work, not after
             profile = compute_profile(
                 claim.model_ref,
@@ -128,11 +180,19 @@ def run_profile_job(profile_id: str, *, runtime: Runtime | None = None) -> str:
     except _hard_timeouts() as exc:
         _fail(rt, claim.lease, _timeout_problem(exc), "profile")
         return _finish(rt, tracker, "profile", "failed", started)
+    except _LoadOutOfMemory as exc:
+        _release_memory(rt)
+        _retry_or_give_up(rt, claim.lease, claim.attempt, exc.__cause__ or exc, "profile computation")
+        return _finish(rt, tracker, "profile", "failed", started)
     except PhasescreenError as exc:
         _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "profile")
         return _finish(rt, tracker, "profile", "failed", started)
     except Exception as exc:
-        _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "profile computation")
+        if _out_of_memory(exc) is not None:
+            _release_memory(rt)
+            _fail(rt, claim.lease, _out_of_memory_problem("profile", exc), "profile")
+        else:
+            _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "profile computation")
         return _finish(rt, tracker, "profile", "failed", started)
     values = {
         "data": blob,
@@ -189,7 +249,10 @@ def run_pair_job(screening_id: str, *, runtime: Runtime | None = None) -> str:
         _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "pair")
         return _finish(rt, tracker, "pair", "failed", started)
     except Exception as exc:
-        _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
+        if _out_of_memory(exc) is not None:
+            _fail(rt, claim.lease, _out_of_memory_problem("pair", exc), "pair")
+        else:
+            _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
         return _finish(rt, tracker, "pair", "failed", started)
     stored_result = _with_measured_rules(rt, result.model_dump(mode="json"), screening_id)
     with rt.session() as session:

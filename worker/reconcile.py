@@ -19,7 +19,6 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import cast
 
 from sqlalchemy import and_, select
@@ -35,7 +34,7 @@ from service.models import (
     SUCCEEDED,
     ModelProfile,
     Screening,
-    utcnow,
+    db_now,
 )
 from service.queue import JobKind, JobRef
 from service.runtime import Runtime
@@ -57,9 +56,9 @@ class ReconcileReport:
 
 def reconcile(runtime: Runtime) -> ReconcileReport:
     settings = runtime.settings
-    now = utcnow()
-    stale_before = now - timedelta(seconds=settings.lease_timeout)
-    settled_before = now - timedelta(seconds=settings.reconcile_grace)
+    # cut-offs on the database's clock, the one every heartbeat was written with
+    stale_before = db_now(-settings.lease_timeout)
+    settled_before = db_now(-settings.reconcile_grace)
     report = ReconcileReport()
     forced: list[JobRef] = []
     maybe_lost: list[JobRef] = []

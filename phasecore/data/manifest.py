@@ -29,9 +29,24 @@ from phasecore.errors import InvalidReference
 from phasecore.paths import resolve_under
 
 
+def _read_text(path: Path, name: str) -> str:
+    """The manifest's text; a folder, an unreadable file or bytes that are not UTF-8 are the user's to fix."""
+    if path.is_dir():
+        raise InvalidReference(f"{name} is a folder, not a manifest file; name a .jsonl file inside it")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidReference(
+            f"{name} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+            "save the manifest as UTF-8"
+        ) from error
+    except OSError as error:
+        raise InvalidReference(f"{name} cannot be read: {error.strerror or error}") from error
+
+
 def _read_rows(path: Path, name: str) -> list[dict[str, Any]]:
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(_read_text(path, name).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{name} line {line_no}"

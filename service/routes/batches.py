@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from service import batches
 from service.batch_schemas import BatchOut, BatchRequest
-from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep
+from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.schemas import ProblemOut
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -21,6 +23,7 @@ _PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
     response_model=BatchOut,
     responses={
         201: {"model": BatchOut, "description": "every pair was served from stored results"},
+        400: _PROBLEM,
         401: _PROBLEM,
         403: _PROBLEM,
         413: _PROBLEM,
@@ -37,16 +40,27 @@ def submit_batch(
     queue: QueueDep,
     settings: SettingsDep,
     api_key: WriterDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> BatchOut:
     """Queue every (vision, language) pair. Each model's profile is computed once and shared by its pairs;
-    each pair is a screening of its own (see the matrix). Answers 202 with `Location` and `Retry-After`."""
-    batch = batches.submit_batch(session, queue, body, settings=settings, owner=api_key.id if api_key else "")
-    out = batches.batch_out(session, batch)
+    each pair is a screening of its own (see the matrix). Answers 202 with `Location` and `Retry-After`.
+    The same `Idempotency-Key` with the same body returns the same batch; with another body, 422."""
+    submission = batches.submit_batch(
+        session,
+        queue,
+        body,
+        settings=settings,
+        owner=api_key.id if api_key else "",
+        idempotency_key=checked_idempotency_key(idempotency_key),
+    )
+    out = batches.batch_out(session, submission.batch)
     response.headers["Location"] = out.href
     if out.state in ("queued", "running"):
         response.headers["Retry-After"] = str(settings.retry_after)
     else:
         response.status_code = 201
+    if not submission.created:
+        response.headers["Idempotent-Replayed"] = "true"
     return out
 
 

@@ -8,9 +8,8 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator
 
 from service import screenings
-from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep
+from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.models import ACTIVE_STATES
-from service.problems import Problem
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
 
@@ -26,19 +25,6 @@ def _no_nul(value: str | None) -> str | None:
 
 
 FilterText = Annotated[str | None, AfterValidator(_no_nul)]
-
-
-def _idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not value or len(value) > 255 or not value.isprintable() or not value.isascii():
-        raise Problem(
-            400,
-            "invalid-idempotency-key",
-            "Invalid Idempotency-Key",
-            "the Idempotency-Key header must be 1 to 255 printable ASCII characters (a UUID will do)",
-        )
-    return value
 
 
 @router.post(
@@ -75,7 +61,7 @@ def submit_screening(
         body,
         settings=settings,
         owner=api_key.id if api_key else "",
-        idempotency_key=_idempotency_key(idempotency_key),
+        idempotency_key=checked_idempotency_key(idempotency_key),
     )
     screening = submission.screening
     response.headers["Location"] = screening_href(screening.id)

@@ -173,3 +173,18 @@ def test_openapi_schema_lists_every_endpoint(client):
     ):
         assert path in paths, path
     assert json.dumps(paths["/v1/screenings"]["post"]["requestBody"])
+
+
+def test_a_manifest_that_is_a_folder_or_not_utf8_answers_422(make_runtime, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    data_root = tmp_path / "data"
+    (data_root / "folder").mkdir(parents=True)
+    (data_root / "latin1.jsonl").write_bytes('{"image": "a.png", "caption": "caf\u00e9"}\n'.encode("latin-1"))
+    with TestClient(create_app(runtime=make_runtime(data_root=data_root)), raise_server_exceptions=False) as client:
+        for dataset in ("manifest:.", "manifest:folder", "manifest:latin1.jsonl"):
+            response = client.post("/v1/screenings", json={**tiny_request(), "dataset": dataset})
+            doc = _assert_problem(response, 422, "invalid-reference")
+            assert "folder" in doc["detail"] or "UTF-8" in doc["detail"], doc

@@ -303,3 +303,26 @@ def test_batch_refusals_are_problems(client, runtime):
     with runtime.session() as session:  # a refused batch leaves nothing behind
         assert session.scalar(select(func.count()).select_from(Screening)) == 0
     assert runtime.queue.queue.job_ids == []
+
+
+def test_batch_idempotency_key_same_body_same_batch_other_body_422(client, runtime):
+    from service.batch_models import Batch
+
+    headers = {"Idempotency-Key": "grid-7"}
+    first = client.post("/v1/batches", json=batch_request(), headers=headers)
+    again = client.post("/v1/batches", json=batch_request(), headers=headers)
+    assert first.status_code == again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    other = client.post("/v1/batches", json=batch_request(name="another"), headers=headers)
+    assert other.status_code == 422, other.text
+    assert other.headers["content-type"].startswith("application/problem+json")
+    assert other.json()["type"].endswith(":idempotency-key-reused")
+    assert other.json()["batch_id"] == first.json()["id"]
+    bad = client.post("/v1/batches", json=batch_request(), headers={"Idempotency-Key": "é".encode("latin-1") * 3})
+    assert bad.status_code == 400
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(Batch)) == 1
+        n_pairs = len(TINY_VISION) * len(TINY_LANGUAGE)
+        assert session.scalar(select(func.count()).select_from(Screening)) == n_pairs
+    assert client.post("/v1/batches", json=batch_request()).json()["id"] != first.json()["id"]  # no key: new

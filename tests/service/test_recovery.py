@@ -149,3 +149,39 @@ def test_database_briefly_down_readyz_503_then_recovers(make_runtime, pg_url):
         assert len(client.get("/v1/screenings").json()["items"]) == 1
         assert client.post("/v1/screenings", json=tiny_request(seed=3)).status_code == 202
     proxy.stop()
+
+
+def test_pool_exhausted_answers_503_with_retry_after(make_runtime):
+    runtime = make_runtime(db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.5)
+    pool = runtime.engine.pool
+    held = []
+    with TestClient(create_app(runtime=runtime), raise_server_exceptions=False) as client:
+        try:
+            while pool.checkedout() < pool.size() + max(pool._max_overflow, 0):  # every connection taken
+                held.append(runtime.engine.connect())
+            response = client.get("/v1/screenings")
+        finally:
+            for connection in held:
+                connection.close()
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["type"].endswith(":database-busy")
+        assert int(response.headers["retry-after"]) >= 1
+        assert client.get("/v1/screenings").status_code == 200  # given back, the pool serves again
+
+
+def test_postgres_connections_have_a_statement_timeout_and_tcp_keepalives(make_runtime):
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    runtime = make_runtime(db_statement_timeout=0.5, db_keepalives_idle=17)
+    with runtime.engine.connect() as connection:
+        assert connection.scalar(text("SHOW statement_timeout")) == "500ms"
+        params = connection.connection.dbapi_connection.info.get_parameters()
+        assert (params["keepalives"], params["keepalives_idle"]) == ("1", "17")
+        try:
+            connection.execute(text("SELECT pg_sleep(3)"))
+        except OperationalError as error:
+            assert "statement timeout" in str(error)
+        else:
+            raise AssertionError("pg_sleep(3) outlived a 0.5 s statement timeout")

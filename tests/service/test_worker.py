@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from sqlalchemy import select
 
 from service.models import ModelProfile, Screening
@@ -110,3 +111,42 @@ def test_a_gpu_worker_that_sees_no_gpu_exits_at_start():
     settings = ServiceSettings(redis_url="redis://127.0.0.1:6379/13", device="cuda")
     with pytest.raises(SystemExit, match="PHASESCREEN_DEVICE=cuda: .*sees no CUDA GPU"):
         run_worker(settings, burst=True)
+
+
+@pytest.mark.parametrize("error", [MemoryError, torch.cuda.OutOfMemoryError])
+def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, runtime, monkeypatch, error):
+    """Memory runs out while a model loads: other jobs held it, so the load is tried again (not an unsupported
+    model). It runs out while the job computes: the same job would run out again, so it fails and says why."""
+    import phasecore.pipeline
+    import phasecore.sources
+    from worker import jobs
+
+    body = client.post("/v1/screenings", json=tiny_request()).json()
+    vision_id = body["profiles"]["vision"]["id"]
+    real_load = phasecore.sources.SOURCE_LOADERS["timm"]
+    loads = []
+
+    def load_once_out_of_memory(*args, **kwargs):
+        loads.append(1)
+        if len(loads) == 1:
+            raise error("out of memory while loading the weights")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setitem(phasecore.sources.SOURCE_LOADERS, "timm", load_once_out_of_memory)
+    with pytest.raises(error):  # raised so the queue retries it
+        jobs.run_profile_job(vision_id, runtime=runtime)
+    with runtime.session() as session:
+        row = session.get(ModelProfile, vision_id)
+        assert (row.state, row.attempts) == ("queued", 1), row.problem
+        assert row.problem["type"].endswith(":retrying") and error.__name__ in row.problem["detail"]
+
+    def compute_out_of_memory(*args, **kwargs):
+        raise error("out of memory in the Gram matrix")
+
+    monkeypatch.setattr(phasecore.pipeline, "compute_profile", compute_out_of_memory)
+    assert jobs.run_profile_job(vision_id, runtime=runtime) == "failed"  # not raised: no retry
+    assert len(loads) == 2
+    screening = client.get(f"/v1/screenings/{body['id']}").json()
+    assert screening["state"] == "failed"
+    assert screening["problem"]["type"].endswith(":out-of-memory"), screening["problem"]
+    assert "memory_budget_gb" in screening["problem"]["detail"]
