@@ -5,7 +5,7 @@
     with PhasescreenClient("http://screening.internal:8000", api_key="...") as client:
         screening = client.submit_screening("pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2", "digits")
         done = client.wait_for_screening(screening.id, timeout=3600)
-        print(done.result["predictions"]["combined_rule"])
+        print(done.result.predictions["combined_rule"])
 
 Every call retries when the server answers 503 (busy, database unavailable) or 429 (rate limited), waiting what
 its ``Retry-After`` header says (capped by ``max_retry_wait``), and when the connection cannot be opened. Other

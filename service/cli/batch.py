@@ -346,7 +346,9 @@ def _gate(args: argparse.Namespace) -> int:
             if screening.state != "succeeded":
                 detail = (screening.problem or {}).get("detail") or "no reason given"
                 return _gate_error(args, f"screening {screening.id} {screening.state}: {detail}")
-            result = screening.result or {}
+            if screening.result is None:
+                return _gate_error(args, f"screening {screening.id} succeeded without a result")
+            result = screening.result.model_dump(mode="json")
     else:
         if args.policy == "measured":
             study = _local_study()
