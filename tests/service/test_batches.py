@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from phasecore.batch import CSV_FIELDS, check_document
 from phasecore.schema import ScreeningResult
+from phasecore.settings import EngineSettings
 from phasecore.study import predict_failure_probability
 from service.app import create_app
 from service.batch_models import BatchPair
@@ -156,11 +157,15 @@ def test_batch_end_to_end_through_the_worker_and_the_cli(client, runtime, live_s
     # the measured policy: refused until there are enough labelled pairs, then the fitted model decides
     assert main(gate(live_server, "--policy", "measured")) == 2
     assert "not enough labelled pairs" in capsys.readouterr().err
+    # the gate scores a pair with its own stratum's model (METRICS §8): a stratum of other settings is no help
     _plant_labelled(runtime, 24)
-    study = client.get("/v1/study").json()
-    # the planted stratum is the largest; the screened pairs are in a stratum of their own (or, as results
-    # without metrics_version 2, left out)
-    assert study["status"] == "ok" and study["n"] == 24 and study["stratum"]["key"] == PLANTED_STRATUM["key"]
+    assert main(gate(live_server, "--policy", "measured")) == 2
+    assert "not enough labelled pairs" in capsys.readouterr().err
+    own = EngineSettings.model_validate(TINY_OPTIONS).stratum("digits")
+    _plant_labelled(runtime, 24, stratum=own)
+    study = client.get("/v1/study", params={"stratum": own["key"]}).json()
+    # the screened pairs' stratum now holds the 24 planted pairs beside the decided ones screened above
+    assert study["status"] == "ok" and study["n"] >= 24 and study["stratum"]["key"] == own["key"]
     probability = predict_failure_probability(study["model_state"], planted["metrics"])
     assert main(gate(live_server, "--policy", "measured")) == (1 if probability >= 0.5 else 0)
     assert f"P(failure) = {probability:.3f}" in capsys.readouterr().out
