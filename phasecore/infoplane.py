@@ -140,7 +140,7 @@ def model_information_plane(
     final embedding. Every Gram is Gaussian with the median heuristic (``rbf_gram``). Returns
     ``information_plane``'s dict plus ``representations`` (the names of the T, first to last)."""
     n = batch_size(inputs)
-    modules = [] if blocks is None else [(f"{blocks[0]}.{i}", m) for i, m in enumerate(blocks[1])]
+    modules = [] if blocks is None else [(_qualified(blocks[0], i), m) for i, m in enumerate(blocks[1])]
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name, _ in modules}
     mask: list[torch.Tensor | None] = [None]
 
@@ -175,6 +175,10 @@ def model_information_plane(
     result = information_plane(rbf_gram(X), [rbf_gram(t) for t in T], Y, alpha=alpha)
     result["representations"] = names + ["embedding"]
     return result
+
+
+def _qualified(prefix: str, index: int) -> str:
+    return f"{prefix}.{index}" if prefix else str(index)
 
 
 def _pool_positions(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
