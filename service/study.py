@@ -15,9 +15,11 @@ import threading
 import time
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from phasecore.schema import ScreeningResult
 from phasecore.study import FEATURES, attach_measured, prediction_quality, study_by_stratum
 from service.models import SUCCEEDED, Screening
 
@@ -38,20 +40,24 @@ def study_records(session: Session, *, dataset: str | None = None) -> list[dict[
 
 
 def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The study record of one result: model references, metrics version, stratum, features, ``outcome``
-    (None: no ground truth), ``failed`` and ``alignment_score``."""
-    metrics = result.get("metrics") or {}
-    ground_truth = result.get("ground_truth") or {}
+    """The study record of one stored result, read through the typed ``ScreeningResult``: model references,
+    metrics version, stratum, features, ``outcome`` (None: no ground truth), ``failed`` and ``alignment_score``.
+    A stored result that no longer parses counts as version 1 (left out of every stratum)."""
+    try:
+        typed = ScreeningResult.model_validate(result)
+    except ValidationError:
+        return {"vision": vision, "language": language, "metrics_version": None, "stratum": None}
+    gt = typed.ground_truth
     return {
         "vision": vision,
         "language": language,
-        "metrics_version": result.get("metrics_version"),
-        "stratum": result.get("stratum"),
-        "outcome": ground_truth.get("outcome"),
-        "failed": ground_truth.get("failed"),
-        "alignment_score": ground_truth.get("alignment_score"),
-        **{name: metrics.get(name) for name in FEATURES},
-        "predictions": result.get("predictions") or {},
+        "metrics_version": typed.metrics_version,
+        "stratum": None if typed.stratum is None else typed.stratum.model_dump(mode="json"),
+        "outcome": None if gt is None else gt.outcome,
+        "failed": None if gt is None else gt.failed,
+        "alignment_score": None if gt is None else gt.alignment_score,
+        **{name: getattr(typed.metrics, name) for name in FEATURES},
+        "predictions": {rule: p.model_dump(mode="json") for rule, p in typed.predictions.items()},
     }
 
 

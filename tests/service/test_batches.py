@@ -25,6 +25,7 @@ from service.cli import main
 from service.models import ModelProfile, Screening
 from service.screenings import record_local_result
 from tests.conftest import TINY_LANGUAGE, TINY_OPTIONS, TINY_VISION, option_flags, write_grid
+from tests.results import full_result
 from tests.service.conftest import wait_for, work_burst
 
 
@@ -186,13 +187,17 @@ def _planted_result(
     outcome = "inconclusive" if inconclusive else ("failed" if failed else "aligned")
     ground_truth = {"outcome": outcome, "failed": None if inconclusive else failed}
     ground_truth["alignment_score"] = 0.05 if inconclusive else (-0.1 if failed else 0.3)
-    return {
-        "metrics_version": version,
-        "stratum": stratum,
-        "metrics": metrics,
-        "ground_truth": None if failed is None and not inconclusive else ground_truth,
-        "predictions": {rule: {"predicts_failure": verdict} for rule, verdict in verdicts.items()},
-    }
+    result = full_result(
+        metrics=metrics,
+        ground_truth=None if failed is None and not inconclusive else ground_truth,
+        predictions={rule: {"predicts_failure": verdict} for rule, verdict in verdicts.items()},
+    )
+    if version is None:
+        del result["metrics_version"]
+    else:
+        result["metrics_version"] = version
+    result["stratum"] = stratum
+    return result
 
 
 def _plant_labelled(runtime, count: int, dataset: str = "digits", **planted_options: object) -> list[tuple[dict, dict]]:
