@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import ACTIVE_STATES, RUNNING, SUCCEEDED, ModelProfile, Screening
 from service.schemas import ProfileOut, ProfileSummary, ScreeningOut
+from store.models import ACTIVE_STATES, RUNNING, SUCCEEDED, ModelProfile, Screening
 
 # share of a screening's progress spent in each profile and in the pair step
 _PROFILE_SHARE, _PAIR_SHARE = 0.45, 0.10

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from service.settings import ServiceSettings
+from store.settings import ServiceSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +78,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from service.db import upgrade
+    from store.db import upgrade
 
     settings = ServiceSettings()
     upgrade(settings.sqlalchemy_url, args.revision)
@@ -87,8 +87,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _apikey_create(args: argparse.Namespace) -> int:
-    from service.apikeys import create_api_key
-    from service.db import local_session
+    from store.apikeys import create_api_key
+    from store.db import local_session
 
     with local_session() as session:
         key, secret = create_api_key(session, args.name, rate_limit_per_minute=args.rate_limit)

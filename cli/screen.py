@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cli.local import add_local_arguments, local_device, profile_cache, store_screening
 from phasecore.schema import AgopSummary, RulePrediction, ScreeningResult
-from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,8 +105,8 @@ class _Bars:
 def _with_measured_rules(result: dict[str, Any]) -> dict[str, Any]:
     """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim."""
     try:
-        from service.db import local_session
-        from service.study import with_measured_rules
+        from store.db import local_session
+        from store.study import with_measured_rules
 
         with local_session() as session:
             return with_measured_rules(session, result)

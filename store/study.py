@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from phasecore.study import FEATURES, attach_measured, prediction_quality, study_by_stratum
-from service.models import SUCCEEDED, Screening
+from store.models import SUCCEEDED, Screening
 
 
 def study_records(session: Session, *, dataset: str | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
+from cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 # the CI gate's exit codes
 PASS, FAIL, ERROR = 0, 1, 2
@@ -205,10 +205,10 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
-    from phasecore.batch import run_grid
+    from phasecore.batch_run import run_grid
     from phasecore.sources import resolve_device
-    from service.screenings import jsonable
-    from service.settings import ServiceSettings
+    from store.models import jsonable
+    from store.settings import ServiceSettings
 
     service_settings = ServiceSettings()
     device = local_device(args)
@@ -243,8 +243,8 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
 def _store_locally(document: dict[str, Any]) -> None:
     """Record every succeeded pair in the local database, so that `phasescreen study` counts it."""
     try:
-        from service.db import local_session
         from service.screenings import record_local_result
+        from store.db import local_session
 
         with local_session() as session:
             for pair in document["pairs"]:
@@ -328,7 +328,7 @@ def _gate_error(args: argparse.Namespace, message: object) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from phasecore.gate import decide, require_fitted_model
     from phasecore.settings import EngineSettings
-    from service.screenings import jsonable
+    from store.models import jsonable
 
     settings = EngineSettings.model_validate(parse_options(args.option))
     screening_id = None
@@ -378,7 +378,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], str | None]:
     from phasecore.pipeline import screen
-    from service.settings import ServiceSettings
+    from store.settings import ServiceSettings
 
     service_settings = ServiceSettings()
     result = screen(
@@ -401,8 +401,8 @@ def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any
 
 
 def _local_study(dataset: str | None = None) -> dict[str, Any]:
-    from service.db import local_session
-    from service.study import run_study
+    from store.db import local_session
+    from store.study import run_study
 
     with local_session() as session:
         return run_study(session, dataset=dataset)
