@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.engine_flags import add_engine_arguments, engine_overrides
 from cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 # the CI gate's exit codes
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     batch.add_argument("grid", type=Path, help="grid YAML file: dataset, options, vision and language lists")
     _server_arguments(batch)
-    _option_argument(batch)
+    add_engine_arguments(batch)
     batch.add_argument("--output", "-o", type=Path, help="results JSON (default <grid name>.results.json here)")
     batch.add_argument("--csv", type=Path, help="also write the results table as CSV")
     batch.add_argument("--report", type=Path, metavar="DIR", help="also write the report (PNG, SVG, index.html)")
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gate.add_argument("--policy", choices=["paper", "measured"], default="paper", help="decision policy")
     gate.add_argument("--json", action="store_true", help="print the decision and the full result as JSON")
     gate.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the server's result")
-    _option_argument(gate)
+    add_engine_arguments(gate)
     add_local_arguments(gate)
     gate.set_defaults(func=run_gate)
 
@@ -96,31 +97,6 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("PHASESCREEN_API_KEY") or None,
         help="API key (default $PHASESCREEN_API_KEY)",
     )
-
-
-def _option_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="engine setting (docs/metrics.md), e.g. n=576; repeatable; overrides the grid's options",
-    )
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to settings; numbers, booleans, null and JSON values are decoded."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {item!r} is not KEY=VALUE")
-        try:
-            decoded: Any = json.loads(value) if value[:1] in "0123456789[{tfn-" else value
-        except json.JSONDecodeError:
-            decoded = value
-        options[key.strip().replace("-", "_")] = decoded
-    return options
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -191,7 +167,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     try:
         grid = load_grid(args.grid)
-        settings = grid.settings(parse_options(args.option))
+        settings = grid.settings(engine_overrides(args))
     except _expected_errors() as exc:
         return _error("batch", exc)
     try:
@@ -330,7 +306,7 @@ def _gate(args: argparse.Namespace) -> int:
     from phasecore.settings import EngineSettings
     from store.models import jsonable
 
-    settings = EngineSettings.model_validate(parse_options(args.option))
+    settings = EngineSettings.model_validate(engine_overrides(args))
     screening_id = None
     study: dict[str, Any] | None = None
     if args.server:

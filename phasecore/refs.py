@@ -54,8 +54,7 @@ class ModelRef:
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in _OPTION_KEYS:
                 raise InvalidReference(
-                    f"unknown option {key!r} in model reference {text!r}; "
-                    f"known: {', '.join(sorted(_OPTION_KEYS))}"
+                    f"unknown option {key!r} in model reference {text!r}; known: {', '.join(sorted(_OPTION_KEYS))}"
                 )
             options[key] = value
         name, revision = rest, options.pop("revision", None)
@@ -97,6 +96,5 @@ def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:
     if ref.source == "hf" and org is not None and f"hf:{org}" in allowed_sources:
         return
     raise SourceNotAllowed(
-        f"{ref.canonical()} is not allowed here; "
-        f"allowed sources: {', '.join(sorted(allowed_sources)) or 'none'}"
+        f"{ref.canonical()} is not allowed here; allowed sources: {', '.join(sorted(allowed_sources)) or 'none'}"
     )
