@@ -21,7 +21,7 @@ from cli.local import add_local_arguments, local_device, profile_cache, store_sc
 PASS, FAIL, ERROR = 0, 1, 2
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     batch = sub.add_parser(
         "batch",
         help="screen every pair of a grid file, locally or on a server",

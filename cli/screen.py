@@ -15,7 +15,7 @@ from cli.local import add_local_arguments, local_device, profile_cache, store_sc
 from phasecore.schema import AgopSummary, RulePrediction, ScreeningResult
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "screen",
         help="screen one vision-language pair locally and write the JSON result",

@@ -9,7 +9,7 @@ import sys
 from store.settings import ServiceSettings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="run the HTTP API (embedded SQLite and in-process jobs unless a database and Redis are set)",

@@ -322,7 +322,7 @@ def _fail(rt: Runtime, lease: lifecycle.Lease, problem: dict[str, Any], kind: st
         session.commit()
 
 
-def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: Exception, what: str) -> None:
+def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: BaseException, what: str) -> None:
     """Release the row for the queue's retry (re-raising ``exc``), or fail it once attempts are spent."""
     detail = f"the {what} failed with {type(exc).__name__}: {exc}"
     if attempt >= rt.settings.max_attempts:

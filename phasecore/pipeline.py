@@ -18,11 +18,11 @@ from phasecore.alignment import permutation_null
 from phasecore.data import load_dataset
 from phasecore.errors import InvalidSettings
 from phasecore.groundtruth import check_sample, measure_alignment
-from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, profile_key
+from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile
 from phasecore.registry import check_reference
 from phasecore.rules import PAPER, pair_rules
 from phasecore.schema import ScreeningResult
-from phasecore.settings import EngineSettings
+from phasecore.settings import EngineSettings, profile_key
 from phasecore.similarity import representation_similarity
 
 __all__ = [
