@@ -184,14 +184,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasescreen screen: {exc}", file=sys.stderr)
         return 2
     bars.close()
-    result = _with_measured_rules(result.model_dump(mode="json"))
+    document = _with_measured_rules(result.model_dump(mode="json"))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    print(summary(result))
+        args.output.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    print(summary(document))
     if not args.no_store:
         try:
-            print(f"stored as screening {store_screening(args, settings, result)}")
+            print(f"stored as screening {store_screening(args, settings, document)}")
         except Exception as exc:  # the result is on disk already; storing is a convenience
             print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
     if args.output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upgrade = db_sub.add_parser("upgrade", help="apply the Alembic migrations (PHASESCREEN_DATABASE_URL)")
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(func=_db_upgrade)
-    db.set_defaults(func=lambda args: db.print_help() or 2)
+    db.set_defaults(func=functools.partial(_usage, db))
 
     apikey = subparsers.add_parser("apikey", help="API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", metavar="COMMAND")
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--name", default="default", help="a label for the key")
     create.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
     create.set_defaults(func=_apikey_create)
-    apikey.set_defaults(func=lambda args: apikey.print_help() or 2)
+    apikey.set_defaults(func=functools.partial(_usage, apikey))
 
 
 def _configure_logging(settings: ServiceSettings) -> None:
@@ -66,6 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
     finally:  # in-process jobs hand their rows back instead of holding the exit for an hour
         app.state.runtime.close()
     return 0
+
+
+def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """A command group run without its subcommand: its help, exit 2."""
+    parser.print_help()
+    return 2
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -250,7 +250,7 @@ def batch_out(session: Session, batch: Batch) -> BatchOut:
                 vision_index=pair.vision_index,
                 language_index=pair.language_index,
                 screening_id=screening.id,
-                state=screening.state,  # type: ignore[arg-type]
+                state=screening.state,
                 progress=out.progress,
                 href=screening_href(screening.id),
                 **_figures(screening.result),
@@ -262,7 +262,7 @@ def batch_out(session: Session, batch: Batch) -> BatchOut:
     return BatchOut(
         id=batch.id,
         name=batch.name,
-        state=engine_batch.batch_state(states),  # type: ignore[arg-type]
+        state=engine_batch.batch_state(states),
         progress=progress / len(cells) if cells else 0.0,
         pairs=_counts(states),
         profiles=_counts(profile_states),

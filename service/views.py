@@ -65,14 +65,14 @@ def screening_out(
         if profile is not None:
             summaries[modality] = ProfileSummary(
                 id=profile.id,
-                state=profile.state,  # type: ignore[arg-type]
+                state=profile.state,
                 stage=profile.stage,
                 progress=1.0 if profile.state == SUCCEEDED else profile.progress,
                 href=profile_href(profile.id),
             )
     return ScreeningOut(
         id=screening.id,
-        state=screening.state,  # type: ignore[arg-type]
+        state=screening.state,
         stage=stage,
         progress=min(max(progress, 0.0), 1.0),
         request=screening.request,
@@ -98,7 +98,7 @@ def profile_out(profile: ModelProfile) -> ProfileOut:
         modality=profile.modality,
         dataset=profile.dataset_ref,
         settings=profile.settings,
-        state=profile.state,  # type: ignore[arg-type]
+        state=profile.state,
         stage=profile.stage,
         progress=1.0 if profile.state == SUCCEEDED else profile.progress,
         attempts=profile.attempts,
