@@ -54,7 +54,7 @@ def _start_server(port: int, database_url: str | None, redis_url: str, home: Pat
         env["PHASESCREEN_AUTO_MIGRATE"] = "true"
     else:
         env.pop("PHASESCREEN_DATABASE_URL", None)
-    code = "import sys; from service.cli import main; sys.exit(main())"
+    code = "import sys; from cli import main; sys.exit(main())"
     return subprocess.Popen(
         [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,

@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from service.db import make_engine
-from service.models import Base
-from service.settings import ServiceSettings
+from store.db import make_engine
+from store.models import Base
+from store.settings import ServiceSettings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -16,15 +16,14 @@ import numpy as np
 from phasecore import ENGINE_VERSION, METRICS_VERSION
 from phasecore.alignment import permutation_null
 from phasecore.data import load_dataset
-from phasecore.errors import InvalidReference, InvalidSettings
+from phasecore.errors import InvalidSettings
 from phasecore.groundtruth import check_sample, measure_alignment
-from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, profile_key
+from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile
+from phasecore.registry import check_reference
 from phasecore.rules import PAPER, pair_rules
 from phasecore.schema import ScreeningResult
-from phasecore.settings import EngineSettings
+from phasecore.settings import EngineSettings, profile_key
 from phasecore.similarity import representation_similarity
-from phasecore.sources import SOURCE_LOADERS, check_allowed
-from phasecore.sources.base import ModelRef
 
 __all__ = [
     "ModelProfile",
@@ -34,6 +33,7 @@ __all__ = [
     "profile_key",
     "screen",
     "screen_pair",
+    "validate_dataset",
     "validate_request",
 ]
 
@@ -50,12 +50,15 @@ def validate_request(
     """Cheap checks before any work is queued: references parse, sources are allowed, the dataset
     exists and holds N pairs, and (with ground truth on) every class has enough pairs for the K-fold
     and unseen-class tests. Raises a PhasescreenError with a message the user can act on."""
+    root = Path(model_root).expanduser() if model_root is not None else None
     for role, ref in (("vision", vision_ref), ("language", language_ref)):
-        parsed = ModelRef.parse(ref)
-        if parsed.source not in SOURCE_LOADERS:
-            raise InvalidReference(f"{role} model {ref!r}: unknown source {parsed.source!r}")
-        if allowed_sources is not None:
-            check_allowed(parsed, allowed_sources)
+        check_reference(ref, role, allowed_sources=allowed_sources, model_root=root)
+    validate_dataset(dataset_ref, settings, data_root=data_root)
+
+
+def validate_dataset(dataset_ref: str, settings: EngineSettings, *, data_root: str | Path | None = None) -> None:
+    """The dataset exists and holds N pairs, and (with ground truth on) every class has enough pairs for the
+    K-fold and unseen-class tests."""
     dataset = load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
     if settings.ground_truth:
         check_sample(dataset.labels, settings.gt_folds)

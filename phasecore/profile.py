@@ -11,7 +11,6 @@ profiles, and every pair step reuses them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -33,9 +32,9 @@ from phasecore.infoplane import model_information_plane
 from phasecore.ntk import probe_gram
 from phasecore.ntk.distinct import distinct_inputs
 from phasecore.ntk.validity import check_gram
-from phasecore.settings import EngineSettings
+from phasecore.settings import EngineSettings, profile_key
 from phasecore.sources import load_encoder
-from phasecore.sources.base import Encoder, ModelRef
+from phasecore.sources.base import Encoder
 from phasecore.stability import stability_probe
 
 ProgressFn = Callable[[str, float], None]
@@ -65,18 +64,6 @@ class ModelProfile:
             header = json.loads(npz["__header__"].tobytes().decode())
             arrays = {k: npz[k] for k in npz.files if k != "__header__"}
         return cls(header["key"], header["modality"], header["identity"], header["meta"], arrays)
-
-
-def profile_key(model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings) -> str:
-    """sha256 of the canonical (model, modality, dataset, profile settings, engine version)."""
-    payload = {
-        "model": ModelRef.parse(model_ref).canonical(),
-        "modality": modality,
-        "dataset": dataset_ref,
-        "settings": settings.profile_fields(),
-        "engine": ENGINE_VERSION,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def select_params(model: nn.Module, spec: str) -> list[str] | None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
+from phasecore.refs import ModelRef
 
 #: Where models run: ``auto`` (the first GPU torch sees, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A runtime
 #: choice, not an engine setting: it changes float rounding only, so it is not part of any key.
@@ -145,3 +146,15 @@ class EngineSettings(ProfileSettings, PairSettings):
         }
         key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         return {"key": key, **body}
+
+
+def profile_key(model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings) -> str:
+    """sha256 of the canonical (model, modality, dataset, profile settings, engine version)."""
+    payload = {
+        "model": ModelRef.parse(model_ref).canonical(),
+        "modality": modality,
+        "dataset": dataset_ref,
+        "settings": settings.profile_fields(),
+        "engine": ENGINE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -15,15 +15,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.reconcile import PeriodicReconciler, reconcile
+from jobs.runner import open_runtime
+from jobs.runtime import Runtime
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from service.deps import enforce_rate_limit
 from service.metrics import ApiMetrics, MetricsMiddleware
-from service.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.routes import batches, health, profiles, screenings, study
-from service.runtime import Runtime
-from service.settings import ServiceSettings
+from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
+from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,12 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
     """The API. Without a runtime it makes one from ``settings`` (creating the embedded SQLite file and the
     in-process executor when no database or Redis is configured)."""
     settings = settings or (runtime.settings if runtime else ServiceSettings())
-    runtime = runtime or Runtime.create(settings)
+    runtime = runtime or open_runtime(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reconciler = None
         if settings.embedded_queue:  # no separate workers: this process recovers its own lost jobs
-            from worker.reconcile import PeriodicReconciler, reconcile
-
             try:
                 reconcile(runtime)
             except Exception:

@@ -18,19 +18,20 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from jobs import lifecycle
+from jobs.queue import JobQueue, JobRef
 from phasecore import ENGINE_VERSION
 from phasecore import batch as engine_batch
 from phasecore.errors import PhasescreenError
-from phasecore.sources.base import ModelRef
-from service import lifecycle, screenings
-from service.batch_models import Batch, BatchPair
+from phasecore.refs import ModelRef
+from service import screenings
 from service.batch_schemas import BatchCell, BatchOut, BatchRequest
-from service.models import ACTIVE_STATES, Screening
-from service.problems import Problem, from_domain_error, not_found
-from service.queue import JobQueue, JobRef
 from service.schemas import ScreeningRequest
-from service.settings import ServiceSettings
 from service.views import load_profiles, screening_href, screening_out
+from store.batch_models import Batch, BatchPair
+from store.models import ACTIVE_STATES, Screening
+from store.problems import Problem, from_domain_error, not_found
+from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def batch_out(session: Session, batch: Batch) -> BatchOut:
                 vision_index=pair.vision_index,
                 language_index=pair.language_index,
                 screening_id=screening.id,
-                state=screening.state,  # type: ignore[arg-type]
+                state=screening.state,
                 progress=out.progress,
                 href=screening_href(screening.id),
                 **_figures(screening.result),
@@ -261,7 +262,7 @@ def batch_out(session: Session, batch: Batch) -> BatchOut:
     return BatchOut(
         id=batch.id,
         name=batch.name,
-        state=engine_batch.batch_state(states),  # type: ignore[arg-type]
+        state=engine_batch.batch_state(states),
         progress=progress / len(cells) if cells else 0.0,
         pairs=_counts(states),
         profiles=_counts(profile_states),

@@ -10,13 +10,13 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from service.apikeys import authenticate
-from service.models import ApiKey
-from service.problems import Problem
-from service.queue import JobQueue
+from jobs.queue import JobQueue
+from jobs.runtime import Runtime
 from service.ratelimit import RateLimiter
-from service.runtime import Runtime
-from service.settings import ServiceSettings
+from store.apikeys import authenticate
+from store.models import ApiKey
+from store.problems import Problem
+from store.settings import ServiceSettings
 
 
 def checked_idempotency_key(value: str | None) -> str | None:

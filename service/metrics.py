@@ -12,9 +12,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobstats import stage_totals
-from service.models import FAILED, Screening
-from service.runtime import Runtime
+from jobs.metrics import REGISTRY as JOB_REGISTRY
+from jobs.runtime import Runtime
+from store.jobstats import stage_totals
+from store.models import FAILED, Screening
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ class ApiMetrics:
         self.registry.register(_StateCollector(runtime))
 
     def render(self) -> bytes:
-        from worker.metrics import REGISTRY as JOB_REGISTRY  # jobs of this process (embedded mode)
-
+        # with the embedded executor the jobs run in this process: their counters are served here too
         return generate_latest(self.registry) + generate_latest(JOB_REGISTRY)
 
 

@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import lifecycle
-from service.models import QUEUED, ModelProfile
+from jobs import lifecycle
+from store.models import QUEUED, ModelProfile
 
 
 def get_or_create_profile(

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,16 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from jobs import lifecycle
+from jobs.queue import JobQueue
 from phasecore import ENGINE_VERSION
 from phasecore.errors import InvalidSettings, PhasescreenError
-from phasecore.settings import EngineSettings
-from phasecore.sources.base import ModelRef
-from service import lifecycle
-from service.models import (
+from phasecore.refs import ModelRef
+from phasecore.registry import check_reference
+from phasecore.settings import EngineSettings, profile_key
+from service.profiles import get_or_create_profile
+from service.schemas import ScreeningRequest
+from store.models import (
     ACTIVE_STATES,
     CANCELLED,
     QUEUED,
@@ -33,14 +36,11 @@ from service.models import (
     TERMINAL_STATES,
     ModelProfile,
     Screening,
+    jsonable,
     utcnow,
 )
-from service.problems import Problem, from_domain_error, not_found
-from service.profiles import get_or_create_profile
-from service.queue import JobQueue
-from service.references import check_model_known
-from service.schemas import ScreeningRequest
-from service.settings import ServiceSettings
+from store.problems import Problem, from_domain_error, not_found
+from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,14 @@ def _validate(
     model_root: Path | None,
     data_root: Path | None,
 ) -> None:
-    """The engine's checks (they read the dataset) and ours; remembered when they pass, since a grid or a
-    polling batch script submits the same few combinations again and again. Failures are not remembered."""
-    from phasecore.pipeline import validate_request
+    """The references' cheap checks (names only, no torch), then the dataset's (it is read, so its loaders are
+    imported here, torchvision with them); remembered when they pass, since a grid or a polling batch script
+    submits the same few combinations again and again. Failures are not remembered."""
+    check_reference(vision, "vision", allowed_sources=allowed_sources, model_root=model_root)
+    check_reference(language, "language", allowed_sources=allowed_sources, model_root=model_root)
+    from phasecore.pipeline import validate_dataset  # heavy: the dataset loaders import torch
 
-    validate_request(
-        vision, language, dataset, options, allowed_sources=allowed_sources, model_root=model_root, data_root=data_root
-    )
-    check_model_known(vision, "vision", model_root=model_root)
-    check_model_known(language, "language", model_root=model_root)
+    validate_dataset(dataset, options, data_root=data_root)
 
 
 def find_by_idempotency_key(session: Session, owner: str, key: str) -> Screening | None:
@@ -147,8 +146,6 @@ def _create(
     owner: str,
     idempotency_key: str | None,
 ) -> tuple[Screening, bool]:
-    from phasecore.pipeline import profile_key
-
     try:
         normalized = normalize_request(request, settings)
     except PhasescreenError as exc:
@@ -326,21 +323,6 @@ def _looks_like_id(value: str) -> bool:
     return len(value) == 36 and all(c in "0123456789abcdef-" for c in value)
 
 
-def jsonable(value: Any) -> Any:
-    """JSON that PostgreSQL's jsonb accepts: no NaN or infinities (they become null), no numpy scalars."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return jsonable(value.item())
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy array
-        return jsonable(value.tolist())
-    return value
-
-
 def record_local_result(session: Session, request: dict[str, Any], result: dict[str, Any]) -> Screening:
     """Store a result computed outside the queue (``phasescreen screen``) as a succeeded screening.
 
@@ -385,7 +367,7 @@ def record_local_result(session: Session, request: dict[str, Any], result: dict[
 
 def store_local_result(request: dict[str, Any], result: dict[str, Any], settings: ServiceSettings | None = None) -> str:
     """One call for the CLI: open the configured store (migrating the embedded file), record, commit."""
-    from service.db import local_session
+    from store.db import local_session
 
     with local_session(settings) as session:
         screening = record_local_result(session, request, result)

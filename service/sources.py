@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.schemas import SourcesOut
-from service.settings import ServiceSettings
+from store.settings import ServiceSettings
 
 
 def describe_deployment(settings: ServiceSettings) -> SourcesOut:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import ACTIVE_STATES, RUNNING, SUCCEEDED, ModelProfile, Screening
 from service.schemas import ProfileOut, ProfileSummary, ScreeningOut
+from store.models import ACTIVE_STATES, RUNNING, SUCCEEDED, ModelProfile, Screening
 
 # share of a screening's progress spent in each profile and in the pair step
 _PROFILE_SHARE, _PAIR_SHARE = 0.45, 0.10
@@ -65,14 +65,14 @@ def screening_out(
         if profile is not None:
             summaries[modality] = ProfileSummary(
                 id=profile.id,
-                state=profile.state,  # type: ignore[arg-type]
+                state=profile.state,
                 stage=profile.stage,
                 progress=1.0 if profile.state == SUCCEEDED else profile.progress,
                 href=profile_href(profile.id),
             )
     return ScreeningOut(
         id=screening.id,
-        state=screening.state,  # type: ignore[arg-type]
+        state=screening.state,
         stage=stage,
         progress=min(max(progress, 0.0), 1.0),
         request=screening.request,
@@ -98,7 +98,7 @@ def profile_out(profile: ModelProfile) -> ProfileOut:
         modality=profile.modality,
         dataset=profile.dataset_ref,
         settings=profile.settings,
-        state=profile.state,  # type: ignore[arg-type]
+        state=profile.state,
         stage=profile.stage,
         progress=1.0 if profile.state == SUCCEEDED else profile.progress,
         attempts=profile.attempts,

@@ -38,7 +38,7 @@ def option_flags(options: dict | None = None) -> list[str]:
 
 def build_tiny_bert(root: Path) -> Path:
     """``root/tiny-bert``: MiniLM's tokenizer files and a 2-layer, 32-wide BERT config (random init)."""
-    from phasecore.sources.pkg_source import PACKAGES
+    from phasecore.registry import PACKAGES
 
     source = Path(importlib.import_module(PACKAGES["all-minilm-l6-v2"].module).get_model_path())
     target = root / "tiny-bert"
@@ -88,7 +88,7 @@ def write_grid(path: Path, **overrides: object) -> Path:
 @pytest.fixture(scope="session")
 def tiny_batch(tmp_path_factory: pytest.TempPathFactory, tiny_model_root: Path) -> TinyBatch:
     """`phasescreen batch` on the tiny 2 × 2 grid, embedded (profiles computed here, results stored locally)."""
-    from service.cli import main
+    from cli import main
 
     tmp = tmp_path_factory.mktemp("tiny-batch")
     grid = write_grid(tmp / "tiny.yaml")

@@ -9,10 +9,10 @@ import sqlite3
 
 import pytest
 
+from cli import main
 from phasecore.batch import CSV_FIELDS, Grid, check_document, load_grid
 from phasecore.errors import InvalidReference, InvalidSettings
 from phasecore.schema import ScreeningResult
-from service.cli import main
 from tests.conftest import TINY_LANGUAGE, TINY_VISION, write_grid
 
 
@@ -78,8 +78,7 @@ def test_grid_errors_exit_2_with_what_to_change(tmp_path, capsys) -> None:
 
 
 def test_the_shipped_grids() -> None:
-    from phasecore.sources.timm_source import check_timm_name
-    from service.references import check_model_known
+    from phasecore.registry import check_reference, check_timm_name
 
     paper = load_grid("grids/paper-144.yaml")
     assert (len(paper.vision), len(paper.language), paper.n_pairs) == (12, 12, 144)
@@ -94,4 +93,4 @@ def test_the_shipped_grids() -> None:
     assert offline.n_pairs == 6
     for role, refs in (("vision", offline.vision), ("language", offline.language)):
         for ref in refs:
-            check_model_known(ref, role, model_root=None)  # installed packages or registry names: runs offline
+            check_reference(ref, role, model_root=None)  # installed packages or registry names: runs offline

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from phasecore.report import FIGURES, inline_html, rule_counts, write_report
-from service.cli import main
 from tests.results import full_result
 
 RULES = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli import main
 from phasecore.pipeline import ProfileCache, compute_profile, profile_key, screen_pair
 from phasecore.schema import SCHEMA_PATH, ScreeningResult, write_schema
 from phasecore.settings import EngineSettings
-from service.cli import main
 
 VISION = "timm:test_vit?weights=random"
 LANGUAGE = "pkg:all-minilm-l6-v2"

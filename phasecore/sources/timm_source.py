@@ -6,27 +6,17 @@ initialisation without fetching anything.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from phasecore.errors import AssetUnavailable, InvalidReference
-from phasecore.sources.base import ModelRef
+from phasecore.errors import AssetUnavailable
+from phasecore.refs import ModelRef
+from phasecore.registry import check_timm_name
 from phasecore.sources.encoders import VisionEncoder
 from phasecore.sources.weights import random_init
-
-
-def check_timm_name(name: str) -> None:
-    """Raise InvalidReference, with the closest registry names, when ``name`` is not a timm architecture."""
-    architecture = name.partition(".")[0]
-    if timm.is_model(architecture):
-        return
-    close = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for the names"
-    raise InvalidReference(f"model {architecture!r} is not in the timm registry{hint}")
 
 
 def create_timm_model(name: str, *, pretrained: bool) -> nn.Module:

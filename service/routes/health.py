@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from phasecore import ENGINE_VERSION
-from service.db import ping
 from service.deps import RuntimeDep
-from service.problems import PROBLEM_MEDIA_TYPE, problem_document
+from store.db import ping
+from store.problems import PROBLEM_MEDIA_TYPE, problem_document
 
 router = APIRouter(tags=["health"])
 

@@ -9,9 +9,9 @@ from pydantic import AfterValidator
 
 from service import screenings
 from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
-from service.models import ACTIVE_STATES
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
+from store.models import ACTIVE_STATES
 
 router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
 

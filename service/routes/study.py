@@ -10,7 +10,7 @@ from service.batch_schemas import StudyOut
 from service.deps import SessionDep
 from service.routes.screenings import FilterText
 from service.schemas import ProblemOut
-from service.study import run_study
+from store.study import run_study
 
 router = APIRouter(prefix="/v1/study", tags=["study"])
 

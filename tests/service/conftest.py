@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from sqlalchemy import MetaData, create_engine, make_url, text
 
-from service.db import downgrade, upgrade
-from service.models import Base
-from service.runtime import Runtime
-from service.settings import ServiceSettings
+from jobs.runner import open_runtime
+from jobs.runtime import Runtime
+from store.db import downgrade, upgrade
+from store.models import Base
+from store.settings import ServiceSettings
 from tests.conftest import build_tiny_bert
 
 PG_URL = os.environ.get(
@@ -140,7 +141,7 @@ def make_runtime(make_settings: Callable[..., ServiceSettings]) -> Iterator[Call
     runtimes: list[Runtime] = []
 
     def make(**overrides: Any) -> Runtime:
-        runtime = Runtime.create(make_settings(**overrides))
+        runtime = open_runtime(make_settings(**overrides))
         runtimes.append(runtime)
         return runtime
 
@@ -186,7 +187,7 @@ def worker_env(settings: ServiceSettings) -> dict[str, str]:
 def start_worker_process(settings: ServiceSettings, *args: str, log: Path) -> subprocess.Popen:
     """``phasescreen worker`` as a child process (so that it can be killed)."""
     return subprocess.Popen(
-        [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", "worker", *args],
+        [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())", "worker", *args],
         cwd=REPO,
         env=worker_env(settings),
         stdout=log.open("wb"),

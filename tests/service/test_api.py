@@ -7,7 +7,7 @@ import json
 
 from sqlalchemy import func, select
 
-from service.models import ModelProfile, Screening
+from store.models import ModelProfile, Screening
 from tests.service.conftest import DATASET, LANGUAGE, VISION, tiny_request
 
 PROBLEM = "application/problem+json"
@@ -35,7 +35,7 @@ def test_submit_answers_202_with_location_and_enqueues_profile_jobs_by_id(client
     profile_ids = {p["id"] for p in body["profiles"].values()}
     assert set(runtime.queue.queue.job_ids) == profile_ids
     job = runtime.queue.queue.fetch_job(next(iter(profile_ids)))
-    assert job.args == [job.id] and job.func_name == "worker.jobs.run_profile_job"
+    assert job.args == [job.id] and job.func_name == "jobs.runner.run_profile_job"
 
     fetched = client.get(response.headers["location"])
     assert fetched.status_code == 200 and fetched.json()["id"] == body["id"]

@@ -8,9 +8,9 @@ import sys
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from service.apikeys import create_api_key
 from service.app import create_app
-from service.models import ApiKey
+from store.apikeys import create_api_key
+from store.models import ApiKey
 from tests.service.conftest import REPO, tiny_request, worker_env
 
 
@@ -75,7 +75,7 @@ def test_apikey_create_command_prints_a_working_key(make_settings, make_runtime)
         [
             sys.executable,
             "-c",
-            "import sys; from service.cli import main; sys.exit(main())",
+            "import sys; from cli import main; sys.exit(main())",
             "apikey",
             "create",
             "--name",

@@ -15,15 +15,15 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
+from cli import main
 from phasecore.batch import CSV_FIELDS, check_document
 from phasecore.schema import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.study import predict_failure_probability
 from service.app import create_app
-from service.batch_models import BatchPair
-from service.cli import main
-from service.models import ModelProfile, Screening
 from service.screenings import record_local_result
+from store.batch_models import BatchPair
+from store.models import ModelProfile, Screening
 from tests.conftest import TINY_LANGUAGE, TINY_OPTIONS, TINY_VISION, option_flags, write_grid
 from tests.results import full_result
 from tests.service.conftest import wait_for, work_burst
@@ -316,7 +316,7 @@ def test_batch_refusals_are_problems(client, runtime):
 
 
 def test_batch_idempotency_key_same_body_same_batch_other_body_422(client, runtime):
-    from service.batch_models import Batch
+    from store.batch_models import Batch
 
     headers = {"Idempotency-Key": "grid-7"}
     first = client.post("/v1/batches", json=batch_request(), headers=headers)

@@ -7,12 +7,12 @@ from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
+from jobs.runner import open_runtime
 from service.app import create_app
-from service.db import downgrade, upgrade
-from service.models import Base, Screening
-from service.runtime import Runtime
 from service.screenings import store_local_result
-from service.settings import ServiceSettings
+from store.db import downgrade, upgrade
+from store.models import Base, Screening
+from store.settings import ServiceSettings
 from tests.service.conftest import tiny_request, wait_for
 
 
@@ -43,7 +43,7 @@ def test_migrations_build_the_models_schema_on_sqlite_and_postgres(tmp_path, pg_
 def test_serve_with_nothing_configured_runs_jobs_in_process(tmp_path, model_root):
     settings = _embedded(tmp_path, model_root)
     assert settings.sqlalchemy_url == f"sqlite:///{tmp_path / 'phasescreen.db'}"
-    runtime = Runtime.create(settings)  # migrates the SQLite file itself
+    runtime = open_runtime(settings)  # migrates the SQLite file itself
     try:
         with TestClient(create_app(runtime=runtime)) as client:
             submitted = client.post("/v1/screenings", json=tiny_request())
@@ -71,7 +71,7 @@ def test_local_results_are_stored_in_the_embedded_file(tmp_path, model_root):
     result = {"metrics": {"cka": 0.5, "undefined": float("nan")}, "engine_version": "0.1.0"}
     screening_id = store_local_result(request, result, _embedded(tmp_path, model_root))
 
-    runtime = Runtime.create(_embedded(tmp_path, model_root))
+    runtime = open_runtime(_embedded(tmp_path, model_root))
     try:
         with runtime.session() as session:
             row = session.get(Screening, screening_id)
@@ -88,9 +88,9 @@ def test_embedded_restart_hands_running_jobs_back_and_finishes_them(tmp_path, mo
     """Stopping `phasescreen serve` mid-job loses nothing: the next start picks the screening up again."""
     from sqlalchemy import select
 
-    from service.models import ModelProfile
+    from store.models import ModelProfile
 
-    first = Runtime.create(_embedded(tmp_path, model_root))
+    first = open_runtime(_embedded(tmp_path, model_root))
     with TestClient(create_app(runtime=first)) as client:
         screening_id = client.post("/v1/screenings", json=tiny_request()).json()["id"]
         wait_for(lambda: client.get(f"/v1/screenings/{screening_id}").json()["state"] == "running", timeout=120)
@@ -105,7 +105,7 @@ def test_embedded_restart_hands_running_jobs_back_and_finishes_them(tmp_path, mo
     with first.session() as session:
         assert all(p.attempts == 0 for p in session.scalars(select(ModelProfile)) if p.state == "queued")
 
-    second = Runtime.create(_embedded(tmp_path, model_root))
+    second = open_runtime(_embedded(tmp_path, model_root))
     try:
         with TestClient(create_app(runtime=second)) as client:  # its start-up reconciler enqueues again
             wait_for(

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from service import lifecycle, screenings
-from service.models import ModelProfile, Screening
+from jobs import lifecycle
+from service import screenings
+from store.models import ModelProfile, Screening
 from tests.service.conftest import tiny_request
 
 
@@ -63,10 +64,10 @@ def test_a_cancelled_screening_cannot_be_completed_afterwards(client, runtime):
 def test_leases_are_judged_by_the_database_clock_not_a_skewed_worker_clock(client, runtime, monkeypatch):
     """A worker whose clock runs an hour late writes heartbeats an hour old by its own clock, and a reconciler
     whose clock runs an hour early sees every heartbeat as an hour old: neither may steal a live job."""
-    import service.models
-    from worker.reconcile import reconcile
+    import store.models
+    from jobs.reconcile import reconcile
 
-    real = service.models.datetime
+    real = store.models.datetime
 
     def skewed(hours: float) -> type:
         class Skewed(real):  # type: ignore[misc, valid-type]
@@ -77,13 +78,13 @@ def test_leases_are_judged_by_the_database_clock_not_a_skewed_worker_clock(clien
         return Skewed
 
     profile_id = client.post("/v1/screenings", json=tiny_request()).json()["profiles"]["vision"]["id"]
-    monkeypatch.setattr(service.models, "datetime", skewed(-1))  # the worker's clock
+    monkeypatch.setattr(store.models, "datetime", skewed(-1))  # the worker's clock
     with runtime.session() as session:
         claim = lifecycle.claim_profile(session, profile_id, worker="late:1", max_attempts=3)
         assert claim is not None
         assert lifecycle.renew_lease(session, claim.lease)
         session.commit()
-    monkeypatch.setattr(service.models, "datetime", skewed(+1))  # the reconciler's clock
+    monkeypatch.setattr(store.models, "datetime", skewed(+1))  # the reconciler's clock
     report = reconcile(runtime)
     assert profile_id not in report.requeued + report.failed
     with runtime.session() as session:

@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy import make_url, select, update
 
+from jobs.reconcile import reconcile
 from service.app import create_app
-from service.models import ModelProfile, Screening, utcnow
+from store.models import ModelProfile, Screening, utcnow
 from tests.service.conftest import start_worker_process, tiny_request, wait_for, work_burst
 from tests.service.proxy import TcpProxy
-from worker.reconcile import reconcile
 
 
 def _state(runtime, table, row_id):
@@ -73,7 +73,7 @@ def test_redis_flushed_while_queued_the_reconciler_enqueues_again(client, runtim
 
 def test_reconciler_requeues_or_fails_rows_of_lost_workers(client, runtime, make_settings):
     """Rows whose heartbeat stopped: retried while attempts remain, else failed with the reason."""
-    from service.runtime import Runtime
+    from jobs.runner import open_runtime
 
     first = client.post("/v1/screenings", json=tiny_request()).json()
     second = client.post("/v1/screenings", json=tiny_request(seed=1)).json()
@@ -106,7 +106,7 @@ def test_reconciler_requeues_or_fails_rows_of_lost_workers(client, runtime, make
     # the queued language profiles the flush lost are back in the queue too
     assert runtime.queue.is_pending(first["profiles"]["language"]["id"])
     # a second pass finds nothing to do
-    assert not reconcile(Runtime.create(make_settings()))
+    assert not reconcile(open_runtime(make_settings()))
 
 
 def test_cancel_stops_a_running_job(client, make_settings, runtime, tmp_path):

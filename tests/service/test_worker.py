@@ -6,7 +6,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from service.models import ModelProfile, Screening
+from store.models import ModelProfile, Screening
 from tests.service.conftest import tiny_request, work_burst
 
 RESULT_KEYS = {
@@ -103,7 +103,7 @@ def test_a_gpu_worker_that_sees_no_gpu_exits_at_start():
     takes a job, with the reason, instead of running every job on the CPU."""
     import torch
 
-    from service.settings import ServiceSettings
+    from store.settings import ServiceSettings
     from worker.main import run_worker
 
     if torch.cuda.is_available():
@@ -119,7 +119,7 @@ def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, r
     model). It runs out while the job computes: the same job would run out again, so it fails and says why."""
     import phasecore.pipeline
     import phasecore.sources
-    from worker import jobs
+    from jobs import functions as jobs
 
     body = client.post("/v1/screenings", json=tiny_request()).json()
     vision_id = body["profiles"]["vision"]["id"]

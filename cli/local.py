@@ -32,7 +32,7 @@ def profile_cache(args: argparse.Namespace) -> Any:
 
 def local_device(args: argparse.Namespace) -> str:
     """``--device``, else the deployment setting ``PHASESCREEN_DEVICE`` (validated), else ``auto``."""
-    from service.settings import ServiceSettings
+    from store.settings import ServiceSettings
 
     return args.device or ServiceSettings().device
 

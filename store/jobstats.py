@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.models import JobStageStat
+from store.models import JobStageStat
 
 
 def record_stage_durations(session: Session, kind: str, durations: dict[str, float]) -> None:

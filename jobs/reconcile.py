@@ -24,8 +24,10 @@ from typing import cast
 from sqlalchemy import and_, select
 from sqlalchemy.orm import aliased
 
-from service import lifecycle
-from service.models import (
+from jobs import lifecycle, metrics
+from jobs.queue import JobKind, JobRef
+from jobs.runtime import Runtime
+from store.models import (
     ACTIVE_STATES,
     CANCELLED,
     FAILED,
@@ -36,9 +38,6 @@ from service.models import (
     Screening,
     db_now,
 )
-from service.queue import JobKind, JobRef
-from service.runtime import Runtime
-from worker import metrics
 
 log = logging.getLogger(__name__)
 _BATCH = 500

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.models import Base, JSONType, UTCDateTime, new_id, utcnow
+from store.models import Base, JSONType, UTCDateTime, new_id, utcnow
 
 
 class Batch(Base):

@@ -16,9 +16,8 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session
 
-from service import lifecycle
-from service.runtime import Runtime
-from worker import metrics
+from jobs import lifecycle, metrics
+from jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

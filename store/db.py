@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from service.settings import ServiceSettings
+from store.settings import ServiceSettings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _migrate_lock = threading.Lock()

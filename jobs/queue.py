@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 log = logging.getLogger(__name__)
 
 JobKind = Literal["profile", "pair"]
-JOB_FUNCTIONS: dict[str, str] = {"profile": "worker.jobs.run_profile_job", "pair": "worker.jobs.run_pair_job"}
+JOB_FUNCTIONS: dict[str, str] = {"profile": "jobs.runner.run_profile_job", "pair": "jobs.runner.run_pair_job"}
 
 
 @dataclass(frozen=True)

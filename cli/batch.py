@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
+from cli.engine_flags import add_engine_arguments, engine_overrides
+from cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 # the CI gate's exit codes
 PASS, FAIL, ERROR = 0, 1, 2
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     batch = sub.add_parser(
         "batch",
         help="screen every pair of a grid file, locally or on a server",
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     batch.add_argument("grid", type=Path, help="grid YAML file: dataset, options, vision and language lists")
     _server_arguments(batch)
-    _option_argument(batch)
+    add_engine_arguments(batch)
     batch.add_argument("--output", "-o", type=Path, help="results JSON (default <grid name>.results.json here)")
     batch.add_argument("--csv", type=Path, help="also write the results table as CSV")
     batch.add_argument("--report", type=Path, metavar="DIR", help="also write the report (PNG, SVG, index.html)")
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gate.add_argument("--policy", choices=["paper", "measured"], default="paper", help="decision policy")
     gate.add_argument("--json", action="store_true", help="print the decision and the full result as JSON")
     gate.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the server's result")
-    _option_argument(gate)
+    add_engine_arguments(gate)
     add_local_arguments(gate)
     gate.set_defaults(func=run_gate)
 
@@ -96,31 +97,6 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("PHASESCREEN_API_KEY") or None,
         help="API key (default $PHASESCREEN_API_KEY)",
     )
-
-
-def _option_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="engine setting (docs/metrics.md), e.g. n=576; repeatable; overrides the grid's options",
-    )
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to settings; numbers, booleans, null and JSON values are decoded."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {item!r} is not KEY=VALUE")
-        try:
-            decoded: Any = json.loads(value) if value[:1] in "0123456789[{tfn-" else value
-        except json.JSONDecodeError:
-            decoded = value
-        options[key.strip().replace("-", "_")] = decoded
-    return options
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -191,7 +167,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     try:
         grid = load_grid(args.grid)
-        settings = grid.settings(parse_options(args.option))
+        settings = grid.settings(engine_overrides(args))
     except _expected_errors() as exc:
         return _error("batch", exc)
     try:
@@ -205,10 +181,10 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
-    from phasecore.batch import run_grid
+    from phasecore.batch_run import run_grid
     from phasecore.sources import resolve_device
-    from service.screenings import jsonable
-    from service.settings import ServiceSettings
+    from store.models import jsonable
+    from store.settings import ServiceSettings
 
     service_settings = ServiceSettings()
     device = local_device(args)
@@ -243,8 +219,8 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
 def _store_locally(document: dict[str, Any]) -> None:
     """Record every succeeded pair in the local database, so that `phasescreen study` counts it."""
     try:
-        from service.db import local_session
         from service.screenings import record_local_result
+        from store.db import local_session
 
         with local_session() as session:
             for pair in document["pairs"]:
@@ -328,9 +304,9 @@ def _gate_error(args: argparse.Namespace, message: object) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from phasecore.gate import decide, require_fitted_model
     from phasecore.settings import EngineSettings
-    from service.screenings import jsonable
+    from store.models import jsonable
 
-    settings = EngineSettings.model_validate(parse_options(args.option))
+    settings = EngineSettings.model_validate(engine_overrides(args))
     screening_id = None
     study: dict[str, Any] | None = None
     if args.server:
@@ -380,7 +356,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], str | None]:
     from phasecore.pipeline import screen
-    from service.settings import ServiceSettings
+    from store.settings import ServiceSettings
 
     service_settings = ServiceSettings()
     result = screen(
@@ -403,8 +379,8 @@ def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any
 
 
 def _local_study(dataset: str | None = None) -> dict[str, Any]:
-    from service.db import local_session
-    from service.study import run_study
+    from store.db import local_session
+    from store.study import run_study
 
     with local_session() as session:
         return run_study(session, dataset=dataset)

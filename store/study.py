@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from phasecore.schema import ScreeningResult
 from phasecore.study import FEATURES, attach_measured, prediction_quality, study_by_stratum
-from service.models import SUCCEEDED, Screening
+from store.models import SUCCEEDED, Screening
 
 
 def study_records(session: Session, *, dataset: str | None = None) -> list[dict[str, Any]]:

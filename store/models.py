@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from datetime import UTC, datetime
@@ -179,3 +180,18 @@ class JobStageStat(Base):
     stage: Mapped[str] = mapped_column(String(64), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+def jsonable(value: Any) -> Any:
+    """JSON that PostgreSQL's jsonb accepts: no NaN or infinities (they become null), no numpy scalars."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return jsonable(value.item())
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy array
+        return jsonable(value.tolist())
+    return value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
-from service.settings import ServiceSettings
+from store.settings import ServiceSettings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="run the HTTP API (embedded SQLite and in-process jobs unless a database and Redis are set)",
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upgrade = db_sub.add_parser("upgrade", help="apply the Alembic migrations (PHASESCREEN_DATABASE_URL)")
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(func=_db_upgrade)
-    db.set_defaults(func=lambda args: db.print_help() or 2)
+    db.set_defaults(func=functools.partial(_usage, db))
 
     apikey = subparsers.add_parser("apikey", help="API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", metavar="COMMAND")
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--name", default="default", help="a label for the key")
     create.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
     create.set_defaults(func=_apikey_create)
-    apikey.set_defaults(func=lambda args: apikey.print_help() or 2)
+    apikey.set_defaults(func=functools.partial(_usage, apikey))
 
 
 def _configure_logging(settings: ServiceSettings) -> None:
@@ -68,6 +69,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """A command group run without its subcommand: its help, exit 2."""
+    parser.print_help()
+    return 2
+
+
 def _worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
@@ -78,7 +85,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from service.db import upgrade
+    from store.db import upgrade
 
     settings = ServiceSettings()
     upgrade(settings.sqlalchemy_url, args.revision)
@@ -87,8 +94,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _apikey_create(args: argparse.Namespace) -> int:
-    from service.apikeys import create_api_key
-    from service.db import local_session
+    from store.apikeys import create_api_key
+    from store.db import local_session
 
     with local_session() as session:
         key, secret = create_api_key(session, args.name, rate_limit_per_minute=args.rate_limit)

@@ -10,11 +10,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cli.engine_flags import add_engine_arguments, engine_overrides
+from cli.local import add_local_arguments, local_device, profile_cache, store_screening
 from phasecore.schema import AgopSummary, RulePrediction, ScreeningResult
-from service.cli.local import add_local_arguments, local_device, profile_cache, store_screening
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "screen",
         help="screen one vision-language pair locally and write the JSON result",
@@ -28,20 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dataset", default="digits", help="digits | cifar10 | cifar100 | svhn | manifest:FILE.jsonl"
     )
-    p.add_argument("--n", type=int, default=576, help="paired samples N (default 576, the paper's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probes", default="4", help="output probes M, or 'exact' (default 4)")
-    p.add_argument("--method", choices=["auto", "exact", "sketch"], default="auto")
-    p.add_argument("--sketch-dim", type=int, default=8192)
-    p.add_argument("--params", default="all", help="'all' or 'last:K' (the last K blocks)")
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other engine setting (see docs/metrics.md), repeatable",
-    )
-    p.add_argument("--no-ground-truth", action="store_true", help="skip the measured alignment (METRICS §7)")
+    add_engine_arguments(p)
     p.add_argument("--output", "-o", type=Path, help="where to write the JSON result")
     p.add_argument("--no-cache", action="store_true", help="recompute both profiles")
     add_local_arguments(p)
@@ -51,23 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from phasecore.settings import EngineSettings
 
-    options: dict[str, Any] = {
-        "n": args.n,
-        "seed": args.seed,
-        "probes": args.probes if args.probes == "exact" else int(args.probes),
-        "method": args.method,
-        "sketch_dim": args.sketch_dim,
-        "params": args.params,
-        "ground_truth": not args.no_ground_truth,
-    }
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--option {item!r} is not KEY=VALUE")
-        options[key.strip().replace("-", "_")] = (
-            json.loads(value) if value[:1] in "0123456789[{tfn-" else value
-        )
-    return EngineSettings.model_validate(options)
+    return EngineSettings.model_validate(engine_overrides(args))
 
 
 class _Bars:
@@ -105,8 +77,8 @@ class _Bars:
 def _with_measured_rules(result: dict[str, Any]) -> dict[str, Any]:
     """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim."""
     try:
-        from service.db import local_session
-        from service.study import with_measured_rules
+        from store.db import local_session
+        from store.study import with_measured_rules
 
         with local_session() as session:
             return with_measured_rules(session, result)
@@ -212,14 +184,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasescreen screen: {exc}", file=sys.stderr)
         return 2
     bars.close()
-    result = _with_measured_rules(result.model_dump(mode="json"))
+    document = _with_measured_rules(result.model_dump(mode="json"))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    print(summary(result))
+        args.output.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    print(summary(document))
     if not args.no_store:
         try:
-            print(f"stored as screening {store_screening(args, settings, result)}")
+            print(f"stored as screening {store_screening(args, settings, document)}")
         except Exception as exc:  # the result is on disk already; storing is a convenience
             print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
     if args.output:

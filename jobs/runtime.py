@@ -1,18 +1,25 @@
-"""What a process needs to serve or run screenings: settings, a database engine and a job queue."""
+"""What a process needs to serve or run screenings: settings, a database engine and a job queue.
+
+The runtime does not know the job functions: whoever opens one for the in-process executor passes the
+function that runs a job (``jobs.runner.open_runtime`` does), so this module stays below them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_engine, make_sessionmaker, upgrade
-from service.queue import InProcessJobQueue, JobQueue, JobRef, RedisJobQueue
-from service.settings import ServiceSettings
+from jobs.queue import InProcessJobQueue, JobQueue, JobRef, RedisJobQueue
+from store.db import make_engine, make_sessionmaker, upgrade
+from store.settings import ServiceSettings
+
+JobRunner = Callable[["Runtime", JobRef], None]
 
 
 @dataclass(eq=False)  # identity semantics: a runtime is a process resource, hashable for per-runtime caches
@@ -25,7 +32,9 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def create(cls, settings: ServiceSettings) -> Runtime:
+    def create(cls, settings: ServiceSettings, *, run_job: JobRunner) -> Runtime:
+        """Migrate (when asked), connect, and open the queue: Redis when configured, else a bounded thread pool
+        that runs each job with ``run_job(runtime, job)`` in this process."""
         if settings.should_migrate:
             upgrade(settings.sqlalchemy_url)
         engine = make_engine(settings.sqlalchemy_url, settings=settings)
@@ -40,7 +49,7 @@ class Runtime:
             )
         else:
             runtime.queue = InProcessJobQueue(
-                runtime.run_job,
+                functools.partial(run_job, runtime),
                 workers=settings.embedded_workers,
                 max_attempts=settings.max_attempts,
                 retry_backoff=settings.retry_backoff,
@@ -52,33 +61,7 @@ class Runtime:
         with self.sessions() as session:
             yield session
 
-    def run_job(self, job: JobRef) -> None:
-        """Run one job in this process (the in-process executor's runner)."""
-        from worker import jobs  # the service sits above the worker; imported here to keep start-up light
-
-        run = jobs.run_profile_job if job.kind == "profile" else jobs.run_pair_job
-        run(job.id, runtime=self)
-
     def close(self) -> None:
         self.stopping.set()
         self.queue.close()
         self.engine.dispose()
-
-
-_current: Runtime | None = None
-_current_lock = threading.Lock()
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Make ``runtime`` the one RQ job functions use in this process (they receive only an id)."""
-    global _current
-    with _current_lock:
-        _current = runtime
-
-
-def get_runtime() -> Runtime:
-    global _current
-    with _current_lock:
-        if _current is None:
-            _current = Runtime.create(ServiceSettings())
-        return _current

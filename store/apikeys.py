@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import ApiKey, utcnow
+from store.models import ApiKey, utcnow
 
 KEY_PREFIX = "psk_"
 # last_used_at is a hint for operators, not an audit log: write it at most this often per key

@@ -6,7 +6,7 @@ alive, and any write it makes is conditional on still holding it. A cancelled or
 lease, notices on its next heartbeat, and stops; its late writes match no row. The caller commits.
 
 Heartbeats, start and finish times, and the reconciler's cut-offs come from the database's clock
-(:class:`service.models.db_now`), never a worker's own: workers on machines whose clocks drift apart still
+(:class:`store.models.db_now`), never a worker's own: workers on machines whose clocks drift apart still
 agree on whose lease ran out.
 """
 
@@ -20,7 +20,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import (
+from jobs.queue import JobRef
+from store.models import (
     ACTIVE_STATES,
     CANCELLED,
     FAILED,
@@ -31,8 +32,7 @@ from service.models import (
     Screening,
     db_now,
 )
-from service.problems import problem_document
-from service.queue import JobRef
+from store.problems import problem_document
 
 JobRow = type[ModelProfile] | type[Screening]
 

