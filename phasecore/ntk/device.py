@@ -201,14 +201,15 @@ _UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def needed_bytes(exc: BaseException, device: torch.device) -> int:
-    """About what the failed step needed: the peak it had reached on the device plus the allocation that
-    failed (read off torch's message, where it gives one)."""
+    """About what the failed step needed: what was allocated on the device when it failed (call this while
+    the exception, and so the step's tensors, are still alive) plus the allocation that failed (read off
+    torch's message, where it gives one)."""
     tried = 0
     match = _TRIED.search(str(exc))
     if match:
         tried = int(float(match.group(1)) * _UNITS[match.group(2)[0].lower()])
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return peak + tried
+    in_use = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    return in_use + tried
 
 
 def release(device: torch.device) -> None:

@@ -235,7 +235,14 @@ def probe_gram(
 
     Memory: exact mode keeps each layer's per-sample representation for all N (factored layers
     cost ``tokens × width``, materialised ones ``M × P_L``) and refuses to exceed
-    ``memory_budget_gb``; sketch mode keeps ``M × N × k`` floats plus one chunk.
+    ``memory_budget_gb``; sketch mode keeps ``M × N × k`` floats plus one chunk. On a GPU the budget is
+    capped by the device's free memory; running out of memory retries once at half the chunk, then raises
+    ``DeviceOutOfMemory`` saying about how much was needed and how much is free (``info`` records both).
+
+    Numerics: the passes run with full float32 precision (no TF32, no reduced-precision reductions) and
+    deterministic algorithms where torch has them, and transformers models run eager attention; the
+    caller's settings and the model's attention implementation are restored afterwards
+    (``phasecore.ntk.device``).
     """
     started = time.perf_counter()
     n = batch_size(inputs)
