@@ -52,6 +52,6 @@ if [[ "$*" != *--device* ]]; then
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version \
     --format=csv >"$OUTDIR/nvidia-smi.csv" 2>&1 || true
 fi
-# 420 s of measurement leaves the imports, the wheels and the writing inside 8 minutes
-timeout --signal=INT 460 "$PY" bench/gpu_profiles.py --out "$OUTDIR" --budget-s "${BUDGET_S:-420}" "$@" \
+# 410 s of measurement, SIGINT at 450 s (the report is still written), SIGKILL 15 s later: inside 8 minutes
+timeout --signal=INT --kill-after=15 450 "$PY" bench/gpu_profiles.py --out "$OUTDIR" --budget-s "${BUDGET_S:-410}" "$@" \
   2>&1 | tee "$OUTDIR/gpu_profiles.log"

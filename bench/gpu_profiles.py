@@ -30,7 +30,6 @@ profile times at N (profiles dominate; the 144 pair steps reuse them and are not
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -307,7 +306,8 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         lines.append(f"| {e['model']} | {e['n']} | {e['rel_err_float64_device_vs_cpu64']:.1e} | "
                      f"{e['rel_err_float32_device_vs_cpu64']:.1e} | {e['s_ntk_cpu']:.6f} | {e['s_ntk_device']:.6f} |")
-    lines += ["", f"Scaling exponents (time ∝ N^b, measured): {report['scaling']}", "",
+    lines += ["", f"Scaling exponents (time ∝ N^b, {report['scaling_source']}): {report['scaling']}"
+              + (" — **interrupted by the time limit**" if report.get("interrupted") else ""), "",
               "## Profiles", "", "| model | N | figures | kernel s | stability s | AGOP s | profile s | "
               "floor s | kernel/floor | peak GiB | method | status |", "|" + "---|" * 12]
     for r in report["profiles"]:
@@ -366,55 +366,61 @@ def main() -> None:
     def save() -> None:
         (out / "gpu_profiles.json").write_text(json.dumps(report, indent=1))
 
-    # 1. exactness
-    for ref in exact_models:
-        if left() < args.budget_s * 0.75:
-            report["exactness"].append({"model": ref, "error": "skipped: time budget"})
-            continue
-        try:
-            report["exactness"].append(exactness(ref, args.exact_n, 2, device, args.smoke))
-        except Exception as error:
-            report["exactness"].append({"model": ref, "error": f"{type(error).__name__}: {str(error)[:300]}"})
-        print(json.dumps(report["exactness"][-1]), flush=True)
-        save()
-    # 2. scan at the small N: every model gets a measured time
     scan: dict[str, dict[str, Any]] = {}
-    for i, (modality, ref) in enumerate(models):
-        guard = max(10.0, min(60.0, left() * 0.6 / max(1, len(models) - i)))
-        row = profile_one(ref, modality, args.scan_n, args, device, guard)
-        scan[ref] = row
-        print(json.dumps(row), flush=True)
-        save()
-    # 3. full N, cheapest first, each only if its projection fits what is left
     measured_pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     full: dict[str, dict[str, Any]] = {}
-    order = sorted((r for r in scan.values() if r["status"] == "ok"), key=lambda r: r["wall_s"])
-    for row in order:
-        exps = scaling(measured_pairs) or {"kernel": 1.5, "stability": 1.0, "spectrum": 2.0}
-        guess = projected(row, args.scan_n, args.n, exps)["profile_s"] * 1.5 + row.get("build_s", 0) + 2 * (
-            row.get("floor_s", 0) * args.n / args.scan_n)
-        if guess > left():
-            continue
-        result = profile_one(row["model"], row["modality"], args.n, args, device, min(left(), guess * 2))
-        print(json.dumps(result), flush=True)
-        full[row["model"]] = result
-        if result["status"] == "ok":
-            measured_pairs.append((row, result))
-        report["scaling"] = scaling(measured_pairs)
-        save()
+    try:
+        # 1. exactness
+        for ref in exact_models:
+            if left() < args.budget_s * 0.75:
+                report["exactness"].append({"model": ref, "error": "skipped: time budget"})
+                continue
+            try:
+                report["exactness"].append(exactness(ref, args.exact_n, 2, device, args.smoke))
+            except Exception as error:
+                report["exactness"].append({"model": ref, "error": f"{type(error).__name__}: {str(error)[:300]}"})
+            print(json.dumps(report["exactness"][-1]), flush=True)
+            save()
+        # 2. scan at the small N: every model gets a measured time
+        for i, (modality, ref) in enumerate(models):
+            guard = max(10.0, min(60.0, left() * 0.6 / max(1, len(models) - i)))
+            row = profile_one(ref, modality, args.scan_n, args, device, guard)
+            scan[ref] = row
+            print(json.dumps(row), flush=True)
+            save()
+        # 3. full N, cheapest first, each only if its projection fits what is left
+        order = sorted((r for r in scan.values() if r["status"] == "ok"), key=lambda r: r["wall_s"])
+        for row in order:
+            exps = scaling(measured_pairs) or {"kernel": 1.5, "stability": 1.0, "spectrum": 2.0}
+            guess = projected(row, args.scan_n, args.n, exps)["profile_s"] * 1.5 + row.get("build_s", 0) + 2 * (
+                row.get("floor_s", 0) * args.n / args.scan_n)
+            if guess > left():
+                continue
+            result = profile_one(row["model"], row["modality"], args.n, args, device, min(left(), guess * 2))
+            print(json.dumps(result), flush=True)
+            full[row["model"]] = result
+            if result["status"] == "ok":
+                measured_pairs.append((row, result))
+            report["scaling"] = scaling(measured_pairs)
+            save()
+    except KeyboardInterrupt:  # bench/gpu.sh's timeout: report what was measured
+        report["interrupted"] = True
     exps = scaling(measured_pairs) or {"kernel": 1.5, "stability": 1.0, "spectrum": 2.0}
     report["scaling"] = exps
+    report["scaling_source"] = "measured" if measured_pairs else "assumed (no model measured at both N)"
     report["scan"] = list(scan.values())
     report["scaling_models"] = [small["model"] for small, _ in measured_pairs]
     for _, ref in models:
         at_n = full.get(ref)
         if at_n and at_n["status"] == "ok":
             report["profiles"].append(at_n)
-        elif scan[ref]["status"] == "ok":
+        elif ref in scan and scan[ref]["status"] == "ok":
             report["profiles"].append(projected(scan[ref], args.scan_n, args.n, exps) | (
                 {"note": at_n["status"]} if at_n else {}))
-        else:
+        elif ref in scan:
             report["profiles"].append(scan[ref] | {"n": args.scan_n})
+        else:
+            report["profiles"].append({"model": ref, "n": args.n, "figures": "none", "status": "not reached"})
     rows = [r for r in report["profiles"] if r["n"] == args.n and "profile_s" in r]
     report["grid"] = {
         "pairs": sum(m == "vision" for m, _ in models) * sum(m == "language" for m, _ in models),
@@ -432,5 +438,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
