@@ -1,6 +1,7 @@
 """The kernel engine on a transformers model as users build it (SDPA attention, the default) and built eager.
 
     PYTHONPATH=. python bench/attention.py [--n 32] [--tokens 16] [--probes 1] [--repeat 2] [--threads 0]
+                                           [--device cpu|cuda] [--out FILE.json]
 
 For a ``bert-base-uncased``-shaped ``BertModel`` at random init (the same seed each time), masked-mean pooled
 to (B, d), on N random token sequences with a ragged mask, it times in one process, interleaved over
@@ -9,11 +10,13 @@ to (B, d), on N random token sequences with a ragged mask, it times in one proce
 - ``floor``: M batched forward + backward passes of the N samples (chunks of ``--chunk``);
 - ``engine``: ``phasecore.ntk.probe_gram(model, x, probes=M, method="exact", chunk_size=--chunk)``;
 
-for three configurations: ``sdpa`` (default build; the engine switches it to eager for its passes),
-``sdpa-noswitch`` (default build, the engine's switch disabled: the engine before the switch), and
-``eager`` (built with ``attn_implementation="eager"``). It prints ``engine / floor`` per configuration in
-CPU time (``time.process_time``, all threads: robust to other load on a shared machine) and wall time,
-the attention implementation the model ran during the engine's passes, and the Grams' relative difference.
+for three configurations: ``sdpa`` (default build, the engine as it is: switched to eager on the device
+types in ``phasecore.ntk.engine.EAGER_ATTENTION_ON``), ``sdpa-noswitch`` (default build, the switch
+disabled), ``sdpa-switch`` (default build, the switch forced), and ``eager`` (built with
+``attn_implementation="eager"``). It prints ``engine / floor`` per configuration in CPU time
+(``time.process_time``, all threads: robust to other load on a shared machine; on CUDA the wall time, after
+synchronising, is the figure) and wall time, the attention implementation the model ran during the engine's
+passes, and the Grams' relative difference against the eager build's.
 """
 
 from __future__ import annotations
@@ -63,13 +66,20 @@ def inputs(n: int, tokens: int, seed: int, vocab: int) -> dict[str, torch.Tensor
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def floor(model: nn.Module, x: dict[str, torch.Tensor], probes: int, chunk: int) -> tuple[float, float]:
     n = x["input_ids"].shape[0]
+    _sync()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(probes):
         for s in range(0, n, chunk):
             out = model(**{k: v[s : s + chunk] for k, v in x.items()})
             out.sum().backward()
+    _sync()
     for p in model.parameters():
         p.grad = None
     return time.process_time() - cpu, time.perf_counter() - wall
@@ -80,16 +90,23 @@ def _no_switch(record: Any = None, *_: Any):  # noqa: ANN202 - stands in for eng
     yield
 
 
-def run_engine(model: nn.Module, x: dict[str, torch.Tensor], args: argparse.Namespace, switch: bool) -> tuple:
-    saved = engine.eager_attention
-    if not switch:
+def run_engine(
+    model: nn.Module, x: dict[str, torch.Tensor], args: argparse.Namespace, switch: bool | None
+) -> tuple:
+    """The engine as it is (``switch`` None), with the eager switch disabled (False) or forced (True)."""
+    saved = engine.eager_attention, engine.EAGER_ATTENTION_ON
+    if switch is False:
         engine.eager_attention = lambda model, record=None: _no_switch()
+    elif switch:
+        engine.EAGER_ATTENTION_ON = frozenset({"cpu", "cuda"})
     try:
+        _sync()
         wall, cpu = time.perf_counter(), time.process_time()
         g = probe_gram(model, x, probes=args.probes, method="exact", chunk_size=args.chunk)
+        _sync()
         return time.process_time() - cpu, time.perf_counter() - wall, g
     finally:
-        engine.eager_attention = saved
+        engine.eager_attention, engine.EAGER_ATTENTION_ON = saved
 
 
 def main() -> None:
@@ -101,12 +118,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None, help="also write the JSON summary here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     x = inputs(args.n, args.tokens, args.seed, transformers.BertConfig().vocab_size)
-    configs = {"sdpa": (None, True), "sdpa-noswitch": (None, False), "eager": ("eager", True)}
-    models = {label: build(attn, args.seed) for label, (attn, _) in configs.items()}
+    x = {k: v.to(device) for k, v in x.items()}
+    configs = {
+        "sdpa": (None, None),
+        "sdpa-noswitch": (None, False),
+        "sdpa-switch": (None, True),
+        "eager": ("eager", None),
+    }
+    models = {label: build(attn, args.seed).to(device) for label, (attn, _) in configs.items()}
     seen: dict[str, set[str]] = {label: set() for label in configs}
     for label, model in models.items():
         with torch.no_grad():
@@ -146,8 +172,11 @@ def main() -> None:
         "n": args.n, "tokens": args.tokens, "probes": args.probes, "chunk": args.chunk, "repeat": args.repeat,
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
         "cpus": __import__("os").cpu_count(), "loadavg_after": load, "commit": commit, "configs": rows,
+        "device": str(device), "eager_attention_on": sorted(engine.EAGER_ATTENTION_ON),
     }
     print(json.dumps(summary, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1))
     for label, r in rows.items():
         print(f"{label:14s} built {r['built_with']:5s} ran {','.join(r['engine_ran']):11s} "
               f"floor {r['floor_cpu']:6.2f} s cpu, engine {r['engine_cpu']:6.2f} s cpu: "

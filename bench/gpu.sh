@@ -6,7 +6,7 @@
 #   bench/gpu.sh --fetch-wheels        # here, once, where pip reaches PyPI: the wheels the GPU machine lacks
 #
 # Through the device tool (docs/benchmarks.md, "GPU (not yet measured)"), from the repository root:
-#   run(command="bash bench/gpu.sh", carry=["bench/.whl"], timeout_s=540)
+#   run(command="BENCH_COMMIT=<short hash> bash bench/gpu.sh", carry=["bench/.whl"], timeout_s=540)
 #
 # The GPU machine's python3 (3.12, torch 2.11, timm, transformers, scikit-learn, scipy, pyyaml, numpy) lacks
 # pydantic, which phasecore.settings imports, and its dependencies. They travel as wheels in bench/.whl
@@ -52,6 +52,18 @@ if [[ "$*" != *--device* ]]; then
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version \
     --format=csv >"$OUTDIR/nvidia-smi.csv" 2>&1 || true
 fi
-# 410 s of measurement, SIGINT at 450 s (the report is still written), SIGKILL 15 s later: inside 8 minutes
-timeout --signal=INT --kill-after=15 450 "$PY" bench/gpu_profiles.py --out "$OUTDIR" --budget-s "${BUDGET_S:-410}" "$@" \
+DEVICE=cuda
+[[ "$*" == *"--device cpu"* ]] && DEVICE=cpu
+# 1. the engine on BERT-base built with SDPA (as users build it) vs eager, on this device: at most 50 s
+if [[ "$*" != *--smoke* ]]; then
+  timeout --kill-after=5 50 "$PY" bench/attention.py --device "$DEVICE" --n 64 --tokens 16 --repeat 2 \
+    --out "$OUTDIR/attention.json" >"$OUTDIR/attention.log" 2>&1 || echo "attention bench: exit $? (see attention.log)"
+fi
+# 2. the profiles: 355 s of measurement, SIGINT at 395 s (the report is still written), SIGKILL 15 s later;
+#    with the wheels and step 1, inside 8 minutes
+set +e
+timeout --signal=INT --kill-after=15 395 "$PY" bench/gpu_profiles.py --out "$OUTDIR" --budget-s "${BUDGET_S:-355}" "$@" \
   2>&1 | tee "$OUTDIR/gpu_profiles.log"
+status=${PIPESTATUS[0]}
+tail -n 3 "$OUTDIR/attention.log" 2>/dev/null || true
+exit "$status"

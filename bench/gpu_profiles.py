@@ -396,7 +396,7 @@ def main() -> None:
                 row.get("floor_s", 0) * args.n / args.scan_n)
             if guess > left():
                 continue
-            result = profile_one(row["model"], row["modality"], args.n, args, device, min(left(), guess * 2))
+            result = profile_one(row["model"], row["modality"], args.n, args, device, min(left(), max(30.0, guess * 2)))
             print(json.dumps(result), flush=True)
             full[row["model"]] = result
             if result["status"] == "ok":

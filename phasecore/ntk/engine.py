@@ -41,6 +41,12 @@ from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_input
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
+#: Device types on which transformers models run eager attention for the engine's passes. On a CPU, SDPA is
+#: handled as it is (it has no parameters: the rules of the linear layers around it are checked exact) and
+#: is cheaper: BERT-base, N = 64, 16 tokens, M = 1 cost 29.4 s CPU under SDPA against 35.7 s switched to eager
+#: (docs/benchmarks.md). On CUDA, eager keeps to plain matmuls under deterministic algorithms (the fused
+#: attention backward kernels are not deterministic); bench/attention.py --device cuda measures both.
+EAGER_ATTENTION_ON: frozenset[str] = frozenset({"cuda"})
 Probes = int | Literal["exact"] | torch.Tensor
 Method = Literal["exact", "sketch", "auto"]
 Gradients = Literal["auto", "rules", "loop"]
@@ -240,9 +246,9 @@ def probe_gram(
     ``DeviceOutOfMemory`` saying about how much was needed and how much is free (``info`` records both).
 
     Numerics: the passes run with full float32 precision (no TF32, no reduced-precision reductions) and
-    deterministic algorithms where torch has them, and transformers models run eager attention; the
-    caller's settings and the model's attention implementation are restored afterwards
-    (``phasecore.ntk.device``).
+    deterministic algorithms where torch has them, and on a GPU transformers models run eager attention
+    (``EAGER_ATTENTION_ON``); the caller's settings and the model's attention implementation are restored
+    afterwards (``phasecore.ntk.device``).
     """
     started = time.perf_counter()
     n = batch_size(inputs)
@@ -261,7 +267,8 @@ def probe_gram(
     device = next(model.parameters()).device
     budget_gb, budget_info = memory_budget(device, memory_budget_gb)
     notes: dict[str, Any] = dict(budget_info)
-    with exact_numerics(), eager_attention(model, notes), _prepared(model, selected):
+    attention = eager_attention(model, notes) if device.type in EAGER_ATTENTION_ON else contextlib.nullcontext()
+    with exact_numerics(), attention, _prepared(model, selected):
         attempt_chunk = chunk_size
         for attempt in (1, 2):
             fitted: dict[str, int] = {}

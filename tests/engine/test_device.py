@@ -233,7 +233,21 @@ def test_gpu_memory_budget_is_capped_by_free_memory(monkeypatch):
     assert memory_budget(torch.device("cpu"), 16.0) == (16.0, {"memory_budget_gb": 16.0})
 
 
-def test_sdpa_models_run_eager_inside_the_engine_and_are_restored():
+def test_sdpa_models_run_as_built_on_a_cpu_and_match_eager():
+    model, x = _tiny_bert(), _text()
+    seen: list[str] = []
+    model.model.encoder.layer[0].attention.register_forward_pre_hook(
+        lambda *_: seen.append(model.model.config._attn_implementation)
+    )
+    got = probe_gram(model, x, probes=2, cross_probe=True)
+    assert set(seen) == {"sdpa"} and "attention" not in got.info
+    assert got.info["per_sample_loop_params"] == []  # SDPA has no parameters: every rule checked exact
+    eager = probe_gram(_tiny_bert("eager"), x, probes=2, cross_probe=True)
+    np.testing.assert_allclose(got.gram, eager.gram, rtol=1e-5, atol=1e-9)
+
+
+def test_sdpa_models_run_eager_inside_the_engine_where_asked_and_are_restored(monkeypatch):
+    monkeypatch.setattr("phasecore.ntk.engine.EAGER_ATTENTION_ON", frozenset({"cuda", "cpu"}))
     model, x = _tiny_bert(), _text()
     assert model.model.config._attn_implementation == "sdpa"
     seen: list[str] = []
