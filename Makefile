@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 N ?= 576
 
-.PHONY: venv demo test test-all lint bench
+.PHONY: venv demo test test-all lint bench bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,3 +36,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ntk_engine.py
+
+# On a lent GPU, through the device tool: `make bench-gpu` (or bash bench/gpu.sh) with carry bench/.whl.
+# Here: make bench-gpu DEVICE=cpu BENCH_GPU_ARGS=--smoke (tiny sizes, the same code). No venv step: the GPU
+# machine runs its own python3.
+bench-gpu:
+	PYTHON=$$(test -x $(BIN)/python && echo $(BIN)/python || echo python3) \
+		bash bench/gpu.sh $(if $(DEVICE),--device $(DEVICE),) $(BENCH_GPU_ARGS)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from phasecore.ntk.device import exact_numerics
 from phasecore.ntk.distinct import distinct_inputs
 from phasecore.ntk.engine import Method, ProbeGram, Probes, ProgressFn, make_probes, probe_gram
 from phasecore.ntk.validity import check_gram
@@ -193,6 +194,7 @@ def spectrum_from_probe_gram(
     )
 
 
+@exact_numerics()  # no TF32 on a GPU inside (the caller's settings restored after)
 def agop_spectrum(
     model: nn.Module,
     inputs: Inputs,
@@ -257,7 +259,7 @@ def input_gradients(
             chunk = slice_inputs(inputs, slice(start, start + chunk_size))
             leaf, out = _forward_with_input_leaf(model, chunk)
             if u is None:
-                u, kind = make_probes(probes, out.shape[1], seed, out.dtype)
+                u, kind = make_probes(probes, out.shape[1], seed, out.dtype, out.device)
                 d = out.shape[1]
                 scale = {"gaussian": 1 / (u.shape[0] * d), "exact": 1 / d}.get(kind, 1 / u.shape[0])
             per_probe = []

@@ -46,3 +46,10 @@ class EngineError(PhasescreenError, RuntimeError):
     or a numerical breakdown, reported with the figures rather than clipped into shape."""
 
     kind = "engine-error"
+
+
+class DeviceOutOfMemory(PhasescreenError, MemoryError):
+    """The device (a GPU, or the host for a CPU run) ran out of memory even at a smaller chunk; the message
+    says about how much the step needs and how much the device has free."""
+
+    kind = "out-of-memory"

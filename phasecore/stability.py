@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from phasecore.alignment import kernel_alignment
+from phasecore.ntk.device import exact_numerics
 from phasecore.ntk.distinct import Distinct, distinct_inputs
 from phasecore.ntk.engine import Method, Probes, ProgressFn, probe_gram
 from phasecore.ntk.validity import check_gram
@@ -69,6 +70,7 @@ def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
+@exact_numerics()  # the training steps too: no TF32 on a GPU (the caller's settings restored after)
 def stability_probe(
     model: nn.Module,
     inputs: Inputs,
@@ -89,7 +91,8 @@ def stability_probe(
     started = time.perf_counter()
     scales = sorted(set(float(c) for c in lr_scales) | {1.0})
     idx = subset_indices(batch_size(inputs), subset, seed)
-    sub = slice_inputs(inputs, torch.as_tensor(idx))
+    first_input = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    sub = slice_inputs(inputs, torch.as_tensor(idx, device=first_input.device))  # follows the inputs
     distinct = distinct_inputs(sub)
     n_s = len(idx)
     selected = set(params) if params is not None else {name for name, _ in model.named_parameters()}
@@ -108,11 +111,12 @@ def stability_probe(
     loss_chunk = int(first.info.get("chunk_size", chunk_size))
     with torch.no_grad():
         d = call_encoder(model, slice_inputs(sub, slice(0, 1))).shape[1]
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     reference = next(p for name, p in model.named_parameters() if name in selected)
-    u0 = torch.randn(d, generator=gen, dtype=torch.float64)
+    u0 = torch.randn(d, generator=gen, dtype=torch.float64, device="cpu")
     u0 = (u0 / u0.norm()).to(dtype=reference.dtype, device=reference.device)
-    targets = torch.randn(n_s, generator=gen, dtype=torch.float64).to(dtype=reference.dtype, device=reference.device)
+    targets = torch.randn(n_s, generator=gen, dtype=torch.float64, device="cpu")
+    targets = targets.to(dtype=reference.dtype, device=reference.device)
     k0 = probe_gram(model, distinct.inputs, probes=u0[None], **{**kw, "method": "exact"}).ntk()  # ⟨∇u0·f, ∇u0·f⟩
     lambda_max = float(check_gram(distinct.expand_gram(k0) / n_s, "stability K_0")[-1])
     report(0.3)

@@ -62,5 +62,5 @@ def distinct_inputs(inputs: Inputs) -> Distinct:
             order.append(i)
         inverse[i] = first[key]
     counts = np.bincount(inverse, minlength=len(order))
-    index = torch.as_tensor(order, dtype=torch.long)
+    index = torch.as_tensor(order, dtype=torch.long, device=tensors[0].device)  # follows the inputs
     return Distinct(inputs=slice_inputs(inputs, index), inverse=inverse, counts=counts)

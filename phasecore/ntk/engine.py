@@ -23,7 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from phasecore.errors import InvalidSettings
+from phasecore.errors import DeviceOutOfMemory, InvalidSettings
+from phasecore.ntk.device import (
+    eager_attention,
+    exact_numerics,
+    free_bytes,
+    is_out_of_memory,
+    memory_budget,
+    needed_bytes,
+    release,
+)
 from phasecore.ntk.reps import Dense, Factored
 from phasecore.ntk.rules import Call, rule_for
 from phasecore.ntk.sinks import ExactSink, SketchSink
@@ -32,6 +41,12 @@ from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_input
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
+#: Device types on which transformers models run eager attention for the engine's passes. On a CPU, SDPA is
+#: handled as it is (it has no parameters: the rules of the linear layers around it are checked exact) and
+#: is cheaper: BERT-base, N = 64, 16 tokens, M = 1 cost 29.4 s CPU under SDPA against 35.7 s switched to eager
+#: (docs/benchmarks.md). On CUDA, eager keeps to plain matmuls under deterministic algorithms (the fused
+#: attention backward kernels are not deterministic); bench/attention.py --device cuda measures both.
+EAGER_ATTENTION_ON: frozenset[str] = frozenset({"cuda"})
 Probes = int | Literal["exact"] | torch.Tensor
 Method = Literal["exact", "sketch", "auto"]
 Gradients = Literal["auto", "rules", "loop"]
@@ -90,17 +105,22 @@ class ProbeGram:
         return self.gram.reshape(m * n, m * n) * self.scale * root[:, None] * root[None, :]
 
 
-def make_probes(probes: Probes, d: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, str]:
-    """Probe matrix U (M, d) and its kind; Gaussian probes come from ``seed`` alone."""
+def make_probes(
+    probes: Probes, d: int, seed: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, str]:
+    """Probe matrix U (M, d) on ``device`` (default: the CPU) and its kind; Gaussian probes come from ``seed``
+    alone, drawn on the CPU in float64 whatever the device, so every device gets the same probes."""
+    device = torch.device("cpu") if device is None else torch.device(device)
     if isinstance(probes, torch.Tensor):
-        u = probes.reshape(-1, d).to(dtype)
+        u = probes.reshape(-1, d).to(dtype=dtype, device=device)
         return u, "explicit"
     if probes == "exact":
-        return torch.eye(d, dtype=dtype), "exact"
+        return torch.eye(d, dtype=dtype, device=device), "exact"
     if not isinstance(probes, int) or probes < 1:
         raise InvalidSettings(f"probes must be a positive integer or 'exact', got {probes!r}")
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(probes, d, generator=gen, dtype=torch.float64).to(dtype), "gaussian"
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.randn(probes, d, generator=gen, dtype=torch.float64, device="cpu")
+    return u.to(dtype=dtype, device=device), "gaussian"
 
 
 @contextlib.contextmanager
@@ -221,7 +241,14 @@ def probe_gram(
 
     Memory: exact mode keeps each layer's per-sample representation for all N (factored layers
     cost ``tokens × width``, materialised ones ``M × P_L``) and refuses to exceed
-    ``memory_budget_gb``; sketch mode keeps ``M × N × k`` floats plus one chunk.
+    ``memory_budget_gb``; sketch mode keeps ``M × N × k`` floats plus one chunk. On a GPU the budget is
+    capped by the device's free memory; running out of memory retries once at half the chunk, then raises
+    ``DeviceOutOfMemory`` saying about how much was needed and how much is free (``info`` records both).
+
+    Numerics: the passes run with full float32 precision (no TF32, no reduced-precision reductions) and
+    deterministic algorithms where torch has them, and on a GPU transformers models run eager attention
+    (``EAGER_ATTENTION_ON``); the caller's settings and the model's attention implementation are restored
+    afterwards (``phasecore.ntk.device``).
     """
     started = time.perf_counter()
     n = batch_size(inputs)
@@ -237,32 +264,74 @@ def probe_gram(
     n_params = sum(p.numel() for name, p in model.named_parameters() if name in selected)
     param_by_name = dict(model.named_parameters())
 
-    with _prepared(model, selected):
-        recorder = _Recorder({name: mod for name, (mod, _) in owned.items()})
-        try:
-            return _run(
-                model,
-                inputs,
-                n,
-                recorder,
-                owned,
-                param_by_name,
-                probes,
-                method,
-                sketch_dim,
-                seed,
-                chunk_size,
-                cross_probe,
-                memory_budget_gb,
-                progress,
-                stage,
-                dtype,
-                n_params,
-                started,
-                gradients,
-            )
-        finally:
-            recorder.close()
+    device = next(model.parameters()).device
+    budget_gb, budget_info = memory_budget(device, memory_budget_gb)
+    notes: dict[str, Any] = dict(budget_info)
+    attention = eager_attention(model, notes) if device.type in EAGER_ATTENTION_ON else contextlib.nullcontext()
+    with exact_numerics(), attention, _prepared(model, selected):
+        attempt_chunk = chunk_size
+        for attempt in (1, 2):
+            fitted: dict[str, int] = {}
+            recorder = _Recorder({name: mod for name, (mod, _) in owned.items()})
+            failure: BaseException | None = None
+            try:
+                result = _run(
+                    model,
+                    inputs,
+                    n,
+                    recorder,
+                    owned,
+                    param_by_name,
+                    probes,
+                    method,
+                    sketch_dim,
+                    seed,
+                    attempt_chunk,
+                    cross_probe,
+                    budget_gb,
+                    progress,
+                    stage,
+                    dtype,
+                    n_params,
+                    started,
+                    gradients,
+                    fitted,
+                )
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                failure = exc
+            finally:
+                recorder.close()
+            if failure is None:
+                result.info.update(notes)
+                return result
+            used = fitted.get("chunk_size", attempt_chunk)
+            needed, message = needed_bytes(failure, device), f"{type(failure).__name__}: {failure}"
+            failure = None  # the traceback holds the chunk's tensors: let them go before retrying
+            release(device)
+            if attempt == 1 and used > 1:
+                log.warning("out of memory at a chunk of %d samples on %s; retrying at %d", used, device, used // 2)
+                notes["out_of_memory_retry"] = {"chunk_size": used, "retried_at": used // 2}
+                attempt_chunk = used // 2
+                for name, p in model.named_parameters():  # the failed run may have left light-mode flags
+                    p.requires_grad_(name in selected)
+                continue
+            raise DeviceOutOfMemory(_oom_message(device, stage, used, needed, notes, message))
+    raise AssertionError("unreachable")
+
+
+def _oom_message(device: torch.device, stage: str, chunk: int, needed: int, notes: dict[str, Any], cause: str) -> str:
+    free = free_bytes(device)
+    have = f"{free[0] / 2**30:.1f} GiB free of {free[1] / 2**30:.1f} GiB" if free else "an unknown amount free"
+    retry = notes.get("out_of_memory_retry")
+    tried = f"at a chunk of {retry['chunk_size']} samples and again at {chunk}" if retry else f"at a chunk of {chunk}"
+    size = f"about {needed / 2**30:.1f} GiB" if needed else "more memory than it has"
+    return (
+        f"the {stage} stage ran out of memory on {device} {tried}: it needs {size}, the device has {have}; "
+        "use method='sketch', fewer probes, a smaller N or chunk_size, restrict params, or a device with "
+        f"more memory ({cause[:300]})"
+    )
 
 
 def _run(
@@ -285,6 +354,7 @@ def _run(
     n_params: int,
     started: float,
     gradients: Gradients = "auto",
+    fitted: dict[str, int] | None = None,
 ) -> ProbeGram:
     if gradients not in ("auto", "rules", "loop"):
         raise InvalidSettings(f"gradients must be 'auto', 'rules' or 'loop', got {gradients!r}")
@@ -303,6 +373,8 @@ def _run(
     loop_names: list[str] = []  # after the first chunk, when the per-sample loop takes over every parameter
     expected_modules: set[str] = set()
     chunk_size = _fit_chunk(model, inputs, recorder, theta, probes, seed, chunk_size, memory_budget_gb)
+    if fitted is not None:
+        fitted["chunk_size"] = chunk_size
 
     for start in range(0, n, chunk_size):
         rows = min(chunk_size, n - start)
@@ -322,8 +394,7 @@ def _run(
             if out.dim() != 2:
                 raise InvalidSettings(f"the model must map a batch to (B, d); got output shape {tuple(out.shape)}")
             if u is None:
-                u, kind = make_probes(probes, out.shape[1], seed, out.dtype)
-                u = u.to(out.device)
+                u, kind = make_probes(probes, out.shape[1], seed, out.dtype, out.device)
                 if sink is None:
                     sink = _make_sink(resolved, n, u.shape[0], sketch_dim, seed, cross_probe)
             outputs.append(out.detach().to(torch.float64).cpu())
@@ -419,8 +490,7 @@ def _forward_backward(
         chunk = chunk.detach().requires_grad_(True)
     out = call_encoder(model, chunk)
     if u is None:
-        u, _ = make_probes(probes, out.shape[1], seed, out.dtype)
-        u = u.to(out.device)
+        u, _ = make_probes(probes, out.shape[1], seed, out.dtype, out.device)
     if light:
         targets = [p for p in theta if p.requires_grad]
         if isinstance(chunk, torch.Tensor) and chunk.requires_grad:

@@ -132,7 +132,7 @@ def factored_gram(rep: Factored, n_rows: int, *, cross_probe: bool, block: int =
     dtype = torch.float64  # products in float64, as in dense_gram: symmetric to round-off
     rep = Factored(rep.gy.to(dtype), rep.seg, None if rep.x is None else rep.x.to(dtype), rep.ids, rep.table_rows)
     shape = (m, n_rows, m, n_rows) if cross_probe else (m, n_rows, n_rows)
-    out = torch.zeros(shape, dtype=torch.float64)
+    out = torch.zeros(shape, dtype=torch.float64, device="cpu")  # the Gram is accumulated on the host
     tok = rep.seg.shape[0]
     for a0 in range(0, tok, block):
         a = slice(a0, min(tok, a0 + block))

@@ -39,7 +39,8 @@ class ExactSink:
 
     def finish(self) -> torch.Tensor:
         m, n = self.n_probes, self.n_rows
-        gram = torch.zeros((m, n, m, n) if self.cross_probe else (m, n, n), dtype=torch.float64)
+        # the Gram is accumulated in float64 on the host, whatever device produced the representations
+        gram = torch.zeros((m, n, m, n) if self.cross_probe else (m, n, n), dtype=torch.float64, device="cpu")
         for key in list(self._dense):
             parts = self._dense.pop(key)
             # a group given in both forms (the per-sample loop took over after the first chunk): materialise
@@ -59,16 +60,17 @@ class SketchSink:
         self.n_rows, self.n_probes, self.k = n_rows, n_probes, sketch_dim
         self.seed, self.cross_probe = seed, cross_probe
         self.token_block = token_block
-        self.sketch = torch.zeros(n_probes, n_rows, sketch_dim, dtype=torch.float64)
+        self.sketch = torch.zeros(n_probes, n_rows, sketch_dim, dtype=torch.float64, device="cpu")  # host, float64
         self._hashes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pair_hashes: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
         self.nbytes = self.sketch.numel() * 8
 
     def _draw(self, key: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(bucket (size,) long, sign (size,) ±1) from (seed, key) alone."""
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
-        bucket = torch.randint(0, self.k, (size,), generator=gen)
-        sign = torch.randint(0, 2, (size,), generator=gen).mul_(2).sub_(1)
+        # drawn on the CPU (the same hashes on every device), moved to the representations' device when used
+        gen = torch.Generator(device="cpu").manual_seed((self.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
+        bucket = torch.randint(0, self.k, (size,), generator=gen, device="cpu")
+        sign = torch.randint(0, 2, (size,), generator=gen, device="cpu").mul_(2).sub_(1)
         return bucket, sign
 
     def _hash(self, key: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
