@@ -238,9 +238,16 @@ def agop_spectrum(
     m, u, _ = g.shape
     flat = g.reshape(m * u, -1).to(torch.float64)
     root = np.sqrt(np.tile(distinct.counts / distinct.n, m))
-    gram = (flat @ flat.T).numpy() * scale * root[:, None] * root[None, :]
+    input_gram = (flat @ flat.T).numpy() * scale * root[:, None] * root[None, :]
     return spectrum_of_gram(
-        gram, m, k=k, censor_below=censor_below, rtol=rtol, seed=seed, space="inputs", what="input-space AGOP"
+        input_gram,
+        m,
+        k=k,
+        censor_below=censor_below,
+        rtol=rtol,
+        seed=seed,
+        space="inputs",
+        what="input-space AGOP",
     )
 
 
@@ -276,7 +283,7 @@ def input_gradients(
 
 def _forward_with_input_leaf(model: nn.Module, chunk: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model with its input (pixels, or the token-embedding output) as a gradient leaf."""
-    if not isinstance(chunk, dict):
+    if isinstance(chunk, torch.Tensor):  # else the dict of keyword tensors that slice_inputs makes
         leaf = chunk.detach().clone().requires_grad_(True)
         return leaf, call_encoder(model, leaf)
     table = _token_embedding(model, chunk["input_ids"])

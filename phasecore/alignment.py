@@ -165,6 +165,7 @@ def null_distribution(
     """
     if permutations < 1:
         raise ValueError(f"permutations must be ≥ 1, not {permutations}")
+    perms: Iterator[np.ndarray]
     if groups is None:
         rng = np.random.default_rng(seed)
         perms = (rng.permutation(n) for _ in range(permutations))

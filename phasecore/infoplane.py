@@ -127,7 +127,7 @@ def model_information_plane(
     model: nn.Module,
     inputs: Inputs,
     labels: np.ndarray,
-    blocks: tuple[str, nn.Module] | None,
+    blocks: tuple[str, nn.ModuleList | nn.Sequential] | None,
     *,
     chunk_size: int = 32,
     alpha: float = ALPHA,

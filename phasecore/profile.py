@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from phasecore.errors import InvalidSettings
 from phasecore.infoplane import model_information_plane
 from phasecore.ntk import probe_gram
 from phasecore.ntk.distinct import distinct_inputs
+from phasecore.ntk.engine import Probes
 from phasecore.ntk.validity import check_gram
 from phasecore.settings import EngineSettings, profile_key
 from phasecore.sources import load_encoder
@@ -38,6 +39,24 @@ from phasecore.sources.base import Encoder
 from phasecore.stability import stability_probe
 
 ProgressFn = Callable[[str, float], None]
+
+
+class _EngineArgs(TypedDict):
+    """The engine settings shared by the kernel and the stability probe."""
+
+    probes: Probes
+    sketch_dim: int
+    seed: int
+    chunk_size: int
+    params: list[str] | None
+
+
+class _AgopArgs(TypedDict):
+    """The AGOP summary settings shared by the parameter- and input-space spectra."""
+
+    k: int
+    censor_below: float
+    rtol: float
 
 
 @dataclass
@@ -54,7 +73,9 @@ class ModelProfile:
         header = {"key": self.key, "modality": self.modality, "identity": self.identity, "meta": self.meta}
         buf = io.BytesIO()
         np.savez_compressed(
-            buf, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **self.arrays
+            buf,
+            __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+            **self.arrays,  # type: ignore[arg-type]  # numpy stub: **arrays may fill allow_pickle (not in 1.26)
         )
         return buf.getvalue()
 
@@ -85,7 +106,7 @@ def select_params(model: nn.Module, spec: str) -> list[str] | None:
     return names[start:]
 
 
-def block_list(model: nn.Module) -> tuple[str, nn.Module] | None:
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential] | None:
     """(name, module) of the model's longest list of blocks (a ModuleList/Sequential such as ``blocks``,
     ``encoder.layer``, ``h``, ``stages``), or None when it has none."""
     lists = [
@@ -106,7 +127,9 @@ def class_prototypes(encoder: Encoder, dataset: PairedDataset) -> np.ndarray:
     """t_c (C, d): mean of the L2-normalised embeddings of class c's caption templates (METRICS §7)."""
     rows = []
     for c in range(len(dataset.class_names)):
-        emb = encoder(**encoder.preprocess(dataset.class_captions[c])).double()
+        batch = encoder.preprocess(dataset.class_captions[c])
+        assert isinstance(batch, Mapping), "a language encoder's inputs are keyword tensors"
+        emb = encoder(**batch).double()
         emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
         rows.append(emb.mean(0))
     return torch.stack(rows).numpy()
@@ -157,7 +180,7 @@ def compute_profile(
     timings["loading"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    engine = dict(
+    engine = _EngineArgs(
         probes=settings.probes,
         sketch_dim=settings.sketch_dim,
         seed=settings.seed,
@@ -194,7 +217,7 @@ def compute_profile(
 
     tick = time.perf_counter()
     report("spectrum", 0.0)
-    agop = dict(k=settings.agop_k, censor_below=settings.agop_censor_below, rtol=settings.agop_rtol)
+    agop = _AgopArgs(k=settings.agop_k, censor_below=settings.agop_censor_below, rtol=settings.agop_rtol)
     spectrum = spectrum_from_probe_gram(
         gram, counts=distinct.counts, unstable_log10=settings.agop_unstable_log10, **agop
     )

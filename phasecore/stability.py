@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,7 +91,7 @@ def stability_probe(
     started = time.perf_counter()
     scales = sorted(set(float(c) for c in lr_scales) | {1.0})
     idx = subset_indices(batch_size(inputs), subset, seed)
-    first_input = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    first_input = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
     sub = slice_inputs(inputs, torch.as_tensor(idx, device=first_input.device))  # follows the inputs
     distinct = distinct_inputs(sub)
     n_s = len(idx)

@@ -203,7 +203,7 @@ def study_by_stratum(records: Sequence[Mapping[str, Any]], *, min_labelled: int 
             continue
         stratum = record.get("stratum")
         key = stratum.get("key") if isinstance(stratum, Mapping) else None
-        if not key:
+        if not isinstance(stratum, Mapping) or not key:
             excluded_no_stratum += 1
             continue
         groups.setdefault(str(key), []).append(record)
@@ -263,7 +263,7 @@ def stratum_measured(result: Mapping[str, Any], study: Mapping[str, Any]) -> dic
         return measured_rules(study)
     stratum = result.get("stratum")
     key = stratum.get("key") if isinstance(stratum, Mapping) else None
-    if result.get("metrics_version") != METRICS_VERSION or not key:
+    if result.get("metrics_version") != METRICS_VERSION or not isinstance(stratum, Mapping) or not key:
         empty = prediction_quality([])
         reason = (
             f"this result carries no METRICS version {METRICS_VERSION} stratum; measured figures compare only "

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from phasecore.schema import ScreeningResult
@@ -102,7 +102,8 @@ def with_measured_rules(session: Session, result: dict[str, Any], *, max_age: fl
 
     The study reads every stored result, so a worker reuses one for ``max_age`` seconds: the pair jobs of a
     144-pair batch then read the table a few times, not once each."""
-    url = str(session.get_bind().url)
+    bind = session.get_bind()
+    url = str((bind.engine if isinstance(bind, Connection) else bind).url)
     now = time.monotonic()
     with _STUDY_CACHE_LOCK:
         cached = _STUDY_CACHE.get(url)

@@ -86,14 +86,14 @@ def exact_numerics() -> Iterator[None]:
         for name in saved_reduced:
             setattr(matmul, name, False)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        if saved_fill is not None:
+        if fill is not None and saved_fill is not None:
             fill.fill_uninitialized_memory = False  # deterministic choice of algorithms, not NaN-filled buffers
         cudnn.deterministic, cudnn.benchmark = True, False
         yield
     finally:
         cudnn.deterministic, cudnn.benchmark = saved_cudnn
         torch.use_deterministic_algorithms(saved_det[0], warn_only=saved_det[1])
-        if saved_fill is not None:
+        if fill is not None and saved_fill is not None:
             fill.fill_uninitialized_memory = saved_fill
         for name, value in saved_reduced.items():
             setattr(matmul, name, value)
@@ -142,8 +142,8 @@ def eager_attention(model: nn.Module, record: dict[str, Any] | None = None) -> I
     seen: dict[str, str] = {}
     try:
         for name, module in _transformers_roots(model):
-            previous = module.config._attn_implementation
-            if previous in (None, "eager"):
+            previous = getattr(module.config, "_attn_implementation", None)
+            if not isinstance(previous, str) or previous == "eager":
                 continue
             _set_attention(module, "eager")
             switched.append((module, previous))

@@ -380,6 +380,7 @@ def _run(
         rows = min(chunk_size, n - start)
         chunk = slice_inputs(inputs, slice(start, start + rows))
         if loop_names:  # per-sample passes for every parameter: no hooks, no rules
+            assert u is not None, "loop_names is set after the first chunk, which draws the probes"
             reps, out = _per_sample_loop(model, chunk, rows, u, [param_by_name[k] for k in loop_names], loop_names)
             outputs.append(out.to(torch.float64).cpu())
         else:
@@ -491,13 +492,15 @@ def _forward_backward(
     out = call_encoder(model, chunk)
     if u is None:
         u, _ = make_probes(probes, out.shape[1], seed, out.dtype, out.device)
+    targets: list[torch.Tensor]
     if light:
         targets = [p for p in theta if p.requires_grad]
         if isinstance(chunk, torch.Tensor) and chunk.requires_grad:
             targets.append(chunk)
     else:
-        targets = theta
-    grads = []
+        targets = list(theta)
+    # torch types autograd.grad as tuple[Tensor, ...]; with allow_unused=True an unused target's entry is None
+    grads: list[tuple[torch.Tensor | None, ...]] = []
     for m in range(u.shape[0]):
         recorder.probe = m
         scalar = (out * u[m]).sum()
@@ -633,7 +636,7 @@ def _verify(
             continue
         zero = torch.zeros_like(param_by_name[name])
         expected_sum, expected_first = (
-            torch.stack([g[idx] if g[idx] is not None else zero for g in grads]).reshape(n_probes, -1)
+            torch.stack([zero if (gi := g[idx]) is None else gi for g in grads]).reshape(n_probes, -1)
             for grads in (batch_grads, first_grads)
         )
         rep = reps.get(name)

@@ -35,9 +35,11 @@ class Call:
     def stacked_gy(self, n_probes: int) -> torch.Tensor:
         """(M, *out_shape); probes whose gradient never reached this call contribute zeros."""
         zero = torch.zeros(self.out_shape, dtype=self.out_dtype, device=self.out_device)
-        return torch.stack(
-            [self.gy[m] if m < len(self.gy) and self.gy[m] is not None else zero for m in range(n_probes)]
-        )
+        rows = []
+        for m in range(n_probes):
+            gy = self.gy[m] if m < len(self.gy) else None
+            rows.append(zero if gy is None else gy)
+        return torch.stack(rows)
 
 
 # A rule: (module, calls, n_probes, chunk) -> {parameter name: rep}; ``choose_ghost`` may pick a form.
@@ -268,7 +270,7 @@ def _through_activation(module: nn.Module, z: torch.Tensor, gy: torch.Tensor) ->
         return t
 
     try:
-        _, pullback = vjp(forward, z)
+        pullback = vjp(forward, z)[1]  # torch types vjp's result as (out, fn) or (out, fn, aux): index, not unpack
         return vmap(pullback)(gy)[0]
     except RuntimeError:  # an activation torch.func cannot transform (a custom autograd.Function): per probe
         with torch.enable_grad():
@@ -321,7 +323,7 @@ def _vmapped_vjp(
             out = functional_call(module, p, tuple(args), kwargs, strict=False)
             return out[0] if isinstance(out, tuple) else out
 
-        _, pullback = vjp(fwd, own)
+        pullback = vjp(fwd, own)[1]  # as in _through_activation: (out, fn) without has_aux
         return vmap(lambda g: pullback(g.unsqueeze(0))[0])(gy_i)  # the M probes share one forward
 
     return vmap(single)(gy, *batched)
