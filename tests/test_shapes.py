@@ -35,7 +35,7 @@ def test_render_is_deterministic_balanced_and_varied() -> None:
     assert np.bincount(first.labels, minlength=48).tolist() == [12] * 48
     for sample in first.samples[:5]:
         assert sample.image.shape == (32, 32, 3) and sample.image.dtype == np.float32
-        assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+        assert sample.image.min() >= 0.0 and sample.image.max() <= 1.0
     # images of one class differ (size, position, background, rotation, noise)
     of_class = [s.image for s in first.samples if s.label == 0]
     assert len({im.tobytes() for im in of_class}) == len(of_class)

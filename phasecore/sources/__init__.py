@@ -115,14 +115,18 @@ def load_encoder(
 
 def describe_sources(allowed_sources: Collection[str] | None = None) -> list[dict[str, Any]]:
     """JSON-able description of every source and its options (for ``GET /v1/sources``)."""
-    weights = {"weights": ["pretrained", "random"]}
+    weights = {
+        "weights": ["pretrained", "random"],
+        "blend": "t in [0, 1]: (1 - t)·pretrained + t·seeded random init (not with weights=random)",
+        "seed": "integer ≥ 0: the random init's seed (with blend or weights=random; default 0)",
+    }
     sources: list[dict[str, Any]] = [
         {
             "source": "timm",
             "syntax": "timm:<name>[@<pretrained tag>]",
             "modality": "vision",
             "options": weights,
-            "examples": ["timm:resnet18", "timm:vit_small_patch16_224?weights=random"],
+            "examples": ["timm:resnet18", "timm:vit_small_patch16_224?weights=random", "timm:resnet18?blend=0.25"],
         },
         {
             "source": "hf",
@@ -143,8 +147,8 @@ def describe_sources(allowed_sources: Collection[str] | None = None) -> list[dic
             "source": "pkg",
             "syntax": "pkg:<name>",
             "modality": "vision or language",
-            "options": {"pooling": ["mean", "cls", "last"]},
-            "examples": ["pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2"],
+            "options": {"pooling": ["mean", "cls", "last"], "blend": weights["blend"], "seed": weights["seed"]},
+            "examples": ["pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2", "pkg:all-minilm-l6-v2?blend=0.5"],
             "packages": [
                 {
                     "name": name,
