@@ -76,6 +76,12 @@ def test_invalid_options_are_invalid_references(ref: str, match: str) -> None:
         load_dataset(ref, n=48)
 
 
+def test_no_word_of_a_shape_occurs_in_another_shapes_words() -> None:
+    words = {s: {w for phrase in (s, *alts) for w in phrase.replace("-", " ").split()} for s, alts in SHAPES.items()}
+    for s, own in words.items():
+        assert all(own.isdisjoint(other) for t, other in words.items() if t != s), s
+
+
 def test_caption_noise_moves_that_fraction_of_captions_to_another_class() -> None:
     clean = load_dataset("shapes?size=16", n=576, seed=1)
     noisy = load_dataset("shapes?size=16&caption_noise=0.5", n=576, seed=1)
@@ -96,9 +102,11 @@ def test_caption_noise_moves_that_fraction_of_captions_to_another_class() -> Non
 def test_held_out_groups_differ_only_in_held_out_values(n_colors: int, n_shapes: int, seed: int) -> None:
     groups = held_out_groups(n_colors, n_shapes, seed)
     colors, shapes = list(COLORS)[:n_colors], list(SHAPES)[:n_shapes]
-    assert len(groups) == (n_colors // 2) * (n_shapes // 2) * 2
+    assert len(groups) == n_colors // 2 + n_shapes // 2
     members = [c for g in groups for c in g["classes"]]
     assert len(members) == len(set(members))  # class-disjoint
+    held_values = [v for g in groups for v in g["held_out"].get("colors", []) + g["held_out"].get("shapes", [])]
+    assert len(held_values) == len(set(held_values))  # value-disjoint: each colour / shape held out at most once
     kinds = set()
     for g in groups:
         cs = {c // n_shapes for c in g["classes"]}
@@ -120,8 +128,6 @@ def test_held_out_groups_differ_only_in_held_out_values(n_colors: int, n_shapes:
             for k in fitted
         )
     assert kinds == {"colors", "shapes"}
-    if (n_colors, n_shapes) == (8, 6):
-        assert len(groups) >= 20
 
 
 def test_dataset_describes_its_groups() -> None:
@@ -147,10 +153,10 @@ def test_explicit_groups_consistent_map_aligns_shuffled_does_not() -> None:
     groups = held_out_groups(8, 6, 0)
     aligned = measure_alignment(V, L, y, P, folds=4, held_out_groups=groups)
     assert aligned["outcome"] == "aligned" and aligned["alignment_score"] > 0.8
-    assert aligned["n_groups"] == 24 and aligned["map"]["unseen_groups_from"] == "dataset"
+    assert aligned["n_groups"] == 7 and aligned["map"]["unseen_groups_from"] == "dataset"
     assert [g["classes"] for g in aligned["group_scores"]] == [sorted(g["classes"]) for g in groups]
     shuffled = measure_alignment(V, L[rng.permutation(y.size)], y, P, folds=4, held_out_groups=groups)
-    assert shuffled["outcome"] != "aligned" and abs(shuffled["alignment_score"]) < 0.2
+    assert shuffled["outcome"] != "aligned" and abs(shuffled["alignment_score"]) < 0.35
 
 
 def test_explicit_groups_fit_without_excluded_classes(monkeypatch: pytest.MonkeyPatch) -> None:

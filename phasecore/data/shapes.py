@@ -16,15 +16,14 @@ inside its region), background (grey / white / black / beige, among those that c
 a small rotation, a jitter of the colour and Gaussian pixel noise. Each sample's caption comes from one of ten
 templates that use its own size, position and background words, so most captions are distinct (METRICS §0).
 
-Held-out groups (METRICS §7 with explicit groups, docs/metrics.md "The shapes dataset"): the seed pairs up the
-colours and the shapes (a leftover colour or shape, when K or S is odd, is never held out), which tiles the
-colour × shape grid into 2 × 2 blocks {c1, c2} × {s1, s2}. Each block gives two groups: either two colour groups
-{(c1, s1), (c2, s1)} and {(c1, s2), (c2, s2)} whose construction holds out the colours {c1, c2}, or two shape
-groups {(c1, s1), (c1, s2)} and {(c2, s1), (c2, s2)} holding out the shapes {s1, s2}; the seed picks which, half
-the blocks each. A group's map is fitted only on classes that contain none of its held-out values (36 of 48 classes
-for a colour group, 32 for a shape group), so an image is classified between classes that differ only in a value the
-map has never seen: a consistent map onto word vectors that carries no meaning (a random text encoder) sits at
-chance. ``(K // 2)·(S // 2)·2`` groups (24 by default), class-disjoint.
+Held-out groups (METRICS §7 with explicit groups, docs/metrics.md "The shapes dataset"): a colour group is two
+classes of one shape whose colours are held out, {(c1, s), (c2, s)}; a shape group is two classes of one colour
+whose shapes are held out, {(c, s1), (c, s2)}. A group's map is fitted only on the classes that contain none of its
+held-out values (36 of 48 classes for a colour group, 32 for a shape group), so its images are classified between
+classes that differ only in a value the map has never seen: a consistent map onto word vectors that carries no
+meaning (a random text encoder) sits at chance. The groups are class-disjoint and value-disjoint (every colour and
+every shape is held out by at most one group, see ``held_out_groups``): ``⌊K/2⌋ + ⌊S/2⌋`` groups, 7 by default
+(G ≥ 5 can reach α = 0.05; ``colors=10&shapes=8`` gives 9).
 
 Run ``python -m phasecore.data.shapes --grid docs/shapes.png`` for a grid of examples with their captions.
 """
@@ -56,15 +55,19 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 #: shape name → other words for it (the templates use both); ``shapes=S`` takes the first S
 SHAPES: dict[str, tuple[str, ...]] = {
-    "circle": ("round disc", "round shape"),
-    "square": ("four-sided box", "square block"),
-    "triangle": ("three-sided shape", "triangular shape"),
-    "star": ("five-pointed star", "star shape"),
-    "hexagon": ("six-sided shape", "hexagonal shape"),
-    "cross": ("plus sign", "cross shape"),
-    "diamond": ("rhombus", "diamond shape"),
-    "pentagon": ("five-sided shape", "pentagonal shape"),
+    "circle": ("disc", "dot"),
+    "square": ("box", "block"),
+    "triangle": ("wedge", "pyramid"),
+    "star": ("sparkle", "asterisk"),
+    "hexagon": ("hex", "honeycomb cell"),
+    "cross": ("plus sign", "cross mark"),
+    "diamond": ("rhombus", "lozenge"),
+    "pentagon": ("home plate", "five-sided tile"),
 }
+#: No two shapes share a word (nor, in MiniLM's WordPiece vocabulary, a word piece), so a held-out shape's words
+#: never occur in the captions its map is fitted on: "three-sided shape" for a triangle would share "sided" and
+#: "shape" with the hexagon's "six-sided shape", a link a text encoder with random weights can exploit.
+
 #: background name → RGB; a sample draws among those at RGB distance ≥ ``MIN_CONTRAST`` from its colour
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 128),
@@ -204,35 +207,61 @@ def _format(value: Any) -> str:
 # --- groups -------------------------------------------------------------------------------------------------
 
 
-def held_out_groups(n_colors: int, n_shapes: int, seed: int) -> list[dict[str, Any]]:
+def held_out_groups(n_colors: int, n_shapes: int, seed: int, *, tries: int = 64) -> list[dict[str, Any]]:
     """The class-disjoint held-out groups (module docstring), each ``{"classes", "exclude", "held_out"}``:
-    ``classes`` the group's class ids, ``exclude`` every class that contains one of the construction's held-out
+    ``classes`` the group's two class ids, ``exclude`` every class that contains one of the group's held-out
     values (never fitted; the group's own classes among them), ``held_out`` e.g. ``{"colors": ["purple", "teal"]}``.
+
+    Candidates are every colour pair at one shape and every shape pair at one colour. Taken greedily in a seeded
+    order, a candidate joins when its classes are still free and neither of its held-out values is held out by
+    another group: every colour and every shape is held out at most once, ``⌊K/2⌋ + ⌊S/2⌋`` groups (7 for 8 × 6).
+    Groups that shared a held-out value would not be independent (a value's own effect, e.g. how the map happens
+    to place an unseen shape against a random text encoder's vector for its word, enters every group holding it
+    out) and the sign-flip test, which counts groups as independent, would decide pairs by chance far more often
+    than α. Of ``tries`` seeded orders the one with the most groups wins, then the one closest to as many colour
+    as shape groups.
     """
     rng = np.random.default_rng([seed, 7])
     colors, shapes = list(COLORS)[:n_colors], list(SHAPES)[:n_shapes]
-    color_order = rng.permutation(n_colors)
-    shape_order = rng.permutation(n_shapes)
-    color_pairs = [sorted(color_order[2 * i : 2 * i + 2].tolist()) for i in range(n_colors // 2)]
-    shape_pairs = [sorted(shape_order[2 * j : 2 * j + 2].tolist()) for j in range(n_shapes // 2)]
-    n_blocks = len(color_pairs) * len(shape_pairs)
-    by_color = np.zeros(n_blocks, dtype=bool)
-    by_color[rng.permutation(n_blocks)[: (n_blocks + 1) // 2]] = True
 
     def cls(c: int, s: int) -> int:
         return c * n_shapes + s
 
+    candidates: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+    for s in range(n_shapes):
+        for c1 in range(n_colors):
+            for c2 in range(c1 + 1, n_colors):
+                candidates.append(("colors", (c1, c2), (cls(c1, s), cls(c2, s))))
+    for c in range(n_colors):
+        for s1 in range(n_shapes):
+            for s2 in range(s1 + 1, n_shapes):
+                candidates.append(("shapes", (s1, s2), (cls(c, s1), cls(c, s2))))
+    best: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+    best_key = (-1, 0)
+    for _ in range(tries):
+        used_classes: set[int] = set()
+        used_values: set[tuple[str, int]] = set()
+        chosen = []
+        for index in rng.permutation(len(candidates)):
+            kind, pair, members = candidates[int(index)]
+            values = {(kind, v) for v in pair}
+            if used_classes.isdisjoint(members) and used_values.isdisjoint(values):
+                used_classes.update(members)
+                used_values.update(values)
+                chosen.append(candidates[int(index)])
+        n_color_groups = sum(kind == "colors" for kind, _, _ in chosen)
+        key = (len(chosen), -abs(2 * n_color_groups - len(chosen)))
+        if key > best_key:
+            best, best_key = chosen, key
     groups: list[dict[str, Any]] = []
-    for b, (cp, sp) in enumerate((cp, sp) for cp in color_pairs for sp in shape_pairs):
-        if by_color[b]:
-            exclude = sorted(cls(c, s) for c in cp for s in range(n_shapes))
-            held = {"colors": [colors[c] for c in cp]}
-            members = [[cls(c, s) for c in cp] for s in sp]
+    for kind, pair, members in sorted(best, key=lambda g: g[2]):
+        if kind == "colors":
+            exclude = sorted(cls(c, s) for c in pair for s in range(n_shapes))
+            held = {"colors": [colors[c] for c in pair]}
         else:
-            exclude = sorted(cls(c, s) for c in range(n_colors) for s in sp)
-            held = {"shapes": [shapes[s] for s in sp]}
-            members = [[cls(c, s) for s in sp] for c in cp]
-        groups.extend({"classes": m, "exclude": exclude, "held_out": held} for m in members)
+            exclude = sorted(cls(c, s) for c in range(n_colors) for s in pair)
+            held = {"shapes": [shapes[s] for s in pair]}
+        groups.append({"classes": list(members), "exclude": exclude, "held_out": held})
     return groups
 
 
