@@ -25,7 +25,8 @@ meaning (a random text encoder) sits at chance. The groups are class-disjoint an
 every shape is held out by at most one group, see ``held_out_groups``): ``⌊K/2⌋ + ⌊S/2⌋`` groups, 7 by default
 (G ≥ 5 can reach α = 0.05; ``colors=10&shapes=8`` gives 9).
 
-Run ``python -m phasecore.data.shapes --grid docs/shapes.png`` for a grid of examples with their captions.
+Run ``python bench/shapes_grid.py docs/shapes.png`` (or ``python -m phasecore.data.shapes --grid <png>``) for a
+grid of examples with their captions.
 """
 
 from __future__ import annotations
