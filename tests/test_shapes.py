@@ -155,6 +155,8 @@ def test_explicit_groups_consistent_map_aligns_shuffled_does_not() -> None:
     assert aligned["outcome"] == "aligned" and aligned["alignment_score"] > 0.8
     assert aligned["n_groups"] == 7 and aligned["map"]["unseen_groups_from"] == "dataset"
     assert [g["classes"] for g in aligned["group_scores"]] == [sorted(g["classes"]) for g in groups]
+    unseen = aligned["figures"]["unseen"]  # over the groups' images only, chance 1/2
+    assert unseen["n"] == 4 * 2 * len(groups) and unseen["chance"] == 0.5 and aligned["unseen_accuracy"] > 0.9
     shuffled = measure_alignment(V, L[rng.permutation(y.size)], y, P, folds=4, held_out_groups=groups)
     assert shuffled["outcome"] != "aligned" and abs(shuffled["alignment_score"]) < 0.35
 
