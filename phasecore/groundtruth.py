@@ -17,6 +17,11 @@ draws plus the identity (G > 16). ``aligned`` when ``p_above ≤ α``, ``failed`
 inconclusive. The smallest attainable p-value is ``1/2^G``, so with ``G < 5`` (C < 10) no outcome can reach
 α = 0.05 and the pair is inconclusive for "too few classes" whatever its scores (``outcome_of``).
 
+A dataset may bring its own groups instead (``held_out_groups``; ``shapes`` holds out colours and shapes): each
+group g names its classes and the classes never fitted for it, and g's map is fitted on the remaining classes
+only. Everything else (s_g, the sign-flip test, the outcome) is unchanged. ``map.unseen_groups_from`` says
+which kind ran ("seed" or "dataset").
+
 Choices made here (METRICS leaves them open):
 
 - Features, per outer fold, with means from its training pairs only: vision
@@ -60,6 +65,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -132,6 +138,7 @@ def measure_alignment(
     seed: int = 0,
     failure_threshold: float = 0.03,
     outcome_alpha: float = 0.05,
+    held_out_groups: Sequence[AbcMapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Measured cross-modal alignment of one pair (METRICS §7); every choice is in the module docstring.
 
@@ -143,6 +150,12 @@ def measure_alignment(
     C is odd), ``b_g`` = mean over c ∈ g of the fraction of c's held-out images predicted as c,
     ``s_g = (b_g − 1/|g|) / (1 − 1/|g|)``, ``alignment_score = mean_g s_g``; the sign-flip test of the s_g
     against ``τ = failure_threshold`` at level ``α = outcome_alpha`` gives ``outcome`` (see ``outcome_of``).
+
+    held_out_groups: explicit groups instead of the seeded pairs of classes (a dataset's own construction, e.g.
+    ``shapes``, which holds out attribute values): each ``{"classes": [int, ...], "exclude": [int, ...]}``;
+    group g's images are classified among its ``classes`` by a map fitted on the pairs whose class is in
+    neither ``classes`` nor ``exclude``. Groups must be class-disjoint, of ≥ 2 classes; classes absent from
+    the sample are dropped, and a group left with < 2 classes is skipped (``map.skipped_groups``).
 
     Returns a JSON-able dict with keys ``method``, ``n``, ``n_classes``, ``folds``, ``unseen_folds`` (= G),
     ``seed``, ``failure_threshold`` (τ), ``outcome_alpha`` (α), ``n_distinct_captions``, ``seen_accuracy``,
@@ -171,6 +184,7 @@ def measure_alignment(
             seed=seed,
             failure_threshold=failure_threshold,
             outcome_alpha=outcome_alpha,
+            held_out_groups=held_out_groups,
         )
 
 
@@ -186,6 +200,7 @@ def _measure_alignment(
     seed: int,
     failure_threshold: float,
     outcome_alpha: float,
+    held_out_groups: Sequence[AbcMapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise InvalidSettings(f"ground-truth method {method!r} is not one of {', '.join(METHODS)}")
@@ -200,9 +215,16 @@ def _measure_alignment(
     # separate streams: the unseen class groups must not depend on how many draws a map consumes
     group_rng = np.random.default_rng(seed)
     fit_rng = np.random.default_rng([seed, 1])
-    class_groups = outcome_groups(present, group_rng)
     fitter = _FITTERS[method]
     map_info: dict[str, Any] = {"method": method, "seen": [], "unseen": []}
+    if held_out_groups is None:
+        class_groups = outcome_groups(present, group_rng)
+        excluded: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(class_groups)
+        map_info["unseen_groups_from"] = "seed"
+    else:
+        class_groups, excluded, skipped = _explicit_groups(held_out_groups, present, n_classes)
+        map_info["unseen_groups_from"] = "dataset"
+        map_info["skipped_groups"] = skipped
 
     seen_correct = np.zeros(n, dtype=bool)
     top1 = np.zeros(n, dtype=bool)
@@ -230,11 +252,18 @@ def _measure_alignment(
 
     unseen_correct = np.zeros(n, dtype=bool)
     unseen_chance = np.zeros(n)
+    tested = np.zeros(n, dtype=bool)
     map_info["unseen_class_groups"] = [sorted(int(c) for c in g) for g in class_groups]
     group_scores: list[dict[str, Any]] = []
-    for held_out in class_groups:
+    for held_out, exclude in zip(class_groups, excluded, strict=True):
         test_mask = np.isin(y, held_out)
-        train, test = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+        train = np.flatnonzero(~test_mask & ~np.isin(y, exclude))
+        test = np.flatnonzero(test_mask)
+        if np.unique(y[train]).size < 2:
+            raise InvalidSettings(
+                f"held-out group {sorted(int(c) for c in held_out)} leaves {np.unique(y[train]).size} class(es) "
+                "to fit its map on; the unseen-class test needs ≥ 2"
+            )
         prep = _Preprocess.fit(X[train], Y[train])
         inner = _class_disjoint_inner(y[train], group_rng)
         mapping, info = fitter(prep.vision(X[train]), prep.text(Y[train]), inner, groups[train], fit_rng)
@@ -244,12 +273,14 @@ def _measure_alignment(
         predicted = candidates[_classify(mapped, prep.prototypes(T[candidates]))]
         unseen_correct[test] = predicted == y[test]
         unseen_chance[test] = 1.0 / candidates.size
+        tested[test] = True
         group_scores.append(_group_score(candidates, y[test], predicted))
 
     uniform = np.full(n, 1.0 / n_classes)
     figures: dict[str, dict[str, Any]] = {
         "seen": _figure(seen_correct, uniform, y),
-        "unseen": _figure(unseen_correct, unseen_chance, y),
+        # explicit groups may leave classes untested (shapes: 14 of 48); the figure counts the tested pairs only
+        "unseen": _figure(unseen_correct[tested], unseen_chance[tested], y[tested]),
         "linear_probe_vision": _figure(probe_v, uniform, y),
         "linear_probe_language": _figure(probe_l, uniform, y),
     }
@@ -307,6 +338,35 @@ def outcome_groups(classes: np.ndarray, rng: np.random.Generator) -> list[np.nda
     if classes.size < 2:
         raise ValueError(f"the §7 groups need ≥ 2 classes, got {classes.size}")
     return list(np.array_split(rng.permutation(classes), classes.size // 2))
+
+
+def _explicit_groups(
+    groups: Sequence[AbcMapping[str, Any]], present: np.ndarray, n_classes: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
+    """Checked explicit groups: (classes of each group, present in the sample; classes excluded from its fit;
+    the groups skipped for having < 2 classes in the sample, with the reason)."""
+    classes_of, excluded, skipped = [], [], []
+    used: set[int] = set()
+    for index, group in enumerate(groups):
+        members = [int(c) for c in group["classes"]]
+        exclude = [int(c) for c in group.get("exclude", ())]
+        if len(set(members)) != len(members) or any(not 0 <= c < n_classes for c in members + exclude):
+            raise ValueError(f"held-out group {index} {members} must hold distinct classes in [0, {n_classes})")
+        if used & set(members):
+            raise ValueError(f"held-out group {index} {members} shares classes with an earlier group")
+        used |= set(members)
+        kept = np.array([c for c in members if c in set(present.tolist())], dtype=np.int64)
+        if kept.size < 2:
+            skipped.append({"classes": members, "reason": f"{kept.size} of its classes are in the sample"})
+            continue
+        classes_of.append(kept)
+        excluded.append(np.array(sorted(set(exclude) - set(members)), dtype=np.int64))
+    if len(classes_of) < 2:
+        raise InvalidSettings(
+            f"{len(classes_of)} held-out group(s) have ≥ 2 classes in the sample; the unseen-class test needs ≥ 2 "
+            "groups: raise N"
+        )
+    return classes_of, excluded, skipped
 
 
 def _group_score(classes: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:

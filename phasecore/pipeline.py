@@ -143,6 +143,8 @@ def screen_pair(
             seed=settings.seed,
             failure_threshold=settings.failure_threshold,
             outcome_alpha=settings.outcome_alpha,
+            # a dataset's own held-out construction (shapes: held-out colours and shapes), else seeded pairs
+            held_out_groups=dv.get("outcome_groups"),
         )
     report(0.9)
     metrics = {

@@ -14,7 +14,10 @@ from urllib.parse import parse_qsl
 from phasecore.errors import InvalidReference, SourceNotAllowed
 
 SOURCES = ("timm", "hf", "file", "pkg")
-_OPTION_KEYS = {"weights", "pooling", "arch", "revision"}
+_OPTION_KEYS = {"weights", "pooling", "arch", "revision", "blend", "seed"}
+#: the seed of every random initialisation (``weights=random``, and the random end of ``blend``) unless
+#: ``?seed=`` names another
+RANDOM_INIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ class ModelRef:
     ``weights`` is ``pretrained`` (default) or ``random``; ``pooling`` is ``mean | cls | last`` for
     language models (None: the source's default); ``arch`` names the timm architecture of a bare
     ``.safetensors`` file.
+
+    ``blend`` = t ∈ [0, 1] (a graded control): θ = (1 − t)·θ_pretrained + t·θ_random, θ_random the seeded
+    random initialisation of the same architecture (the one ``weights=random`` builds), for every source with
+    pretrained weights; floating-point buffers (BatchNorm running statistics) are blended alike, so t = 1 is
+    that random initialisation exactly. ``seed`` (an integer ≥ 0) seeds the random initialisation of ``blend``
+    or ``weights=random`` (default ``RANDOM_INIT_SEED``; stored as None when it equals the default).
     """
 
     source: str
@@ -35,6 +44,8 @@ class ModelRef:
     weights: Literal["pretrained", "random"] = "pretrained"
     pooling: Literal["mean", "cls", "last"] | None = None
     arch: str | None = None
+    blend: float | None = None
+    seed: int | None = None
 
     @classmethod
     def parse(cls, text: str | ModelRef, **overrides: Any) -> ModelRef:
@@ -61,6 +72,14 @@ class ModelRef:
         if source in ("hf", "timm") and "@" in rest:
             name, _, revision = rest.partition("@")
         options.update({k: v for k, v in overrides.items() if v is not None})
+        if "blend" in options:
+            options["blend"] = _parse_blend(options["blend"], text)
+        if "seed" in options:
+            if "blend" not in options and options.get("weights") != "random":
+                raise InvalidReference(
+                    f"seed= in {text!r} seeds a random initialisation: use it with blend=t or weights=random"
+                )
+            options["seed"] = _parse_seed(options["seed"], text)
         ref = cls(source=source, name=name, revision=revision or None, **options)
         ref.validate()
         return ref
@@ -72,6 +91,28 @@ class ModelRef:
             raise InvalidReference(f"pooling={self.pooling!r} is not one of mean, cls, last")
         if not self.name:
             raise InvalidReference(f"model reference {self.source}: has no name")
+        if self.blend is not None:
+            if self.weights == "random":
+                raise InvalidReference(
+                    "blend=t mixes the pretrained weights with a random init; it cannot go with weights=random "
+                    "(blend=1 is the random init)"
+                )
+            if isinstance(self.blend, bool) or not isinstance(self.blend, int | float):
+                raise InvalidReference(f"blend={self.blend!r} must be a number t in [0, 1]")
+            if not 0.0 <= self.blend <= 1.0:  # also rejects nan
+                raise InvalidReference(f"blend={self.blend!r} must lie in [0, 1] (0: pretrained, 1: random init)")
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+                raise InvalidReference(f"seed={self.seed!r} must be an integer ≥ 0")
+            if self.blend is None and self.weights != "random":
+                raise InvalidReference(
+                    "seed= seeds a random initialisation: use it with blend=t or weights=random"
+                )
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of this reference's random initialisation (``seed``, or the default)."""
+        return RANDOM_INIT_SEED if self.seed is None else self.seed
 
     def canonical(self) -> str:
         """The normalised text form; parse(canonical()) == self."""
@@ -83,9 +124,40 @@ class ModelRef:
             for k, v in (("weights", self.weights), ("pooling", self.pooling), ("arch", self.arch))
             if v is not None and not (k == "weights" and v == "pretrained")
         ]
+        if self.blend is not None:
+            opts.append(f"blend={_format_float(float(self.blend))}")
+        if self.seed is not None:
+            opts.append(f"seed={self.seed}")
         if self.revision and self.source not in ("hf", "timm"):
             opts.append(f"revision={self.revision}")
         return text + ("?" + "&".join(opts) if opts else "")
+
+
+def _parse_blend(value: Any, text: str) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise InvalidReference(
+            f"blend={value!r} in {text!r} is not a number; blend=t takes t in [0, 1] (0: pretrained, 1: random init)"
+        ) from None
+    if not 0.0 <= t <= 1.0:
+        raise InvalidReference(f"blend={value!r} in {text!r} must lie in [0, 1] (0: pretrained, 1: random init)")
+    return t
+
+
+def _parse_seed(value: Any, text: str) -> int | None:
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        raise InvalidReference(f"seed={value!r} in {text!r} is not an integer ≥ 0") from None
+    if seed < 0:
+        raise InvalidReference(f"seed={value!r} in {text!r} must be an integer ≥ 0")
+    return None if seed == RANDOM_INIT_SEED else seed  # the default seed has one canonical form: none
+
+
+def _format_float(value: float) -> str:
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:

@@ -149,7 +149,11 @@ class Source:
         return loader
 
 
-_WEIGHTS = {"weights": ["pretrained", "random"]}
+_BLEND = {
+    "blend": "t in [0, 1]: (1 - t)·pretrained + t·seeded random init (not with weights=random)",
+    "seed": "integer ≥ 0: the random init's seed (with blend or weights=random; default 0)",
+}
+_WEIGHTS = {"weights": ["pretrained", "random"], **_BLEND}
 _POOLING = {"pooling": ["mean", "cls", "last"]}
 
 REGISTRY: dict[str, Source] = {
@@ -160,7 +164,7 @@ REGISTRY: dict[str, Source] = {
             "timm:<name>[@<pretrained tag>]",
             "vision",
             _WEIGHTS,
-            ("timm:resnet18", "timm:vit_small_patch16_224?weights=random"),
+            ("timm:resnet18", "timm:vit_small_patch16_224?weights=random", "timm:resnet18?blend=0.25"),
             _check_timm,
             "phasecore.sources.timm_source:load_timm",
         ),
@@ -186,8 +190,8 @@ REGISTRY: dict[str, Source] = {
             "pkg",
             "pkg:<name>",
             "vision or language",
-            _POOLING,
-            ("pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2"),
+            _POOLING | _BLEND,
+            ("pkg:efficientnet-lite0", "pkg:all-minilm-l6-v2", "pkg:all-minilm-l6-v2?blend=0.5"),
             _check_pkg,
             "phasecore.sources.pkg_source:load_pkg",
         ),

@@ -97,8 +97,9 @@ def test_unknown_dataset() -> None:
 
 def test_list_datasets(tmp_path: Path) -> None:
     listed = json.loads(json.dumps(list_datasets(tmp_path)))
-    assert [d["name"] for d in listed] == ["digits", "cifar10", "cifar100", "svhn", "manifest"]
-    assert listed[1]["available"] == {"test": False, "train": False}
+    assert [d["name"] for d in listed] == ["digits", "shapes", "cifar10", "cifar100", "svhn", "manifest"]
+    assert listed[1]["available"] is True and listed[1]["n_classes"] == 48
+    assert listed[2]["available"] == {"test": False, "train": False}
 
 
 # --- manifest: -------------------------------------------------------------------------------------

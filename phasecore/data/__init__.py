@@ -1,6 +1,7 @@
 """Paired data: a dataset reference in, a balanced seeded sample of N (image, caption, label) pairs out.
 
-References: ``digits``; ``cifar10``, ``cifar100``, ``svhn`` (test split; ``:train`` for the training
+References: ``digits``; ``shapes[?colors=K&shapes=S&size=PX&caption_noise=P]`` (rendered from the seed, see
+``phasecore.data.shapes``); ``cifar10``, ``cifar100``, ``svhn`` (test split; ``:train`` for the training
 split) from the data root; ``manifest:<file.jsonl>`` under the data root.
 """
 
@@ -13,6 +14,7 @@ from phasecore.data.base import PairedDataset, PairedSample
 from phasecore.data.digits import load_digits_pairs
 from phasecore.data.manifest import load_manifest_pairs
 from phasecore.data.sampling import DEFAULT_N
+from phasecore.data.shapes import load_shapes_pairs
 from phasecore.data.torchvision_sets import SETS, SPLITS, files_present, load_torchvision_pairs
 from phasecore.errors import InvalidReference
 from phasecore.paths import default_data_root
@@ -39,6 +41,11 @@ def load_dataset(
     kind, _, rest = ref.strip().partition(":")
     if kind == "digits" and not rest:
         return load_digits_pairs(n=n, seed=seed)
+    base, query_mark, query = ref.strip().partition("?")
+    if base == "shapes":
+        if query_mark and not query:
+            raise InvalidReference("dataset 'shapes?' has an empty option list; write shapes, or e.g. shapes?colors=8")
+        return load_shapes_pairs(query, n=n, seed=seed)
     if kind in SETS:
         return load_torchvision_pairs(
             ref.strip(), n=n, seed=seed, data_root=root, allow_download=allow_download
@@ -46,7 +53,8 @@ def load_dataset(
     if kind == "manifest" and rest:
         return load_manifest_pairs(rest, n=n, seed=seed, data_root=root)
     raise InvalidReference(
-        f"dataset {ref!r} is not one of digits, {', '.join(f'{s}[:train]' for s in SETS)}, "
+        f"dataset {ref!r} is not one of digits, shapes[?colors=8&shapes=6&size=224&caption_noise=0], "
+        f"{', '.join(f'{s}[:train]' for s in SETS)}, "
         "manifest:<file.jsonl>"
     )
 
@@ -61,7 +69,19 @@ def list_datasets(data_root: str | Path | None = None) -> list[dict[str, Any]]:
             "description": "scikit-learn's 1797 handwritten 8x8 digits, bundled",
             "n_classes": 10,
             "available": True,
-        }
+        },
+        {
+            "name": "shapes",
+            "syntax": "shapes[?colors=<3-10>&shapes=<3-8>&size=<16-512>&caption_noise=<0-1>]",
+            "description": (
+                "coloured geometric shapes rendered from the seed (no download), one class per colour × shape "
+                "(8 × 6 = 48 by default), natural captions from ten templates; its outcome holds out colours "
+                "and shapes (docs/metrics.md, 'The shapes dataset'); caption_noise: the fraction of captions "
+                "from another class"
+            ),
+            "n_classes": 48,
+            "available": True,
+        },
     ]
     for name, spec in SETS.items():
         entries.append(

@@ -26,6 +26,10 @@ class PairedDataset:
     class_captions: dict[int, list[str]]  # caption templates per class (for prototypes t_c, METRICS §7)
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: explicit held-out groups for the outcome (METRICS §7), each ``{"classes": [int], "exclude": [int], ...}``:
+    #: the group's classes, and the classes never fitted for it (those holding one of its held-out values).
+    #: None: ``measure_alignment`` draws its seeded pairs of classes.
+    outcome_groups: list[dict[str, Any]] | None = None
 
     @property
     def n(self) -> int:
@@ -65,6 +69,7 @@ class PairedDataset:
             "n_templates_per_class": min(len(v) for v in self.class_captions.values()),
             "sample_ids_sha256": _sha256_lines(self.sample_ids),
             **self.extra,
+            **({"outcome_groups": self.outcome_groups} if self.outcome_groups is not None else {}),
         }
 
 

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from phasecore.refs import SOURCES, ModelRef
+from phasecore.refs import RANDOM_INIT_SEED, SOURCES, ModelRef
 
 Modality = Literal["vision", "language"]
-__all__ = ["SOURCES", "Encoder", "Inputs", "Modality", "ModelIdentity", "ModelRef"]
+__all__ = ["RANDOM_INIT_SEED", "SOURCES", "Encoder", "Inputs", "Modality", "ModelIdentity", "ModelRef"]
 
 Inputs = torch.Tensor | Mapping[str, torch.Tensor]
 

@@ -101,7 +101,7 @@ class VisionEncoder(Encoder):
             embed_dim=int(probe.shape[1]),
             revision=revision,
             weights_sha256=weights_sha256,
-            weights=ref.weights,
+            weights="blend" if ref.blend is not None else ref.weights,
             extra={"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
             | (extra or {}),
         )
@@ -191,7 +191,7 @@ class TextEncoder(Encoder):
             embed_dim=int(probe.shape[1]),
             revision=revision,
             weights_sha256=weights_sha256,
-            weights=ref.weights,
+            weights="blend" if ref.blend is not None else ref.weights,
             pooling=pooling,
             extra={"model_type": model.config.model_type, "max_tokens": MAX_TOKENS} | (extra or {}),
         )

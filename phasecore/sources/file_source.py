@@ -23,8 +23,8 @@ from phasecore.paths import resolve_under
 from phasecore.sources.base import Encoder, ModelRef
 from phasecore.sources.encoders import VisionEncoder
 from phasecore.sources.hf_source import build_text_encoder
-from phasecore.sources.timm_source import create_timm_model
-from phasecore.sources.weights import load_timm_state_dict, read_state_dict, sha256_files
+from phasecore.sources.timm_source import create_timm_model, random_timm_model
+from phasecore.sources.weights import apply_blend, load_timm_state_dict, read_state_dict, sha256_files
 
 _TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HF_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
@@ -33,13 +33,16 @@ _HF_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 def _timm_encoder(weights: Path, arch: str, ref: ModelRef, device: str | torch.device) -> VisionEncoder:
     model = create_timm_model(arch, pretrained=False)
     load_timm_state_dict(model, read_state_dict(weights), source=f"file:{ref.name}")
+    extra: dict = {"weight_files": [weights.name]}
+    if ref.blend is not None:
+        extra["blend"] = apply_blend(model, ref, lambda: random_timm_model(arch))
     return VisionEncoder(
         model,
         ref=ref,
         architecture=arch,
         device=device,
         weights_sha256=sha256_files([weights]),
-        extra={"weight_files": [weights.name]},
+        extra=extra,
     )
 
 

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 from phasecore.errors import AssetUnavailable, InvalidReference, UnsupportedModel
 from phasecore.sources.base import ModelRef
 from phasecore.sources.encoders import TextEncoder, default_pooling
-from phasecore.sources.weights import random_init
+from phasecore.sources.weights import apply_blend, random_init
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _ALTERNATIVES = "a saved model folder as file:<folder>, or the offline pkg:all-minilm-l6-v2"
@@ -108,7 +108,8 @@ def build_text_encoder(
 ) -> TextEncoder:
     """A TextEncoder from a hub id or a local transformers folder ``location``.
 
-    ``ref.weights == "random"`` initialises from the config alone (seeded); ``ref.pooling`` overrides
+    ``ref.weights == "random"`` initialises from the config alone (seeded by ``ref.init_seed``); ``ref.blend``
+    mixes the pretrained weights with that initialisation (``apply_blend``); ``ref.pooling`` overrides
     the default pooling (``last`` for decoder-only models, else ``mean``). Encoder-decoder models
     contribute their encoder.
     """
@@ -116,13 +117,18 @@ def build_text_encoder(
     with _hub_errors(location, revision), _quiet_loading():
         config = AutoConfig.from_pretrained(location, **options)
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        def from_config() -> Any:
+            return AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=False)
+
         if ref.weights == "random":
-            with random_init():
-                model = AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=False)
+            with random_init(ref.init_seed):
+                model = from_config()
         else:
             model = AutoModel.from_pretrained(
                 location, **options, attn_implementation="eager", dtype=torch.float32
             )
+            if ref.blend is not None:
+                extra = (extra or {}) | {"blend": apply_blend(model, ref, from_config)}
     if config.is_encoder_decoder:
         model = model.get_encoder()
     _check_tokenizer(tokenizer, location)

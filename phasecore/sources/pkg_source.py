@@ -23,8 +23,8 @@ from phasecore.registry import PACKAGES, Package
 from phasecore.sources.base import Encoder
 from phasecore.sources.encoders import VisionEncoder
 from phasecore.sources.hf_source import build_text_encoder
-from phasecore.sources.timm_source import create_timm_model
-from phasecore.sources.weights import load_timm_state_dict_in_order, read_state_dict, sha256_file
+from phasecore.sources.timm_source import create_timm_model, random_timm_model
+from phasecore.sources.weights import apply_blend, load_timm_state_dict_in_order, read_state_dict, sha256_file
 
 
 def _import(name: str, package: Package) -> ModuleType:
@@ -61,7 +61,8 @@ def load_pkg(ref: ModelRef, *, model_root: Path, device: str | torch.device) -> 
             f"timm:{package.architecture}" if package.modality == "vision" else f"hf:{package.architecture}"
         )
         raise InvalidReference(
-            f"pkg:{ref.name} is its shipped weights; for a random init use {twin}?weights=random"
+            f"pkg:{ref.name} is its shipped weights; for a random init use {twin}?weights=random, "
+            f"or pkg:{ref.name}?blend=1 (the same seeded init)"
         )
     module = _import(ref.name, package)
     if package.modality == "language":
@@ -77,11 +78,14 @@ def load_pkg(ref: ModelRef, *, model_root: Path, device: str | torch.device) -> 
     checkpoint = _checkpoint_path(module)
     model = create_timm_model(package.architecture, pretrained=False)
     load_timm_state_dict_in_order(model, read_state_dict(checkpoint), source=f"pkg:{ref.name}")
+    extra = _provenance(package) | {"weight_files": [checkpoint.name]}
+    if ref.blend is not None:
+        extra["blend"] = apply_blend(model, ref, lambda: random_timm_model(package.architecture))
     return VisionEncoder(
         model,
         ref=ref,
         architecture=package.architecture,
         device=device,
         weights_sha256=sha256_file(checkpoint),
-        extra=_provenance(package) | {"weight_files": [checkpoint.name]},
+        extra=extra,
     )

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from phasecore.errors import InvalidReference
+from phasecore.sources.base import RANDOM_INIT_SEED, ModelRef
 
-#: The seed of every ``weights=random`` initialisation, so a random-init model is reproducible.
-RANDOM_INIT_SEED = 0
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
@@ -61,11 +61,43 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def random_init() -> Iterator[None]:
-    """Seeded initialisation that leaves the global RNG as it was."""
+def random_init(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
+    """Seeded initialisation (``torch.manual_seed(seed)``) that leaves the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
+        torch.manual_seed(seed)
         yield
+
+
+def blend_state(
+    pretrained: Mapping[str, torch.Tensor], random: Mapping[str, torch.Tensor], t: float
+) -> dict[str, torch.Tensor]:
+    """``(1 − t)·θ_pretrained + t·θ_random`` for every floating-point tensor (parameters and buffers alike,
+    BatchNorm running statistics included); integer tensors (``num_batches_tracked``, position ids) stay
+    pretrained. Computed as ``torch.lerp``: exactly θ_pretrained at t = 0 and θ_random at t = 1."""
+    if set(pretrained) != set(random):
+        raise InvalidReference("blend: the random init and the pretrained weights have different tensors")
+    out = {}
+    for key, value in pretrained.items():
+        other = random[key]
+        if value.shape != other.shape:
+            raise InvalidReference(f"blend: {key} is {tuple(value.shape)} pretrained, {tuple(other.shape)} at init")
+        if value.is_floating_point():
+            out[key] = torch.lerp(value, other.to(value.dtype), float(t))
+        else:
+            out[key] = value.clone()
+    return out
+
+
+def apply_blend(model: nn.Module, ref: ModelRef, make_random: Callable[[], nn.Module]) -> dict[str, Any]:
+    """Blend ``model`` (pretrained weights loaded) in place with ``make_random()``, built under
+    ``random_init(ref.init_seed)``, by ``ref.blend``; returns the record for the identity
+    (``{"t", "seed", "buffers"}``). The random twin is built on the CPU, like the pretrained model."""
+    assert ref.blend is not None
+    with random_init(ref.init_seed):
+        twin = make_random()
+    state = blend_state(model.state_dict(), twin.state_dict(), float(ref.blend))
+    model.load_state_dict(state, strict=True)
+    return {"t": float(ref.blend), "seed": ref.init_seed, "buffers": "blended"}
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
