@@ -1,4 +1,4 @@
-"""API keys (hashed, required on writes when enabled) and per-key rate limits."""
+"""API keys (hashed, required on every /v1 request when enabled) and rate limits (tenants: test_tenancy)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _key(runtime, **kwargs) -> str:
     return secret
 
 
-def test_writes_need_a_key_reads_do_not(make_runtime):
+def test_with_keys_required_every_request_needs_one(make_runtime):
     runtime = make_runtime(require_api_key=True)
     secret = _key(runtime)
     with TestClient(create_app(runtime=runtime)) as client:
@@ -35,7 +35,8 @@ def test_writes_need_a_key_reads_do_not(make_runtime):
         assert accepted.status_code == 202
         also = client.post("/v1/screenings", json=tiny_request(seed=2), headers={"X-API-Key": secret})
         assert also.status_code == 202
-        assert client.get("/v1/screenings").status_code == 200  # reading needs no key
+        assert client.get("/v1/screenings").status_code == 401  # reading needs a key too
+        assert client.get("/v1/screenings", headers={"X-API-Key": secret}).status_code == 200
         cancel = client.post(f"/v1/screenings/{accepted.json()['id']}/cancel")
         assert cancel.status_code == 401
 
