@@ -1,4 +1,4 @@
-"""``phasescreen serve | worker | db upgrade | apikey create``: running the service."""
+"""``phasescreen serve | worker | db upgrade | apikey create | list | revoke``: running the service."""
 
 from __future__ import annotations
 
@@ -41,8 +41,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     apikey_sub = apikey.add_subparsers(dest="apikey_command", metavar="COMMAND")
     create = apikey_sub.add_parser("create", help="create a key and print its secret (shown once)")
     create.add_argument("--name", default="default", help="a label for the key")
-    create.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
+    create.add_argument(
+        "--tenant",
+        default=None,
+        help="the tenant the key belongs to; keys of one tenant share their screenings and batches "
+        "(default: a tenant of its own)",
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="screen (submit, cancel), read (read, list) or admin (/metrics); repeatable or comma-separated "
+        "(default: screen,read)",
+    )
+    create.add_argument("--expires-in", type=float, default=None, metavar="DAYS", help="the key expires after DAYS")
+    create.add_argument(
+        "--rate-limit", type=int, default=None, help="requests per minute of the key's tenant while it uses this key"
+    )
     create.set_defaults(func=_apikey_create)
+    listing = apikey_sub.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant", default=None, help="only this tenant's keys")
+    listing.set_defaults(func=_apikey_list)
+    revoke = apikey_sub.add_parser("revoke", help="revoke a key at once (by id, or by the prefix `list` shows)")
+    revoke.add_argument("key", metavar="ID_OR_PREFIX")
+    revoke.set_defaults(func=_apikey_revoke)
     apikey.set_defaults(func=functools.partial(_usage, apikey))
 
 
@@ -63,7 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(settings)
     app = create_app(settings)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+        # the app resolves X-Forwarded-For itself against PHASESCREEN_TRUSTED_PROXIES; uvicorn's own handling
+        # (which trusts 127.0.0.1 by default) stays off so there is one rule, not two
+        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), proxy_headers=False)
     finally:  # in-process jobs hand their rows back instead of holding the exit for an hour
         app.state.runtime.close()
     return 0
@@ -94,14 +119,87 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _apikey_create(args: argparse.Namespace) -> int:
-    from store.apikeys import create_api_key
+    from datetime import timedelta
+
+    from store.apikeys import DEFAULT_SCOPES, create_api_key
+    from store.db import local_session
+    from store.models import utcnow
+
+    expires_at = None
+    if args.expires_in is not None:
+        if args.expires_in <= 0:
+            print("--expires-in must be a positive number of days", file=sys.stderr)
+            return 2
+        expires_at = utcnow() + timedelta(days=args.expires_in)
+    scopes = ",".join(args.scope) or ",".join(DEFAULT_SCOPES)
+    with local_session() as session:
+        try:
+            key, secret = create_api_key(
+                session,
+                args.name,
+                tenant=args.tenant,
+                scopes=scopes,
+                expires_at=expires_at,
+                rate_limit_per_minute=args.rate_limit,
+            )
+        except ValueError as exc:
+            print(f"phasescreen apikey create: {exc}", file=sys.stderr)
+            return 2
+        session.commit()
+        print(secret)
+        expiry = f", expires {key.expires_at:%Y-%m-%d %H:%M} UTC" if key.expires_at else ""
+        print(
+            f"key {key.id} ({args.name}, tenant {key.tenant}, scopes {key.scopes}{expiry}) created; "
+            "the secret above is shown only once",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _apikey_list(args: argparse.Namespace) -> int:
+    from store.apikeys import list_api_keys
+    from store.db import local_session
+    from store.models import utcnow
+
+    def when(value: object) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
+
+    now = utcnow()
+    with local_session() as session:
+        keys = list_api_keys(session, tenant=args.tenant)
+        header = ("ID", "PREFIX", "NAME", "TENANT", "SCOPES", "STATUS", "CREATED", "LAST USED", "EXPIRES")
+        rows = [header]
+        for key in keys:
+            status = "revoked" if key.revoked_at else "expired" if key.expires_at and key.expires_at <= now else "live"
+            rows.append(
+                (
+                    key.id,
+                    key.prefix,
+                    key.name,
+                    key.tenant,
+                    key.scopes,
+                    status,
+                    when(key.created_at),
+                    when(key.last_used_at),
+                    when(key.expires_at),
+                )
+            )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _apikey_revoke(args: argparse.Namespace) -> int:
+    from store.apikeys import revoke_api_key
     from store.db import local_session
 
     with local_session() as session:
-        key, secret = create_api_key(session, args.name, rate_limit_per_minute=args.rate_limit)
+        if not revoke_api_key(session, args.key):
+            print(f"no live key {args.key} (unknown, ambiguous prefix, or revoked already)", file=sys.stderr)
+            return 1
         session.commit()
-        print(secret)
-        print(f"key {key.id} ({args.name}) created; the secret above is shown only once", file=sys.stderr)
+    print(f"key {args.key} revoked", file=sys.stderr)
     return 0
 
 

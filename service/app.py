@@ -22,6 +22,7 @@ from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from service.deps import enforce_rate_limit
 from service.metrics import ApiMetrics, MetricsMiddleware
+from service.proxies import TrustedProxies
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.routes import batches, health, profiles, screenings, study
 from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
@@ -76,6 +77,8 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
+    # outermost: every layer below (metrics, rate limits, logs) sees the client behind trusted proxies
+    app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
     _install_problem_handlers(app)
 
     limited = [Depends(enforce_rate_limit)]

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,7 @@ from service.batch_schemas import BatchCell, BatchOut, BatchRequest
 from service.schemas import ScreeningRequest
 from service.views import load_profiles, screening_href, screening_out
 from store.batch_models import Batch, BatchPair
-from store.models import ACTIVE_STATES, Screening
+from store.models import Screening
 from store.problems import Problem, from_domain_error, not_found
 from store.settings import ServiceSettings
 
@@ -52,6 +52,8 @@ def create_batch(
     *,
     settings: ServiceSettings,
     owner: str = "",
+    tenant: str = "",
+    isolated: bool = False,
     idempotency_key: str | None = None,
 ) -> Batch:
     """Insert a batch, one screening per pair (and the profiles they need). Flushes, does not commit.
@@ -59,28 +61,35 @@ def create_batch(
     Raises :class:`Problem`: 422 on an invalid pair (the whole batch is refused), 503 when the pairs would
     take the deployment above its limit of active screenings.
     """
-    return _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key).batch
+    return _create(
+        session,
+        request,
+        settings=settings,
+        owner=owner,
+        tenant=tenant,
+        isolated=isolated,
+        idempotency_key=idempotency_key,
+    ).batch
 
 
 def _create(
-    session: Session, request: BatchRequest, *, settings: ServiceSettings, owner: str, idempotency_key: str | None
+    session: Session,
+    request: BatchRequest,
+    *,
+    settings: ServiceSettings,
+    owner: str,
+    tenant: str,
+    isolated: bool,
+    idempotency_key: str | None,
 ) -> BatchSubmission:
     vision = _canonical(request.vision, "vision")
     language = _canonical(request.language, "language")
-    n_pairs = len(vision) * len(language)
-    active = session.scalar(select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES)))
-    if (active or 0) + n_pairs > settings.max_active_screenings:
-        raise Problem(
-            503,
-            "busy",
-            "Too many screenings in progress",
-            f"this batch adds {n_pairs} screenings to {active} queued or running ones, above this deployment's "
-            f"limit of {settings.max_active_screenings}; try again later or submit a smaller grid",
-            headers={"Retry-After": str(settings.retry_after * 6)},
-        )
+    # a whole grid or nothing: the tenant's (keys required) or the deployment's limit of active screenings
+    screenings.check_capacity(session, settings, tenant if isolated else None, adding=len(vision) * len(language))
     dataset = request.dataset.strip()
     batch = Batch(
         owner=owner,
+        tenant=tenant,
         idempotency_key=idempotency_key,
         fingerprint=_fingerprint(request),
         name=request.name,
@@ -110,7 +119,9 @@ def _create(
                 options=request.options,
                 reuse=request.reuse,
             )
-            screening = screenings.create_screening(session, pair, settings=settings, owner=owner)
+            screening = screenings.create_screening(
+                session, pair, settings=settings, owner=owner, tenant=tenant, isolated=isolated
+            )
             session.add(BatchPair(batch_id=batch.id, vision_index=i, language_index=j, screening_id=screening.id))
     session.flush()
     return BatchSubmission(batch, created=True)
@@ -171,6 +182,8 @@ def submit_batch(
     *,
     settings: ServiceSettings,
     owner: str = "",
+    tenant: str = "",
+    isolated: bool = False,
     idempotency_key: str | None = None,
 ) -> BatchSubmission:
     """Create (or replay) a batch, commit, then enqueue each job once: the profiles, or pair steps whose
@@ -180,7 +193,15 @@ def submit_batch(
     if existing is not None:
         submission = BatchSubmission(_replay(existing, request), created=False)
     else:
-        submission = _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key)
+        submission = _create(
+            session,
+            request,
+            settings=settings,
+            owner=owner,
+            tenant=tenant,
+            isolated=isolated,
+            idempotency_key=idempotency_key,
+        )
     session.commit()
     # on a replay too: harmless for queued jobs, and recovers a submission whose enqueue failed
     _enqueue_jobs(session, queue, submission.batch)
@@ -199,9 +220,10 @@ def _enqueue_jobs(session: Session, queue: JobQueue, batch: Batch) -> None:
         log.warning("could not enqueue the jobs of batch %s; the reconciler will", batch.id, exc_info=True)
 
 
-def get_batch(session: Session, batch_id: str) -> Batch:
+def get_batch(session: Session, batch_id: str, tenant: str | None = None) -> Batch:
+    """The batch, if ``tenant`` may see it (``None``: anyone); else 404, as for one that does not exist."""
     batch = session.get(Batch, batch_id) if _looks_like_id(batch_id) else None
-    if batch is None:
+    if batch is None or (tenant is not None and batch.tenant != tenant):
         raise not_found("batch", batch_id)
     return batch
 

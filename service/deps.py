@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,8 +14,7 @@ from sqlalchemy.orm import Session
 from jobs.queue import JobQueue
 from jobs.runtime import Runtime
 from service.ratelimit import RateLimiter
-from store.apikeys import authenticate
-from store.models import ApiKey
+from store.apikeys import KeyIdentity, authenticate, identity_of
 from store.problems import Problem
 from store.settings import ServiceSettings
 
@@ -70,29 +70,59 @@ def _presented_secret(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def _authenticate(runtime: Runtime, secret: str) -> ApiKey | None:
+def client_host(request: Request) -> str:
+    """The client's address (X-Forwarded-For is already resolved against the trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _authenticate(runtime: Runtime, secret: str) -> KeyIdentity | None:
     with runtime.session() as session:
-        return authenticate(session, secret)
+        key = authenticate(session, secret)
+        return identity_of(key) if key is not None else None
 
 
-async def get_api_key(request: Request, runtime: RuntimeDep) -> ApiKey | None:
-    """The caller's key, ``None`` when none is presented; a wrong key is always refused."""
+def _too_many(limit: int, wait: float, what: str) -> Problem:
+    return Problem(
+        429,
+        "rate-limited",
+        "Too many requests",
+        f"more than {limit} {what} per minute; retry after {math.ceil(wait)} s",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+async def get_api_key(
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
+) -> KeyIdentity | None:
+    """The caller's key, ``None`` when none is presented; a wrong (unknown, revoked, expired) key is refused.
+
+    Wrong keys are counted per client address: past PHASESCREEN_AUTH_FAILURES_PER_MINUTE the address gets
+    429 before its key is even looked up, so guessing costs no database query."""
     secret = _presented_secret(request)
     if secret is None:  # the common anonymous read costs no thread hop and no database round trip
         return None
+    failures = f"authfail:{client_host(request)}"
+    limit = settings.auth_failures_per_minute
+    wait = await run_in_threadpool(limiter.peek, failures, limit)
+    if wait is not None:
+        raise _too_many(limit, wait, "wrong API keys")
     key = await run_in_threadpool(_authenticate, runtime, secret)
     if key is None:
+        await run_in_threadpool(limiter.hit, failures, limit)
         raise Problem(
             401,
             "invalid-api-key",
             "Invalid API key",
-            "the API key is unknown or revoked; create one with `phasescreen apikey create`",
+            "the API key is unknown, revoked or expired; create one with `phasescreen apikey create`",
             headers={"WWW-Authenticate": 'Bearer realm="phasescreen"'},
         )
     return key
 
 
-ApiKeyDep = Annotated[ApiKey | None, Depends(get_api_key)]
+ApiKeyDep = Annotated[KeyIdentity | None, Depends(get_api_key)]
 
 
 async def enforce_rate_limit(
@@ -101,35 +131,81 @@ async def enforce_rate_limit(
     settings: SettingsDep,
     limiter: Annotated[RateLimiter, Depends(get_rate_limiter)],
 ) -> None:
-    """Per-key limit (or per client address when anonymous); 429 with Retry-After when exceeded."""
+    """Per-tenant limit (all keys of a tenant share it; per client address when anonymous); 429 with
+    Retry-After when exceeded. A key's own limit replaces the deployment's."""
     limit = api_key.rate_limit_per_minute if api_key and api_key.rate_limit_per_minute else None
     limit = limit or settings.rate_limit_per_minute
     if not limit:
         return
-    identity = f"key:{api_key.id}" if api_key else f"ip:{request.client.host if request.client else 'unknown'}"
+    identity = f"tenant:{api_key.tenant}" if api_key else f"ip:{client_host(request)}"
     wait = await run_in_threadpool(limiter.hit, identity, limit)  # Redis I/O stays off the event loop
     if wait is not None:
-        raise Problem(
-            429,
-            "rate-limited",
-            "Too many requests",
-            f"more than {limit} requests per minute; retry after {math.ceil(wait)} s",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        raise _too_many(limit, wait, "requests")
 
 
-async def require_writer(api_key: ApiKeyDep, settings: SettingsDep) -> ApiKey | None:
-    """Writes need a key when PHASESCREEN_REQUIRE_API_KEY is on."""
-    if settings.require_api_key and api_key is None:
-        raise Problem(
-            401,
-            "api-key-required",
-            "API key required",
-            "this deployment requires an API key for writes: send `Authorization: Bearer <key>` "
-            "(create one with `phasescreen apikey create`)",
-            headers={"WWW-Authenticate": 'Bearer realm="phasescreen"'},
-        )
-    return api_key
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the key (``None``: anonymous) and whether its view is limited to its tenant."""
+
+    key: KeyIdentity | None
+    scoped: bool  # PHASESCREEN_REQUIRE_API_KEY: every object access is limited to the key's tenant
+
+    @property
+    def owner(self) -> str:
+        """Recorded on what the caller creates: the key id, "" when anonymous (Idempotency-Keys are per key)."""
+        return self.key.id if self.key else ""
+
+    @property
+    def tenant(self) -> str:
+        return self.key.tenant if self.key else ""
+
+    @property
+    def visible_tenant(self) -> str | None:
+        """The tenant whose objects the caller may see; ``None``: all (anonymous single-user mode)."""
+        return self.tenant if self.scoped else None
 
 
-WriterDep = Annotated[ApiKey | None, Depends(require_writer)]
+def _key_required(what: str) -> Problem:
+    return Problem(
+        401,
+        "api-key-required",
+        "API key required",
+        f"this deployment requires an API key {what}: send `Authorization: Bearer <key>` "
+        "(create one with `phasescreen apikey create`)",
+        headers={"WWW-Authenticate": 'Bearer realm="phasescreen"'},
+    )
+
+
+def require_scope(scope: str) -> Callable[..., Coroutine[None, None, Caller]]:
+    """A dependency: the caller, who needs a key with ``scope`` when PHASESCREEN_REQUIRE_API_KEY is on (a key
+    presented without it is refused either way: 403)."""
+
+    async def dependency(api_key: ApiKeyDep, settings: SettingsDep) -> Caller:
+        if api_key is None:
+            if settings.require_api_key:
+                raise _key_required("for every /v1 request")
+            return Caller(None, scoped=False)
+        if scope not in api_key.scopes:
+            raise Problem(
+                403,
+                "insufficient-scope",
+                "Insufficient scope",
+                f"this API key lacks the `{scope}` scope (it has: {', '.join(sorted(api_key.scopes)) or 'none'})",
+            )
+        return Caller(api_key, scoped=settings.require_api_key)
+
+    return dependency
+
+
+ReaderDep = Annotated[Caller, Depends(require_scope("read"))]
+WriterDep = Annotated[Caller, Depends(require_scope("screen"))]
+
+
+async def require_metrics_access(api_key: ApiKeyDep, settings: SettingsDep) -> None:
+    """/metrics: open in anonymous mode (or with PHASESCREEN_METRICS_PUBLIC); else an `admin` key."""
+    if not settings.require_api_key or settings.metrics_public:
+        return
+    if api_key is None:
+        raise _key_required("with the `admin` scope for /metrics")
+    if "admin" not in api_key.scopes:
+        raise Problem(403, "insufficient-scope", "Insufficient scope", "/metrics needs a key with the `admin` scope")

@@ -85,6 +85,19 @@ class ApiMetrics:
         return generate_latest(self.registry) + generate_latest(JOB_REGISTRY)
 
 
+# every other method (WebDAV verbs, made-up ones) shares one label, as every unmatched path does
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "<unmatched>"
+
+
+def bounded_labels(scope: Scope) -> tuple[str, str]:
+    """(method, route) labels from a finite set: the route's template, never the raw path."""
+    method = scope.get("method", "")
+    route = scope.get("route")
+    template = getattr(route, "path", None) or UNMATCHED
+    return (method if method in KNOWN_METHODS else "OTHER"), template
+
+
 class MetricsMiddleware:
     """Times every request, labelled by route template (``/v1/screenings/{screening_id}``): few series."""
 
@@ -110,7 +123,6 @@ class MetricsMiddleware:
         finally:
             metrics = self._metrics()
             if metrics is not None:
-                route = scope.get("route")
-                template = getattr(route, "path", None) or "<unmatched>"
-                metrics.requests.labels(scope["method"], template, str(status)).inc()
-                metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+                method, template = bounded_labels(scope)
+                metrics.requests.labels(method, template, str(status)).inc()
+                metrics.latency.labels(method, template).observe(time.perf_counter() - started)

@@ -1,4 +1,5 @@
-"""Per-key rate limits: a fixed one-minute window, kept in Redis when there is one (shared by replicas)."""
+"""Rate limits per tenant, per client address and of wrong keys: fixed one-minute windows, kept in Redis when
+there is one (shared by replicas)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ WINDOW_SECONDS = 60
 class RateLimiter(Protocol):
     def hit(self, identity: str, limit: int) -> float | None:
         """Count one request; ``None`` if allowed, else the seconds until the window resets."""
+
+    def peek(self, identity: str, limit: int) -> float | None:
+        """Count nothing; ``None`` if fewer than ``limit`` were counted in this window, else the seconds left."""
 
 
 class MemoryRateLimiter:
@@ -31,6 +35,15 @@ class MemoryRateLimiter:
             count = count + 1 if seen_window == window else 1
             self._counts[identity] = (window, count)
         if count > limit:
+            return (window + 1) * WINDOW_SECONDS - now
+        return None
+
+    def peek(self, identity: str, limit: int) -> float | None:
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
+        with self._lock:
+            seen_window, count = self._counts.get(identity, (window, 0))
+        if seen_window == window and count >= limit:
             return (window + 1) * WINDOW_SECONDS - now
         return None
 
@@ -55,5 +68,17 @@ class RedisRateLimiter:
             log.warning("rate limiter unavailable; request allowed", exc_info=True)
             return None
         if count > limit:
+            return (window + 1) * WINDOW_SECONDS - now
+        return None
+
+    def peek(self, identity: str, limit: int) -> float | None:
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
+        try:
+            count = int(self._redis.get(f"{self._namespace}:ratelimit:{identity}:{window}") or 0)
+        except Exception:
+            log.warning("rate limiter unavailable; request allowed", exc_info=True)
+            return None
+        if count >= limit:
             return (window + 1) * WINDOW_SECONDS - now
         return None

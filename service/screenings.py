@@ -128,14 +128,50 @@ def create_screening(
     *,
     settings: ServiceSettings,
     owner: str = "",
+    tenant: str = "",
+    isolated: bool = False,
     idempotency_key: str | None = None,
 ) -> Screening:
     """Insert a screening (and get-or-create its two profiles). Flushes, does not commit.
 
     With reuse on, an identical request that already succeeded is answered by a new screening that is
-    born ``succeeded`` and carries the stored result. Raises :class:`Problem` on invalid input.
+    born ``succeeded`` and carries the stored result. ``isolated`` (keys required): only a result of the
+    same ``tenant`` is reused and the profiles are the tenant's own, so nothing of another tenant is served
+    or named. Raises :class:`Problem` on invalid input.
     """
-    return _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key)[0]
+    return _create(
+        session,
+        request,
+        settings=settings,
+        owner=owner,
+        tenant=tenant,
+        isolated=isolated,
+        idempotency_key=idempotency_key,
+    )[0]
+
+
+def tenant_profile_key(key: str, tenant: str | None) -> str:
+    """The profile key of a tenant's own profile (``None``: the one shared by the whole deployment)."""
+    return key if tenant is None else hashlib.sha256(f"tenant:{tenant}\n{key}".encode()).hexdigest()
+
+
+def check_capacity(session: Session, settings: ServiceSettings, tenant: str | None, adding: int = 1) -> None:
+    """503 ``busy`` when ``adding`` more screenings would pass PHASESCREEN_MAX_ACTIVE_SCREENINGS, counted over
+    ``tenant``'s screenings (keys required) or the whole deployment (``None``)."""
+    query = select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES))
+    if tenant is not None:
+        query = query.where(Screening.tenant == tenant)
+    active = session.scalar(query) or 0
+    if active + adding > settings.max_active_screenings:
+        whose = "of this tenant" if tenant is not None else "in this deployment"
+        raise Problem(
+            503,
+            "busy",
+            "Too many screenings in progress",
+            f"{adding} more screening(s) on top of {active} queued or running {whose} pass the limit of "
+            f"{settings.max_active_screenings}; try again later",
+            headers={"Retry-After": str(settings.retry_after * 6)},
+        )
 
 
 def _create(
@@ -144,6 +180,8 @@ def _create(
     *,
     settings: ServiceSettings,
     owner: str,
+    tenant: str = "",
+    isolated: bool = False,
     idempotency_key: str | None,
 ) -> tuple[Screening, bool]:
     try:
@@ -151,9 +189,11 @@ def _create(
     except PhasescreenError as exc:
         raise from_domain_error(exc) from exc
     reuse = settings.reuse_results if request.reuse is None else request.reuse
-    source = _finished_twin(session, normalized.fingerprint) if reuse else None
+    scope = tenant if isolated else None
+    source = _finished_twin(session, normalized.fingerprint, scope) if reuse else None
     screening = Screening(
         owner=owner,
+        tenant=tenant,
         idempotency_key=idempotency_key,
         fingerprint=normalized.fingerprint,
         request=normalized.to_dict(),
@@ -175,7 +215,7 @@ def _create(
         settings_json = normalized.options.model_dump(mode="json")
         profiles = []
         for modality, ref in (("vision", normalized.vision), ("language", normalized.language)):
-            key = profile_key(ref, modality, normalized.dataset, normalized.options)
+            key = tenant_profile_key(profile_key(ref, modality, normalized.dataset, normalized.options), scope)
             profiles.append(get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json))
         screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
     try:
@@ -190,13 +230,13 @@ def _create(
     return screening, True
 
 
-def _finished_twin(session: Session, fingerprint: str) -> Screening | None:
-    return session.scalar(
-        select(Screening)
-        .where(Screening.fingerprint == fingerprint, Screening.state == SUCCEEDED, Screening.result.is_not(None))
-        .order_by(Screening.finished_at.desc())
-        .limit(1)
+def _finished_twin(session: Session, fingerprint: str, tenant: str | None) -> Screening | None:
+    query = select(Screening).where(
+        Screening.fingerprint == fingerprint, Screening.state == SUCCEEDED, Screening.result.is_not(None)
     )
+    if tenant is not None:
+        query = query.where(Screening.tenant == tenant)
+    return session.scalar(query.order_by(Screening.finished_at.desc()).limit(1))
 
 
 def submit_screening(
@@ -206,6 +246,8 @@ def submit_screening(
     *,
     settings: ServiceSettings,
     owner: str = "",
+    tenant: str = "",
+    isolated: bool = False,
     idempotency_key: str | None = None,
 ) -> Submission:
     """Create (or replay) a screening, commit, then enqueue its jobs: the queue never sees uncommitted ids."""
@@ -219,16 +261,16 @@ def submit_screening(
             screening, created = _replay(existing, normalized), False
             _enqueue(session, queue, screening)  # harmless if queued; recovers a submission whose enqueue failed
             return Submission(screening, created)
-    active = session.scalar(select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES)))
-    if (active or 0) >= settings.max_active_screenings:
-        raise Problem(
-            503,
-            "busy",
-            "Too many screenings in progress",
-            f"{active} screenings are queued or running, the limit of this deployment; try again later",
-            headers={"Retry-After": str(settings.retry_after * 6)},
-        )
-    screening, created = _create(session, request, settings=settings, owner=owner, idempotency_key=idempotency_key)
+    check_capacity(session, settings, tenant if isolated else None)
+    screening, created = _create(
+        session,
+        request,
+        settings=settings,
+        owner=owner,
+        tenant=tenant,
+        isolated=isolated,
+        idempotency_key=idempotency_key,
+    )
     session.commit()
     _enqueue(session, queue, screening)
     return Submission(screening, created)
@@ -242,19 +284,20 @@ def _enqueue(session: Session, queue: JobQueue, screening: Screening) -> None:
         log.warning("could not enqueue screening %s; the reconciler will", screening.id, exc_info=True)
 
 
-def get_screening(session: Session, screening_id: str) -> Screening:
+def get_screening(session: Session, screening_id: str, tenant: str | None = None) -> Screening:
+    """The screening, if ``tenant`` may see it (``None``: anyone); else 404, as for one that does not exist."""
     screening = session.get(Screening, screening_id) if _looks_like_id(screening_id) else None
-    if screening is None:
+    if screening is None or (tenant is not None and screening.tenant != tenant):
         raise not_found("screening", screening_id)
     return screening
 
 
-def cancel_screening(session: Session, screening_id: str) -> Screening:
+def cancel_screening(session: Session, screening_id: str, tenant: str | None = None) -> Screening:
     """Cancel a queued or running screening; a running pair step loses its lease and stops.
 
     Profiles that no other screening waits for stop at their next heartbeat. Commits.
     """
-    screening = get_screening(session, screening_id)
+    screening = get_screening(session, screening_id, tenant)
     if screening.state not in TERMINAL_STATES:
         # conditional on the state still being active: a worker may finish the row after the read above
         lifecycle.cancel_screening(session, screening_id)
@@ -292,9 +335,13 @@ def list_screenings(
     dataset: str | None = None,
     limit: int = 20,
     cursor: str | None = None,
+    tenant: str | None = None,
 ) -> tuple[list[Screening], str | None]:
-    """Newest first; ``model`` matches the vision or the language reference (canonical form)."""
+    """Newest first; ``model`` matches the vision or the language reference (canonical form); only
+    ``tenant``'s screenings unless it is ``None``."""
     query = select(Screening).order_by(Screening.id.desc()).limit(limit + 1)
+    if tenant is not None:
+        query = query.where(Screening.tenant == tenant)
     if state:
         query = query.where(Screening.state == state)
     if model:
@@ -312,8 +359,19 @@ def list_screenings(
     return rows[:limit], next_cursor
 
 
-def get_profile(session: Session, profile_id: str) -> ModelProfile:
+def get_profile(session: Session, profile_id: str, tenant: str | None = None) -> ModelProfile:
+    """The profile, if ``tenant`` (``None``: anyone) has a screening that uses it; else 404."""
     profile = session.get(ModelProfile, profile_id) if _looks_like_id(profile_id) else None
+    if profile is not None and tenant is not None:
+        used = session.scalar(
+            select(Screening.id)
+            .where(
+                Screening.tenant == tenant,
+                or_(Screening.vision_profile_id == profile.id, Screening.language_profile_id == profile.id),
+            )
+            .limit(1)
+        )
+        profile = profile if used is not None else None
     if profile is None:
         raise not_found("model profile", profile_id)
     return profile

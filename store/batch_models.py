@@ -1,7 +1,7 @@
 """SQLAlchemy models of batches: a grid of pairs, each pair one ordinary screening.
 
 A batch adds no job of its own: its screenings share their model profiles through the profile table, so a
-V × L grid runs V + L profile jobs and V · L pair jobs. The schema is made by migrations 0003 and 0004.
+V × L grid runs V + L profile jobs and V · L pair jobs. The schema is made by migrations 0003, 0004 and 0005.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
+    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)  # the key's tenant, "" anonymous
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     fingerprint: Mapped[str | None] = mapped_column(String(64))  # of the request body, to tell a replay
     name: Mapped[str | None] = mapped_column(String(200))

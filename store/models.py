@@ -142,6 +142,7 @@ class Screening(_JobColumns, Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
+    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)  # the key's tenant, "" anonymous
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -156,12 +157,18 @@ class Screening(_JobColumns, Base):
 
 
 class ApiKey(Base):
-    """An API key, stored as the sha256 of its secret; the secret is shown once, at creation."""
+    """An API key, stored as the sha256 of its secret; the secret is shown once, at creation.
+
+    Keys of one ``tenant`` share their screenings and batches; ``scopes`` is a comma-separated subset of
+    ``screen``, ``read`` and ``admin``."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    scopes: Mapped[str] = mapped_column(String(64), default="screen,read")
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)

@@ -5,6 +5,7 @@ Every field is documented in docs/configuration.md; keep the two in step.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
@@ -62,8 +63,21 @@ class ServiceSettings(BaseSettings):
     )
 
     # security
-    require_api_key: bool = Field(False, description="writes need an API key")
-    rate_limit_per_minute: int = Field(120, ge=0, description="requests per minute per key (or client); 0 = off")
+    require_api_key: bool = Field(
+        False, description="every /v1 request needs an API key and sees only its tenant's objects"
+    )
+    rate_limit_per_minute: int = Field(
+        120, ge=0, description="requests per minute per tenant (or client address when anonymous); 0 = off"
+    )
+    auth_failures_per_minute: int = Field(
+        10, ge=1, description="wrong API keys per minute per client address before 429"
+    )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="addresses/networks of reverse proxies whose X-Forwarded-For is believed (comma-separated)"
+    )
+    metrics_public: bool = Field(
+        False, description="serve /metrics without an admin key even when keys are required"
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body accepted")
 
     # limits
@@ -74,7 +88,9 @@ class ServiceSettings(BaseSettings):
     retry_backoff: Annotated[tuple[int, ...], NoDecode] = Field(
         (10, 60, 300), description="seconds to wait before each retry (comma-separated)"
     )
-    max_active_screenings: int = Field(1000, ge=1, description="queued + running screenings before 503")
+    max_active_screenings: int = Field(
+        1000, ge=1, description="queued + running screenings before 503 (per tenant when keys are required)"
+    )
 
     # liveness of jobs
     lease_timeout: float = Field(120.0, gt=0, description="seconds without heartbeat before a job is presumed lost")
@@ -100,6 +116,16 @@ class ServiceSettings(BaseSettings):
     def _split_sources(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list | tuple):
+            for entry in value:
+                ipaddress.ip_network(str(entry), strict=False)  # ValueError names the bad entry
         return value
 
     @field_validator("retry_backoff", mode="before")

@@ -24,8 +24,9 @@ from phasecore.study import FEATURES, attach_measured, prediction_quality, study
 from store.models import SUCCEEDED, Screening
 
 
-def study_records(session: Session, *, dataset: str | None = None) -> list[dict[str, Any]]:
-    """One record per distinct stored pair result (the newest of each fingerprint), labelled or not."""
+def study_records(session: Session, *, dataset: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+    """One record per distinct stored pair result (the newest of each fingerprint), labelled or not; only
+    ``tenant``'s unless it is ``None``."""
     query = (
         select(Screening.fingerprint, Screening.vision_ref, Screening.language_ref, Screening.result)
         .where(Screening.state == SUCCEEDED, Screening.result.is_not(None), Screening.reused_from.is_(None))
@@ -33,6 +34,8 @@ def study_records(session: Session, *, dataset: str | None = None) -> list[dict[
     )
     if dataset:
         query = query.where(Screening.dataset_ref == dataset.strip())
+    if tenant is not None:
+        query = query.where(Screening.tenant == tenant)
     newest: dict[str, dict[str, Any]] = {}
     for fingerprint, vision, language, result in session.execute(query).tuples():
         newest[fingerprint] = record_of(vision, language, result)
@@ -67,6 +70,7 @@ def run_study(
     dataset: str | None = None,
     stratum: str | None = None,
     min_labelled: int = 20,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """The study per stratum over the stored records (``study_by_stratum``), optionally of one dataset and of
     one stratum key.
@@ -76,7 +80,7 @@ def run_study(
     the figures of the requested stratum, or else of the largest one, with ``stratum`` describing it (None,
     with an insufficient status and the reason, when no stratum matches).
     """
-    study = study_by_stratum(study_records(session, dataset=dataset), min_labelled=min_labelled)
+    study = study_by_stratum(study_records(session, dataset=dataset, tenant=tenant), min_labelled=min_labelled)
     strata = study["strata"]
     if stratum:
         strata = [entry for entry in strata if entry["stratum"]["key"] == stratum.strip()]

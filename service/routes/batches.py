@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from service import batches
 from service.batch_schemas import BatchOut, BatchRequest
-from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
+from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.schemas import ProblemOut
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {"application/problem+json": {}}}
+_READ: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM}
 
 
 @router.post(
@@ -39,7 +40,7 @@ def submit_batch(
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
-    api_key: WriterDep,
+    caller: WriterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> BatchOut:
     """Queue every (vision, language) pair. Each model's profile is computed once and shared by its pairs;
@@ -50,7 +51,9 @@ def submit_batch(
         queue,
         body,
         settings=settings,
-        owner=api_key.id if api_key else "",
+        owner=caller.owner,
+        tenant=caller.tenant,
+        isolated=caller.scoped,
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
     out = batches.batch_out(session, submission.batch)
@@ -64,10 +67,12 @@ def submit_batch(
     return out
 
 
-@router.get("/{batch_id}", response_model=BatchOut, responses={404: _PROBLEM, 429: _PROBLEM})
-def get_batch(batch_id: str, session: SessionDep, response: Response, settings: SettingsDep) -> BatchOut:
+@router.get("/{batch_id}", response_model=BatchOut, responses=_READ)
+def get_batch(
+    batch_id: str, session: SessionDep, response: Response, settings: SettingsDep, caller: ReaderDep
+) -> BatchOut:
     """State and progress over pairs and profiles, and the matrix of results (rows: vision models)."""
-    out = batches.batch_out(session, batches.get_batch(session, batch_id))
+    out = batches.batch_out(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     if out.state in ("queued", "running"):
         response.headers["Retry-After"] = str(settings.retry_after)
     return out
@@ -75,26 +80,26 @@ def get_batch(batch_id: str, session: SessionDep, response: Response, settings: 
 
 @router.get(
     "/{batch_id}/results.json",
-    responses={200: {"content": {"application/json": {}}}, 404: _PROBLEM, 429: _PROBLEM},
+    responses={200: {"content": {"application/json": {}}}, **_READ},
     summary="Batch results as JSON",
 )
-def results_json(batch_id: str, session: SessionDep) -> JSONResponse:
+def results_json(batch_id: str, session: SessionDep, caller: ReaderDep) -> JSONResponse:
     """The batch document: every pair with its full result JSON (or its problem); `phasescreen report` reads it."""
-    document = batches.batch_document(session, batches.get_batch(session, batch_id))
+    document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     return JSONResponse(document)
 
 
 @router.get(
     "/{batch_id}/results.csv",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/csv": {}}}, 404: _PROBLEM, 429: _PROBLEM},
+    responses={200: {"content": {"text/csv": {}}}, **_READ},
     summary="Batch results as CSV",
 )
-def results_csv(batch_id: str, session: SessionDep) -> PlainTextResponse:
+def results_csv(batch_id: str, session: SessionDep, caller: ReaderDep) -> PlainTextResponse:
     """One row per pair: the headline metrics, the measured outcome and each rule's verdict."""
     from phasecore.batch import to_csv
 
-    document = batches.batch_document(session, batches.get_batch(session, batch_id))
+    document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     return PlainTextResponse(
         to_csv(document),
         media_type="text/csv; charset=utf-8",
@@ -105,13 +110,13 @@ def results_csv(batch_id: str, session: SessionDep) -> PlainTextResponse:
 @router.get(
     "/{batch_id}/report",
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}}, 404: _PROBLEM, 429: _PROBLEM},
+    responses={200: {"content": {"text/html": {}}}, **_READ},
     summary="Batch report (HTML)",
 )
-def report(batch_id: str, session: SessionDep) -> HTMLResponse:
+def report(batch_id: str, session: SessionDep, caller: ReaderDep) -> HTMLResponse:
     """A self-contained HTML page: phase landscape, S_cross heatmap, AGOP spectra per model, the rules'
     verdicts against measured outcomes, and the table of pairs (images inlined as data URIs)."""
     from phasecore.report import inline_html
 
-    document = batches.batch_document(session, batches.get_batch(session, batch_id))
+    document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     return HTMLResponse(inline_html(document))

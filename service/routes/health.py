@@ -1,15 +1,16 @@
-"""Liveness, readiness and metrics (outside /v1: no key, no rate limit)."""
+"""Liveness, readiness and metrics (outside /v1: no rate limit; /metrics needs an admin key when keys are
+required)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from phasecore import ENGINE_VERSION
-from service.deps import RuntimeDep
+from service.deps import RuntimeDep, require_metrics_access
 from store.db import ping
 from store.problems import PROBLEM_MEDIA_TYPE, problem_document
 
@@ -46,7 +47,13 @@ def readyz(runtime: RuntimeDep) -> Any:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    dependencies=[Depends(require_metrics_access)],
+)
 def metrics(request: Request) -> Response:
-    """Prometheus text: requests, latencies, queue depth, screenings by state, job durations by stage."""
+    """Prometheus text: requests, latencies, queue depth, screenings by state, job durations by stage. With keys
+    required, only for a key with the `admin` scope (Prometheus: `authorization: {credentials: <key>}`)."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

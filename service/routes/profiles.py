@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from service import screenings
-from service.deps import SessionDep, SettingsDep
+from service.deps import ReaderDep, SessionDep, SettingsDep
 from service.schemas import ProblemOut, ProfileOut, SourcesOut
 from service.sources import describe_deployment
 from service.views import profile_out
@@ -16,13 +16,18 @@ router = APIRouter(prefix="/v1", tags=["profiles"])
 _PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 
 
-@router.get("/profiles/{profile_id}", response_model=ProfileOut, responses={404: _PROBLEM, 429: _PROBLEM})
-def get_profile(profile_id: str, session: SessionDep) -> ProfileOut:
-    """A model profile: state, the resolved model identity, and the shapes of its stored arrays."""
-    return profile_out(screenings.get_profile(session, profile_id))
+@router.get(
+    "/profiles/{profile_id}",
+    response_model=ProfileOut,
+    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM},
+)
+def get_profile(profile_id: str, session: SessionDep, caller: ReaderDep) -> ProfileOut:
+    """A model profile: state, the resolved model identity, and the shapes of its stored arrays. With keys
+    required, only a profile one of the caller's tenant's screenings uses."""
+    return profile_out(screenings.get_profile(session, profile_id, caller.visible_tenant))
 
 
-@router.get("/sources", response_model=SourcesOut, responses={429: _PROBLEM})
-def get_sources(settings: SettingsDep) -> SourcesOut:
+@router.get("/sources", response_model=SourcesOut, responses={401: _PROBLEM, 403: _PROBLEM, 429: _PROBLEM})
+def get_sources(settings: SettingsDep, caller: ReaderDep) -> SourcesOut:
     """Model sources and datasets this deployment allows, and its limits."""
     return describe_deployment(settings)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator
 
 from service import screenings
-from service.deps import QueueDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
+from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
 from store.models import ACTIVE_STATES
@@ -49,7 +49,7 @@ def submit_screening(
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
-    api_key: WriterDep,
+    caller: WriterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> ScreeningOut:
     """Queue a screening of a (vision, language) pair. Answers 202 with the screening, `Location` and
@@ -60,7 +60,9 @@ def submit_screening(
         queue,
         body,
         settings=settings,
-        owner=api_key.id if api_key else "",
+        owner=caller.owner,
+        tenant=caller.tenant,
+        isolated=caller.scoped,
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
     screening = submission.screening
@@ -74,18 +76,30 @@ def submit_screening(
     return screening_out(screening, load_profiles(session, [screening]))
 
 
-@router.get("", response_model=ScreeningPage, responses={400: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM})
+@router.get(
+    "",
+    response_model=ScreeningPage,
+    responses={400: _PROBLEM, 401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM},
+)
 def list_screenings(
     session: SessionDep,
+    caller: ReaderDep,
     state: State | None = None,
     model: Annotated[FilterText, Query(max_length=512, description="vision or language model reference")] = None,
     dataset: Annotated[FilterText, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[FilterText, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> ScreeningPage:
-    """Screenings, newest first, filtered by state, model and dataset; cursor pagination."""
+    """Screenings, newest first, filtered by state, model and dataset; cursor pagination. With keys required,
+    only the caller's tenant's."""
     rows, next_cursor = screenings.list_screenings(
-        session, state=state, model=model, dataset=dataset, limit=limit, cursor=cursor
+        session,
+        state=state,
+        model=model,
+        dataset=dataset,
+        limit=limit,
+        cursor=cursor,
+        tenant=caller.visible_tenant,
     )
     profiles = load_profiles(session, rows)
     return ScreeningPage(
@@ -93,10 +107,16 @@ def list_screenings(
     )
 
 
-@router.get("/{screening_id}", response_model=ScreeningOut, responses={404: _PROBLEM, 429: _PROBLEM})
-def get_screening(screening_id: str, session: SessionDep, response: Response, settings: SettingsDep) -> ScreeningOut:
+@router.get(
+    "/{screening_id}",
+    response_model=ScreeningOut,
+    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM},
+)
+def get_screening(
+    screening_id: str, session: SessionDep, response: Response, settings: SettingsDep, caller: ReaderDep
+) -> ScreeningOut:
     """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
-    screening = screenings.get_screening(session, screening_id)
+    screening = screenings.get_screening(session, screening_id, caller.visible_tenant)
     if screening.state in ACTIVE_STATES:
         response.headers["Retry-After"] = str(settings.retry_after)
     return screening_out(screening, load_profiles(session, [screening]))
@@ -105,9 +125,9 @@ def get_screening(screening_id: str, session: SessionDep, response: Response, se
 @router.post(
     "/{screening_id}/cancel",
     response_model=ScreeningOut,
-    responses={401: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 429: _PROBLEM},
+    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 429: _PROBLEM},
 )
-def cancel_screening(screening_id: str, session: SessionDep, api_key: WriterDep) -> ScreeningOut:
+def cancel_screening(screening_id: str, session: SessionDep, caller: WriterDep) -> ScreeningOut:
     """Cancel a queued or running screening; a running job stops at its next progress report."""
-    screening = screenings.cancel_screening(session, screening_id)
+    screening = screenings.cancel_screening(session, screening_id, caller.visible_tenant)
     return screening_out(screening, load_profiles(session, [screening]))

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.batch_schemas import StudyOut
-from service.deps import SessionDep
+from service.deps import ReaderDep, SessionDep
 from service.routes.screenings import FilterText
 from service.schemas import ProblemOut
 from store.study import run_study
@@ -17,9 +17,10 @@ router = APIRouter(prefix="/v1/study", tags=["study"])
 _PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 
 
-@router.get("", response_model=StudyOut, responses={422: _PROBLEM, 429: _PROBLEM})
+@router.get("", response_model=StudyOut, responses={401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM})
 def get_study(
     session: SessionDep,
+    caller: ReaderDep,
     dataset: Annotated[FilterText, Query(max_length=256, description="only pairs on this dataset")] = None,
     stratum: Annotated[
         FilterText, Query(max_length=64, description="only this stratum (its sha256 key; see `strata`)")
@@ -30,5 +31,6 @@ def get_study(
     the decided pairs, with n, the failure base rate, the inconclusive pairs left out and the figures' range
     when they count as failed or aligned; each rule's Spearman ρ with alignment_score and its cross-validated
     threshold. The top level holds the requested stratum's figures, or the largest stratum's; `strata` all of
-    them. `status: insufficient` with the reason below 20 decided pairs with both outcomes."""
-    return StudyOut.model_validate(run_study(session, dataset=dataset, stratum=stratum))
+    them. `status: insufficient` with the reason below 20 decided pairs with both outcomes. With keys required,
+    over the caller's tenant's results only."""
+    return StudyOut.model_validate(run_study(session, dataset=dataset, stratum=stratum, tenant=caller.visible_tenant))

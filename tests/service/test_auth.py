@@ -1,4 +1,4 @@
-"""API keys (hashed, required on writes when enabled) and per-key rate limits."""
+"""API keys (hashed, required on every /v1 request when enabled) and rate limits (tenants: test_tenancy)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _key(runtime, **kwargs) -> str:
     return secret
 
 
-def test_writes_need_a_key_reads_do_not(make_runtime):
+def test_with_keys_required_every_request_needs_one(make_runtime):
     runtime = make_runtime(require_api_key=True)
     secret = _key(runtime)
     with TestClient(create_app(runtime=runtime)) as client:
@@ -35,7 +35,8 @@ def test_writes_need_a_key_reads_do_not(make_runtime):
         assert accepted.status_code == 202
         also = client.post("/v1/screenings", json=tiny_request(seed=2), headers={"X-API-Key": secret})
         assert also.status_code == 202
-        assert client.get("/v1/screenings").status_code == 200  # reading needs no key
+        assert client.get("/v1/screenings").status_code == 401  # reading needs a key too
+        assert client.get("/v1/screenings", headers={"X-API-Key": secret}).status_code == 200
         cancel = client.post(f"/v1/screenings/{accepted.json()['id']}/cancel")
         assert cancel.status_code == 401
 
@@ -94,3 +95,36 @@ def test_apikey_create_command_prints_a_working_key(make_settings, make_runtime)
     with TestClient(create_app(runtime=runtime)) as client:
         response = client.post("/v1/screenings", json=tiny_request(), headers={"X-API-Key": secret})
         assert response.status_code == 202
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())", "apikey", *args],
+        cwd=REPO,
+        env=worker_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_apikey_list_and_revoke_commands(make_settings, make_runtime):
+    settings = make_settings()
+    created = _cli(settings, "create", "--name", "bot", "--tenant", "acme", "--scope", "read", "--expires-in", "2")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert "tenant acme" in created.stderr and "scopes read" in created.stderr
+    listed = _cli(settings, "list")
+    assert listed.returncode == 0 and secret not in listed.stdout
+    row = next(line for line in listed.stdout.splitlines() if " bot " in line)
+    assert "acme" in row and "read" in row and "live" in row and secret[:12] in row
+    assert _cli(settings, "create", "--scope", "root").returncode == 2  # unknown scope
+
+    runtime = make_runtime(require_api_key=True)
+    with TestClient(create_app(runtime=runtime)) as client:
+        assert client.get("/v1/screenings", headers={"X-API-Key": secret}).status_code == 200
+        revoked = _cli(settings, "revoke", secret[:12])
+        assert revoked.returncode == 0, revoked.stderr
+        assert client.get("/v1/screenings", headers={"X-API-Key": secret}).status_code == 401
+    assert "revoked" in _cli(settings, "list", "--tenant", "acme").stdout
+    assert _cli(settings, "revoke", secret[:12]).returncode == 1

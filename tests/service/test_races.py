@@ -31,8 +31,8 @@ def test_a_screening_completed_between_the_read_and_the_cancel_stays_succeeded(c
     screening_id, lease = _claimed_pair(client, runtime)
     read = screenings.get_screening
 
-    def read_then_the_worker_finishes(session, ident):
-        row = read(session, ident)  # the canceller sees it running ...
+    def read_then_the_worker_finishes(session, ident, *tenant):
+        row = read(session, ident, *tenant)  # the canceller sees it running ...
         with runtime.session() as worker_session:  # ... and the worker stores its result right then
             assert lifecycle.complete_pair(worker_session, lease, {"verdict": "done"})
             worker_session.commit()
