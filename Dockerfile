@@ -17,8 +17,11 @@ WORKDIR /app
 RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md* ./
 COPY phasecore phasecore
+COPY store store
+COPY jobs jobs
 COPY service service
 COPY worker worker
+COPY cli cli
 COPY migrations migrations
 COPY alembic.ini ./
 # editable, so `phasescreen db upgrade` finds migrations/ next to the package; the offline text model's
