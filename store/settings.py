@@ -78,6 +78,12 @@ class ServiceSettings(BaseSettings):
 
     # liveness of jobs
     lease_timeout: float = Field(120.0, gt=0, description="seconds without heartbeat before a job is presumed lost")
+    stall_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="seconds a running job may go without reporting progress: its lease is no longer renewed "
+        "(the reconciler requeues it) and a worker's watchdog ends the worker process",
+    )
     reconcile_interval: float = Field(60.0, gt=0, description="seconds between reconciler passes")
     reconcile_grace: float = Field(10.0, ge=0, description="age before a queued row counts as missing from the queue")
 

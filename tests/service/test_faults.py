@@ -54,3 +54,72 @@ def test_dequeued_but_never_claimed_is_requeued_after_the_lease_timeout(client, 
     with runtime.session() as session:
         row = session.scalars(select(ModelProfile).where(ModelProfile.id == profile_id)).one()
         assert (row.state, row.worker, row.attempts) == ("running", "a:1", 1)
+
+
+def test_a_hung_job_loses_its_lease_and_the_watchdog_ends_it(client, make_runtime):
+    """A job blocked in a call that never returns (here an Event.wait): the heartbeat stops renewing its lease
+    once no progress came for the stall timeout, the reconciler requeues it, and the watchdog ends the process."""
+    import threading
+    import time
+
+    from jobs.tracker import JobTracker
+    from tests.service.conftest import wait_for
+
+    runtime = make_runtime(lease_timeout=1.0, stall_timeout=1.0)
+    exits: list[int] = []
+    release = threading.Event()
+
+    def fake_exit(code: int) -> None:  # os._exit in a worker: the supervisor or RQ starts a fresh one
+        exits.append(code)
+        release.set()
+
+    runtime.exit_process = fake_exit
+    profile_id = client.post("/v1/screenings", json=tiny_request()).json()["profiles"]["vision"]["id"]
+    with runtime.session() as session:
+        claim = lifecycle.claim_profile(session, profile_id, worker="hung:1", max_attempts=3)
+        session.commit()
+
+    def hung_job() -> None:
+        with JobTracker(runtime, claim.lease, kind="profile") as tracker:
+            tracker("loading", 0.0)
+            release.wait(timeout=30)  # the native call that never returns
+
+    job = threading.Thread(target=hung_job, daemon=True)
+    job.start()
+    try:
+        report = wait_for(
+            lambda: (r := reconcile(runtime)) and profile_id in r.requeued and r,
+            timeout=15,
+            interval=0.5,
+            what="the hung job's lease to run out",
+        )
+        assert profile_id in report.requeued
+        with runtime.session() as session:
+            assert session.get(ModelProfile, profile_id).state == "queued"
+        wait_for(lambda: exits, timeout=10, what="the watchdog")
+        assert exits and exits[0] != 0
+    finally:
+        release.set()
+        job.join(timeout=15)
+    time.sleep(0.1)
+    assert len(exits) == 1  # once
+
+
+def test_a_job_that_reports_progress_keeps_its_lease(client, make_runtime):
+    import time
+
+    from jobs.tracker import JobTracker
+
+    runtime = make_runtime(lease_timeout=1.0, stall_timeout=1.0)
+    exits: list[int] = []
+    runtime.exit_process = exits.append
+    profile_id = client.post("/v1/screenings", json=tiny_request()).json()["profiles"]["vision"]["id"]
+    with runtime.session() as session:
+        claim = lifecycle.claim_profile(session, profile_id, worker="busy:1", max_attempts=3)
+        session.commit()
+    with JobTracker(runtime, claim.lease, kind="profile") as tracker:
+        for step in range(12):
+            tracker("computing", step / 12)
+            time.sleep(0.25)
+            assert profile_id not in reconcile(runtime).requeued
+    assert exits == []
