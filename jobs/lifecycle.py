@@ -111,8 +111,32 @@ def profile_needed(session: Session, profile_id: str) -> bool:
     return bool(session.scalar(query))
 
 
+#: failures that cost workers their time or their life: the same request would do it again, so submitting it
+#: again does not give it a fresh count of attempts (failures on the input, a missing asset say, cost nothing)
+POISON_KINDS = frozenset({"attempts-exhausted", "worker-lost", "out-of-memory", "timeout"})
+
+
+def poisoned(profile: ModelProfile) -> bool:
+    """Whether ``profile`` failed in a way that resubmitting the same request would repeat."""
+    kind = str((profile.problem or {}).get("type", "")).rsplit(":", 1)[-1]
+    return profile.state == FAILED and kind in POISON_KINDS
+
+
+def poisoned_detail(profile: ModelProfile) -> str:
+    last = str((profile.problem or {}).get("detail", "")).rstrip(".")
+    return (
+        f"the {profile.modality} model profile of this request ({profile.model_ref}) with these settings already "
+        f"failed {profile.attempts} times, and the same request would fail the same way ({last}). Change the "
+        "settings (a smaller n, fewer probes, ...), or have an operator remove the failed profile "
+        "(`phasescreen db prune`) once the workers can take it"
+    )
+
+
 def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> bool:
-    """Give a failed or cancelled profile another chance when a new screening asks for it."""
+    """Give a failed or cancelled profile another chance when a new screening asks for it; never a poisoned
+    one (see :func:`poisoned`): its attempts are not reset."""
+    if poisoned(profile):
+        return False
     changed = _changed(
         session,
         update(ModelProfile)

@@ -69,6 +69,11 @@ class ServiceSettings(BaseSettings):
     # limits
     max_n: int = Field(4096, ge=8, description="largest number of paired samples N")
     max_params: int = Field(2_000_000_000, ge=1, description="largest parameter count of a model")
+    worker_memory_gb: float = Field(
+        64.0,
+        gt=0,
+        description="memory (GB) a worker can give one job; requests whose estimate exceeds it are refused",
+    )
     job_timeout: int = Field(3600, ge=10, description="seconds one job may run before it is failed")
     max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is failed")
     retry_backoff: Annotated[tuple[int, ...], NoDecode] = Field(
