@@ -218,6 +218,16 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
     )
     if done != 1:
         return []
+    # Two profiles of one screening finishing at once: each transaction would read the other profile as still
+    # running (its update is not committed) and neither would start the pair. Locking the waiting screenings
+    # (in id order, no deadlock) serialises the two completions: the second waits for the first to commit, and
+    # its readiness query, a new statement, then sees both profiles computed.
+    session.execute(
+        select(Screening.id)
+        .where(waiting_on_profile(lease.row_id), Screening.state.in_(ACTIVE_STATES))
+        .order_by(Screening.id)
+        .with_for_update()
+    ).all()
     return [JobRef("pair", screening_id) for screening_id in ready_pairs(session, lease.row_id)]
 
 

@@ -123,3 +123,41 @@ def test_a_job_that_reports_progress_keeps_its_lease(client, make_runtime):
             time.sleep(0.25)
             assert profile_id not in reconcile(runtime).requeued
     assert exits == []
+
+
+def test_two_profiles_finishing_together_both_see_the_pair_ready(client, runtime):
+    """Each completion commits in its own transaction; whichever commits second must find the pair ready,
+    so the pair step never waits for the next reconciler pass."""
+    import threading
+
+    screening = client.post("/v1/screenings", json=tiny_request()).json()
+    leases = []
+    for modality in ("vision", "language"):
+        with runtime.session() as session:
+            claim = lifecycle.claim_profile(
+                session, screening["profiles"][modality]["id"], worker="w:1", max_attempts=3
+            )
+            session.commit()
+        leases.append(claim.lease)
+
+    ready: dict[str, list] = {}
+    first = runtime.sessions()
+    second = runtime.sessions()
+    try:
+        ready["vision"] = lifecycle.complete_profile(first, leases[0], {})  # not committed yet
+
+        def finish_language() -> None:
+            ready["language"] = lifecycle.complete_profile(second, leases[1], {})
+            second.commit()
+
+        other = threading.Thread(target=finish_language)
+        other.start()
+        other.join(timeout=1.0)  # it may wait for the first to commit
+        first.commit()
+        other.join(timeout=10)
+        assert not other.is_alive()
+    finally:
+        first.close()
+        second.close()
+    jobs = ready["vision"] + ready["language"]
+    assert [job.id for job in jobs] == [screening["id"]], ready
