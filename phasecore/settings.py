@@ -154,15 +154,20 @@ class EngineSettings(ProfileSettings, PairSettings):
         return {"key": key, **body}
 
 
-def profile_key(model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings) -> str:
-    """sha256 of the canonical (model, modality, dataset, profile settings, engine version)."""
-    payload = {
+def profile_key(
+    model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings, *, model_version: str | None = None
+) -> str:
+    """sha256 of the canonical (model, modality, dataset, profile settings, engine version), and of the model's
+    content version where known (``phasecore.registry.model_version``: package version, files, hub revision)."""
+    payload: dict[str, Any] = {
         "model": ModelRef.parse(model_ref).canonical(),
         "modality": modality,
         "dataset": dataset_ref,
         "settings": settings.profile_fields(),
         "engine": ENGINE_VERSION,
     }
+    if model_version is not None:  # absent: the keys of models without one stay what they were
+        payload["model_version"] = model_version
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

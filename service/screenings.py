@@ -24,7 +24,7 @@ from jobs.queue import JobQueue
 from phasecore import ENGINE_VERSION
 from phasecore.errors import InvalidSettings, PhasescreenError
 from phasecore.refs import ModelRef
-from phasecore.registry import check_reference
+from phasecore.registry import check_reference, model_version
 from phasecore.settings import EngineSettings, check_memory, profile_key
 from service.profiles import get_or_create_profile
 from service.schemas import ScreeningRequest
@@ -176,7 +176,8 @@ def _create(
         settings_json = normalized.options.model_dump(mode="json")
         profiles = []
         for modality, ref in (("vision", normalized.vision), ("language", normalized.language)):
-            key = profile_key(ref, modality, normalized.dataset, normalized.options)
+            version = model_version(ref, model_root=settings.model_root)
+            key = profile_key(ref, modality, normalized.dataset, normalized.options, model_version=version)
             profiles.append(get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json))
         screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
     try:
