@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from service.models import UTCDateTime
+from store.models import UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None
