@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upgrade = db_sub.add_parser("upgrade", help="apply the Alembic migrations (PHASESCREEN_DATABASE_URL)")
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(func=_db_upgrade)
+    prune = db_sub.add_parser(
+        "prune",
+        help="drop the stored arrays of model profiles no screening used for DAYS (results are kept)",
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="retention window in days")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be dropped")
+    prune.set_defaults(func=_db_prune)
     db.set_defaults(func=functools.partial(_usage, db))
 
     apikey = subparsers.add_parser("apikey", help="API keys")
@@ -115,6 +122,21 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     settings = ServiceSettings()
     upgrade(settings.sqlalchemy_url, args.revision)
     print(f"database at {_redacted(settings.sqlalchemy_url)} is at revision {args.revision}")
+    return 0
+
+
+def _db_prune(args: argparse.Namespace) -> int:
+    from store.db import local_session
+    from store.retention import prune_profiles
+
+    if args.older_than < 0:
+        print("phasescreen db prune: --older-than must be at least 0 days", file=sys.stderr)
+        return 2
+    with local_session() as session:
+        report = prune_profiles(session, older_than_days=args.older_than, dry_run=args.dry_run)
+        session.commit()
+    verb = "would drop" if args.dry_run else "dropped"
+    print(f"{verb} the arrays of {report.profiles} model profile(s), {report.bytes / 2**20:,.1f} MiB")
     return 0
 
 

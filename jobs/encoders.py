@@ -1,13 +1,18 @@
 """The encoders this process used last. A worker is one long-lived process per GPU, so keeping the few
 most recent models loaded skips the load (often the slowest part of a small job) when a grid screens
-the same model against many partners. The engine never changes a model it is given (the stability probe
-trains a copy), so sharing one between jobs is safe."""
+the same model against many partners.
+
+One encoder is used by one job at a time: the engine sets its parameters' ``requires_grad`` flags for θ (and
+its train/eval mode) while it computes, and restores them afterwards, so two job threads of the embedded
+executor on one model would see each other's flags. :meth:`EncoderCache.exclusive` holds a model for a job,
+loading included (so it is loaded once); jobs on other models run side by side."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,26 @@ class EncoderCache:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._encoders: OrderedDict[Hashable, Any] = OrderedDict()
+        self._in_use: dict[str, threading.Lock] = {}  # model reference -> held by the job using it
+
+    @contextlib.contextmanager
+    def exclusive(self, model_ref: str, *, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Hold ``model_ref`` for one job; ``waiting`` is called about once a second while another job holds it
+        (a job reports progress there, so it neither looks hung nor misses a cancellation)."""
+        if not self._cacheable(model_ref):  # every job loads its own copy
+            yield
+            return
+        with self._lock:
+            lock = self._in_use.setdefault(model_ref, threading.Lock())
+        while not lock.acquire(timeout=1.0):
+            waiting()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _cacheable(self, model_ref: str) -> bool:
+        return self.capacity > 0 and not model_ref.startswith("file:")  # files may change on disk
 
     def get(
         self,
@@ -32,7 +57,7 @@ class EncoderCache:
 
         # the allow-list is part of the key: a hit never bypasses the check the load made
         key = (model_ref, pooling, str(model_root), tuple(sorted(allowed_sources)), device)
-        cacheable = self.capacity > 0 and not model_ref.startswith("file:")  # files may change on disk
+        cacheable = self._cacheable(model_ref)
         with self._lock:
             if cacheable and key in self._encoders:
                 self._encoders.move_to_end(key)

@@ -145,7 +145,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
     )
     engine_settings = EngineSettings.model_validate(claim.settings)
     try:
-        with tracker:
+        with tracker, _encoders(rt).exclusive(claim.model_ref, waiting=lambda: tracker("waiting for the model", 0.0)):
             tracker("loading", 0.0)
             try:
                 encoder = _encoders(rt).get(

@@ -111,8 +111,32 @@ def profile_needed(session: Session, profile_id: str) -> bool:
     return bool(session.scalar(query))
 
 
+#: failures that cost workers their time or their life: the same request would do it again, so submitting it
+#: again does not give it a fresh count of attempts (failures on the input, a missing asset say, cost nothing)
+POISON_KINDS = frozenset({"attempts-exhausted", "worker-lost", "out-of-memory", "timeout"})
+
+
+def poisoned(profile: ModelProfile) -> bool:
+    """Whether ``profile`` failed in a way that resubmitting the same request would repeat."""
+    kind = str((profile.problem or {}).get("type", "")).rsplit(":", 1)[-1]
+    return profile.state == FAILED and kind in POISON_KINDS
+
+
+def poisoned_detail(profile: ModelProfile) -> str:
+    last = str((profile.problem or {}).get("detail", "")).rstrip(".")
+    return (
+        f"the {profile.modality} model profile of this request ({profile.model_ref}) with these settings already "
+        f"failed {profile.attempts} times, and the same request would fail the same way ({last}). Change the "
+        "settings (a smaller n, fewer probes, ...), or have an operator remove the failed profile "
+        "(`phasescreen db prune`) once the workers can take it"
+    )
+
+
 def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> bool:
-    """Give a failed or cancelled profile another chance when a new screening asks for it."""
+    """Give a failed or cancelled profile another chance when a new screening asks for it; never a poisoned
+    one (see :func:`poisoned`): its attempts are not reset."""
+    if poisoned(profile):
+        return False
     changed = _changed(
         session,
         update(ModelProfile)
@@ -194,6 +218,16 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
     )
     if done != 1:
         return []
+    # Two profiles of one screening finishing at once: each transaction would read the other profile as still
+    # running (its update is not committed) and neither would start the pair. Locking the waiting screenings
+    # (in id order, no deadlock) serialises the two completions: the second waits for the first to commit, and
+    # its readiness query, a new statement, then sees both profiles computed.
+    session.execute(
+        select(Screening.id)
+        .where(waiting_on_profile(lease.row_id), Screening.state.in_(ACTIVE_STATES))
+        .order_by(Screening.id)
+        .with_for_update()
+    ).all()
     return [JobRef("pair", screening_id) for screening_id in ready_pairs(session, lease.row_id)]
 
 

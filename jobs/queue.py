@@ -36,6 +36,9 @@ class JobQueue(Protocol):
     def is_pending(self, job_id: str) -> bool:
         """Whether the queue holds ``job_id`` as waiting, scheduled or started."""
 
+    def is_waiting(self, job_id: str) -> bool:
+        """Whether the queue holds ``job_id`` as waiting to start (queued, scheduled or deferred), not started."""
+
     def depth(self) -> int:
         """Jobs waiting to start."""
 
@@ -49,6 +52,7 @@ class RedisJobQueue:
     """RQ queue with the JSON serializer; jobs are retried by RQ with the configured backoff."""
 
     _PENDING = ("queued", "started", "scheduled", "deferred")
+    _WAITING = ("queued", "scheduled", "deferred")
 
     def __init__(
         self,
@@ -115,6 +119,23 @@ class RedisJobQueue:
     def is_pending(self, job_id: str) -> bool:
         existing = self._fetch(job_id)
         return existing is not None and existing.get_status(refresh=False) in self._PENDING
+
+    def is_waiting(self, job_id: str) -> bool:
+        existing = self._fetch(job_id)
+        if existing is None:
+            return False
+        status = existing.get_status(refresh=False)
+        if status == "queued":  # RQ's status can outlive a dequeue; the queue's list is what a worker takes
+            return self._listed(job_id)
+        return status in self._WAITING
+
+    def _listed(self, job_id: str) -> bool:
+        from redis.exceptions import ResponseError
+
+        try:  # LPOS (Redis 6.0.6+): one scan on the server, not the whole list over the wire
+            return self.redis.lpos(self.queue.key, job_id) is not None
+        except ResponseError:
+            return job_id in self.queue.get_job_ids()
 
     def depth(self) -> int:
         return int(self.queue.count)
@@ -184,6 +205,10 @@ class InProcessJobQueue:
     def is_pending(self, job_id: str) -> bool:
         with self._lock:
             return job_id in self._pending
+
+    def is_waiting(self, job_id: str) -> bool:
+        with self._lock:
+            return self._pending.get(job_id) is False
 
     def depth(self) -> int:
         with self._lock:

@@ -6,6 +6,9 @@ PostgreSQL is the truth. One pass:
    (SIGKILL, OOM, machine gone): it is queued again, or failed with a reason once its attempts are spent;
 2. a ``queued`` profile, or a screening whose profiles are done but whose pair step has not started, that the
    queue does not hold (Redis flushed or restarted, an enqueue that failed after commit) is enqueued again;
+   one still unclaimed after PHASESCREEN_LEASE_TIMEOUT is queued afresh unless it waits in the queue, whatever
+   RQ says of it: a worker killed between RQ's dequeue and the claim leaves RQ saying ``started`` (claims are
+   conditional, so a duplicate job is harmless);
 3. a failed or cancelled profile that an active screening still waits for is failed through to it, or
    queued again.
 
@@ -61,6 +64,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
     report = ReconcileReport()
     forced: list[JobRef] = []
     maybe_lost: list[JobRef] = []
+    overdue: list[JobRef] = []  # unclaimed for longer than a lease: requeued unless waiting in the queue
 
     with runtime.session() as session:
         # 1. lost workers
@@ -96,6 +100,14 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
             .limit(_BATCH)
         ).all()
         maybe_lost += [JobRef("profile", pid) for pid in queued_profiles]
+        overdue += [
+            JobRef("profile", pid)
+            for pid in session.scalars(
+                select(ModelProfile.id)
+                .where(ModelProfile.state == QUEUED, ModelProfile.updated_at < stale_before)
+                .limit(_BATCH)
+            ).all()
+        ]
 
         # 3. finished-badly profiles that active screenings still wait for
         awaited = session.scalars(
@@ -122,8 +134,15 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
 
         # 2b. screenings whose pair step is ready but not running
         vision, language = aliased(ModelProfile), aliased(ModelProfile)
-        ready = session.scalars(
-            select(Screening.id)
+        ready = session.execute(
+            select(
+                Screening.id,
+                and_(
+                    Screening.updated_at < stale_before,
+                    vision.finished_at < stale_before,
+                    language.finished_at < stale_before,
+                ).label("overdue"),
+            )
             .join(vision, and_(vision.id == Screening.vision_profile_id, vision.state == SUCCEEDED))
             .join(language, and_(language.id == Screening.language_profile_id, language.state == SUCCEEDED))
             .where(
@@ -134,13 +153,21 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
             )
             .limit(_BATCH)
         ).all()
-        maybe_lost += [JobRef("pair", sid) for sid in ready]
+        for sid, pair_overdue in ready:
+            (overdue if pair_overdue else maybe_lost).append(JobRef("pair", sid))
         session.commit()
 
     # after commit, as always: a job must never find its row in the state before the change
     for job in forced:
         runtime.queue.requeue(job)
+    for job in overdue:
+        if not runtime.queue.is_waiting(job.id):
+            runtime.queue.requeue(job)
+            report.requeued.append(job.id)
+    overdue_ids = {job.id for job in overdue}
     for job in maybe_lost:
+        if job.id in overdue_ids:
+            continue
         if not runtime.queue.is_pending(job.id):
             runtime.queue.enqueue(job)
             report.enqueued.append(job.id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ class Runtime:
     queue: JobQueue = field(init=False)
     # set by close(): jobs running in this process stop at their next progress report and hand their row back
     stopping: threading.Event = field(default_factory=threading.Event)
+    # what a job's watchdog calls when the job hangs (no progress for PHASESCREEN_STALL_TIMEOUT): os._exit in a
+    # worker process (RQ's or the supervisor's restart gives a fresh one); None where jobs run inside the API
+    # process (embedded), which must not die with one job: there the stalled job only loses its lease
+    exit_process: Callable[[int], object] | None = None
 
     @classmethod
     def create(cls, settings: ServiceSettings, *, run_job: JobRunner) -> Runtime:
@@ -40,6 +45,7 @@ class Runtime:
         engine = make_engine(settings.sqlalchemy_url, settings=settings)
         runtime = cls(settings, engine, make_sessionmaker(engine))
         if settings.redis_url:
+            runtime.exit_process = os._exit  # only a worker process runs jobs of a Redis queue
             runtime.queue = RedisJobQueue(
                 settings.redis_url,
                 settings.queue_name,

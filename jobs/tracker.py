@@ -4,6 +4,12 @@ The engine calls ``tracker(stage, fraction)`` between steps. The tracker writes 
 (at most once a second, and at every new stage) and raises :class:`JobStopped` when the job must stop:
 its lease was taken away (cancelled, or presumed lost and given to another worker), nobody needs the result
 any more, or its time is up. The engine itself never learns about databases.
+
+The lease is kept by the job's progress, not by the process being alive: the heartbeat renews it only while
+the engine reported progress within PHASESCREEN_STALL_TIMEOUT, so a job hung in a native call that never
+returns loses its lease and the reconciler requeues it. A watchdog thread then ends the process
+(``runtime.exit_process``, ``os._exit`` in a worker) when no progress came for the stall timeout, or the job
+outlived its deadline by a lease timeout without noticing; the process supervisor (or RQ) starts a fresh one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from jobs.runtime import Runtime
 log = logging.getLogger(__name__)
 
 _WRITE_INTERVAL = 1.0
+_HUNG_EXIT_CODE = 75  # EX_TEMPFAIL: the process supervisor restarts the worker
 
 
 class JobStopped(Exception):  # noqa: N818 - a signal, not a fault
@@ -55,13 +62,17 @@ class JobTracker:
         self._stop: JobStopped | None = None
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{lease.row_id}", daemon=True)
+        self._watchdog = threading.Thread(target=self._watchdog_loop, name=f"watchdog-{lease.row_id}", daemon=True)
+        self._last_progress = time.monotonic()
         self._stage: str | None = None
         self.durations: dict[str, float] = {}  # seconds per stage, for the metrics
         self._stage_started = time.monotonic()
         self._last_write = 0.0
 
     def __enter__(self) -> JobTracker:
+        self._last_progress = time.monotonic()
         self._thread.start()
+        self._watchdog.start()
         return self
 
     def __exit__(
@@ -69,6 +80,7 @@ class JobTracker:
     ) -> None:
         self._halt.set()
         self._thread.join(timeout=10)
+        self._watchdog.join(timeout=10)
         self._close_stage()
 
     def check(self) -> None:
@@ -86,6 +98,7 @@ class JobTracker:
     def __call__(self, stage: str, fraction: float) -> None:
         self.check()
         now = time.monotonic()
+        self._last_progress = now
         new_stage = stage != self._stage
         if new_stage:
             self._close_stage()
@@ -113,9 +126,15 @@ class JobTracker:
             self._stop = JobStopped("the job was cancelled or handed to another worker", lease_lost=True)
             raise self._stop
 
+    def stalled_for(self) -> float:
+        """Seconds since the engine last reported progress."""
+        return time.monotonic() - self._last_progress
+
     def _heartbeat_loop(self) -> None:
         interval = self._runtime.settings.heartbeat_interval
         while not self._halt.wait(interval):
+            if self.stalled_for() > self._runtime.settings.stall_timeout:
+                continue  # a hung job's lease runs out; the reconciler hands the row to another worker
             try:
                 with self._runtime.session() as session:
                     held = lifecycle.renew_lease(session, self._lease)
@@ -130,3 +149,31 @@ class JobTracker:
                 self._stop = JobStopped("every screening waiting for this job was cancelled")
             if self._stop is not None:
                 return
+
+    def _watchdog_loop(self) -> None:
+        settings = self._runtime.settings
+        while not self._halt.wait(min(1.0, settings.stall_timeout / 4)):
+            stalled = self.stalled_for()
+            overdue = time.monotonic() - self._deadline
+            if stalled <= settings.stall_timeout and overdue <= settings.lease_timeout:
+                continue
+            why = (
+                f"no progress for {stalled:.0f} s (PHASESCREEN_STALL_TIMEOUT={settings.stall_timeout:g})"
+                if stalled > settings.stall_timeout
+                else f"{overdue:.0f} s past its deadline (PHASESCREEN_JOB_TIMEOUT={settings.job_timeout})"
+            )
+            metrics.FAILURES.labels(self._kind, "stalled").inc()
+            exit_process = self._runtime.exit_process
+            if exit_process is None:
+                log.error("%s job %s is hung: %s; its lease runs out", self._kind, self._lease.row_id, why)
+                return
+            log.critical(
+                "%s job %s is hung: %s; ending this worker process so that a fresh one takes over",
+                self._kind,
+                self._lease.row_id,
+                why,
+            )
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            exit_process(_HUNG_EXIT_CODE)
+            return

@@ -35,6 +35,12 @@ class InvalidSettings(PhasescreenError, ValueError):
     kind = "invalid-settings"
 
 
+class ExceedsWorkerMemory(InvalidSettings):
+    """Settings whose job would need more memory than a worker has (checked before any work)."""
+
+    kind = "exceeds-worker-memory"
+
+
 class UnsupportedModel(PhasescreenError, TypeError):
     """A model whose parameters the kernel engine cannot attribute per sample."""
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -246,3 +249,39 @@ def describe_sources(allowed_sources: Collection[str] | None = None) -> list[dic
         )
         sources.append(entry)
     return sources
+
+
+def model_version(reference: str | ModelRef, *, model_root: Path | None = None) -> str | None:
+    """What identifies the model's content beyond its name, where that is known without loading it: a pkg
+    model's package version, a file model's files (path, size and modification time of each, hashed), an hf
+    model's pinned revision (already in its canonical name). ``None`` where unknown (timm, an unpinned hf
+    name). Part of the profile key, so a changed model is never served from an old profile."""
+    ref = ModelRef.parse(reference)
+    if ref.source == "pkg":
+        package = PACKAGES.get(ref.name)
+        if package is None:
+            return None
+        try:
+            return f"{package.distribution}=={importlib.metadata.version(package.distribution)}"
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    if ref.source == "hf":
+        return f"revision={ref.revision}" if ref.revision else None
+    if ref.source == "file":
+        try:
+            path = resolve_under(model_root or default_model_root(), ref.name, what="model")
+        except (AssetUnavailable, PermissionError):
+            return None
+        return "files:" + _files_fingerprint(path)
+    return None
+
+
+def _files_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = os.stat(file)
+        digest.update(
+            f"{file.relative_to(path) if file != path else file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+    return digest.hexdigest()[:32]

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
+from phasecore.errors import ExceedsWorkerMemory
 from phasecore.refs import ModelRef
 
 #: Where models run: ``auto`` (the first GPU torch sees, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A runtime
@@ -23,6 +24,11 @@ DEVICE_SPEC = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 #: ``params``: all parameters, or those of the last K blocks (K written with at most 4 digits)
 PARAMS_SPEC = r"^(all|last:[1-9][0-9]{0,3})$"
+
+#: The output width d the memory estimate assumes for ``probes="exact"`` when the model's is not known before it
+#: loads (the API never loads a model): wide enough for the encoders screened here, so the exact basis is for
+#: small N only, as it is meant to be
+EXACT_WIDTH_BOUND = 4096
 
 #: At most this many Gaussian output probes M (the exact basis, ``probes="exact"``, is bounded by memory)
 MAX_PROBES = 64
@@ -148,13 +154,54 @@ class EngineSettings(ProfileSettings, PairSettings):
         return {"key": key, **body}
 
 
-def profile_key(model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings) -> str:
-    """sha256 of the canonical (model, modality, dataset, profile settings, engine version)."""
-    payload = {
+def profile_key(
+    model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings, *, model_version: str | None = None
+) -> str:
+    """sha256 of the canonical (model, modality, dataset, profile settings, engine version), and of the model's
+    content version where known (``phasecore.registry.model_version``: package version, files, hub revision)."""
+    payload: dict[str, Any] = {
         "model": ModelRef.parse(model_ref).canonical(),
         "modality": modality,
         "dataset": dataset_ref,
         "settings": settings.profile_fields(),
         "engine": ENGINE_VERSION,
     }
+    if model_version is not None:  # absent: the keys of models without one stay what they were
+        payload["model_version"] = model_version
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+_GB = 2**30
+
+
+def memory_estimate(settings: ProfileSettings, *, output_width: int | None = None) -> dict[str, int]:
+    """Bytes one profile job of these settings may hold at once, by part: the cross-probe Gram (M·N)² float64
+    (M = probes, or the output width d for 'exact': ``output_width`` or :data:`EXACT_WIDTH_BOUND`), the
+    CountSketch M·N·k float64 (method sketch or auto) and the exact path's own ``memory_budget_gb`` (method
+    exact or auto). An upper bound: the engine uses at most N samples (U ≤ N)."""
+    m = (output_width or EXACT_WIDTH_BOUND) if settings.probes == "exact" else int(settings.probes)
+    n = settings.n
+    parts = {"cross-probe Gram (M·N)² float64": (m * n) ** 2 * 8}
+    if settings.method != "exact":
+        parts[f"sketch M·N·k float64 (sketch_dim={settings.sketch_dim})"] = m * n * settings.sketch_dim * 8
+    if settings.method != "sketch":
+        parts["memory_budget_gb"] = int(settings.memory_budget_gb * _GB)
+    return parts
+
+
+def check_memory(
+    settings: ProfileSettings, limit_gb: float, *, limit_name: str, output_width: int | None = None
+) -> None:
+    """Raise :class:`ExceedsWorkerMemory` when :func:`memory_estimate` exceeds ``limit_gb``."""
+    parts = memory_estimate(settings, output_width=output_width)
+    total = sum(parts.values())
+    if total <= limit_gb * _GB:
+        return
+    largest = max(parts, key=lambda name: parts[name])
+    m = "d" if settings.probes == "exact" else settings.probes
+    raise ExceedsWorkerMemory(
+        f"this request would need about {total / _GB:,.1f} GB (M={m}, N={settings.n}), mostly the {largest}: "
+        f"{parts[largest] / _GB:,.1f} GB, above the {limit_gb:g} GB a worker has ({limit_name}); use a smaller n, "
+        "fewer probes, a smaller sketch_dim or memory_budget_gb"
+        + (f" ('exact' assumes outputs up to d={EXACT_WIDTH_BOUND} wide)" if settings.probes == "exact" else "")
+    )

@@ -16,6 +16,7 @@ from jobs.metrics import REGISTRY as JOB_REGISTRY
 from jobs.runtime import Runtime
 from store.jobstats import stage_totals
 from store.models import FAILED, Screening
+from store.retention import blob_totals
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class _StateCollector(Collector):
                     select(problem_type, func.count()).where(Screening.state == FAILED).group_by(problem_type)
                 ).all()
                 totals = stage_totals(session)
+                blobs, blob_bytes = blob_totals(session)
         except Exception:
             log.debug("database metrics unavailable", exc_info=True)
             return
@@ -59,7 +61,13 @@ class _StateCollector(Collector):
             failures.add_metric([(kind or "unknown").rsplit(":", 1)[-1]], count)
         for kind, stage, count, seconds in totals:
             stages.add_metric([kind, stage], count_value=count, sum_value=seconds)
-        yield from (states, failures, stages)
+        stored = GaugeMetricFamily(
+            "phasescreen_profile_blob_bytes", "Bytes of the model profiles' stored arrays (phasescreen db prune)"
+        )
+        stored.add_metric([], blob_bytes)
+        stored_count = GaugeMetricFamily("phasescreen_profile_blobs", "Model profiles holding stored arrays")
+        stored_count.add_metric([], blobs)
+        yield from (states, failures, stages, stored, stored_count)
 
 
 class ApiMetrics:

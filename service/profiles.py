@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs import lifecycle
 from store.models import QUEUED, ModelProfile
+from store.problems import Problem
 
 
 def get_or_create_profile(
@@ -41,5 +42,8 @@ def get_or_create_profile(
             profile = session.scalar(select(ModelProfile).where(ModelProfile.key == key))
             if profile is None:
                 raise
+    if lifecycle.poisoned(profile):
+        detail = lifecycle.poisoned_detail(profile)
+        raise Problem(422, "poisoned-request", "Request known to fail", detail, profile_id=profile.id)
     lifecycle.reset_profile_if_finished_badly(session, profile)
     return profile

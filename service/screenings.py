@@ -24,8 +24,8 @@ from jobs.queue import JobQueue
 from phasecore import ENGINE_VERSION
 from phasecore.errors import InvalidSettings, PhasescreenError
 from phasecore.refs import ModelRef
-from phasecore.registry import check_reference
-from phasecore.settings import EngineSettings, profile_key
+from phasecore.registry import check_reference, model_version
+from phasecore.settings import EngineSettings, check_memory, profile_key
 from service.profiles import get_or_create_profile
 from service.schemas import ScreeningRequest
 from store.models import (
@@ -78,6 +78,7 @@ def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> N
     options = request.options
     if options.n > settings.max_n:
         raise InvalidSettings(f"n={options.n} is above this deployment's limit of {settings.max_n} samples")
+    check_memory(options.profile, settings.worker_memory_gb, limit_name="PHASESCREEN_WORKER_MEMORY_GB")
     vision = ModelRef.parse(request.vision).canonical()
     language = ModelRef.parse(request.language).canonical()
     dataset = request.dataset.strip()
@@ -215,7 +216,10 @@ def _create(
         settings_json = normalized.options.model_dump(mode="json")
         profiles = []
         for modality, ref in (("vision", normalized.vision), ("language", normalized.language)):
-            key = tenant_profile_key(profile_key(ref, modality, normalized.dataset, normalized.options), scope)
+            version = model_version(ref, model_root=settings.model_root)
+            key = tenant_profile_key(
+                profile_key(ref, modality, normalized.dataset, normalized.options, model_version=version), scope
+            )
             profiles.append(get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json))
         screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
     try:

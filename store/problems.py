@@ -29,6 +29,7 @@ _TITLES = {
     "source-not-allowed": "Model source not allowed",
     "asset-unavailable": "Weights or data unavailable",
     "invalid-settings": "Invalid screening settings",
+    "exceeds-worker-memory": "Too large for a worker",
     "unsupported-model": "Unsupported model",
 }
 

@@ -83,6 +83,11 @@ class ServiceSettings(BaseSettings):
     # limits
     max_n: int = Field(4096, ge=8, description="largest number of paired samples N")
     max_params: int = Field(2_000_000_000, ge=1, description="largest parameter count of a model")
+    worker_memory_gb: float = Field(
+        64.0,
+        gt=0,
+        description="memory (GB) a worker can give one job; requests whose estimate exceeds it are refused",
+    )
     job_timeout: int = Field(3600, ge=10, description="seconds one job may run before it is failed")
     max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is failed")
     retry_backoff: Annotated[tuple[int, ...], NoDecode] = Field(
@@ -94,6 +99,12 @@ class ServiceSettings(BaseSettings):
 
     # liveness of jobs
     lease_timeout: float = Field(120.0, gt=0, description="seconds without heartbeat before a job is presumed lost")
+    stall_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="seconds a running job may go without reporting progress: its lease is no longer renewed "
+        "(the reconciler requeues it) and a worker's watchdog ends the worker process",
+    )
     reconcile_interval: float = Field(60.0, gt=0, description="seconds between reconciler passes")
     reconcile_grace: float = Field(10.0, ge=0, description="age before a queued row counts as missing from the queue")
 
