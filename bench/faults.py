@@ -114,6 +114,14 @@ class Harness:
         with self.runtime.session() as session:
             return dict(session.execute(select(Screening.id, Screening.state).where(Screening.id.in_(ids))).all())
 
+    def profile_attempts(self) -> dict[int, int]:
+        from sqlalchemy import select
+
+        from store.models import ModelProfile
+
+        with self.runtime.session() as session:
+            return dict(sorted(Counter(session.scalars(select(ModelProfile.attempts))).items()))
+
     def wait_terminal(self, ids: list[str], limit: float) -> float:
         started = time.monotonic()
         while time.monotonic() - started < limit:
@@ -155,6 +163,7 @@ def redis_flush(args: argparse.Namespace) -> dict[str, Any]:
     h.start_worker()
     elapsed = h.wait_terminal(ids, args.time_limit)
     states = Counter(h.states(ids).values())
+    attempts = h.profile_attempts()
     codes = h.close()
     return {
         "screenings": len(ids),
@@ -162,6 +171,7 @@ def redis_flush(args: argparse.Namespace) -> dict[str, Any]:
         "queue_depth_after_flush": depth_after,
         "states": dict(states),
         "elapsed_s": elapsed,
+        "profile_attempts": attempts,
         "worker_exit_codes": codes,
         "ok": states == Counter({"succeeded": len(ids)}),
     }
@@ -378,6 +388,7 @@ def pg_cut(args: argparse.Namespace) -> dict[str, Any]:
         recovery = round(time.monotonic() - back, 1)
         after = Counter(client.get("/readyz").status_code for _ in range(3))
     states = Counter(h.states(ids).values())
+    attempts = h.profile_attempts()
     codes = h.close()
     proxy.stop()
     return {
@@ -388,6 +399,7 @@ def pg_cut(args: argparse.Namespace) -> dict[str, Any]:
         "screenings": len(ids),
         "states": dict(states),
         "recovered_in_s": recovery,
+        "profile_attempts": attempts,
         "worker_restarts": restarts,
         "worker_exit_codes": codes,
         "ok": states == Counter({"succeeded": len(ids)}) and not any(k.endswith(" 500") for k in statuses),
