@@ -6,6 +6,7 @@ The API process parses and checks every reference it accepts with this module; l
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -18,6 +19,14 @@ _OPTION_KEYS = {"weights", "pooling", "arch", "revision", "blend", "seed"}
 #: the seed of every random initialisation (``weights=random``, and the random end of ``blend``) unless
 #: ``?seed=`` names another
 RANDOM_INIT_SEED = 0
+#: characters an option value may not hold once decoded: each would make canonical() write a query that
+#: re-parses differently (``&`` ``=`` ``?`` split it, ``%`` and ``+`` decode again, ``#`` starts a fragment)
+_VALUE_FORBIDDEN = frozenset("&=?%+# ")
+
+
+def _has_control(text: str) -> bool:
+    """Control (Cc) or format (Cf: bidi overrides, zero-width) characters anywhere."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
 @dataclass(frozen=True)
@@ -50,10 +59,14 @@ class ModelRef:
     @classmethod
     def parse(cls, text: str | ModelRef, **overrides: Any) -> ModelRef:
         if isinstance(text, ModelRef):
-            return cls(**{**asdict(text), **{k: v for k, v in overrides.items() if v is not None}})
-        if not isinstance(text, str) or "\x00" in text or not text.strip():
+            ref = cls(**{**asdict(text), **{k: v for k, v in overrides.items() if v is not None}})
+            ref.validate()
+            return ref
+        if not isinstance(text, str) or not text.strip():
             raise InvalidReference(f"model reference {text!r} is empty or not text; expected source:name")
         text = text.strip()
+        if _has_control(text):
+            raise InvalidReference(f"model reference {text!r} holds control characters")
         source, sep, rest = text.partition(":")
         if not sep or source not in SOURCES or not rest:
             raise InvalidReference(
@@ -62,10 +75,21 @@ class ModelRef:
             )
         rest, _, query = rest.partition("?")
         options: dict[str, Any] = {}
+        if "#" in query:
+            raise InvalidReference(f"model reference {text!r}: '#' has no meaning in a query")
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in _OPTION_KEYS:
                 raise InvalidReference(
                     f"unknown option {key!r} in model reference {text!r}; known: {', '.join(sorted(_OPTION_KEYS))}"
+                )
+            if key in options:
+                raise InvalidReference(f"option {key!r} appears twice in model reference {text!r}")
+            bad = sorted(set(value) & _VALUE_FORBIDDEN)
+            if bad or _has_control(value):
+                raise InvalidReference(
+                    f"option {key}={value!r} in model reference {text!r} holds "
+                    f"{' '.join(repr(c) for c in bad) or 'control characters'} once decoded; "
+                    "option values are plain names"
                 )
             options[key] = value
         name, revision = rest, options.pop("revision", None)
@@ -91,6 +115,14 @@ class ModelRef:
             raise InvalidReference(f"pooling={self.pooling!r} is not one of mean, cls, last")
         if not self.name:
             raise InvalidReference(f"model reference {self.source}: has no name")
+        if "?" in self.name or _has_control(self.name):
+            raise InvalidReference(f"model name {self.name!r} holds '?' or control characters")
+        for key, value in (("arch", self.arch), ("revision", self.revision)):
+            if value is not None and (set(value) & _VALUE_FORBIDDEN or _has_control(value)):
+                raise InvalidReference(
+                    f"{key}={value!r} holds a character a model reference cannot carry (& = ? % + #, "
+                    "spaces or control characters)"
+                )
         if self.blend is not None:
             if self.weights == "random":
                 raise InvalidReference(
