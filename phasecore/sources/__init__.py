@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from phasecore.errors import InvalidSettings, PhasescreenError, UnsupportedModel
+from phasecore.errors import InvalidSettings, PhasescreenError, UnsupportedModel, describe
 from phasecore.paths import default_model_root
 from phasecore.refs import ModelRef, check_allowed
 from phasecore.registry import REGISTRY, Loader, describe_sources
@@ -87,5 +87,5 @@ def load_encoder(
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as error:
         # a model the libraries load but cannot run (odd config, unsupported layer, device trouble)
         raise UnsupportedModel(
-            f"{parsed.canonical()} could not be loaded: {type(error).__name__}: {error}"
+            f"{parsed.canonical()} could not be loaded: {describe(error)}"
         ) from error
