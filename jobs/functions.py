@@ -156,6 +156,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
                     model_root=settings.model_root,
                     allowed_sources=settings.allowed_sources,
                     device=settings.device,
+                    max_params=settings.max_params,  # counted before any weight is read or fetched
                 )
             except Exception as exc:
                 oom = _out_of_memory(exc)  # loaders may wrap it as an unsupported model or missing weights
