@@ -6,6 +6,7 @@ The API process parses and checks every reference it accepts with this module; l
 
 from __future__ import annotations
 
+import fnmatch
 import unicodedata
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -190,6 +191,42 @@ def _parse_seed(value: Any, text: str) -> int | None:
 def _format_float(value: float) -> str:
     text = repr(value)
     return text[:-2] if text.endswith(".0") else text
+
+
+#: the sources PHASESCREEN_ALLOWED_MODELS patterns may restrict
+PATTERN_SOURCES = ("hf", "timm")
+
+
+def parse_model_patterns(patterns: Collection[str]) -> tuple[str, ...]:
+    """``hf:<org>/<name glob>`` / ``timm:<name glob>`` entries, checked; raises ValueError on any other."""
+    checked: list[str] = []
+    for pattern in patterns:
+        source, sep, glob = pattern.strip().partition(":")
+        if not sep or source not in PATTERN_SOURCES or not glob or _has_control(glob):
+            raise ValueError(
+                f"model pattern {pattern!r} is not source:glob with source one of {', '.join(PATTERN_SOURCES)} "
+                "(e.g. hf:sentence-transformers/*, timm:resnet*)"
+            )
+        checked.append(f"{source}:{glob}")
+    return tuple(checked)
+
+
+def check_allowed_models(ref: ModelRef, patterns: Collection[str]) -> None:
+    """When ``patterns`` name ``ref``'s source (``hf:`` or ``timm:``), its name must match one of them
+    (shell-style globs, case-sensitive; a timm name matches by itself or by its architecture, the part before a
+    pretrained tag). Sources no pattern names are left to ``check_allowed``."""
+    globs = [p.partition(":")[2] for p in patterns if p.partition(":")[0] == ref.source]
+    if not globs:
+        return
+    names = {ref.name}
+    if ref.source == "timm":
+        names.add(ref.name.partition(".")[0])
+    if any(fnmatch.fnmatchcase(name, glob) for name in names for glob in globs):
+        return
+    raise SourceNotAllowed(
+        f"{ref.canonical()} is not among the {ref.source}: models allowed here "
+        f"({', '.join(f'{ref.source}:{g}' for g in globs)})"
+    )
 
 
 def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:
