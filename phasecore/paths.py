@@ -31,10 +31,15 @@ def resolve_under(root: str | Path, name: str | Path, *, what: str) -> Path:
     AssetUnavailable when it does not exist. ``what`` names the thing in messages ("model", "manifest", ...);
     messages never name the root, what it holds, or a resolved path (they reach API clients).
     """
-    root = Path(root).expanduser().resolve()
+    given_root = Path(root).expanduser()
+    root = given_root.resolve()
     raw = Path(name)
     # messages name only what the caller wrote, relative: never the root, its contents or a resolved path
     shown = repr(str(name)) if not raw.is_absolute() else "(an absolute path)"
+    for base in (given_root, root):
+        if raw.is_absolute() and raw.is_relative_to(base):
+            shown = repr(str(raw.relative_to(base)))
+            break
     if ".." in raw.parts:
         raise SourceNotAllowed(f"{what} path {shown} contains '..'; name a path inside the configured {what} root")
     resolved = (raw if raw.is_absolute() else root / raw).resolve()

@@ -39,10 +39,13 @@ def test_file_errors_name_neither_the_root_nor_its_contents(root: Path, name: st
         assert leak not in message, message
 
 
-def test_an_absolute_path_inside_the_root_is_not_echoed(root: Path) -> None:
+def test_an_absolute_path_is_shown_relative_to_the_root_or_not_at_all(root: Path) -> None:
     with pytest.raises(AssetUnavailable) as info:
         resolve_under(root, root / "nope", what="model")
-    assert str(root) not in str(info.value) and "absolute path" in str(info.value)
+    assert str(root) not in str(info.value) and "'nope'" in str(info.value)  # relative to the root
+    with pytest.raises(SourceNotAllowed) as outside:
+        resolve_under(root, "/etc/passwd", what="model")
+    assert "absolute path" in str(outside.value) and "passwd" not in str(outside.value)
 
 
 def test_a_symlink_out_of_the_root_does_not_reveal_its_target(root: Path, tmp_path: Path) -> None:
