@@ -51,6 +51,7 @@ class EncoderCache:
         model_root: Path | None,
         allowed_sources: Collection[str],
         device: str = "auto",
+        max_params: int | None = None,
     ) -> Any:
         """The encoder of ``model_ref`` (a ``phasecore.sources.Encoder``) on ``device``, loaded or remembered."""
         from phasecore.sources import load_encoder
@@ -63,7 +64,12 @@ class EncoderCache:
                 self._encoders.move_to_end(key)
                 return self._encoders[key]
         encoder = load_encoder(
-            model_ref, model_root=model_root, allowed_sources=allowed_sources, pooling=pooling, device=device
+            model_ref,
+            model_root=model_root,
+            allowed_sources=allowed_sources,
+            pooling=pooling,
+            device=device,
+            max_params=max_params,
         )
         if cacheable:
             with self._lock:

@@ -63,7 +63,9 @@ def _hard_timeouts() -> tuple[type[BaseException], ...]:
 
 
 def _timeout_problem(exc: BaseException) -> dict[str, Any]:
-    return problem_document(500, "timeout", "Job timed out", str(exc) or "the job ran past its time limit")
+    # a fixed text: problem documents carry no raw exception text
+    detail = "the job ran past its time limit (PHASESCREEN_JOB_TIMEOUT)"
+    return problem_document(500, "timeout", "Job timed out", detail)
 
 
 _OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -101,7 +103,7 @@ def _out_of_memory_problem(kind: str, exc: BaseException) -> dict[str, Any]:
         500,
         "out-of-memory",
         "Out of memory",
-        f"the {kind} job ran out of memory while computing ({type(exc).__name__}: {exc}); it is not retried, "
+        f"the {kind} job ran out of memory while computing ({type(exc).__name__}); it is not retried, "
         "since it would run out again. Use a smaller n, fewer probes, a smaller chunk_size or "
         "memory_budget_gb, or a worker with more memory",
     )
@@ -154,6 +156,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
                     model_root=settings.model_root,
                     allowed_sources=settings.allowed_sources,
                     device=settings.device,
+                    max_params=settings.max_params,  # counted before any weight is read or fetched
                 )
             except Exception as exc:
                 oom = _out_of_memory(exc)  # loaders may wrap it as an unsupported model or missing weights
@@ -324,7 +327,9 @@ def _fail(rt: Runtime, lease: lifecycle.Lease, problem: dict[str, Any], kind: st
 
 def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: BaseException, what: str) -> None:
     """Release the row for the queue's retry (re-raising ``exc``), or fail it once attempts are spent."""
-    detail = f"the {what} failed with {type(exc).__name__}: {exc}"
+    # the exception's type only: its text (paths, hosts, library internals) goes to the log, not to clients
+    detail = f"the {what} failed with {type(exc).__name__}"
+    log.warning("%s %s failed (attempt %d): %s", what, lease.row_id, attempt, exc, exc_info=exc)
     if attempt >= rt.settings.max_attempts:
         log.error("%s %s failed on its last attempt", what, lease.row_id, exc_info=exc)
         problem = lifecycle.gave_up_problem(what, attempt, {"detail": detail})

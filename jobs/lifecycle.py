@@ -81,7 +81,8 @@ def worker_lost_problem(what: str, worker: str | None, heartbeat_at: datetime | 
         500,
         "worker-lost",
         "Worker lost",
-        f"the worker running the {what} ({worker or 'unknown'}) stopped sending heartbeats at {since} "
+        # the worker's name (host:pid) stays in the row and the logs: problem documents carry no host names
+        f"the worker running the {what} stopped sending heartbeats at {since} "
         "(killed, out of memory, or the machine went away)",
     )
 

@@ -3,6 +3,10 @@
 The service maps these to RFC 9457 problem documents; the CLI prints them and exits 2.
 """
 
+from __future__ import annotations
+
+import re
+
 
 class PhasescreenError(Exception):
     """Base class of every error the engine raises on purpose."""
@@ -59,3 +63,28 @@ class DeviceOutOfMemory(PhasescreenError, MemoryError):
     says about how much the step needs and how much the device has free."""
 
     kind = "out-of-memory"
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_ABS_PATH = re.compile(r"(?<![\w.~/-])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'\"()\[\]{},;:]+)+[/\\]?")
+_HOST = re.compile(
+    r"\b(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+(?:com|co|io|org|net|ai|dev|local|internal|lan|cloud)\b",
+    re.IGNORECASE,
+)
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+
+
+def scrub(text: str) -> str:
+    """``text`` with URLs, host names, IP addresses and absolute paths taken out (a path becomes its last
+    part): what may reach an API client of a library's message."""
+    text = _URL.sub("<url>", text)
+    text = _ABS_PATH.sub(lambda m: m.group(0).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1], text)
+    text = _HOST.sub("<host>", text)
+    return _IPV4.sub("<address>", text)
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` of a library's exception, scrubbed (``scrub``) and cut to 300 characters."""
+    message = scrub(str(error))
+    message = message if len(message) <= 300 else message[:297] + "..."
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -28,21 +28,28 @@ def resolve_under(root: str | Path, name: str | Path, *, what: str) -> Path:
     """The existing path ``name`` (relative to ``root``, or absolute inside it), symlinks resolved.
 
     Raises SourceNotAllowed when ``name`` contains ``..`` or resolves outside ``root``, and
-    AssetUnavailable (listing what the root holds) when it does not exist. ``what`` names the
-    thing in messages ("model", "manifest", ...).
+    AssetUnavailable when it does not exist. ``what`` names the thing in messages ("model", "manifest", ...);
+    messages never name the root, what it holds, or a resolved path (they reach API clients).
     """
-    root = Path(root).expanduser().resolve()
+    given_root = Path(root).expanduser()
+    root = given_root.resolve()
     raw = Path(name)
+    # messages name only what the caller wrote, relative: never the root, its contents or a resolved path
+    shown = repr(str(name)) if not raw.is_absolute() else "(an absolute path)"
+    for base in (given_root, root):
+        if raw.is_absolute() and raw.is_relative_to(base):
+            shown = repr(str(raw.relative_to(base)))
+            break
     if ".." in raw.parts:
-        raise SourceNotAllowed(f"{what} path {str(name)!r} contains '..'; name a path inside {root}")
+        raise SourceNotAllowed(f"{what} path {shown} contains '..'; name a path inside the configured {what} root")
     resolved = (raw if raw.is_absolute() else root / raw).resolve()
     if not resolved.is_relative_to(root):
         raise SourceNotAllowed(
-            f"{what} path {str(name)!r} resolves to {resolved}, outside the configured root {root}; "
-            f"put the {what} under {root} and name it relative to it"
+            f"{what} path {shown} resolves outside the configured {what} root; "
+            f"put the {what} under that root and name it relative to it"
         )
     if not resolved.exists():
-        held = sorted(p.name for p in root.iterdir())[:20] if root.is_dir() else []
-        where = f"{root} holds: {', '.join(held)}" if held else f"{root} is empty or missing"
-        raise AssetUnavailable(f"{what} {str(name)!r} not found at {resolved}; {where}")
+        raise AssetUnavailable(
+            f"{what} {shown} not found under the configured {what} root; name it relative to that root"
+        )
     return resolved

@@ -6,6 +6,8 @@ The API process parses and checks every reference it accepts with this module; l
 
 from __future__ import annotations
 
+import fnmatch
+import unicodedata
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -18,6 +20,14 @@ _OPTION_KEYS = {"weights", "pooling", "arch", "revision", "blend", "seed"}
 #: the seed of every random initialisation (``weights=random``, and the random end of ``blend``) unless
 #: ``?seed=`` names another
 RANDOM_INIT_SEED = 0
+#: characters an option value may not hold once decoded: each would make canonical() write a query that
+#: re-parses differently (``&`` ``=`` ``?`` split it, ``%`` and ``+`` decode again, ``#`` starts a fragment)
+_VALUE_FORBIDDEN = frozenset("&=?%+# ")
+
+
+def _has_control(text: str) -> bool:
+    """Control (Cc) or format (Cf: bidi overrides, zero-width) characters anywhere."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
 @dataclass(frozen=True)
@@ -50,10 +60,14 @@ class ModelRef:
     @classmethod
     def parse(cls, text: str | ModelRef, **overrides: Any) -> ModelRef:
         if isinstance(text, ModelRef):
-            return cls(**{**asdict(text), **{k: v for k, v in overrides.items() if v is not None}})
-        if not isinstance(text, str) or "\x00" in text or not text.strip():
+            ref = cls(**{**asdict(text), **{k: v for k, v in overrides.items() if v is not None}})
+            ref.validate()
+            return ref
+        if not isinstance(text, str) or not text.strip():
             raise InvalidReference(f"model reference {text!r} is empty or not text; expected source:name")
         text = text.strip()
+        if _has_control(text):
+            raise InvalidReference(f"model reference {text!r} holds control characters")
         source, sep, rest = text.partition(":")
         if not sep or source not in SOURCES or not rest:
             raise InvalidReference(
@@ -62,10 +76,21 @@ class ModelRef:
             )
         rest, _, query = rest.partition("?")
         options: dict[str, Any] = {}
+        if "#" in query:
+            raise InvalidReference(f"model reference {text!r}: '#' has no meaning in a query")
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in _OPTION_KEYS:
                 raise InvalidReference(
                     f"unknown option {key!r} in model reference {text!r}; known: {', '.join(sorted(_OPTION_KEYS))}"
+                )
+            if key in options:
+                raise InvalidReference(f"option {key!r} appears twice in model reference {text!r}")
+            bad = sorted(set(value) & _VALUE_FORBIDDEN)
+            if bad or _has_control(value):
+                raise InvalidReference(
+                    f"option {key}={value!r} in model reference {text!r} holds "
+                    f"{' '.join(repr(c) for c in bad) or 'control characters'} once decoded; "
+                    "option values are plain names"
                 )
             options[key] = value
         name, revision = rest, options.pop("revision", None)
@@ -91,6 +116,14 @@ class ModelRef:
             raise InvalidReference(f"pooling={self.pooling!r} is not one of mean, cls, last")
         if not self.name:
             raise InvalidReference(f"model reference {self.source}: has no name")
+        if "?" in self.name or _has_control(self.name):
+            raise InvalidReference(f"model name {self.name!r} holds '?' or control characters")
+        for key, value in (("arch", self.arch), ("revision", self.revision)):
+            if value is not None and (set(value) & _VALUE_FORBIDDEN or _has_control(value)):
+                raise InvalidReference(
+                    f"{key}={value!r} holds a character a model reference cannot carry (& = ? % + #, "
+                    "spaces or control characters)"
+                )
         if self.blend is not None:
             if self.weights == "random":
                 raise InvalidReference(
@@ -158,6 +191,42 @@ def _parse_seed(value: Any, text: str) -> int | None:
 def _format_float(value: float) -> str:
     text = repr(value)
     return text[:-2] if text.endswith(".0") else text
+
+
+#: the sources PHASESCREEN_ALLOWED_MODELS patterns may restrict
+PATTERN_SOURCES = ("hf", "timm")
+
+
+def parse_model_patterns(patterns: Collection[str]) -> tuple[str, ...]:
+    """``hf:<org>/<name glob>`` / ``timm:<name glob>`` entries, checked; raises ValueError on any other."""
+    checked: list[str] = []
+    for pattern in patterns:
+        source, sep, glob = pattern.strip().partition(":")
+        if not sep or source not in PATTERN_SOURCES or not glob or _has_control(glob):
+            raise ValueError(
+                f"model pattern {pattern!r} is not source:glob with source one of {', '.join(PATTERN_SOURCES)} "
+                "(e.g. hf:sentence-transformers/*, timm:resnet*)"
+            )
+        checked.append(f"{source}:{glob}")
+    return tuple(checked)
+
+
+def check_allowed_models(ref: ModelRef, patterns: Collection[str]) -> None:
+    """When ``patterns`` name ``ref``'s source (``hf:`` or ``timm:``), its name must match one of them
+    (shell-style globs, case-sensitive; a timm name matches by itself or by its architecture, the part before a
+    pretrained tag). Sources no pattern names are left to ``check_allowed``."""
+    globs = [p.partition(":")[2] for p in patterns if p.partition(":")[0] == ref.source]
+    if not globs:
+        return
+    names = {ref.name}
+    if ref.source == "timm":
+        names.add(ref.name.partition(".")[0])
+    if any(fnmatch.fnmatchcase(name, glob) for name in names for glob in globs):
+        return
+    raise SourceNotAllowed(
+        f"{ref.canonical()} is not among the {ref.source}: models allowed here "
+        f"({', '.join(f'{ref.source}:{g}' for g in globs)})"
+    )
 
 
 def check_allowed(ref: ModelRef, allowed_sources: Collection[str]) -> None:

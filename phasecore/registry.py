@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from phasecore.errors import AssetUnavailable, InvalidReference
 from phasecore.paths import default_model_root, resolve_under
-from phasecore.refs import SOURCES, ModelRef, check_allowed
+from phasecore.refs import SOURCES, ModelRef, check_allowed, check_allowed_models
 
 if TYPE_CHECKING:
     import torch
@@ -209,14 +209,19 @@ def check_reference(
     *,
     allowed_sources: Collection[str] | None = None,
     model_root: Path | None = None,
+    allowed_models: Collection[str] | None = None,
 ) -> ModelRef:
-    """Parse ``reference``, check its source is allowed and its source's cheap check passes; the parsed ref.
+    """Parse ``reference``, check its source is allowed (``allowed_sources``), its name matches the patterns
+    of its source (``allowed_models``: ``hf:org/*``, ``timm:resnet*``) and its source's cheap check passes;
+    the parsed ref.
 
     Raises InvalidReference / SourceNotAllowed / AssetUnavailable with a message a user can act on.
     """
     ref = ModelRef.parse(reference)
     if allowed_sources is not None:
         check_allowed(ref, allowed_sources)
+    if allowed_models:
+        check_allowed_models(ref, allowed_models)
     REGISTRY[ref.source].check(ref, role=role, model_root=model_root)
     return ref
 

@@ -128,6 +128,9 @@ class ProfileOut(BaseModel):
 
 class SourcesOut(BaseModel):
     allowed_sources: list[str]
+    allowed_models: list[str] = Field(
+        default_factory=list, description="name patterns of the hf:/timm: models accepted (empty: any)"
+    )
     sources: list[dict[str, Any]] = Field(description="model sources with their descriptions")
     datasets: list[dict[str, Any]] = Field(description="paired datasets this deployment can load")
     limits: dict[str, int]

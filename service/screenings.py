@@ -82,7 +82,16 @@ def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> N
     vision = ModelRef.parse(request.vision).canonical()
     language = ModelRef.parse(request.language).canonical()
     dataset = request.dataset.strip()
-    _validate(vision, language, dataset, options, settings.allowed_sources, settings.model_root, settings.data_root)
+    _validate(
+        vision,
+        language,
+        dataset,
+        options,
+        settings.allowed_sources,
+        settings.model_root,
+        settings.data_root,
+        settings.allowed_models,
+    )
     return NormalizedRequest(vision, language, dataset, options)
 
 
@@ -95,12 +104,17 @@ def _validate(
     allowed_sources: tuple[str, ...],
     model_root: Path | None,
     data_root: Path | None,
+    allowed_models: tuple[str, ...] = (),
 ) -> None:
     """The references' cheap checks (names only, no torch), then the dataset's (it is read, so its loaders are
     imported here, torchvision with them); remembered when they pass, since a grid or a polling batch script
     submits the same few combinations again and again. Failures are not remembered."""
-    check_reference(vision, "vision", allowed_sources=allowed_sources, model_root=model_root)
-    check_reference(language, "language", allowed_sources=allowed_sources, model_root=model_root)
+    check_reference(
+        vision, "vision", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
+    )
+    check_reference(
+        language, "language", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
+    )
     from phasecore.pipeline import validate_dataset  # heavy: the dataset loaders import torch
 
     validate_dataset(dataset, options, data_root=data_root)

@@ -12,6 +12,7 @@ def describe_deployment(settings: ServiceSettings) -> SourcesOut:
 
     return SourcesOut(
         allowed_sources=list(settings.allowed_sources),
+        allowed_models=list(settings.allowed_models),
         sources=describe_sources(settings.allowed_sources),
         datasets=list_datasets(settings.data_root),
         limits={

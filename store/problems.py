@@ -11,6 +11,7 @@ from phasecore.errors import (
     PhasescreenError,
     SourceNotAllowed,
     UnsupportedModel,
+    scrub,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -72,7 +73,7 @@ def problem_document(
 def from_domain_error(error: PhasescreenError) -> Problem:
     """The problem a domain error of the engine becomes."""
     status = next((code for cls, code in _STATUS.items() if isinstance(error, cls)), 422)
-    return Problem(status, error.kind, _TITLES.get(error.kind, "Screening error"), str(error))
+    return Problem(status, error.kind, _TITLES.get(error.kind, "Screening error"), scrub(str(error)))
 
 
 def not_found(what: str, ident: str) -> Problem:

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from phasecore.refs import parse_model_patterns
 from phasecore.settings import DEVICE_SPEC
 
 DEFAULT_SOURCES = ("timm", "hf", "file", "pkg")
@@ -60,6 +61,11 @@ class ServiceSettings(BaseSettings):
     data_root: Path | None = Field(None, description="root of local datasets")
     allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_SOURCES, description="model sources this deployment accepts (comma-separated)"
+    )
+    allowed_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="name patterns of the hf: and timm: models accepted (comma-separated globs, "
+        "e.g. hf:sentence-transformers/*,timm:resnet*); empty = any name of an allowed source",
     )
 
     # security
@@ -127,6 +133,14 @@ class ServiceSettings(BaseSettings):
     def _split_sources(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        parts = value.split(",") if isinstance(value, str) else value
+        if isinstance(parts, list | tuple):
+            return parse_model_patterns([str(p) for p in parts if str(p).strip()])
         return value
 
     @field_validator("trusted_proxies", mode="before")

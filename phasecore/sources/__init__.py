@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from phasecore.errors import InvalidSettings, PhasescreenError, UnsupportedModel
+from phasecore.errors import InvalidSettings, PhasescreenError, UnsupportedModel, describe
 from phasecore.paths import default_model_root
 from phasecore.refs import ModelRef, check_allowed
 from phasecore.registry import REGISTRY, Loader, describe_sources
 from phasecore.settings import DEVICE_SPEC
 from phasecore.sources.base import Encoder, ModelIdentity
 from phasecore.sources.encoders import TextEncoder, VisionEncoder
+from phasecore.sources.size import check_params
 
 SOURCE_LOADERS: dict[str, Loader] = {name: source.load() for name, source in REGISTRY.items()}
 
@@ -67,19 +68,24 @@ def load_encoder(
     allowed_sources: Collection[str] | None = None,
     device: str | torch.device | None = "cpu",
     pooling: str | None = None,
+    max_params: int | None = None,
 ) -> Encoder:
     """Load the encoder named by ``ref``, in eval mode on ``device`` (``auto``, ``cpu``, ``cuda[:N]`` or a
     ``torch.device``; see ``resolve_device``), with its ``identity`` set.
 
     ``model_root`` is where ``file:`` paths live (default ``$PHASESCREEN_MODEL_ROOT`` or
     ``~/.cache/phasescreen/models``); ``allowed_sources`` restricts sources (None: all); ``pooling``
-    overrides the reference's pooling for text models. Every failure raises a PhasescreenError whose
-    message names what was wrong and what would work; nothing is returned half-loaded.
+    overrides the reference's pooling for text models; ``max_params`` refuses (UnsupportedModel) a model with
+    more parameters, counted before any weight is read or fetched (``phasecore.sources.size``).
+    Every failure raises a PhasescreenError whose message names what was wrong and what would work;
+    nothing is returned half-loaded.
     """
     parsed = ModelRef.parse(ref, pooling=pooling)
     if allowed_sources is not None:
         check_allowed(parsed, allowed_sources)
     root = Path(model_root).expanduser() if model_root is not None else default_model_root()
+    if max_params is not None:
+        check_params(parsed, model_root=root, max_params=max_params)
     try:
         return SOURCE_LOADERS[parsed.source](parsed, model_root=root, device=resolve_device(device))
     except PhasescreenError:
@@ -87,5 +93,5 @@ def load_encoder(
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as error:
         # a model the libraries load but cannot run (odd config, unsupported layer, device trouble)
         raise UnsupportedModel(
-            f"{parsed.canonical()} could not be loaded: {type(error).__name__}: {error}"
+            f"{parsed.canonical()} could not be loaded: {describe(error)}"
         ) from error

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from phasecore.errors import UnsupportedModel
+from phasecore.errors import UnsupportedModel, describe
 from phasecore.sources.base import Encoder, ModelIdentity, ModelRef
 
 Pooling = Literal["mean", "cls", "last"]
@@ -179,7 +179,7 @@ class TextEncoder(Encoder):
         except (AttributeError, TypeError, ValueError) as error:
             raise UnsupportedModel(
                 f"{type(model).__name__} does not map input_ids and attention_mask to a last hidden state "
-                f"({error}); use a text encoder or decoder model"
+                f"({describe(error)}); use a text encoder or decoder model"
             ) from error
         self.identity = ModelIdentity(
             ref=ref.canonical(),

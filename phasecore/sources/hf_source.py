@@ -17,7 +17,7 @@ from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, R
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from phasecore.errors import AssetUnavailable, InvalidReference, UnsupportedModel
+from phasecore.errors import AssetUnavailable, InvalidReference, UnsupportedModel, describe
 from phasecore.sources.base import ModelRef
 from phasecore.sources.encoders import TextEncoder, default_pooling
 from phasecore.sources.weights import apply_blend, random_init
@@ -68,9 +68,9 @@ def _hub_errors(location: str, revision: str | None) -> Iterator[None]:
                 "transformers supports natively"
             ) from error
         if isinstance(error, ValueError):
-            raise InvalidReference(f"{at!r} cannot be loaded: {error}") from error
+            raise InvalidReference(f"{at!r} cannot be loaded: {describe(error)}") from error
         raise AssetUnavailable(
-            f"{at!r} cannot be fetched from the hub or found in the local cache ({error}); "
+            f"{at!r} cannot be fetched from the hub or found in the local cache ({describe(error)}); "
             f"download it where the hub is reachable, or use {_ALTERNATIVES}"
         ) from error
 

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from phasecore.errors import AssetUnavailable
+from phasecore.errors import AssetUnavailable, describe
 from phasecore.refs import ModelRef
 from phasecore.registry import check_timm_name
 from phasecore.sources.encoders import VisionEncoder
@@ -36,7 +36,7 @@ def create_timm_model(name: str, *, pretrained: bool, seed: int = RANDOM_INIT_SE
     except Exception as error:  # the hub client raises many kinds: offline, missing tag, no weights
         raise AssetUnavailable(
             f"pretrained weights for timm model {name!r} cannot be fetched "
-            f"({type(error).__name__}: {error}); "
+            f"({describe(error)}); "
             f"use timm:{name}?weights=random for a random initialisation, or a local copy as "
             f"file:<weights.safetensors>?arch={name.partition('.')[0]}"
         ) from error

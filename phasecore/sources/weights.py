@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from phasecore.errors import InvalidReference
+from phasecore.errors import InvalidReference, describe
 from phasecore.sources.base import RANDOM_INIT_SEED, ModelRef
 
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -49,7 +49,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling refuses anything but tensors and containers
         raise InvalidReference(
-            f"weights file {path.name!r} cannot be read as plain tensors ({error}); "
+            f"weights file {path.name!r} cannot be read as plain tensors ({describe(error)}); "
             "save it with safetensors or torch.save(model.state_dict())"
         ) from error
     for key in ("state_dict", "model"):

@@ -188,3 +188,20 @@ def test_a_manifest_that_is_a_folder_or_not_utf8_answers_422(make_runtime, tmp_p
             response = client.post("/v1/screenings", json={**tiny_request(), "dataset": dataset})
             doc = _assert_problem(response, 422, "invalid-reference")
             assert "folder" in doc["detail"] or "UTF-8" in doc["detail"], doc
+
+
+def test_models_outside_the_name_patterns_are_refused(make_runtime):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    vision = tiny_request()["vision"].partition(":")[2].partition("?")[0].partition(".")[0]
+    patterns = (f"timm:{vision}", "hf:sentence-transformers/*")
+    with TestClient(create_app(runtime=make_runtime(allowed_models=patterns))) as client:
+        ok = client.post("/v1/screenings", json=tiny_request())
+        assert ok.status_code == 202, ok.text
+        refused = client.post("/v1/screenings", json={**tiny_request(), "language": "hf:bert-base-uncased"})
+        _assert_problem(refused, 403, "source-not-allowed")
+        refused = client.post("/v1/screenings", json={**tiny_request(), "vision": "timm:resnet18?weights=random"})
+        _assert_problem(refused, 403, "source-not-allowed")
+        assert client.get("/v1/sources").json()["allowed_models"] == list(patterns)
