@@ -27,7 +27,15 @@ from torch import nn
 
 from phasecore.ntk.device import exact_numerics
 from phasecore.ntk.distinct import distinct_inputs
-from phasecore.ntk.engine import Method, ProbeGram, Probes, ProgressFn, make_probes, probe_gram
+from phasecore.ntk.engine import (
+    Method,
+    ProbeGram,
+    Probes,
+    ProgressFn,
+    make_probes,
+    probe_gram,
+    weighted_probe_gram,
+)
 from phasecore.ntk.validity import check_gram
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
 
@@ -237,8 +245,7 @@ def agop_spectrum(
     g, scale = input_gradients(model, distinct.inputs, probes=probes, seed=seed, chunk_size=chunk_size)
     m, u, _ = g.shape
     flat = g.reshape(m * u, -1).to(torch.float64)
-    root = np.sqrt(np.tile(distinct.counts / distinct.n, m))
-    input_gram = (flat @ flat.T).numpy() * scale * root[:, None] * root[None, :]
+    input_gram = weighted_probe_gram((flat @ flat.T).numpy() * scale, distinct.counts / distinct.n, m)
     return spectrum_of_gram(
         input_gram,
         m,

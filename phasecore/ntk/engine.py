@@ -101,8 +101,14 @@ class ProbeGram:
         w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (n,):
             raise ValueError(f"weights must be ({n},), got {w.shape}")
-        root = np.sqrt(np.tile(w, m))
-        return self.gram.reshape(m * n, m * n) * self.scale * root[:, None] * root[None, :]
+        return weighted_probe_gram(self.gram.reshape(m * n, m * n) * self.scale, w, m)
+
+
+def weighted_probe_gram(gram: np.ndarray, weights: np.ndarray, n_probes: int) -> np.ndarray:
+    """``D^{1/2} G D^{1/2}`` of a probe-major ``(M U, M U)`` Gram, ``D = diag(weights)`` repeated over the M
+    probes (row ``m U + u`` has weight ``weights[u]``): the AGOP Gram of METRICS §4 with multiplicities."""
+    root = np.sqrt(np.tile(np.asarray(weights, dtype=np.float64), n_probes))
+    return gram * root[:, None] * root[None, :]
 
 
 def make_probes(
