@@ -397,7 +397,7 @@ def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
     import store.study as study
 
     calls = []
-    monkeypatch.setattr(study, "run_study", lambda session: calls.append(1) or study_by_stratum([]))
+    monkeypatch.setattr(study, "run_study", lambda session, **_: calls.append(1) or study_by_stratum([]))
     monkeypatch.setattr(study, "_STUDY_CACHE", {})
 
     class Session:
