@@ -145,8 +145,8 @@ def git_commit(*, exclude: Path | None = None) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         status = ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
-        if exclude is not None:
-            status.append(f":(exclude){exclude.resolve()}")
+        if exclude is not None and exclude.resolve().is_relative_to(root):
+            status.append(f":(exclude){exclude.resolve().relative_to(root)}")
         dirty = subprocess.run(status, cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None

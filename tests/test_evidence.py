@@ -93,7 +93,8 @@ def test_a_result_in_a_shipped_stratum_shows_the_shipped_figures_labelled(eviden
         assert measured["n_labelled"] == 36 and measured["deployment_n_labelled"] == 0
         assert measured["accuracy"] == shipped_a["rules"][rule]["accuracy"]
         assert measured["failure_base_rate"] == shipped_a["failure_base_rate"]
-        assert measured["evidence"] == {"created_at": evidence.created_at, "commit": "abc1234", "command": "make evidence"}
+        label = {"created_at": evidence.created_at, "commit": "abc1234", "command": "make evidence"}
+        assert measured["evidence"] == label
         assert measured["stratum"]["key"] == STRATUM_A["key"]
         typed = MeasuredRule.model_validate(measured)
         assert typed.source == "shipped evidence" and typed.evidence and typed.evidence.commit == "abc1234"
@@ -142,7 +143,8 @@ def test_a_result_in_another_stratum_is_told_which_strata_the_evidence_covers(ev
     m = measured["measured"]
     assert m["source"] == "deployment" and m["status"] == "insufficient" and m["n_labelled"] == 0
     assert m["accuracy"] is None and m["stratum"]["key"] == STRATUM_C["key"]
-    assert "holds 0 decided pairs" in m["reason"] and f"The shipped evidence ({evidence.created_at}) covers" in m["reason"]
+    assert "holds 0 decided pairs" in m["reason"]
+    assert f"The shipped evidence ({evidence.created_at}) covers" in m["reason"]
     assert "stratum aaaaaaaaaaaa (dataset digits, options n=64; 36 decided pairs)" in m["reason"]
     assert "stratum bbbbbbbbbbbb (dataset digits, options n=128; 10 decided pairs)" in m["reason"]
     covered = {s["key"]: s for s in m["shipped_evidence_strata"]}
