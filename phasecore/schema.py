@@ -198,8 +198,8 @@ class MeasuredRule(_Open):
     )
     shipped_evidence_strata: list[ShippedStratum] | None = Field(
         None,
-        description="when insufficient: the strata the shipped evidence covers ([] none; null: no shipped "
-        "evidence installed)",
+        description="when the deployment's figures are insufficient: the strata the shipped evidence covers "
+        "(null there: no shipped evidence installed, as the reason says; null too where the figures are given)",
     )
 
 

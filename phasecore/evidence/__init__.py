@@ -297,7 +297,20 @@ def lookup_measured(
       decided pairs there, counted in none of these figures).
     - Else the deployment's own (insufficient) figures with the reason, which names the strata the shipped
       evidence covers (``shipped_evidence_strata``; null, and the reason says so, without shipped evidence).
+
+    Every ``measured`` carries ``source``, ``evidence``, ``deployment_n_labelled`` and
+    ``shipped_evidence_strata`` (null where they do not apply).
     """
+    return {rule: {**_LABELS, **measured} for rule, measured in _lookup(result, own_study, evidence).items()}
+
+
+#: the keys every ``measured`` carries (null where they do not apply), so a stored result and its typed form agree
+_LABELS: dict[str, Any] = {"evidence": None, "deployment_n_labelled": None, "shipped_evidence_strata": None}
+
+
+def _lookup(
+    result: Mapping[str, Any], own_study: Mapping[str, Any], evidence: ShippedEvidence | None
+) -> dict[str, dict[str, Any]]:
     own = stratum_measured(result, own_study)
     own_n = int(next(iter(own.values()))["n_labelled"]) if own else 0
     if own_n >= MIN_LABELLED:
