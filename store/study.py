@@ -149,6 +149,8 @@ def with_measured_rules(
     if cached is None or now - cached[0] > max_age:
         cached = (now, run_study(session, tenant=tenant, evidence=False))
         with _STUDY_CACHE_LOCK:
+            for stale in [k for k, (when, _) in _STUDY_CACHE.items() if now - when > max_age]:
+                del _STUDY_CACHE[stale]  # tenants whose work stopped do not keep their study here
             _STUDY_CACHE[key] = cached
     shipped = shipped_evidence() if evidence is True else (evidence or None)
     return attach_measured_with_evidence(result, cached[1], shipped)
