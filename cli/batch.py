@@ -443,7 +443,39 @@ def study_summary(study: dict[str, Any]) -> str:
     """The study in words and one small table per stratum (claimed accuracies labelled as the paper's claims).
 
     Figures compare only within a stratum (same dataset, settings and metrics version), so each stratum gets
-    its own block; a study without strata (no stored version-2 pair, or an older server) prints its top level."""
+    its own block; a study without strata (no stored version-2 pair, or an older server) prints its top level.
+    A study with a ``shipped_evidence`` key (``store.study.run_study``, ``GET /v1/study``) prints two labelled
+    parts: the deployment's own stored pairs, then the shipped evidence (or that none is installed)."""
+    if "shipped_evidence" not in study:
+        return _own_summary(study)
+    own = _own_summary(study).replace("\n", "\n  ")
+    lines = [f"deployment's own stored pairs (source: {study.get('source') or 'deployment'}):", f"  {own}"]
+    shipped = study.get("shipped_evidence")
+    if not shipped:
+        lines.append("shipped evidence: none installed (measured figures come from the stored pairs only)")
+        return "\n".join(lines)
+    lines.append(
+        f"shipped evidence (source: shipped evidence; created {shipped.get('created_at')}, commit "
+        f"{shipped.get('commit') or 'unknown'}, command {shipped.get('command') or 'unknown'}; "
+        f"{shipped.get('n_records')} records; never pooled with the stored pairs):"
+    )
+    if not shipped.get("strata"):
+        lines.append("  no stratum of the shipped evidence matches")
+    else:
+        from phasecore.evidence import non_default_options
+
+        for entry in shipped["strata"]:
+            options = non_default_options((entry.get("stratum") or {}).get("settings") or {})
+            words = ", ".join(f"{name}={value}" for name, value in sorted(options.items())) or "the defaults"
+            lines.append(
+                f"  stratum {str(entry['stratum'].get('key'))[:12]}: a request on dataset "
+                f"{entry['stratum'].get('dataset')} with options {words} falls in it"
+            )
+        lines.append("  " + _own_summary({**shipped, "excluded_version_1": 0}).replace("\n", "\n  "))
+    return "\n".join(lines)
+
+
+def _own_summary(study: dict[str, Any]) -> str:
     lines: list[str] = []
     excluded = study.get("excluded_version_1")
     if excluded:

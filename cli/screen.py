@@ -91,6 +91,12 @@ def _measured(rule: RulePrediction) -> str:
     measured = rule.measured
     if measured is None:
         return ""
+    if measured.source == "shipped evidence":
+        when = measured.evidence.created_at[:10] if measured.evidence is not None else "unknown date"
+        own = f"; {measured.deployment_n_labelled} of this deployment's own" if measured.deployment_n_labelled else ""
+        if measured.status != "ok" or measured.accuracy is None:
+            return f"; shipped evidence ({when}): no figures ({measured.n_labelled} decided pairs{own})"
+        return f"; measured {measured.accuracy:.0%} over {measured.n} pairs (shipped evidence of {when}{own})"
     if measured.status != "ok" or measured.accuracy is None:
         return f"; measured: not yet ({measured.n_labelled} labelled pairs in this stratum)"
     return f"; measured {measured.accuracy:.0%} over {measured.n} pairs"
@@ -131,7 +137,8 @@ def summary(result: ScreeningResult | dict[str, Any]) -> str:
         f"CKA {_fmt(m.cka)}, mutual kNN {_fmt(m.mutual_knn)}; ΔNTK {_fmt(m.delta_ntk)}, "
         f"log(AGOP) {_fmt(m.log_agop, '.2f')}, combined {_fmt(m.combined, '.3f')}",
         "paper's rules (claimed: the paper's claim, not verified; thresholds the paper's, uncalibrated for λ_1/λ_k;"
-        " measured: over the decided pairs stored here in this stratum):",
+        " measured: over the decided pairs stored here in this stratum, or the shipped evidence's while fewer"
+        " than 20 are stored):",
     ]
     for name, rule in result.predictions.items():
         verdict = {True: "predicts FAILURE", False: "no failure predicted", None: "no verdict"}[rule.predicts_failure]

@@ -36,7 +36,7 @@ from jobs.tracker import JobStopped, JobTimedOut, JobTracker
 from phasecore.errors import PhasescreenError, UnsupportedModel
 from phasecore.settings import EngineSettings
 from store.jobstats import record_stage_durations
-from store.models import ModelProfile, jsonable
+from store.models import ModelProfile, Screening, jsonable
 from store.problems import from_domain_error, problem_document
 from store.study import with_measured_rules
 
@@ -271,10 +271,15 @@ def run_job(runtime: Runtime, job: JobRef) -> None:
 
 
 def _with_measured_rules(rt: Runtime, result: dict[str, Any], screening_id: str) -> dict[str, Any]:
-    """Each rule's measured accuracy over the stored pairs, beside the paper's claim; a result stands without it."""
+    """Each rule's measured accuracy beside the paper's claim: over the stored pairs the screening's owner may
+    see (its tenant's when keys are required, every one in anonymous mode), or the shipped evidence; a result
+    stands without it."""
     try:
         with rt.session() as session:
-            return with_measured_rules(session, result)
+            tenant = None
+            if rt.settings.require_api_key:
+                tenant = session.scalar(select(Screening.tenant).where(Screening.id == screening_id)) or ""
+            return with_measured_rules(session, result, tenant=tenant)
     except Exception:
         log.warning("screening %s: the rules' measured accuracy could not be attached", screening_id, exc_info=True)
         return result

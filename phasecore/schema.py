@@ -150,18 +150,57 @@ class GroundTruth(_Open):
     figures: dict[str, Any] = Field(default_factory=dict, description="each accuracy with n, chance, p-values, CI")
 
 
+class EvidenceLabel(_Open):
+    """Which shipped evidence file measured figures come from (phasecore.evidence)."""
+
+    created_at: str = Field(description="when the evidence file was written (ISO 8601, UTC)")
+    commit: str | None = Field(None, description="git commit of the code that produced it ('-dirty': uncommitted)")
+    command: str | None = Field(None, description="the command that produced it")
+
+
+class ShippedStratum(_Open):
+    """A stratum the shipped evidence covers."""
+
+    key: str
+    dataset: str | None = None
+    metrics_version: int | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the stratum's settings that differ from the engine's defaults"
+    )
+    n_labelled: int | None = Field(None, description="decided pairs of the shipped evidence in it")
+    status: str | None = None
+
+
 class MeasuredRule(_Open):
-    """The service's own accuracy of a rule over its stored labelled pairs (METRICS §8), a snapshot taken
-    when this result was made; null figures with a reason until enough labelled pairs exist."""
+    """A rule's measured accuracy (METRICS §8), a snapshot taken when this result was made, from one source:
+    the deployment's own decided pairs of the result's stratum once there are 20, else the shipped evidence's
+    figures for that stratum (labelled as such), else null figures with a reason. Counts and figures of the
+    two sources are never mixed."""
 
     status: str = Field(description="'ok', or 'insufficient' (too few labelled pairs, or one outcome only)")
     reason: str | None = Field(description="why no figures are given yet")
-    n_labelled: int = Field(description="stored pairs with ground truth the figures come from")
+    n_labelled: int = Field(description="decided pairs with ground truth the figures come from")
     failure_base_rate: float | None = Field(description="share of those pairs that failed (METRICS §7)")
     n: int = Field(description="pairs on which the rule gave a verdict")
     accuracy: float | None = Field(description="measured accuracy of the rule's verdict against 'failed'")
     auroc: float | None = Field(description="AUROC of the rule's value as a failure score")
     brier: float | None = Field(description="Brier score of the verdict as a 0/1 forecast")
+    source: Literal["deployment", "shipped evidence"] | None = Field(
+        None,
+        description="whose pairs the figures come from: this deployment's stored pairs (its tenant's when keys "
+        "are required) or the shipped evidence (absent in results made before the shipped evidence existed)",
+    )
+    evidence: EvidenceLabel | None = Field(None, description="the shipped evidence file (source 'shipped evidence')")
+    deployment_n_labelled: int | None = Field(
+        None,
+        description="source 'shipped evidence': the deployment's own decided pairs in this stratum, counted in "
+        "none of these figures (its own figures take over at 20)",
+    )
+    shipped_evidence_strata: list[ShippedStratum] | None = Field(
+        None,
+        description="when the deployment's figures are insufficient: the strata the shipped evidence covers "
+        "(null there: no shipped evidence installed, as the reason says; null too where the figures are given)",
+    )
 
 
 class RulePrediction(_Open):

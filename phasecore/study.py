@@ -222,16 +222,19 @@ def study_by_stratum(records: Sequence[Mapping[str, Any]], *, min_labelled: int 
 
 
 def measured_rules(
-    quality: Mapping[str, Any], *, stratum: Mapping[str, Any] | None = None
+    quality: Mapping[str, Any], *, stratum: Mapping[str, Any] | None = None, source: str = "deployment"
 ) -> dict[str, dict[str, Any]]:
     """Each rule's measured figures from a ``prediction_quality`` result (one stratum), in the form a
-    screening result carries next to the paper's claim: ``{status, reason, n_labelled, failure_base_rate, n,
-    accuracy, auroc, brier, n_inconclusive, range_if_inconclusive, spearman_rho, cv_threshold, stratum}``.
-    ``status`` is "insufficient" (with the reason, and null figures) until enough decided pairs with both
-    outcomes exist (METRICS §8). ``stratum`` defaults to ``quality["stratum"]`` when it has one."""
+    screening result carries next to the paper's claim: ``{status, reason, source, n_labelled,
+    failure_base_rate, n, accuracy, auroc, brier, n_inconclusive, range_if_inconclusive, spearman_rho,
+    cv_threshold, stratum}``. ``status`` is "insufficient" (with the reason, and null figures) until enough
+    decided pairs with both outcomes exist (METRICS §8). ``stratum`` defaults to ``quality["stratum"]`` when it
+    has one. ``source`` says whose pairs these are: "deployment" (the stored pairs the study read) or
+    "shipped evidence" (``phasecore.evidence``)."""
     if stratum is None:
         stratum = quality.get("stratum")
     common = {
+        "source": source,
         "n_labelled": quality["n"],
         "failure_base_rate": quality["failure_base_rate"],
         "n_inconclusive": quality.get("n_inconclusive", 0),

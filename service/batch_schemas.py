@@ -208,9 +208,31 @@ class StudyStratumOut(_QualityOut):
     stratum: StratumOut
 
 
+class ShippedEvidenceOut(BaseModel):
+    """The study of the evidence run shipped with the package (docs/evidence.md), shown beside the deployment's
+    own figures and never pooled with them; filtered by the same `dataset` and `stratum` parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: Literal["shipped evidence"] = "shipped evidence"
+    created_at: str = Field(description="when the evidence file was written (ISO 8601, UTC)")
+    commit: str | None = Field(None, description="git commit of the code that produced it ('-dirty': uncommitted)")
+    command: str | None = Field(None, description="the command that produced it")
+    settings: dict[str, Any] = Field(default_factory=dict, description="what the evidence run used")
+    metrics_version: int = Field(description="the METRICS version of its records and figures")
+    n_records: int = Field(description="per-pair records in the evidence file")
+    excluded_version_1: int = 0
+    excluded_no_stratum: int = 0
+    strata: list[StudyStratumOut] = Field(
+        default_factory=list, description="the shipped figures per stratum, most decided pairs first"
+    )
+
+
 class StudyOut(_QualityOut):
     """Prediction quality per stratum of stored pairs (METRICS §8). The top-level figures are those of the
-    requested stratum, or else of the largest one (`stratum` says which); `strata` has every stratum."""
+    requested stratum, or else of the largest one (`stratum` says which); `strata` has every stratum. All of
+    them are the deployment's own (the caller's tenant's when keys are required); `shipped_evidence` holds the
+    shipped evidence's figures beside them, never mixed in."""
 
     dataset: str | None = Field(None, description="the dataset filter, if any")
     stratum: StratumOut | None = Field(None, description="the stratum whose figures are at the top level")
@@ -220,3 +242,9 @@ class StudyOut(_QualityOut):
     excluded_version_1: int = Field(0, description="stored results without metrics_version 2, left out")
     excluded_no_stratum: int = Field(0, description="version-2 results without a stratum key, left out")
     n_records: int | None = Field(None, description="distinct stored results read")
+    source: Literal["deployment"] = Field(
+        "deployment", description="whose pairs the figures above come from: this deployment's stored pairs"
+    )
+    shipped_evidence: ShippedEvidenceOut | None = Field(
+        None, description="the shipped evidence's study (null: none installed, or an older server)"
+    )

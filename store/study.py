@@ -7,6 +7,11 @@ The records come from stored results: each distinct succeeded screening gives it
 ``metrics_version == 2`` are left out (counted). Screenings served from another's stored result
 (``reused_from``) and repeats of an identical request (same fingerprint) are counted once, so a pair screened
 twice does not weigh twice.
+
+Tenancy: with API keys required (``PHASESCREEN_REQUIRE_API_KEY``) the study of a caller, and the measured
+figures attached to a tenant's result, read only that tenant's stored results (``tenant``); anonymous mode
+reads every stored result. The shipped evidence (``phasecore.evidence``) is shown beside the stored pairs'
+figures, never pooled with them.
 """
 
 from __future__ import annotations
@@ -19,8 +24,15 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from phasecore.evidence import (
+    SOURCE_DEPLOYMENT,
+    ShippedEvidence,
+    attach_measured_with_evidence,
+    evidence_summary,
+    shipped_evidence,
+)
 from phasecore.schema import ScreeningResult
-from phasecore.study import FEATURES, attach_measured, prediction_quality, study_by_stratum
+from phasecore.study import FEATURES, prediction_quality, study_by_stratum
 from store.models import SUCCEEDED, Screening
 
 
@@ -71,14 +83,19 @@ def run_study(
     stratum: str | None = None,
     min_labelled: int = 20,
     tenant: str | None = None,
+    evidence: ShippedEvidence | None | bool = True,
 ) -> dict[str, Any]:
-    """The study per stratum over the stored records (``study_by_stratum``), optionally of one dataset and of
-    one stratum key.
+    """The study per stratum over the stored records (``study_by_stratum``; only ``tenant``'s unless None),
+    optionally of one dataset and of one stratum key, with the shipped evidence beside it.
 
-    Returns ``{**figures, "stratum", "strata", "excluded_version_1", "excluded_no_stratum", "n_records",
-    "dataset"}``: ``strata`` lists every stratum's figures (most decided pairs first); the top level repeats
-    the figures of the requested stratum, or else of the largest one, with ``stratum`` describing it (None,
-    with an insufficient status and the reason, when no stratum matches).
+    Returns ``{**figures, "source", "stratum", "strata", "excluded_version_1", "excluded_no_stratum",
+    "n_records", "dataset", "shipped_evidence"}``: ``strata`` lists every stratum's figures (most decided pairs
+    first); the top level repeats the figures of the requested stratum, or else of the largest one, with
+    ``stratum`` describing it (None, with an insufficient status and the reason, when no stratum matches);
+    ``source`` is "deployment": all of these come from the stored pairs. ``shipped_evidence`` is
+    ``phasecore.evidence.evidence_summary`` (the shipped study, filtered alike; None without one).
+    ``evidence``: True reads the installed shipped evidence, False leaves it out (None), or the evidence to
+    show.
     """
     study = study_by_stratum(study_records(session, dataset=dataset, tenant=tenant), min_labelled=min_labelled)
     strata = study["strata"]
@@ -93,26 +110,47 @@ def run_study(
         )
         reason = f"no stored METRICS version 2 pair{where}: {empty['reason']}"
         top = {**empty, "reason": reason, "stratum": None}
-    return {**top, **study, "strata": strata, "dataset": dataset}
+    shipped = shipped_evidence() if evidence is True else (evidence or None)
+    return {
+        **top,
+        **study,
+        "source": SOURCE_DEPLOYMENT,
+        "strata": strata,
+        "dataset": dataset,
+        "shipped_evidence": evidence_summary(shipped, dataset=dataset, stratum=stratum),
+    }
 
 
-_STUDY_CACHE: dict[str, tuple[float, dict[str, Any]]] = {}
+_STUDY_CACHE: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
 _STUDY_CACHE_LOCK = threading.Lock()
 
 
-def with_measured_rules(session: Session, result: dict[str, Any], *, max_age: float = 60.0) -> dict[str, Any]:
-    """``result`` with each rule's measured figures over the stored pairs of its own stratum beside its claim
-    (``attach_measured``: "insufficient", with the reason, when that stratum has no figures yet).
+def with_measured_rules(
+    session: Session,
+    result: dict[str, Any],
+    *,
+    tenant: str | None = None,
+    max_age: float = 60.0,
+    evidence: ShippedEvidence | None | bool = True,
+) -> dict[str, Any]:
+    """``result`` with each rule's measured figures beside its claim (``phasecore.evidence.lookup_measured``):
+    the stored pairs' figures of its own stratum once they hold 20 decided pairs, else the shipped evidence's
+    for that stratum where it has one, else "insufficient" with the reason. Only ``tenant``'s stored results
+    count (pass the result's tenant when keys are required; None: every stored result, anonymous mode).
+    ``evidence``: True reads the installed shipped evidence, False uses none, or the evidence to use.
 
-    The study reads every stored result, so a worker reuses one for ``max_age`` seconds: the pair jobs of a
-    144-pair batch then read the table a few times, not once each."""
+    The study reads the stored results, so a worker reuses one per tenant for ``max_age`` seconds: the pair
+    jobs of a 144-pair batch then read the table a few times, not once each."""
     bind = session.get_bind()
     url = str((bind.engine if isinstance(bind, Connection) else bind).url)
-    now = time.monotonic()
+    key, now = (url, tenant), time.monotonic()
     with _STUDY_CACHE_LOCK:
-        cached = _STUDY_CACHE.get(url)
+        cached = _STUDY_CACHE.get(key)
     if cached is None or now - cached[0] > max_age:
-        cached = (now, run_study(session))
+        cached = (now, run_study(session, tenant=tenant, evidence=False))
         with _STUDY_CACHE_LOCK:
-            _STUDY_CACHE[url] = cached
-    return attach_measured(result, cached[1])
+            for stale in [k for k, (when, _) in _STUDY_CACHE.items() if now - when > max_age]:
+                del _STUDY_CACHE[stale]  # tenants whose work stopped do not keep their study here
+            _STUDY_CACHE[key] = cached
+    shipped = shipped_evidence() if evidence is True else (evidence or None)
+    return attach_measured_with_evidence(result, cached[1], shipped)

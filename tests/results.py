@@ -61,3 +61,49 @@ def full_result(
         "stratum": settings.stratum(dataset),
     }
     return ScreeningResult.model_validate(result).model_dump(mode="json")
+
+
+def planted_pairs(
+    vision: int = 5,
+    language: int = 5,
+    *,
+    settings: EngineSettings | None = None,
+    dataset: str = "digits",
+    seed: int = 0,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(vision ref, language ref, result)`` of a vision × language grid of decided pairs in one stratum
+    (``settings`` on ``dataset``): every third pair failed, the others aligned; ΔNTK follows the outcome
+    noisily (so the NTK-difference rule is informative), the other features are noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(vision):
+        for j in range(language):
+            failed = (i + j) % 3 == 0
+            delta = float(np.clip((0.75 if failed else 0.25) + rng.normal(0, 0.2), 0.0, 1.0))
+            log_agop = float(rng.uniform(2, 9))
+            result = full_result(
+                settings=settings,
+                dataset=dataset,
+                metrics={
+                    "delta_ntk": delta,
+                    "s_ntk_cross": float(rng.uniform(0, 1)),
+                    "s_ntk_cross_centered": float(rng.uniform(0, 1)),
+                    "log_agop": log_agop,
+                    "combined": delta * log_agop,
+                    "cka": float(rng.uniform(0, 1)),
+                    "mutual_knn": float(rng.uniform(0, 1)),
+                },
+                predictions={
+                    "ntk_difference_rule": {"value": delta, "threshold": 0.5, "predicts_failure": delta > 0.5},
+                    "combined_rule": {"value": delta * log_agop, "threshold": 2.5, "predicts_failure": True},
+                },
+                ground_truth={
+                    "outcome": "failed" if failed else "aligned",
+                    "failed": failed,
+                    "alignment_score": -0.2 if failed else 0.4,
+                },
+            )
+            pairs.append((f"timm:planted_v{i}", f"hf:org/planted-l{j}", result))
+    return pairs

@@ -397,7 +397,7 @@ def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
     import store.study as study
 
     calls = []
-    monkeypatch.setattr(study, "run_study", lambda session: calls.append(1) or study_by_stratum([]))
+    monkeypatch.setattr(study, "run_study", lambda session, **kw: calls.append(kw["tenant"]) or study_by_stratum([]))
     monkeypatch.setattr(study, "_STUDY_CACHE", {})
 
     class Session:
@@ -413,7 +413,15 @@ def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
     study.with_measured_rules(Session(), result)
     assert len(calls) == 1 and first["predictions"]["agop_rule"]["measured"]["status"] == "insufficient"
     study.with_measured_rules(Session(), result, max_age=0.0)
-    assert len(calls) == 2
+    assert calls == [None, None]
+    # one study per tenant (never another tenant's), and a tenant idle past max_age leaves the cache
+    study.with_measured_rules(Session(), result, tenant="acme")
+    study.with_measured_rules(Session(), result, tenant="acme")
+    assert calls == [None, None, "acme"]
+    url = "sqlite:///study-cache-test"
+    assert set(study._STUDY_CACHE) == {(url, None), (url, "acme")}
+    study.with_measured_rules(Session(), result, tenant="globex", max_age=0.0)
+    assert calls[-1] == "globex" and set(study._STUDY_CACHE) == {(url, "globex")}
 
 
 def test_the_cli_prints_one_block_per_stratum():

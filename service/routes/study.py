@@ -32,5 +32,7 @@ def get_study(
     when they count as failed or aligned; each rule's Spearman ρ with alignment_score and its cross-validated
     threshold. The top level holds the requested stratum's figures, or the largest stratum's; `strata` all of
     them. `status: insufficient` with the reason below 20 decided pairs with both outcomes. With keys required,
-    over the caller's tenant's results only."""
+    over the caller's tenant's results only. `shipped_evidence`: the study of the evidence run shipped with
+    the package (its date, commit, command and strata, filtered alike), beside these figures and never pooled
+    with them; null when none is installed."""
     return StudyOut.model_validate(run_study(session, dataset=dataset, stratum=stratum, tenant=caller.visible_tenant))
