@@ -19,7 +19,8 @@ import base64
 import html
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from phasecore.batch import RULES, as_result, pair_row, totals_line
+from phasecore.errors import PhasescreenError
+from phasecore.refs import ModelRef
 
 #: figure name -> caption
 FIGURES: dict[str, str] = {
@@ -194,6 +197,96 @@ def model_spectra(document: Mapping[str, Any]) -> Figure:
     return fig
 
 
+#: dose-response panels: (title, value of a result's typed form); the last is the measured side
+_DOSE_PANELS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("log10 AGOP ratio, vision", lambda r: _log10(r.metrics.agop_ratio_vision)),
+    ("log10 AGOP ratio, language", lambda r: _log10(r.metrics.agop_ratio_language)),
+    ("ΔNTK × log10(AGOP) (combined rule)", lambda r: r.metrics.combined),
+    ("ΔNTK", lambda r: r.metrics.delta_ntk),
+    ("S_NTK^cross, centered", lambda r: r.metrics.s_ntk_cross_centered),
+    ("alignment_score (measured, §7)", lambda r: None if r.ground_truth is None else r.ground_truth.alignment_score),
+)
+
+
+def _log10(value: Any) -> float | None:
+    return math.log10(value) if isinstance(value, int | float) and _finite(value) and value > 0 else None
+
+
+def blend_of(reference: str) -> tuple[str, float]:
+    """(the reference without its blend and seed, t): t = 0 for pretrained weights, t for ``?blend=t``, 1 for
+    ``weights=random``; a reference that does not parse is its own family at t = 0."""
+    try:
+        ref = ModelRef.parse(reference)
+    except PhasescreenError:
+        return reference, 0.0
+    t = 1.0 if ref.weights == "random" else (ref.blend or 0.0)
+    base = ModelRef.parse(replace(ref, blend=None, seed=None, weights="pretrained")).canonical()
+    return base, float(t)
+
+
+def dose_response_series(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The graded-control curves of a batch: for each model family with at least two blend levels t, the pairs
+    whose other side is pretrained (t = 0), sorted by t. Each ``{"side", "family", "other", "t": [...],
+    "values": {panel title: [...]}}``; a family whose other side has several pretrained models gives one
+    series per such model."""
+    series: dict[tuple[str, str, str], list[tuple[float, Any]]] = {}
+    for pair in document["pairs"]:
+        result = as_result(pair.get("result"))
+        if result is None:
+            continue
+        (v_base, v_t), (l_base, l_t) = blend_of(pair["vision"]), blend_of(pair["language"])
+        if l_t == 0.0:
+            series.setdefault(("vision", v_base, pair["language"]), []).append((v_t, result))
+        if v_t == 0.0:
+            series.setdefault(("language", l_base, pair["vision"]), []).append((l_t, result))
+    out = []
+    for (side, family, other), points in series.items():
+        if len({t for t, _ in points}) < 2:
+            continue
+        points.sort(key=lambda p: p[0])
+        out.append(
+            {
+                "side": side,
+                "family": family,
+                "other": other,
+                "t": [t for t, _ in points],
+                "values": {title: [get(r) for _, r in points] for title, get in _DOSE_PANELS},
+            }
+        )
+    return out
+
+
+def dose_response(document: Mapping[str, Any]) -> Figure:
+    """Each rule's input and the measured alignment_score against the blend t (θ = (1 − t)·θ_pretrained +
+    t·θ_random) of one side, the other side pretrained: solid lines vary the vision model, dashed the language
+    model. Empty panels say so."""
+    curves = dose_response_series(document)
+    fig = Figure(figsize=(11.0, 6.5), layout="constrained")
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (title, _) in zip(axes, _DOSE_PANELS, strict=True):
+        drawn = 0
+        for k, curve in enumerate(curves):
+            values = [v if _finite(v) else np.nan for v in curve["values"][title]]
+            if all(np.isnan(values)):
+                continue
+            style = "-" if curve["side"] == "vision" else "--"
+            label = f"{_short(curve['family'], 28)} (× {_short(curve['other'], 22)})"
+            ax.plot(curve["t"], values, style, marker="o", markersize=3, color=f"C{k % 10}", label=label)
+            drawn += 1
+        if title.startswith("alignment_score"):
+            ax.axhline(0.03, color="black", linestyle=":", linewidth=1)
+        if not drawn:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("blend t (0 pretrained, 1 random init)", fontsize=8)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7)
+    fig.suptitle("Dose-response: graded controls toward a random init (solid: vision varied; dashed: language)")
+    return fig
+
+
 def rule_counts(document: Mapping[str, Any], rule: str) -> dict[str, Any]:
     """Counts of (verdict, measured outcome) over pairs with both; ``undetermined``: pairs with no verdict."""
     counts = np.zeros((2, 2), dtype=int)  # rows: predicted fail / not; columns: measured failed / aligned
@@ -255,16 +348,30 @@ _BUILDERS = {
     "cross_alignment_heatmap": cross_alignment_heatmap,
     "model_spectra": model_spectra,
     "rule_verdicts": rule_verdicts,
+    "dose_response": dose_response,
 }
+#: caption of the figure drawn only for batches with graded controls (``figures_of``)
+DOSE_RESPONSE_CAPTION = (
+    "Dose-response: each rule's inputs and the measured alignment score against the blend t of one model toward "
+    "a random init of its architecture, the other model pretrained (solid: vision varied, dashed: language)."
+)
+
+
+def figures_of(document: Mapping[str, Any]) -> dict[str, str]:
+    """The report's figures of this batch, name -> caption: ``FIGURES``, plus ``dose_response`` when the batch
+    holds a model at two or more blend levels against a pretrained other side."""
+    if dose_response_series(document):
+        return {**FIGURES, "dose_response": DOSE_RESPONSE_CAPTION}
+    return dict(FIGURES)
 
 
 def render_figures(
     document: Mapping[str, Any], formats: tuple[str, ...] = ("png", "svg")
 ) -> dict[str, dict[str, bytes]]:
-    """``{figure name: {format: bytes}}`` for every figure of ``FIGURES``."""
+    """``{figure name: {format: bytes}}`` for every figure of ``figures_of(document)``."""
     out: dict[str, dict[str, bytes]] = {}
-    for name, build in _BUILDERS.items():
-        fig = build(document)
+    for name in figures_of(document):
+        fig = _BUILDERS[name](document)
         out[name] = {}
         for fmt in formats:
             buffer = io.BytesIO()
@@ -311,7 +418,7 @@ def html_page(document: Mapping[str, Any], images: Mapping[str, str], links: Map
         '<p class="claim">Thresholds and claimed accuracies are the paper\'s claims; every accuracy shown '
         "here is measured on this batch's pairs against their measured alignment (METRICS §7).</p>",
     ]
-    for name, caption in FIGURES.items():
+    for name, caption in figures_of(document).items():
         if name not in images:
             continue
         link = (links or {}).get(name)
@@ -349,8 +456,8 @@ def write_report(document: Mapping[str, Any], out_dir: str | Path) -> list[Path]
             written.append(path)
     page = html_page(
         document,
-        images={name: f"{name}.svg" for name in FIGURES},
-        links={name: f"{name}.png" for name in FIGURES},
+        images={name: f"{name}.svg" for name in figures_of(document)},
+        links={name: f"{name}.png" for name in figures_of(document)},
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

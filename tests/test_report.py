@@ -184,3 +184,39 @@ def test_report_of_something_else_exits_2(tmp_path: Path, capsys, monkeypatch) -
     assert "not a phasescreen batch document" in capsys.readouterr().err
     assert main(["report", "0000-no-such-file", "--output", str(tmp_path / "r")]) == 2
     assert "--server" in capsys.readouterr().err
+
+
+def _blend_document() -> dict:
+    """efficientnet-lite0 at t = 0, 0.5, 1 × MiniLM at t = 0 and 1; the planted AGOP ratio and score fall with t."""
+    vision = ["pkg:efficientnet-lite0", "pkg:efficientnet-lite0?blend=0.5", "pkg:efficientnet-lite0?blend=1&seed=3"]
+    language = ["pkg:all-minilm-l6-v2", "pkg:all-minilm-l6-v2?weights=random"]
+    pairs = []
+    for i, v in enumerate(vision):
+        for j, lang in enumerate(language):
+            metrics = {"agop_ratio_vision": 10.0 ** (6 - 2 * i), "agop_ratio_language": 10.0 ** (4 + j)}
+            result = full_result(metrics=metrics, ground_truth={"alignment_score": 0.5 - 0.2 * i - 0.3 * j})
+            pairs.append({"vision": v, "language": lang, "vision_index": i, "language_index": j,
+                          "state": "succeeded", "result": result, "problem": None})  # fmt: skip
+    return {**planted_document(), "name": "blends", "vision": vision, "language": language, "pairs": pairs}
+
+
+def test_dose_response_follows_the_blend(tmp_path: Path) -> None:
+    from phasecore.report import blend_of, dose_response_series, figures_of
+
+    assert blend_of("pkg:efficientnet-lite0?blend=0.25&seed=2") == ("pkg:efficientnet-lite0", 0.25)
+    assert blend_of("timm:resnet18?weights=random") == ("timm:resnet18", 1.0)
+    assert blend_of("pkg:all-minilm-l6-v2") == ("pkg:all-minilm-l6-v2", 0.0)
+    document = _blend_document()
+    curves = {(c["side"], c["other"]): c for c in dose_response_series(document)}
+    vision_curve = curves[("vision", "pkg:all-minilm-l6-v2")]  # the language side pretrained
+    assert vision_curve["family"] == "pkg:efficientnet-lite0" and vision_curve["t"] == [0.0, 0.5, 1.0]
+    assert vision_curve["values"]["log10 AGOP ratio, vision"] == pytest.approx([6.0, 4.0, 2.0])
+    assert vision_curve["values"]["alignment_score (measured, §7)"] == pytest.approx([0.5, 0.3, 0.1])
+    language_curve = curves[("language", "pkg:efficientnet-lite0")]
+    assert language_curve["t"] == [0.0, 1.0]
+    assert language_curve["values"]["alignment_score (measured, §7)"] == pytest.approx([0.5, 0.2])
+    assert set(curves) == {("vision", "pkg:all-minilm-l6-v2"), ("language", "pkg:efficientnet-lite0")}
+    assert "dose_response" in figures_of(document) and "dose_response" not in figures_of(planted_document())
+    written = {p.name for p in write_report(document, tmp_path)}
+    assert {"dose_response.png", "dose_response.svg"} <= written
+    assert "dose_response.svg" in (tmp_path / "index.html").read_text()
