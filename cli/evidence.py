@@ -49,6 +49,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     write.add_argument("--commit", help="the git commit to record (default: git rev-parse HEAD of this checkout)")
     write.set_defaults(func=run_write)
 
+    doc = actions.add_parser(
+        "doc",
+        help="write the numbers section of docs/evidence.md and its figures from an evidence file and its run",
+        description="Render the evidence file's study (each rule beside the paper's claim), every pair of the "
+        "batch results JSON and the batch report's figures (dose-response among them) into the page, between "
+        "its <!-- evidence:begin --> and <!-- evidence:end --> markers; the prose around them is left alone.",
+    )
+    doc.add_argument("--evidence", type=Path, required=True, help="the evidence file (phasescreen evidence write)")
+    doc.add_argument("--results", type=Path, required=True, help="the batch results JSON of the evidence run")
+    doc.add_argument("--page", type=Path, default=Path("docs/evidence.md"), help="the page (default docs/evidence.md)")
+    doc.add_argument(
+        "--figures", type=Path, default=Path("docs/evidence"), help="where the figures go (default docs/evidence/)"
+    )
+    doc.set_defaults(func=run_doc)
+
     check = actions.add_parser(
         "check",
         help="recompute an evidence file's study from its records and compare",
@@ -97,6 +112,23 @@ def run_write(args: argparse.Namespace) -> int:
             f"  stratum {stratum['key'][:12]} (dataset {stratum['dataset']}): {entry['n']} decided pairs, "
             f"{entry['n_inconclusive']} inconclusive, {entry['status']}"
         )
+    return OK
+
+
+def run_doc(args: argparse.Namespace) -> int:
+    from phasecore.evidence import read_evidence
+    from phasecore.evidence.doc import write_doc
+
+    try:
+        evidence = read_evidence(args.evidence)
+        document = json.loads(args.results.read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or "pairs" not in document:
+            raise ValueError(f"{args.results} is not a batch results JSON (no 'pairs')")
+        written = write_doc(args.page, evidence, document, args.figures)
+    except Exception as exc:  # a missing or unusable file: one line, exit 2
+        print(f"phasescreen evidence doc: error: {exc}", file=sys.stderr)
+        return ERROR
+    print(f"wrote {args.page} and {len(written) - 1} figure files under {args.figures}")
     return OK
 
 
