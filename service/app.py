@@ -20,10 +20,12 @@ from jobs.runner import open_runtime
 from jobs.runtime import Runtime
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
+from service import openapi
 from service.deps import enforce_rate_limit
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.proxies import TrustedProxies
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service.reports import ReportCache
 from service.routes import batches, health, profiles, screenings, study
 from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from store.settings import ServiceSettings
@@ -74,6 +76,7 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
     app.state.runtime = runtime
     app.state.metrics = ApiMetrics(runtime)
     app.state.rate_limiter = _rate_limiter(settings)
+    app.state.report_cache = ReportCache()
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
@@ -87,6 +90,7 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
     app.include_router(batches.router, dependencies=limited)
     app.include_router(study.router, dependencies=limited)
     app.include_router(health.router)
+    openapi.install(app)
     return app
 
 
@@ -142,13 +146,17 @@ def _install_problem_handlers(app: FastAPI) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
         kind = title.lower().replace(" ", "-")
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
             kind, title = "malformed-body", "Malformed request body"
             detail = "the request body could not be parsed as JSON (a number with over 4300 digits, bad encoding?)"
-        return _problem_response(
-            problem_document(exc.status_code, kind, title, detail, request.url.path),
-            getattr(exc, "headers", None),
-        )
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only (POST of /v1/screenings
+            # and not its GET); RFC 9110 wants every method the resource serves
+            allowed = allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not served here; this path serves {', '.join(allowed)}"
+        return _problem_response(problem_document(exc.status_code, kind, title, detail, request.url.path), headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -181,6 +189,17 @@ def _install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _internal(request)
+
+
+def allowed_methods(app: ASGIApp, scope: Scope) -> list[str]:
+    """Every method some route serves at ``scope``'s path (HEAD with GET, as Starlette serves it), sorted."""
+    methods: set[str] = set()
+    path = scope.get("path", "")
+    for route in getattr(app, "routes", ()):
+        path_regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if path_regex is not None and route_methods and path_regex.match(path):
+            methods.update(route_methods)
+    return sorted(methods)
 
 
 def _internal(request: Request) -> JSONResponse:
