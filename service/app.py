@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -191,15 +192,26 @@ def _install_problem_handlers(app: FastAPI) -> None:
         return _internal(request)
 
 
-def allowed_methods(app: ASGIApp, scope: Scope) -> list[str]:
-    """Every method some route serves at ``scope``'s path (HEAD with GET, as Starlette serves it), sorted."""
-    methods: set[str] = set()
+def allowed_methods(app: Any, scope: Scope) -> list[str]:
+    """Every method served at ``scope``'s path, as the OpenAPI document lists them (HEAD with GET, as Starlette
+    serves it), plus the undocumented routes' (/docs, /openapi.json); sorted."""
+    table = getattr(app.state, "method_table", None)
+    if table is None:
+        table = []
+        for path, item in app.openapi().get("paths", {}).items():
+            pattern = re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$")
+            methods = {method.upper() for method in item if method.upper() in _HTTP_METHODS}
+            table.append((pattern, methods | ({"HEAD"} if "GET" in methods else set())))
+        for route in app.router.routes:
+            path_regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+            if path_regex is not None and route_methods:
+                table.append((path_regex, set(route_methods)))
+        app.state.method_table = table
     path = scope.get("path", "")
-    for route in getattr(app, "routes", ()):
-        path_regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if path_regex is not None and route_methods and path_regex.match(path):
-            methods.update(route_methods)
-    return sorted(methods)
+    return sorted({method for pattern, methods in table if pattern.match(path) for method in methods})
+
+
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
 
 
 def _internal(request: Request) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -36,7 +37,29 @@ class EngineSettings(engine.EngineSettings):
     @classmethod
     def _from_engine(cls, data: Any) -> Any:
         # settings the CLI built already (the engine's class) are taken field by field
-        return data.model_dump() if isinstance(data, engine.EngineSettings) and not isinstance(data, cls) else data
+        if isinstance(data, engine.EngineSettings) and not isinstance(data, cls):
+            return data.model_dump()
+        if isinstance(data, dict):
+            # JSON Schema's integer is a number without a fraction: 443.0 is one (pydantic's strict int is not)
+            integers = _integer_fields(cls)
+            return {
+                key: int(value)
+                if key in integers and isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+                else value
+                for key, value in data.items()
+            }
+        return data
+
+
+@functools.cache
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields whose JSON schema allows an integer and no other number."""
+    names = set()
+    for name, prop in model.model_json_schema()["properties"].items():
+        types = {prop.get("type")} | {option.get("type") for option in prop.get("anyOf", ())}
+        if "integer" in types and "number" not in types:
+            names.add(name)
+    return frozenset(names)
 
 
 def engine_settings(options: engine.EngineSettings) -> engine.EngineSettings:

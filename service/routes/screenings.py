@@ -111,6 +111,8 @@ def list_screenings(
 ) -> ScreeningPage:
     """Screenings, newest first, filtered by state, model and dataset; cursor pagination. With keys required,
     only the caller's tenant's."""
+    if cursor is not None:
+        screenings.decode_cursor(cursor)  # 400 for anything but an id, the empty text included
     rows, next_cursor = screenings.list_screenings(
         session,
         state=state,
