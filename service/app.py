@@ -22,16 +22,19 @@ from jobs.runtime import Runtime
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from service import openapi
-from service.deps import enforce_rate_limit
+from service.deps import bind_path_ids, enforce_rate_limit
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.proxies import TrustedProxies
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.reports import ReportCache
+from service.requestlog import RequestContext
 from service.routes import batches, health, profiles, screenings, study
+from store import logs
 from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+refusals = logging.getLogger("phasescreen.refusals")
 
 _HTTP_TITLES = {
     400: "Bad request",
@@ -81,11 +84,13 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
+    # request ids and the access line: inside TrustedProxies, so the client logged is the resolved one
+    app.add_middleware(RequestContext)
     # outermost: every layer below (metrics, rate limits, logs) sees the client behind trusted proxies
     app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
     _install_problem_handlers(app)
 
-    limited = [Depends(enforce_rate_limit)]
+    limited = [Depends(enforce_rate_limit), Depends(bind_path_ids)]
     app.include_router(screenings.router, dependencies=limited)
     app.include_router(profiles.router, dependencies=limited)
     app.include_router(batches.router, dependencies=limited)
@@ -102,6 +107,16 @@ def _rate_limiter(settings: ServiceSettings) -> RateLimiter:
 
 
 def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = logs.current("request_id")
+    if request_id and "request_id" not in problem:  # what to quote when reporting it: the logs carry it too
+        problem = {**problem, "request_id": request_id}
+    if problem["status"] < 500:  # what was refused, and why (5xx are logged where they happen, with traces)
+        refusals.info(
+            "refused %d %s",
+            problem["status"],
+            str(problem.get("type", "")).rsplit(":", 1)[-1],
+            extra={"status": problem["status"], "problem": problem.get("type"), "detail": problem.get("detail")},
+        )
     return JSONResponse(problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 

@@ -13,6 +13,7 @@ from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep
 from service.reports import document_etag
 from service.routes.screenings import IdempotencyKey
 from service.schemas import ProblemOut
+from store import logs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -59,6 +60,7 @@ def submit_batch(
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
     out = batches.batch_out(session, submission.batch)
+    logs.set_context(batch_id=out.id)
     response.headers["Location"] = out.href
     if out.state in ("queued", "running"):
         response.headers["Retry-After"] = str(settings.retry_after)

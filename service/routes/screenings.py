@@ -12,6 +12,7 @@ from service.contract import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, NO_NUL_PATTERN
 from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
+from store import logs
 from store.models import ACTIVE_STATES
 
 router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
@@ -77,6 +78,7 @@ def submit_screening(
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
     screening = submission.screening
+    logs.set_context(screening_id=screening.id)
     response.headers["Location"] = screening_href(screening.id)
     if screening.state in ACTIVE_STATES:
         response.headers["Retry-After"] = str(settings.retry_after)
