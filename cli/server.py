@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import sys
 
 from store.settings import ServiceSettings
@@ -77,11 +76,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _configure_logging(settings: ServiceSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """PHASESCREEN_LOG_FORMAT lines (JSON by default) on stderr, for this process and its libraries."""
+    from store import logs
+
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -95,7 +93,17 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # the app resolves X-Forwarded-For itself against PHASESCREEN_TRUSTED_PROXIES; uvicorn's own handling
         # (which trusts 127.0.0.1 by default) stays off so there is one rule, not two
-        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), proxy_headers=False)
+        # log_config=None: uvicorn keeps the handler configured above; its access lines are replaced by the
+        # app's own (service.requestlog: route template, status, duration and ids, as JSON)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=settings.log_level.lower(),
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
     finally:  # in-process jobs hand their rows back instead of holding the exit for an hour
         app.state.runtime.close()
     return 0

@@ -35,6 +35,8 @@ from jobs.runtime import Runtime
 from jobs.tracker import JobStopped, JobTimedOut, JobTracker
 from phasecore.errors import PhasescreenError, UnsupportedModel
 from phasecore.settings import EngineSettings
+from store import logs
+from store.batch_models import BatchPair
 from store.jobstats import record_stage_durations
 from store.models import ModelProfile, Screening, jsonable
 from store.problems import from_domain_error, problem_document
@@ -123,7 +125,12 @@ def _array_index(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
-    """Compute one model profile (or do nothing if it is not queued any more)."""
+    """Compute one model profile (or do nothing if it is not queued any more); its log lines carry its id."""
+    with logs.bind(profile_id=profile_id):
+        return _run_profile_job(profile_id, runtime=runtime)
+
+
+def _run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
     from phasecore.pipeline import compute_profile
 
     rt = runtime
@@ -212,7 +219,24 @@ def run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
 
 
 def run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
-    """Screen a pair from its two stored profiles (or do nothing if it is not runnable)."""
+    """Screen a pair from its two stored profiles (or do nothing if it is not runnable); its log lines carry the
+    screening id, its tenant and its batch."""
+    with logs.bind(screening_id=screening_id, **_pair_context(runtime, screening_id)):
+        return _run_pair_job(screening_id, runtime=runtime)
+
+
+def _pair_context(rt: Runtime, screening_id: str) -> dict[str, str | None]:
+    """The tenant and batch of a screening, for its log lines (none when the database cannot say)."""
+    try:
+        with rt.session() as session:
+            tenant = session.scalar(select(Screening.tenant).where(Screening.id == screening_id))
+            batch_id = session.scalar(select(BatchPair.batch_id).where(BatchPair.screening_id == screening_id))
+    except Exception:  # the job itself will meet the database and say what is wrong
+        return {}
+    return {"tenant": tenant or None, "batch_id": batch_id}
+
+
+def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
     from phasecore.pipeline import screen_pair
 
     rt = runtime
@@ -221,6 +245,14 @@ def run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
         session.commit()
     if claim is None:
         return "skipped"
+    log.info(
+        "pair %s: %s × %s on %s, attempt %d",
+        screening_id,
+        claim.request.get("vision"),
+        claim.request.get("language"),
+        claim.request.get("dataset"),
+        claim.attempt,
+    )
     started = time.monotonic()
     tracker = JobTracker(rt, claim.lease, kind="pair")
     try:
@@ -309,6 +341,7 @@ def _stored(blobs: dict[str, bytes | None], profile_id: str) -> Any:
 
 
 def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: float) -> str:
+    log.info("%s job %s in %.1f s", kind, outcome, time.monotonic() - started, extra={"outcome": outcome})
     metrics.JOBS.labels(kind, outcome).inc()
     metrics.JOB_SECONDS.labels(kind, outcome).observe(time.monotonic() - started)
     try:

@@ -62,7 +62,7 @@ class ProfileSettings(BaseModel):
     stability_lr_scales: tuple[float, ...] = Field(
         (1.0,),
         min_length=1,
-        max_length=8,
+        max_length=9,  # 8 given, and c = 1 which is always added: stored settings validate again
         description="step sizes η = c / λ_max of the probe training, one S_NTK per c (METRICS §3); the phase "
         "and the rules use c = 1, which always runs",
     )
@@ -94,6 +94,8 @@ class ProfileSettings(BaseModel):
     def _positive_scales(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if any(not 0 < c <= 64 for c in value):
             raise ValueError("every stability_lr_scales entry c must satisfy 0 < c ≤ 64")
+        if len(set(value) - {1.0}) > 8:
+            raise ValueError("stability_lr_scales takes at most 8 step sizes besides c = 1 (which always runs)")
         return tuple(sorted(set(value) | {1.0}))
 
 

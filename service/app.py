@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,15 +21,20 @@ from jobs.runner import open_runtime
 from jobs.runtime import Runtime
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
-from service.deps import enforce_rate_limit
+from service import openapi
+from service.deps import bind_path_ids, enforce_rate_limit
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.proxies import TrustedProxies
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service.reports import ReportCache
+from service.requestlog import RequestContext
 from service.routes import batches, health, profiles, screenings, study
+from store import logs
 from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+refusals = logging.getLogger("phasescreen.refusals")
 
 _HTTP_TITLES = {
     400: "Bad request",
@@ -74,19 +80,23 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
     app.state.runtime = runtime
     app.state.metrics = ApiMetrics(runtime)
     app.state.rate_limiter = _rate_limiter(settings)
+    app.state.report_cache = ReportCache()
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: app.state.metrics)
+    # request ids and the access line: inside TrustedProxies, so the client logged is the resolved one
+    app.add_middleware(RequestContext)
     # outermost: every layer below (metrics, rate limits, logs) sees the client behind trusted proxies
     app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
     _install_problem_handlers(app)
 
-    limited = [Depends(enforce_rate_limit)]
+    limited = [Depends(enforce_rate_limit), Depends(bind_path_ids)]
     app.include_router(screenings.router, dependencies=limited)
     app.include_router(profiles.router, dependencies=limited)
     app.include_router(batches.router, dependencies=limited)
     app.include_router(study.router, dependencies=limited)
     app.include_router(health.router)
+    openapi.install(app)
     return app
 
 
@@ -97,6 +107,16 @@ def _rate_limiter(settings: ServiceSettings) -> RateLimiter:
 
 
 def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = logs.current("request_id")
+    if request_id and "request_id" not in problem:  # what to quote when reporting it: the logs carry it too
+        problem = {**problem, "request_id": request_id}
+    if problem["status"] < 500:  # what was refused, and why (5xx are logged where they happen, with traces)
+        refusals.info(
+            "refused %d %s",
+            problem["status"],
+            str(problem.get("type", "")).rsplit(":", 1)[-1],
+            extra={"status": problem["status"], "problem": problem.get("type"), "detail": problem.get("detail")},
+        )
     return JSONResponse(problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
@@ -142,13 +162,17 @@ def _install_problem_handlers(app: FastAPI) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
         kind = title.lower().replace(" ", "-")
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
             kind, title = "malformed-body", "Malformed request body"
             detail = "the request body could not be parsed as JSON (a number with over 4300 digits, bad encoding?)"
-        return _problem_response(
-            problem_document(exc.status_code, kind, title, detail, request.url.path),
-            getattr(exc, "headers", None),
-        )
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only (POST of /v1/screenings
+            # and not its GET); RFC 9110 wants every method the resource serves
+            allowed = allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not served here; this path serves {', '.join(allowed)}"
+        return _problem_response(problem_document(exc.status_code, kind, title, detail, request.url.path), headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -181,6 +205,28 @@ def _install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _internal(request)
+
+
+def allowed_methods(app: Any, scope: Scope) -> list[str]:
+    """Every method served at ``scope``'s path, as the OpenAPI document lists them (HEAD with GET, as Starlette
+    serves it), plus the undocumented routes' (/docs, /openapi.json); sorted."""
+    table = getattr(app.state, "method_table", None)
+    if table is None:
+        table = []
+        for path, item in app.openapi().get("paths", {}).items():
+            pattern = re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$")
+            methods = {method.upper() for method in item if method.upper() in _HTTP_METHODS}
+            table.append((pattern, methods | ({"HEAD"} if "GET" in methods else set())))
+        for route in app.router.routes:
+            path_regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+            if path_regex is not None and route_methods:
+                table.append((path_regex, set(route_methods)))
+        app.state.method_table = table
+    path = scope.get("path", "")
+    return sorted({method for pattern, methods in table if pattern.match(path) for method in methods})
+
+
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
 
 
 def _internal(request: Request) -> JSONResponse:

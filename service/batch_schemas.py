@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from phasecore.settings import EngineSettings
-from service.schemas import State, _check_text
+from service.contract import NO_NUL_PATTERN, REFERENCE_MAX_LENGTH, REFERENCE_PATTERN
+from service.schemas import EngineSettings, State, _check_text, _dataset
 
 BatchState = Literal["queued", "running", "succeeded", "failed", "partial"]
-ModelReference = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+ModelReference = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=REFERENCE_MAX_LENGTH),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": REFERENCE_MAX_LENGTH, "pattern": REFERENCE_PATTERN}),
+]
 
 #: most models per side of a batch (a 64 × 64 grid is 4096 screenings; deployments cap active ones lower)
 MAX_MODELS_PER_SIDE = 64
@@ -22,6 +26,7 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -40,9 +45,14 @@ class BatchRequest(BaseModel):
     language: list[ModelReference] = Field(
         min_length=1, max_length=MAX_MODELS_PER_SIDE, description="language model references (columns)"
     )
-    dataset: str = Field(min_length=1, max_length=256, description="paired dataset reference, e.g. digits")
+    dataset: str = _dataset("paired dataset reference, e.g. digits")
     options: EngineSettings = Field(default_factory=EngineSettings, description="engine settings of every pair")
-    name: str | None = Field(None, max_length=200, description="a label for people reading reports")
+    name: str | None = Field(
+        None,
+        max_length=200,
+        description="a label for people reading reports",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
     reuse: bool | None = Field(
         None, description="serve pairs already screened with identical settings from their stored results"
     )

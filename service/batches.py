@@ -26,6 +26,7 @@ from phasecore.errors import PhasescreenError
 from phasecore.refs import ModelRef
 from service import screenings
 from service.batch_schemas import BatchCell, BatchOut, BatchRequest
+from service.contract import check_dataset_syntax, check_reference_syntax, is_id
 from service.schemas import ScreeningRequest
 from service.views import load_profiles, screening_href, screening_out
 from store.batch_models import Batch, BatchPair
@@ -84,6 +85,10 @@ def _create(
 ) -> BatchSubmission:
     vision = _canonical(request.vision, "vision")
     language = _canonical(request.language, "language")
+    try:
+        check_dataset_syntax(request.dataset)
+    except PhasescreenError as exc:
+        raise from_domain_error(exc) from exc
     # a whole grid or nothing: the tenant's (keys required) or the deployment's limit of active screenings
     screenings.check_capacity(session, settings, tenant if isolated else None, adding=len(vision) * len(language))
     dataset = request.dataset.strip()
@@ -161,6 +166,8 @@ def _replay(existing: Batch, request: BatchRequest) -> Batch:
 def _canonical(references: list[str], role: str) -> list[str]:
     """Canonical references (as screenings store them), each at most once."""
     try:
+        for reference in references:
+            check_reference_syntax(reference, role)
         canonical = [ModelRef.parse(r).canonical() for r in references]
     except PhasescreenError as exc:
         raise from_domain_error(exc) from exc
@@ -229,7 +236,7 @@ def get_batch(session: Session, batch_id: str, tenant: str | None = None) -> Bat
 
 
 def _looks_like_id(value: str) -> bool:
-    return len(value) == 36 and all(c in "0123456789abcdef-" for c in value)
+    return is_id(value)
 
 
 def pairs_of(session: Session, batch: Batch) -> list[tuple[BatchPair, Screening]]:

@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 
 from jobs.queue import JobQueue
 from jobs.runtime import Runtime
+from service.contract import is_id
 from service.ratelimit import RateLimiter
+from store import logs
 from store.apikeys import KeyIdentity, authenticate, identity_of
 from store.problems import Problem
 from store.settings import ServiceSettings
@@ -110,6 +112,8 @@ async def get_api_key(
     if wait is not None:
         raise _too_many(limit, wait, "wrong API keys")
     key = await run_in_threadpool(_authenticate, runtime, secret)
+    if key is not None:
+        logs.set_context(tenant=key.tenant)
     if key is None:
         await run_in_threadpool(limiter.hit, failures, limit)
         raise Problem(
@@ -209,3 +213,11 @@ async def require_metrics_access(api_key: ApiKeyDep, settings: SettingsDep) -> N
         raise _key_required("with the `admin` scope for /metrics")
     if "admin" not in api_key.scopes:
         raise Problem(403, "insufficient-scope", "Insufficient scope", "/metrics needs a key with the `admin` scope")
+
+
+async def bind_path_ids(request: Request) -> None:
+    """The screening, batch or profile a request names in its path, in the logging context of the request."""
+    for name in ("screening_id", "batch_id", "profile_id"):
+        value = request.path_params.get(name)
+        if isinstance(value, str) and is_id(value):
+            logs.set_context(**{name: value})

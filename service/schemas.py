@@ -2,15 +2,89 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
+from phasecore import settings as engine
 from phasecore.schema import ScreeningResult
-from phasecore.settings import EngineSettings
+from service.contract import DATASET_MAX_LENGTH, DATASET_PATTERN, REFERENCE_MAX_LENGTH, REFERENCE_PATTERN
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _described(field: str) -> str | None:
+    return engine.EngineSettings.model_fields[field].description
+
+
+class EngineSettings(engine.EngineSettings):
+    """Every knob that changes a number, flat (METRICS.md defaults, version 2). Strict as JSON is typed: an
+    integer is not a string or a boolean, a boolean is not 0 or "true". The API turns it into the engine's own
+    ``phasecore.settings.EngineSettings`` (see :func:`engine_settings`)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    probes: Annotated[int, Field(ge=1, le=engine.MAX_PROBES)] | Literal["exact"] = Field(
+        4, description=_described("probes")
+    )
+    stability_lr_scales: tuple[Annotated[float, Strict(), Field(gt=0, le=64)], ...] = Field(
+        (1.0,), min_length=1, max_length=8, strict=False, description=_described("stability_lr_scales")
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_engine(cls, data: Any) -> Any:
+        # settings the CLI built already (the engine's class) are taken field by field
+        if isinstance(data, engine.EngineSettings) and not isinstance(data, cls):
+            return data.model_dump()
+        if isinstance(data, dict):
+            # JSON Schema's integer is a number without a fraction: 443.0 is one (pydantic's strict int is not)
+            integers = _integer_fields(cls)
+            return {
+                key: int(value)
+                if key in integers and isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+                else value
+                for key, value in data.items()
+            }
+        return data
+
+
+@functools.cache
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields whose JSON schema allows an integer and no other number."""
+    names = set()
+    for name, prop in model.model_json_schema()["properties"].items():
+        types = {prop.get("type")} | {option.get("type") for option in prop.get("anyOf", ())}
+        if "integer" in types and "number" not in types:
+            names.add(name)
+    return frozenset(names)
+
+
+def engine_settings(options: engine.EngineSettings) -> engine.EngineSettings:
+    """The engine's settings class of request options (fingerprints, caches and jobs see one class)."""
+    if type(options) is engine.EngineSettings:
+        return options
+    return engine.EngineSettings.model_validate(options.model_dump())
+
+
+def _reference(description: str) -> Any:
+    return Field(
+        min_length=1,
+        max_length=REFERENCE_MAX_LENGTH,
+        description=description,
+        json_schema_extra={"pattern": REFERENCE_PATTERN},
+    )
+
+
+def _dataset(description: str) -> Any:
+    return Field(
+        min_length=1,
+        max_length=DATASET_MAX_LENGTH,
+        description=description,
+        json_schema_extra={"pattern": DATASET_PATTERN},
+    )
 
 
 def _check_text(value: Any, path: str = "body") -> None:
@@ -36,6 +110,7 @@ class ScreeningRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -48,13 +123,9 @@ class ScreeningRequest(BaseModel):
         },
     )
 
-    vision: str = Field(
-        min_length=1,
-        max_length=512,
-        description="vision model reference, source:name[@rev][?weights=..] (timm:, hf:, file:, pkg:)",
-    )
-    language: str = Field(min_length=1, max_length=512, description="language model reference")
-    dataset: str = Field(min_length=1, max_length=256, description="paired dataset reference, e.g. digits")
+    vision: str = _reference("vision model reference, source:name[@rev][?weights=..] (timm:, hf:, file:, pkg:)")
+    language: str = _reference("language model reference")
+    dataset: str = _dataset("paired dataset reference, e.g. digits")
     options: EngineSettings = Field(default_factory=EngineSettings, description="engine settings")
     reuse: bool | None = Field(
         None,

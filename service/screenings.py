@@ -5,8 +5,6 @@ Plain functions over a session, shared by the API routes, the CLI and the worker
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import json
@@ -26,8 +24,9 @@ from phasecore.errors import InvalidSettings, PhasescreenError
 from phasecore.refs import ModelRef
 from phasecore.registry import check_reference, model_version
 from phasecore.settings import EngineSettings, check_memory, profile_key
+from service.contract import check_dataset_syntax, check_reference_syntax, is_id
 from service.profiles import get_or_create_profile
-from service.schemas import ScreeningRequest
+from service.schemas import ScreeningRequest, engine_settings
 from store.models import (
     ACTIVE_STATES,
     CANCELLED,
@@ -75,7 +74,10 @@ class Submission:
 
 def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> NormalizedRequest:
     """Canonical references and checked limits; raises domain errors a user can act on."""
-    options = request.options
+    check_reference_syntax(request.vision, "vision")
+    check_reference_syntax(request.language, "language")
+    check_dataset_syntax(request.dataset)
+    options = engine_settings(request.options)
     if options.n > settings.max_n:
         raise InvalidSettings(f"n={options.n} is above this deployment's limit of {settings.max_n} samples")
     check_memory(options.profile, settings.worker_memory_gb, limit_name="PHASESCREEN_WORKER_MEMORY_GB")
@@ -332,17 +334,16 @@ def cancel_screening(session: Session, screening_id: str, tenant: str | None = N
 
 
 def encode_cursor(screening_id: str) -> str:
-    return base64.urlsafe_b64encode(screening_id.encode()).decode().rstrip("=")
+    """The cursor of the page after ``screening_id``: the id itself (ids sort by creation)."""
+    return screening_id
 
 
 def decode_cursor(cursor: str) -> str:
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if not _looks_like_id(value):
+    """Any text of the id pattern is a position in the newest-first order (what follows it), so every cursor
+    the schema allows is answered; anything else is 400."""
+    if not is_id(cursor):
         raise Problem(400, "invalid-cursor", "Invalid cursor", "the cursor is not one this API returned")
-    return value
+    return cursor
 
 
 def list_screenings(
@@ -396,7 +397,7 @@ def get_profile(session: Session, profile_id: str, tenant: str | None = None) ->
 
 
 def _looks_like_id(value: str) -> bool:
-    return len(value) == 36 and all(c in "0123456789abcdef-" for c in value)
+    return is_id(value)
 
 
 def record_local_result(session: Session, request: dict[str, Any], result: dict[str, Any]) -> Screening:

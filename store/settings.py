@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -127,6 +127,9 @@ class ServiceSettings(BaseSettings):
     retry_after: int = Field(5, ge=1, description="seconds clients are told to wait before polling")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="port of a worker's /metrics; 0 = off")
     log_level: str = Field("INFO", description="logging level of serve and worker")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="log lines of serve and worker: json (one object per line) or text (for people)"
+    )
 
     @field_validator("allowed_sources", mode="before")
     @classmethod

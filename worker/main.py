@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from jobs.rqworker import run_worker
+from store import logs
 from store.settings import ServiceSettings
 
 __all__ = ["main", "run_worker"]
@@ -12,7 +11,7 @@ __all__ = ["main", "run_worker"]
 
 def main() -> None:
     settings = ServiceSettings()
-    logging.basicConfig(level=settings.log_level.upper())
+    logs.configure(settings.log_level, settings.log_format)
     run_worker(settings)
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from service import batches
 from service.batch_schemas import BatchOut, BatchRequest
 from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
+from service.reports import document_etag
+from service.routes.screenings import IdempotencyKey
 from service.schemas import ProblemOut
+from store import logs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -41,7 +44,7 @@ def submit_batch(
     queue: QueueDep,
     settings: SettingsDep,
     caller: WriterDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchOut:
     """Queue every (vision, language) pair. Each model's profile is computed once and shared by its pairs;
     each pair is a screening of its own (see the matrix). Answers 202 with `Location` and `Retry-After`.
@@ -57,6 +60,7 @@ def submit_batch(
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
     out = batches.batch_out(session, submission.batch)
+    logs.set_context(batch_id=out.id)
     response.headers["Location"] = out.href
     if out.state in ("queued", "running"):
         response.headers["Retry-After"] = str(settings.retry_after)
@@ -110,13 +114,26 @@ def results_csv(batch_id: str, session: SessionDep, caller: ReaderDep) -> PlainT
 @router.get(
     "/{batch_id}/report",
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}}, **_READ},
+    responses={
+        200: {"content": {"text/html": {}}, "headers": {"ETag": {"schema": {"type": "string"}}}},
+        304: {"description": "the page has not changed since the ETag given in If-None-Match"},
+        **_READ,
+    },
     summary="Batch report (HTML)",
 )
-def report(batch_id: str, session: SessionDep, caller: ReaderDep) -> HTMLResponse:
+def report(
+    batch_id: str,
+    request: Request,
+    session: SessionDep,
+    caller: ReaderDep,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match", include_in_schema=False)] = None,
+) -> Response:
     """A self-contained HTML page: phase landscape, S_cross heatmap, AGOP spectra per model, the rules'
-    verdicts against measured outcomes, and the table of pairs (images inlined as data URIs)."""
-    from phasecore.report import inline_html
-
+    verdicts against measured outcomes, and the table of pairs (images inlined as data URIs). Drawn once per
+    distinct state of the batch and kept (ETag: the state's hash; If-None-Match answers 304)."""
     document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
-    return HTMLResponse(inline_html(document))
+    etag = document_etag(document)
+    if if_none_match and etag in (tag.strip() for tag in if_none_match.split(",")):
+        return Response(status_code=304, headers={"ETag": etag})
+    etag, page = request.app.state.report_cache.page(document, etag)
+    return HTMLResponse(page, headers={"ETag": etag})

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator
 
 from service import screenings
+from service.contract import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, NO_NUL_PATTERN
 from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
+from store import logs
 from store.models import ACTIVE_STATES
 
 router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
@@ -25,6 +27,16 @@ def _no_nul(value: str | None) -> str | None:
 
 
 FilterText = Annotated[str | None, AfterValidator(_no_nul)]
+_TEXT = {"pattern": NO_NUL_PATTERN}  # the schema says what _no_nul enforces
+#: the Idempotency-Key header of the POSTs that create something (checked by checked_idempotency_key: 400)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="the same key with the same body returns the same object (1 to 255 printable ASCII characters)",
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN, "maxLength": 255},
+    ),
+]
 
 
 @router.post(
@@ -50,7 +62,7 @@ def submit_screening(
     queue: QueueDep,
     settings: SettingsDep,
     caller: WriterDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ScreeningOut:
     """Queue a screening of a (vision, language) pair. Answers 202 with the screening, `Location` and
     `Retry-After`; poll the Location. The same `Idempotency-Key` with the same body returns the same
@@ -66,6 +78,7 @@ def submit_screening(
         idempotency_key=checked_idempotency_key(idempotency_key),
     )
     screening = submission.screening
+    logs.set_context(screening_id=screening.id)
     response.headers["Location"] = screening_href(screening.id)
     if screening.state in ACTIVE_STATES:
         response.headers["Retry-After"] = str(settings.retry_after)
@@ -85,13 +98,23 @@ def list_screenings(
     session: SessionDep,
     caller: ReaderDep,
     state: State | None = None,
-    model: Annotated[FilterText, Query(max_length=512, description="vision or language model reference")] = None,
-    dataset: Annotated[FilterText, Query(max_length=256)] = None,
+    model: Annotated[
+        FilterText, Query(max_length=512, description="vision or language model reference", json_schema_extra=_TEXT)
+    ] = None,
+    dataset: Annotated[FilterText, Query(max_length=256, json_schema_extra=_TEXT)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[FilterText, Query(max_length=200, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            description="next_cursor of the previous page (400 invalid-cursor when it is not of that form)",
+            json_schema_extra={"pattern": ID_PATTERN},
+        ),
+    ] = None,
 ) -> ScreeningPage:
     """Screenings, newest first, filtered by state, model and dataset; cursor pagination. With keys required,
     only the caller's tenant's."""
+    if cursor is not None:
+        screenings.decode_cursor(cursor)  # 400 for anything but an id, the empty text included
     rows, next_cursor = screenings.list_screenings(
         session,
         state=state,

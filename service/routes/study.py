@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from service.batch_schemas import StudyOut
 from service.deps import ReaderDep, SessionDep
-from service.routes.screenings import FilterText
+from service.routes.screenings import _TEXT, FilterText
 from service.schemas import ProblemOut
 from store.study import run_study
 
@@ -21,9 +21,12 @@ _PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 def get_study(
     session: SessionDep,
     caller: ReaderDep,
-    dataset: Annotated[FilterText, Query(max_length=256, description="only pairs on this dataset")] = None,
+    dataset: Annotated[
+        FilterText, Query(max_length=256, description="only pairs on this dataset", json_schema_extra=_TEXT)
+    ] = None,
     stratum: Annotated[
-        FilterText, Query(max_length=64, description="only this stratum (its sha256 key; see `strata`)")
+        FilterText,
+        Query(max_length=64, description="only this stratum (its sha256 key; see `strata`)", json_schema_extra=_TEXT),
     ] = None,
 ) -> StudyOut:
     """Per stratum (same dataset, settings and metrics version; version-1 results left out, counted): accuracy,
