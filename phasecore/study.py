@@ -66,6 +66,8 @@ RULE_SCORES: dict[str, Callable[[Mapping[str, Any]], float]] = {
     "cross_phase_rule": lambda r: -r["s_ntk_cross"],
 }
 _CLAIMED = {"agop_rule": 0.94, "combined_rule": 0.96, "ntk_difference_rule": None, "cross_phase_rule": None}
+#: each rule's accuracy as the paper claims it (None: the paper gives none); a claim, never measured here
+CLAIMED_ACCURACY: Mapping[str, float | None] = dict(_CLAIMED)
 _CV = (
     "leave-one-model-out: each pair is predicted by a model fitted without every pair that shares "
     "its vision or its language model"
@@ -421,6 +423,13 @@ def _rule_score(rule: str, record: Mapping[str, Any]) -> float:
     except (KeyError, TypeError):
         return math.nan
     return math.nan if value is None else float(value)
+
+
+def rule_correlations(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each rule's Spearman ρ with ``alignment_score`` over the records that have both, inconclusive pairs
+    included (METRICS §8): ``{rule: {rho, p, n, score}}``. Defined whatever the decided pairs, so a stratum
+    whose study is still insufficient can say how its rules track the measured alignment."""
+    return {rule: _spearman(rule, records) for rule in RULES}
 
 
 def _spearman(rule: str, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from phasecore.batch import RULES, as_result
-from phasecore.report import blend_of
+from phasecore.report import blend_of, dose_response_series
+from phasecore.study import CLAIMED_ACCURACY, rule_correlations
 
 BEGIN, END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
 _RULE_NAMES = {
@@ -44,35 +45,55 @@ def _log10(value: Any) -> float | None:
     return math.log10(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else None
 
 
-def rules_table(entry: Mapping[str, Any]) -> list[str]:
-    """The study of one stratum, each rule beside the paper's claim (METRICS §8)."""
+def rules_table(entry: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The study of one stratum, each rule beside the paper's claim (METRICS §8); Spearman's ρ over all the
+    stratum's ``records`` (inconclusive included) even when the study is insufficient."""
     lines = [
-        "| rule | paper's claim | measured accuracy (n) | AUROC | Brier | Spearman ρ vs alignment_score "
-        "| CV threshold | range if inconclusive counted failed / aligned |",
+        "| rule | paper's claim (not verified) | measured accuracy (n decided) | AUROC | Brier "
+        "| Spearman ρ vs alignment_score (p, n) | CV threshold | accuracy if inconclusive counted failed / aligned |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     rules = entry.get("rules") or {}
+    correlations = rule_correlations(records)
     for rule in RULES:
         figures = rules.get(rule) or {}
-        claim = figures.get("claimed_accuracy")
+        claim = CLAIMED_ACCURACY.get(rule)
         ranges = figures.get("range_if_inconclusive") or {}
         spread = " / ".join(_pct((ranges.get(side) or {}).get("accuracy")) for side in ("as_failed", "as_aligned"))
         threshold = figures.get("cv_threshold")
         if isinstance(threshold, Mapping):
             threshold = threshold.get("threshold", threshold.get("value"))
-        rho = figures.get("spearman_rho")
-        if isinstance(rho, Mapping):
-            rho = rho.get("rho")
+        rho = figures.get("spearman_rho") or correlations[rule]
         lines.append(
             f"| {_RULE_NAMES[rule]} | {'claim: ' + _pct(claim) if claim is not None else '—'} "
-            f"| {_pct(figures.get('accuracy'))} ({figures.get('n', 0)}) | {_num(figures.get('auroc'))} "
-            f"| {_num(figures.get('brier'))} | {_num(rho)} | {_num(threshold)} | {spread} |"
+            f"| {_pct(figures.get('accuracy'))} ({figures.get('n', entry.get('n', 0))}) | {_num(figures.get('auroc'))} "
+            f"| {_num(figures.get('brier'))} | {_num(rho.get('rho'), '+.2f')} ({_num(rho.get('p'), '.2g')}, "
+            f"{rho.get('n')}) | {_num(threshold)} | {spread} |"
         )
     logistic = entry.get("logistic") or {}
     lines.append(
-        f"| logistic model (6 features) | — | {_pct(logistic.get('accuracy'))} ({logistic.get('n', 0)}) "
+        f"| logistic model (6 features) | — | {_pct(logistic.get('accuracy'))} "
+        f"({logistic.get('n', entry.get('n', 0))}) "
         f"| {_num(logistic.get('auroc'))} | {_num(logistic.get('brier'))} | — | — | — |"
     )
+    return lines
+
+
+def dose_table(document: Mapping[str, Any]) -> list[str]:
+    """The dose-response figure's numbers: per graded family, each panel's value at every blend level t."""
+    lines: list[str] = []
+    for curve in dose_response_series(document):
+        varied = "vision" if curve["side"] == "vision" else "language"
+        lines += [
+            f"**{curve['family']}** ({varied} varied) × `{curve['other']}`:",
+            "",
+            "| t | " + " | ".join(curve["values"]) + " |",
+            "|---:|" + "---:|" * len(curve["values"]),
+        ]
+        for k, t in enumerate(curve["t"]):
+            cells = [_num(values[k]) for values in curve["values"].values()]
+            lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 
@@ -136,9 +157,13 @@ def evidence_markdown(
             f"inconclusive; failure base rate {_pct(entry.get('failure_base_rate'))}; status "
             f"**{entry.get('status')}**" + (f": {entry['reason']}" if entry.get("reason") else "") + ".",
             "",
-            *rules_table(entry),
+            *rules_table(
+                entry,
+                [r for r in evidence.get("records") or [] if (r.get("stratum") or {}).get("key") == stratum.get("key")],
+            ),
             "",
         ]
+    out += ["### Dose-response", "", *dose_table(document)]
     out += ["### Every pair", "", *pairs_table(document), ""]
     for name in figures:
         out += [f"![{name}]({figure_dir.rstrip('/')}/{name}.svg)", ""]
