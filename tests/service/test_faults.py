@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from rq.job import JobStatus
 from sqlalchemy import select, update
 
@@ -12,6 +13,10 @@ from jobs import lifecycle
 from jobs.reconcile import reconcile
 from store.models import ModelProfile, utcnow
 from tests.service.conftest import tiny_request
+
+# real commits: job and heartbeat threads, concurrent completions, reconciler cut-offs on the database clock,
+# the database cut through a proxy
+pytestmark = pytest.mark.commits
 
 
 def _age_queued_profiles(runtime, seconds: float) -> None:
