@@ -71,7 +71,7 @@ def _null(
     return permutation_null(
         K1,
         K2,
-        statistic=statistic,  # type: ignore[arg-type]
+        statistic=statistic,  # type: ignore[arg-type]  # callers pass one of the Literal statistics
         permutations=settings.null_permutations,
         seed=settings.seed,
         groups=groups,
