@@ -12,10 +12,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.engine_flags import add_engine_arguments, engine_overrides
 from cli.local import add_local_arguments, local_device, profile_cache, store_screening
+
+if TYPE_CHECKING:  # imported lazily, where a command talks to a server
+    from service.client import PhasescreenClient
 
 # the CI gate's exit codes
 PASS, FAIL, ERROR = 0, 1, 2
@@ -99,7 +102,7 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> PhasescreenClient:
     from service.client import PhasescreenClient
 
     return PhasescreenClient(args.server, api_key=args.api_key)
@@ -210,10 +213,10 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
         )
     finally:
         progress.close()
-    document = jsonable(document)  # JSON has no inf or NaN: they read as null, as in the database
+    stored: dict[str, Any] = jsonable(document)  # JSON has no inf or NaN: they read as null, as in the database
     if not args.no_store:
-        _store_locally(document)
-    return document
+        _store_locally(stored)
+    return stored
 
 
 def _store_locally(document: dict[str, Any]) -> None:

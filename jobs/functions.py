@@ -11,6 +11,9 @@ writes the outcome through the lease. Outcomes:
 - anything else (database or network blip, a bug): the row goes back to ``queued`` and the exception
   propagates so the queue retries it with backoff, until PHASESCREEN_MAX_ATTEMPTS is reached;
 - cancelled: nothing more is written (the canceller did).
+
+The final write of a finished job (its profile, or its result) is tried again across a short database outage
+(:func:`final_write`): the work is done, and losing it to a connection blip would cost a whole recomputation.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import socket
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from jobs import lifecycle, metrics
 from jobs.encoders import EncoderCache
@@ -120,6 +126,47 @@ def _check_size(identity: dict[str, Any], max_params: int) -> None:
         )
 
 
+T = TypeVar("T")
+
+#: first pause before a final write is tried again; it doubles up to _FINAL_WRITE_MAX_PAUSE
+_FINAL_WRITE_FIRST_PAUSE = 0.25
+_FINAL_WRITE_MAX_PAUSE = 5.0
+
+
+def _transient_db_error(exc: BaseException) -> bool:
+    """A lost or refused connection (the database restarting, a network cut), not a fault of the statement."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def final_write(rt: Runtime, what: str, write: Callable[[Session], T]) -> T:
+    """Run ``write(session)`` and commit, trying again with backoff while the database is unreachable, for up to
+    PHASESCREEN_LEASE_TIMEOUT seconds: the lease this write is conditional on is still ours for about that long
+    after the last heartbeat (later, the reconciler may have handed the row on, and the write then matches no
+    row: harmless). Other errors, and the last transient one, propagate."""
+    deadline = time.monotonic() + rt.settings.lease_timeout
+    pause = _FINAL_WRITE_FIRST_PAUSE
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            with rt.session() as session:
+                value = write(session)
+                session.commit()
+        except Exception as exc:
+            if not _transient_db_error(exc) or time.monotonic() + pause > deadline:
+                raise
+            metrics.FINAL_WRITE_RETRIES.inc()
+            log.warning("%s: database unreachable (try %d), trying again in %.2g s: %s", what, tries, pause, exc)
+            time.sleep(pause)
+            pause = min(pause * 2, _FINAL_WRITE_MAX_PAUSE)
+            continue
+        if tries > 1:
+            log.info("%s: written after %d tries", what, tries)
+        return value
+
+
 def _array_index(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return {name: {"shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)} for name, a in arrays.items()}
 
@@ -211,9 +258,9 @@ def _run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
         "arrays": _array_index(profile.arrays),
         "size_bytes": len(blob),
     }
-    with rt.session() as session:
-        ready = lifecycle.complete_profile(session, claim.lease, values)
-        session.commit()
+    ready = final_write(
+        rt, f"profile {profile_id}", lambda session: lifecycle.complete_profile(session, claim.lease, values)
+    )
     _enqueue_all(rt, ready)
     return _finish(rt, tracker, "profile", "succeeded", started)
 
@@ -290,9 +337,10 @@ def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
             _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
         return _finish(rt, tracker, "pair", "failed", started)
     stored_result = _with_measured_rules(rt, result.model_dump(mode="json"), screening_id)
-    with rt.session() as session:
-        stored = lifecycle.complete_pair(session, claim.lease, jsonable(stored_result))
-        session.commit()
+    document = jsonable(stored_result)
+    stored = final_write(
+        rt, f"screening {screening_id}", lambda session: lifecycle.complete_pair(session, claim.lease, document)
+    )
     return _finish(rt, tracker, "pair", "succeeded" if stored else "cancelled", started)
 
 

@@ -311,15 +311,17 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
     row = session.get(Screening, screening_id)
     if row is None or row.state not in ACTIVE_STATES or row.cancel_requested or row.lease_token is not None:
         return None
-    profiles = [session.get(ModelProfile, pid) for pid in (row.vision_profile_id, row.language_profile_id)]
-    for profile in profiles:
+    profiles: list[ModelProfile] = []
+    for profile_id in (row.vision_profile_id, row.language_profile_id):
+        profile = session.get(ModelProfile, profile_id) if profile_id else None
         if profile is None or profile.state == FAILED:
             problem = (profile.problem if profile else None) or problem_document(
                 500, "profile-missing", "Model profile missing", "a model profile of this screening is gone"
             )
             fail_screening(session, screening_id, problem)
             return None
-    if any(profile.state != SUCCEEDED for profile in profiles):  # type: ignore[union-attr]
+        profiles.append(profile)
+    if any(profile.state != SUCCEEDED for profile in profiles):
         return None  # the last profile to finish enqueues this step again
     if row.attempts >= max_attempts:
         fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, row.problem))
@@ -351,8 +353,8 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
     return PairClaim(
         Lease(Screening, screening_id, token),
         dict(row.request),
-        row.vision_profile_id,  # type: ignore[arg-type]
-        row.language_profile_id,  # type: ignore[arg-type]
+        profiles[0].id,
+        profiles[1].id,
         attempt,
     )
 

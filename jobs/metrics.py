@@ -33,3 +33,8 @@ FAILURES = Counter(
 RECONCILED = Counter(
     "phasescreen_reconciled", "Rows the reconciler re-enqueued or failed", ["action"], registry=REGISTRY
 )
+FINAL_WRITE_RETRIES = Counter(
+    "phasescreen_final_write_retries",
+    "Final writes of finished jobs tried again because the database was unreachable",
+    registry=REGISTRY,
+)

@@ -12,7 +12,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from rq.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class RedisJobQueue:
             unique=True,
         )
 
-    def _fetch(self, job_id: str):  # noqa: ANN202 - rq.job.Job | None
+    def _fetch(self, job_id: str) -> Job | None:
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 

@@ -11,8 +11,8 @@ from typing import Any
 from phasecore.batch import Grid, PairCallback, batch_document
 from phasecore.errors import PhasescreenError
 from phasecore.pipeline import screen_pair
-from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile
-from phasecore.settings import EngineSettings, profile_key
+from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
+from phasecore.settings import EngineSettings
 
 
 def run_grid(
@@ -89,7 +89,7 @@ def _profile(
     ref: str, modality: str, dataset: str, settings: EngineSettings, *, cache: ProfileCache | None, **kwargs: Any
 ) -> ModelProfile | Exception:
     try:
-        key = profile_key(ref, modality, dataset, settings)
+        key = versioned_profile_key(ref, modality, dataset, settings, model_root=kwargs.get("model_root"))
         cached = cache.get(key) if cache else None
         if cached is not None:
             return cached

@@ -45,6 +45,12 @@ class ExceedsWorkerMemory(InvalidSettings):
     kind = "exceeds-worker-memory"
 
 
+class ExceedsWorkerBudget(InvalidSettings):
+    """Settings whose job would hold a worker longer than it gives one job (checked before any work)."""
+
+    kind = "exceeds-worker-budget"
+
+
 class UnsupportedModel(PhasescreenError, TypeError):
     """A model whose parameters the kernel engine cannot attribute per sample."""
 

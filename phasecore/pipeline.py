@@ -18,7 +18,7 @@ from phasecore.alignment import permutation_null
 from phasecore.data import load_dataset
 from phasecore.errors import InvalidSettings
 from phasecore.groundtruth import check_sample, measure_alignment
-from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile
+from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
 from phasecore.registry import check_reference
 from phasecore.rules import PAPER, pair_rules
 from phasecore.schema import ScreeningResult
@@ -33,6 +33,7 @@ __all__ = [
     "profile_key",
     "screen",
     "screen_pair",
+    "versioned_profile_key",
     "validate_dataset",
     "validate_request",
 ]
@@ -70,7 +71,7 @@ def _null(
     return permutation_null(
         K1,
         K2,
-        statistic=statistic,  # type: ignore[arg-type]
+        statistic=statistic,  # type: ignore[arg-type]  # callers pass one of the Literal statistics
         permutations=settings.null_permutations,
         seed=settings.seed,
         groups=groups,
@@ -241,7 +242,7 @@ def screen(
     ``device``: where models run (``auto``, ``cpu``, ``cuda[:N]``; see ``phasecore.sources.resolve_device``)."""
     profiles = []
     for ref, modality in ((vision_ref, "vision"), (language_ref, "language")):
-        key = profile_key(ref, modality, dataset_ref, settings)
+        key = versioned_profile_key(ref, modality, dataset_ref, settings, model_root=model_root)
         profile = cache.get(key) if cache else None
         if profile is None:
             profile = compute_profile(

@@ -33,6 +33,7 @@ from phasecore.ntk import probe_gram
 from phasecore.ntk.distinct import distinct_inputs
 from phasecore.ntk.engine import Probes
 from phasecore.ntk.validity import check_gram
+from phasecore.registry import model_version
 from phasecore.settings import EngineSettings, profile_key
 from phasecore.sources import load_encoder
 from phasecore.sources.base import Encoder
@@ -282,8 +283,23 @@ def compute_profile(
         "info_plane": info_plane,
         "timings": timings,
     }
-    key = profile_key(model_ref, modality, dataset_ref, settings)
+    key = versioned_profile_key(model_ref, modality, dataset_ref, settings, model_root=model_root)
     return ModelProfile(key=key, modality=modality, identity=identity, meta=meta, arrays=arrays)
+
+
+def versioned_profile_key(
+    model_ref: str,
+    modality: str,
+    dataset_ref: str,
+    settings: EngineSettings,
+    *,
+    model_root: str | Path | None = None,
+) -> str:
+    """The profile key with the model's content version (``phasecore.registry.model_version``: package
+    version, the files of a ``file:`` model, a pinned hub revision), as the service keys its profiles: a changed
+    model is never served from the profile of its old bytes. The key local caches use."""
+    version = model_version(model_ref, model_root=Path(model_root) if model_root is not None else None)
+    return profile_key(model_ref, modality, dataset_ref, settings, model_version=version)
 
 
 class ProfileCache:

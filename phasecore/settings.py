@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
-from phasecore.errors import ExceedsWorkerMemory
+from phasecore.errors import ExceedsWorkerBudget, ExceedsWorkerMemory
 from phasecore.refs import ModelRef
 
 #: Where models run: ``auto`` (the first GPU torch sees, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A runtime
@@ -180,12 +180,19 @@ def memory_estimate(settings: ProfileSettings, *, output_width: int | None = Non
     """Bytes one profile job of these settings may hold at once, by part: the cross-probe Gram (M·N)² float64
     (M = probes, or the output width d for 'exact': ``output_width`` or :data:`EXACT_WIDTH_BOUND`), the
     CountSketch M·N·k float64 (method sketch or auto) and the exact path's own ``memory_budget_gb`` (method
-    exact or auto). An upper bound: the engine uses at most N samples (U ≤ N)."""
+    exact or auto), with the sketch's per-chunk buffers. An upper bound: the engine uses at most N samples
+    (U ≤ N)."""
     m = (output_width or EXACT_WIDTH_BOUND) if settings.probes == "exact" else int(settings.probes)
     n = settings.n
     parts = {"cross-probe Gram (M·N)² float64": (m * n) ** 2 * 8}
     if settings.method != "exact":
         parts[f"sketch M·N·k float64 (sketch_dim={settings.sketch_dim})"] = m * n * settings.sketch_dim * 8
+        # each parameter group of each chunk is scattered into an (M, chunk, k) block in the model's float32,
+        # then copied to float64 before it is added to the sketch
+        chunk = min(settings.chunk_size, n)
+        parts[f"sketch chunk buffers M·chunk·k float32 + float64 (sketch_dim={settings.sketch_dim})"] = (
+            m * chunk * settings.sketch_dim * 12
+        )
     if settings.method != "sketch":
         parts["memory_budget_gb"] = int(settings.memory_budget_gb * _GB)
     return parts
@@ -207,3 +214,80 @@ def check_memory(
         "fewer probes, a smaller sketch_dim or memory_budget_gb"
         + (f" ('exact' assumes outputs up to d={EXACT_WIDTH_BOUND} wide)" if settings.probes == "exact" else "")
     )
+
+
+# --- compute -------------------------------------------------------------------------------------------------
+#
+# Seconds of one profile job on the reference machine: the 2-core CPU VM (23 GiB, torch 2.14.1, 2 threads) whose
+# figures are in docs/benchmarks.md. Calibrated roughly (within about 2x; the machine was shared):
+# - a kernel gradient pass (one probe, one sample, forward + backward) of the reference model, EfficientNet-Lite0 at
+#   224 px: 90.7 s for 4 x 576 passes in the paper-size demo (docs/benchmarks.md) -> 0.04 s;
+# - a stability-probe pass (one sample, one step, one step size): 113.5 s for 128 x 10 in the demo -> 0.09 s;
+# - the sketch's bookkeeping, per cell of M.N.k and parameter tensor: probe_gram(method="sketch") on
+#   timm test_efficientnet (47 tensors), N = 20, M = 64: k = 2^16 -> 2^18 added 60 s for 2.5e8 cells
+#   -> 5e-9 s, times the reference model's ~150 parameter tensors (EfficientNet-Lite0 has 147);
+# - the sketch's Gram, float64 matmul: 6-12 GMAC/s measured -> 1.2e-10 s per multiply-add.
+# The model is not known at submission (the API loads none), so its cost is the reference model's: a larger
+# model takes longer (PHASESCREEN_JOB_TIMEOUT still ends it), a smaller one less.
+
+#: reference seconds of one kernel gradient pass (one probe, one sample)
+PASS_SECONDS = 0.04
+#: reference seconds of one stability-probe pass (one sample, one step, one step size)
+STABILITY_PASS_SECONDS = 0.09
+#: parameter tensors of the reference model (each is sketched on its own)
+REFERENCE_TENSORS = 150
+#: reference seconds of one sketch cell (of M.N.k) of one parameter tensor
+SKETCH_CELL_SECONDS = 5e-9
+#: reference seconds of one float64 multiply-add of the Gram
+MAC_SECONDS = 1.2e-10
+
+
+def compute_estimate(settings: ProfileSettings, *, output_width: int | None = None) -> dict[str, float]:
+    """Seconds one profile job of these settings takes on the reference machine (above), by part: the kernel's
+    M·N gradient passes, the stability probe's passes, the CountSketch's bookkeeping (M·N·k cells per parameter
+    tensor) and its Gram ((M·N)²·k multiply-adds), both for method sketch or auto. Rough (about 2x), for a
+    model the size of EfficientNet-Lite0; its purpose is to refuse requests that would hold a worker for hours."""
+    m = (output_width or EXACT_WIDTH_BOUND) if settings.probes == "exact" else int(settings.probes)
+    n = settings.n
+    subset = min(settings.stability_subset, n)
+    parts = {
+        f"{m * n:,} kernel gradient passes (M·N)": m * n * PASS_SECONDS,
+        "stability probe passes": subset
+        * settings.stability_steps
+        * len(settings.stability_lr_scales)
+        * STABILITY_PASS_SECONDS,
+    }
+    if settings.method != "exact":
+        cells = m * n * settings.sketch_dim
+        parts[f"sketch bookkeeping M·N·k per parameter tensor (sketch_dim={settings.sketch_dim})"] = (
+            cells * REFERENCE_TENSORS * SKETCH_CELL_SECONDS
+        )
+        gram_macs = (m * n) ** 2 * settings.sketch_dim
+        parts[f"sketch Gram (M·N)²·k (sketch_dim={settings.sketch_dim})"] = gram_macs * MAC_SECONDS
+    return parts
+
+
+def check_compute(
+    settings: ProfileSettings, limit_seconds: float, *, limit_name: str, output_width: int | None = None
+) -> None:
+    """Raise :class:`ExceedsWorkerBudget` when :func:`compute_estimate` exceeds ``limit_seconds``."""
+    parts = compute_estimate(settings, output_width=output_width)
+    total = sum(parts.values())
+    if total <= limit_seconds:
+        return
+    largest = max(parts, key=lambda name: parts[name])
+    m = "d" if settings.probes == "exact" else settings.probes
+    raise ExceedsWorkerBudget(
+        f"this request would take about {_duration(total)} of a worker (M={m}, N={settings.n}, "
+        f"sketch_dim={settings.sketch_dim}), mostly the {largest}: {_duration(parts[largest])}, above the "
+        f"{limit_seconds:g} s a worker gives one job ({limit_name}); use a smaller n, fewer probes or a smaller "
+        "sketch_dim (estimated for a model the size of EfficientNet-Lite0 on a 2-core CPU)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"

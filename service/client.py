@@ -21,12 +21,15 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 
 from service.batch_schemas import BatchOut, BatchRequest, StudyOut
 from service.schemas import ScreeningOut, ScreeningRequest
+
+#: what the client polls: a screening or a batch (both have a state and a progress)
+Polled = TypeVar("Polled", ScreeningOut, BatchOut)
 
 ACTIVE = ("queued", "running")
 RETRY_STATUSES = (429, 503)
@@ -207,7 +210,7 @@ class PhasescreenClient:
 
     def batch_results(self, batch_id: str) -> dict[str, Any]:
         """The batch document (``phasecore.batch``): every pair with its full result."""
-        return self._get_json(f"/v1/batches/{batch_id}/results.json")
+        return cast("dict[str, Any]", self._get_json(f"/v1/batches/{batch_id}/results.json"))  # a JSON object
 
     def batch_results_csv(self, batch_id: str) -> str:
         return self.request("GET", f"/v1/batches/{batch_id}/results.csv").text
@@ -225,13 +228,20 @@ class PhasescreenClient:
 
     # --- polling ------------------------------------------------------------------------------------------
 
-    def _poll(self, path: str, model: Any) -> tuple[Any, float]:
+    def _poll(self, path: str, model: type[Polled]) -> tuple[Polled, float]:
         response = self.request("GET", path)
         return model.model_validate(response.json()), retry_after_seconds(
             response.headers.get("retry-after"), default=2.0
         )
 
-    def _wait(self, poll: Callable[[], tuple[Any, float]], *, timeout: float, what: str, on_progress: Any) -> Any:
+    def _wait(
+        self,
+        poll: Callable[[], tuple[Polled, float]],
+        *,
+        timeout: float,
+        what: str,
+        on_progress: Callable[[Polled], None] | None,
+    ) -> Polled:
         deadline = time.monotonic() + timeout
         while True:
             item, wait = poll()

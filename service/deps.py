@@ -37,15 +37,18 @@ def checked_idempotency_key(value: str | None) -> str | None:
 
 # plain attribute reads are async so FastAPI calls them on the event loop, not through the thread pool
 async def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 async def get_settings(request: Request) -> ServiceSettings:
-    return request.app.state.runtime.settings
+    settings: ServiceSettings = request.app.state.runtime.settings
+    return settings
 
 
 async def get_queue(request: Request) -> JobQueue:
-    return request.app.state.runtime.queue
+    queue: JobQueue = request.app.state.runtime.queue
+    return queue
 
 
 def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
@@ -54,7 +57,8 @@ def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[S
 
 
 async def get_rate_limiter(request: Request) -> RateLimiter:
-    return request.app.state.rate_limiter
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

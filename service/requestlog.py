@@ -29,7 +29,7 @@ _PATH_IDS = {"screening_id": "screening_id", "batch_id": "batch_id", "profile_id
 def request_id_of(scope: Scope) -> str:
     for name, value in scope.get("headers") or ():
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text = bytes(value).decode("latin-1")
             if INBOUND_ID.fullmatch(text):
                 return text
             break

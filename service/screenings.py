@@ -23,7 +23,7 @@ from phasecore import ENGINE_VERSION
 from phasecore.errors import InvalidSettings, PhasescreenError
 from phasecore.refs import ModelRef
 from phasecore.registry import check_reference, model_version
-from phasecore.settings import EngineSettings, check_memory, profile_key
+from phasecore.settings import EngineSettings, check_compute, check_memory, profile_key
 from service.contract import check_dataset_syntax, check_reference_syntax, is_id
 from service.profiles import get_or_create_profile
 from service.schemas import ScreeningRequest, engine_settings
@@ -81,6 +81,8 @@ def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> N
     if options.n > settings.max_n:
         raise InvalidSettings(f"n={options.n} is above this deployment's limit of {settings.max_n} samples")
     check_memory(options.profile, settings.worker_memory_gb, limit_name="PHASESCREEN_WORKER_MEMORY_GB")
+    budget, budget_name = settings.job_seconds_budget
+    check_compute(options.profile, budget, limit_name=budget_name)
     vision = ModelRef.parse(request.vision).canonical()
     language = ModelRef.parse(request.language).canonical()
     dataset = request.dataset.strip()

@@ -6,13 +6,16 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from store.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _migrate_lock = threading.Lock()
@@ -67,7 +70,7 @@ def _postgres_connect_args(settings: ServiceSettings, *, statement_timeout: bool
     return args
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI objects are untyped
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:  # DBAPI objects are untyped
     # WAL lets the API read while an in-process job writes; foreign keys are off by default in SQLite
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -80,7 +83,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(url: str):  # noqa: ANN201 - alembic.config.Config, imported lazily
+def alembic_config(url: str) -> Config:  # imported lazily: alembic is for migrations only
     from alembic.config import Config
 
     config = Config()

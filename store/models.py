@@ -52,7 +52,7 @@ class db_now(FunctionElement[datetime]):  # noqa: N801 - a SQL function, named l
         super().__init__(literal(float(offset)))
 
     @property
-    def type(self) -> UTCDateTime:  # type: ignore[override]
+    def type(self) -> UTCDateTime:  # type: ignore[override]  # an attribute in FunctionElement; SQLAlchemy allows a property
         return UTCDateTime()
 
 

@@ -31,6 +31,7 @@ _TITLES = {
     "asset-unavailable": "Weights or data unavailable",
     "invalid-settings": "Invalid screening settings",
     "exceeds-worker-memory": "Too large for a worker",
+    "exceeds-worker-budget": "Too long for a worker",
     "unsupported-model": "Unsupported model",
 }
 

@@ -29,6 +29,46 @@ def default_home() -> Path:
     return base / "phasescreen"
 
 
+_GIB = 2**30
+
+
+def host_memory_gb(
+    *, cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float:
+    """Memory (GiB) this process may use: the host's physical memory, or the container's cgroup limit when that
+    is lower (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``, of this process's own cgroup or the
+    namespace's root). The default of ``PHASESCREEN_WORKER_MEMORY_GB``."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX host: no cgroups either
+        physical = 0
+    limits = [physical] if physical > 0 else []
+    for path in _cgroup_limit_files(cgroup_root, proc_cgroup):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (physical or 1 << 62):  # "max" or v1's 2^63 - page: no limit
+            limits.append(int(text))
+    return round(min(limits) / _GIB, 2) if limits else 64.0
+
+
+def _cgroup_limit_files(cgroup_root: Path, proc_cgroup: Path) -> list[Path]:
+    own: list[Path] = []
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        relative = path.strip().lstrip("/")
+        if controllers == "":  # cgroup v2: "0::/path"
+            own.append(cgroup_root / relative / "memory.max")
+        elif "memory" in controllers.split(","):
+            own.append(cgroup_root / "memory" / relative / "memory.limit_in_bytes")
+    return [*own, cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"]
+
+
 class ServiceSettings(BaseSettings):
     """Settings of one deployment (API, workers and the CLI's embedded store)."""
 
@@ -90,11 +130,18 @@ class ServiceSettings(BaseSettings):
     max_n: int = Field(4096, ge=8, description="largest number of paired samples N")
     max_params: int = Field(2_000_000_000, ge=1, description="largest parameter count of a model")
     worker_memory_gb: float = Field(
-        64.0,
+        default_factory=host_memory_gb,
         gt=0,
-        description="memory (GB) a worker can give one job; requests whose estimate exceeds it are refused",
+        description="memory (GiB) a worker can give one job; requests whose estimate exceeds it are refused; "
+        "unset = this host's physical memory, or its container's cgroup limit when lower",
     )
     job_timeout: int = Field(3600, ge=10, description="seconds one job may run before it is failed")
+    max_job_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="estimated seconds of one profile job (on the reference 2-core CPU, for a model the size of "
+        "EfficientNet-Lite0) above which a request is refused; unset = PHASESCREEN_JOB_TIMEOUT",
+    )
     max_attempts: int = Field(3, ge=1, le=20, description="tries of a job before it is failed")
     retry_backoff: Annotated[tuple[int, ...], NoDecode] = Field(
         (10, 60, 300), description="seconds to wait before each retry (comma-separated)"
@@ -180,6 +227,13 @@ class ServiceSettings(BaseSettings):
     @property
     def should_migrate(self) -> bool:
         return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def job_seconds_budget(self) -> tuple[float, str]:
+        """The compute budget of one job and the setting it comes from."""
+        if self.max_job_seconds is not None:
+            return self.max_job_seconds, "PHASESCREEN_MAX_JOB_SECONDS"
+        return float(self.job_timeout), "PHASESCREEN_JOB_TIMEOUT"
 
     @property
     def heartbeat_interval(self) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli import main
-from phasecore.pipeline import ProfileCache, compute_profile, profile_key, screen_pair
+from phasecore.pipeline import ProfileCache, compute_profile, profile_key, screen_pair, versioned_profile_key
 from phasecore.schema import SCHEMA_PATH, ScreeningResult, write_schema
 from phasecore.settings import EngineSettings
 
@@ -43,7 +43,7 @@ def profiles(settings: EngineSettings, cache_dir: Path, screened):
     """The two profiles that the CLI run computed and cached (no second computation)."""
     cache = ProfileCache(cache_dir)
     return tuple(
-        cache.get(profile_key(ref, mod, "digits", settings))
+        cache.get(versioned_profile_key(ref, mod, "digits", settings))
         for ref, mod in ((VISION, "vision"), (LANGUAGE, "language"))
     )
 

@@ -346,7 +346,7 @@ def _draw_sample(rng: np.random.Generator, color: str, shape: str, size_px: int)
     angle = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
     noise = rng.normal(0.0, NOISE_STD, size=(size_px, size_px, 3))
     image = render(
-        fill,  # type: ignore[arg-type]
+        fill,  # type: ignore[arg-type]  # three ints (RGB); mypy sees tuple[int, ...]
         shape,
         size_px=size_px,
         radius=radius,

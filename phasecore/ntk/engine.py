@@ -137,7 +137,7 @@ def _prepared(model: nn.Module, selected: set[str]) -> Iterator[None]:
     inplace = [m for m in model.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
     model.eval()
     for m in inplace:
-        m.inplace = False  # type: ignore[assignment]
+        m.inplace = False  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
     for name, p in model.named_parameters():
         p.requires_grad_(name in selected)
     try:
@@ -145,7 +145,7 @@ def _prepared(model: nn.Module, selected: set[str]) -> Iterator[None]:
     finally:
         model.train(was_training)
         for m in inplace:
-            m.inplace = True  # type: ignore[assignment]
+            m.inplace = True  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
 
@@ -456,7 +456,7 @@ def _run(
     return ProbeGram(
         gram=gram.numpy(),
         cross_probe=cross_probe,
-        probe_kind=kind,  # type: ignore[arg-type]
+        probe_kind=kind,  # type: ignore[arg-type]  # make_probes names its kind as a plain str
         n_probes=u.shape[0],
         n_outputs=u.shape[1],
         n_params=n_params,

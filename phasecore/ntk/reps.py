@@ -56,7 +56,7 @@ class Factored:
     def densify(self, n_rows: int) -> torch.Tensor:
         """The materialised gradients (M, n_rows, P_L), one sample at a time (memory M × n_rows × P_L)."""
         m, _, b = self.gy.shape
-        width = b * (self.table_rows if self.ids is not None else self.x.shape[1])  # type: ignore[union-attr]
+        width = b * (self.table_rows if self.ids is not None else self.x.shape[1])  # type: ignore[union-attr]  # x is set when ids is not
         out = self.gy.new_zeros(m, n_rows, width)
         for i in range(n_rows):
             mask = self.seg == i
@@ -67,7 +67,7 @@ class Factored:
                 g = self.gy.new_zeros(m, self.table_rows, b)
                 g.index_add_(1, self.ids[mask], gy_i)
             else:
-                g = gy_i.transpose(1, 2) @ self.x[mask]  # type: ignore[index]  # (M, b, a)
+                g = gy_i.transpose(1, 2) @ self.x[mask]  # type: ignore[index]  # (M, b, a); x is set when ids is not
             out[:, i] = self._order(g).reshape(m, -1)
         return out
 

@@ -3,6 +3,7 @@ required)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -30,7 +31,11 @@ def healthz() -> dict[str, str]:
 def readyz(runtime: RuntimeDep) -> Any:
     """Ready to serve: the database and the queue answer; otherwise 503 with what failed."""
     checks: dict[str, str] = {}
-    for name, probe in (("database", lambda: ping(runtime.engine)), ("queue", runtime.queue.ping)):
+    probes: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("database", lambda: ping(runtime.engine)),
+        ("queue", runtime.queue.ping),
+    )
+    for name, probe in probes:
         try:
             probe()
             checks[name] = "ok"

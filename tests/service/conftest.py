@@ -2,6 +2,12 @@
 index of their own, and runtimes/apps/workers wired to them. Each test starts from empty tables and an
 empty Redis database.
 
+By default a test runs inside one PostgreSQL transaction that is rolled back after it: every runtime the test
+makes (``runtime``, ``client``, ``make_runtime``) opens its sessions on that one connection, each session in a
+savepoint (SQLAlchemy's ``join_transaction_mode="create_savepoint"``), so the code's own commits and
+rollbacks work and nothing outlives the test. Tests whose writes must be seen by another connection are marked
+``@pytest.mark.commits`` and get real commits on emptied tables instead (see :func:`clean`).
+
 Override the targets with PHASESCREEN_TEST_DATABASE_URL and PHASESCREEN_TEST_REDIS_URL.
 """
 
@@ -17,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, make_url, text
+from sqlalchemy.orm import sessionmaker
 
 from jobs.runner import open_runtime
 from jobs.runtime import Runtime
@@ -97,22 +104,53 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture
-def clean(pg_url: str, redis_url: str) -> Iterator[None]:
-    """Empty tables and an empty Redis database (index 13 is the tests' own; FLUSHDB touches nothing else)."""
-    from redis import Redis
-
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine = create_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+def _truncate(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} CASCADE"))
-    engine.dispose()
+
+
+@pytest.fixture
+def clean(pg_engine: Engine, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Connection | None]:
+    """The test's database state, and an empty Redis database (the tests' own index; FLUSHDB touches nothing
+    else).
+
+    Default: a connection in an open transaction, rolled back after the test (runtimes bind their sessions to
+    it, :func:`make_runtime`); the tables are empty because every test leaves them so.
+
+    ``@pytest.mark.commits``: ``None``, and the tables are emptied (TRUNCATE) before and after the test, whose
+    sessions commit for real. For tests whose writes another connection must see: worker processes and
+    ``work_burst`` (the worker opens its own runtime), API server or CLI subprocesses and in-process CLI calls
+    that open their own engine, job or heartbeat threads and concurrent sessions (one connection cannot serve
+    two threads at once; races and completions that lock each other need two transactions), the database cut
+    through a proxy, a small pool exhausted on purpose, and anything that needs the database's clock to move
+    (``now()`` is the start of the transaction, and a rolled-back test has one transaction)."""
+    from redis import Redis
+
     Redis.from_url(redis_url).flushdb()
-    yield
+    if request.node.get_closest_marker("commits"):
+        _truncate(pg_engine)
+        yield None
+        _truncate(pg_engine)
+        return
+    connection = pg_engine.connect()
+    outer = connection.begin()
+    try:
+        yield connection
+    finally:
+        outer.rollback()
+        connection.close()
 
 
 @pytest.fixture
 def make_settings(
-    pg_url: str, redis_url: str, clean: None, tmp_path: Path, model_root: Path
+    pg_url: str, redis_url: str, clean: Connection | None, tmp_path: Path, model_root: Path
 ) -> Callable[..., ServiceSettings]:
     queue = f"test-{uuid.uuid4().hex[:8]}"
 
@@ -137,11 +175,19 @@ def make_settings(
 
 
 @pytest.fixture
-def make_runtime(make_settings: Callable[..., ServiceSettings]) -> Iterator[Callable[..., Runtime]]:
+def make_runtime(
+    make_settings: Callable[..., ServiceSettings], clean: Connection | None
+) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes of the test's settings (with ``overrides``); their sessions join the test's transaction unless
+    the test is marked ``commits`` (:func:`clean`). Their engines stay real (``/readyz`` pings one)."""
     runtimes: list[Runtime] = []
 
     def make(**overrides: Any) -> Runtime:
         runtime = open_runtime(make_settings(**overrides))
+        if clean is not None and "database_url" not in overrides:
+            runtime.sessions = sessionmaker(
+                bind=clean, join_transaction_mode="create_savepoint", expire_on_commit=False
+            )
         runtimes.append(runtime)
         return runtime
 

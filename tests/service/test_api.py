@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
+import pytest
 from sqlalchemy import func, select
 
 from store.models import ModelProfile, Screening
@@ -55,6 +56,7 @@ def test_idempotency_key_same_body_same_screening_other_body_422(client, runtime
         assert session.scalar(select(func.count()).select_from(Screening)) == 1
 
 
+@pytest.mark.commits  # eight request threads at once
 def test_concurrent_submissions_share_one_profile_row_and_job(client, runtime):
     """Eight screenings of the same pair arrive at once: eight screenings, two profiles, two jobs."""
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -70,6 +71,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(make_runtime):
         assert all(client.get("/healthz").status_code == 200 for _ in range(5))
 
 
+@pytest.mark.commits  # the CLI subprocess writes the key
 def test_apikey_create_command_prints_a_working_key(make_settings, make_runtime):
     settings = make_settings()
     done = subprocess.run(
@@ -108,6 +110,7 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.commits  # the CLI subprocess writes the key
 def test_apikey_list_and_revoke_commands(make_settings, make_runtime):
     settings = make_settings()
     created = _cli(settings, "create", "--name", "bot", "--tenant", "acme", "--scope", "read", "--expires-in", "2")

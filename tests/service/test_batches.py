@@ -62,6 +62,7 @@ def gate(server: str, *extra: str, vision: str = TINY_VISION[0]) -> list[str]:
     return [*argv, *option_flags(), *extra]
 
 
+@pytest.mark.commits  # work_burst and a live server thread
 def test_batch_end_to_end_through_the_worker_and_the_cli(client, runtime, live_server, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PHASESCREEN_SERVER", raising=False)
     submitted = client.post("/v1/batches", json=batch_request())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from rq.job import JobStatus
 from sqlalchemy import select, update
 
@@ -12,6 +13,10 @@ from jobs import lifecycle
 from jobs.reconcile import reconcile
 from store.models import ModelProfile, utcnow
 from tests.service.conftest import tiny_request
+
+# real commits: job and heartbeat threads, concurrent completions, reconciler cut-offs on the database clock,
+# the database cut through a proxy
+pytestmark = pytest.mark.commits
 
 
 def _age_queued_profiles(runtime, seconds: float) -> None:
@@ -161,3 +166,61 @@ def test_two_profiles_finishing_together_both_see_the_pair_ready(client, runtime
         second.close()
     jobs = ready["vision"] + ready["language"]
     assert [job.id for job in jobs] == [screening["id"]], ready
+
+
+def _cut_once_at(monkeypatch, proxy, name: str, seconds: float) -> list[int]:
+    """Patch ``lifecycle.<name>`` so that its first call cuts the database (the proxy closes its port and every
+    open connection) and brings it back ``seconds`` later; returns the calls made, for the test to count."""
+    import threading
+
+    real = getattr(lifecycle, name)
+    calls: list[int] = []
+
+    def cut_then_write(session, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            proxy.stop()
+            threading.Timer(seconds, proxy.start).start()
+        return real(session, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, name, cut_then_write)
+    return calls
+
+
+def test_a_finished_profile_and_result_land_across_a_database_cut(client, make_runtime, pg_url, monkeypatch):
+    """The database goes away for 3 s exactly when a finished job writes its outcome: the write is tried again
+    until it is back, and the work is kept (first attempt, nothing recomputed)."""
+    from sqlalchemy import make_url
+
+    from jobs.functions import run_pair_job, run_profile_job
+    from store.models import Screening
+    from tests.service.proxy import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", make_url(pg_url).port or 5432).start()
+    try:
+        url = make_url(pg_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        through_proxy = make_runtime(database_url=url)
+        screening = client.post("/v1/screenings", json=tiny_request()).json()
+        vision, language = (screening["profiles"][m]["id"] for m in ("vision", "language"))
+
+        with monkeypatch.context() as patch:
+            calls = _cut_once_at(patch, proxy, "complete_profile", 3.0)
+            assert run_profile_job(vision, runtime=through_proxy) == "succeeded"
+        assert len(calls) >= 2  # the first write met the cut; a later one landed
+        assert run_profile_job(language, runtime=through_proxy) == "succeeded"
+        with through_proxy.session() as session:
+            for profile_id in (vision, language):
+                row = session.get(ModelProfile, profile_id)
+                assert (row.state, row.attempts, row.lease_token) == ("succeeded", 1, None)
+                assert row.data
+
+        with monkeypatch.context() as patch:
+            calls = _cut_once_at(patch, proxy, "complete_pair", 3.0)
+            assert run_pair_job(screening["id"], runtime=through_proxy) == "succeeded"
+        assert len(calls) >= 2
+        with through_proxy.session() as session:
+            row = session.get(Screening, screening["id"])
+            assert (row.state, row.attempts) == ("succeeded", 1)
+            assert row.result["engine_version"]
+    finally:
+        proxy.stop()

@@ -38,6 +38,55 @@ def test_the_worker_memory_setting_decides(make_runtime):
         assert small.post("/v1/screenings", json=tiny_request(memory_budget_gb=1)).status_code == 202
 
 
+def test_a_request_that_would_hold_a_worker_too_long_is_refused_with_422(make_runtime):
+    """sketch_dim 2^20 with 64 probes at N = 20 fits a worker with memory to spare, but its sketch alone is
+    about 20 minutes of the reference CPU: refused against PHASESCREEN_MAX_JOB_SECONDS, naming it."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    poison = tiny_request(probes=64, method="sketch", sketch_dim=1 << 20, n=20)
+    roomy = make_runtime(worker_memory_gb=64, max_job_seconds=900)
+    with TestClient(create_app(runtime=roomy)) as client:
+        response = client.post("/v1/screenings", json=poison)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        problem = response.json()
+        assert problem["type"].endswith(":exceeds-worker-budget")
+        assert "PHASESCREEN_MAX_JOB_SECONDS" in problem["detail"] and "900 s" in problem["detail"]
+        assert "sketch bookkeeping" in problem["detail"]
+        # the same settings at an ordinary sketch width are seconds of work
+        assert client.post("/v1/screenings", json=tiny_request(probes=64, method="sketch", n=20)).status_code == 202
+    with TestClient(create_app(runtime=make_runtime(worker_memory_gb=64, max_job_seconds=5000))) as generous:
+        assert generous.post("/v1/screenings", json=poison).status_code == 202
+
+
+def test_without_a_compute_budget_the_job_timeout_is_the_limit(make_runtime):
+    """N = 4096 with 12 probes fits 64 GB but is estimated at over an hour: the job would time out."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(runtime=make_runtime(worker_memory_gb=64))) as client:
+        response = client.post("/v1/screenings", json=tiny_request(n=4096, probes=12, stability_subset=128))
+        assert response.status_code == 422, response.text
+        assert response.json()["type"].endswith(":exceeds-worker-budget")
+        assert "PHASESCREEN_JOB_TIMEOUT" in response.json()["detail"]
+
+
+def test_the_paper_size_demo_is_within_the_default_budgets(make_runtime):
+    """The demo's settings (N = 576, 4 probes, sketch k = 8192, the default stability probe) are accepted by a
+    worker with the default compute budget and the memory of this machine's smallest useful worker (8 GB)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    demo = {"vision": "timm:test_efficientnet?weights=random", "language": "file:tiny-bert?weights=random"}
+    with TestClient(create_app(runtime=make_runtime(worker_memory_gb=8))) as client:
+        response = client.post("/v1/screenings", json={**demo, "dataset": "digits", "options": {"n": 576}})
+        assert response.status_code == 202, response.text
+
+
 def test_five_thousand_digits_of_params_are_refused(client):
     response = client.post("/v1/screenings", json=tiny_request(params="last:" + "9" * 5000))
     assert response.status_code == 422

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from jobs import lifecycle
 from service import screenings
 from store.models import ModelProfile, Screening
 from tests.service.conftest import tiny_request
+
+# real commits: races between transactions and the database clock moving
+pytestmark = pytest.mark.commits
 
 
 def _claimed_pair(client, runtime) -> tuple[str, lifecycle.Lease]:

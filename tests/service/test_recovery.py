@@ -6,6 +6,7 @@ import signal
 import time
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy import make_url, select, update
@@ -15,6 +16,9 @@ from service.app import create_app
 from store.models import ModelProfile, Screening, utcnow
 from tests.service.conftest import start_worker_process, tiny_request, wait_for, work_burst
 from tests.service.proxy import TcpProxy
+
+# real commits: worker processes, work_burst, the proxy, an exhausted pool
+pytestmark = pytest.mark.commits
 
 
 def _state(runtime, table, row_id):

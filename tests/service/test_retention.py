@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -86,6 +87,7 @@ def test_prune_drops_old_blobs_keeps_results_and_recent_profiles(client, runtime
     assert runtime.queue.is_pending(resubmitted["profiles"]["vision"]["id"])
 
 
+@pytest.mark.commits  # the command opens its own engine
 def test_db_prune_command(runtime, monkeypatch, capsys):
     from cli import main
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 import phasecore.pipeline
@@ -14,6 +15,9 @@ from jobs import functions
 from phasecore.errors import InvalidSettings
 from phasecore.ntk.engine import _prepared
 from tests.service.conftest import tiny_request
+
+# real commits: job threads
+pytestmark = pytest.mark.commits
 
 
 class _Identity:

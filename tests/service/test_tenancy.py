@@ -141,7 +141,8 @@ def test_wrong_keys_are_throttled_per_address_without_a_query_each(make_runtime)
     good = _key(runtime, "acme")
     lookups: list[str] = []
 
-    @event.listens_for(runtime.engine, "before_cursor_execute")
+    # the sessions' bind: the engine, or the test's connection when the test's transaction is rolled back
+    @event.listens_for(runtime.sessions.kw.get("bind", runtime.engine), "before_cursor_execute")
     def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
         if "api_keys" in statement:
             lookups.append(statement)

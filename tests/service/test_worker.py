@@ -9,6 +9,9 @@ from sqlalchemy import select
 from store.models import ModelProfile, Screening
 from tests.service.conftest import tiny_request, work_burst
 
+# real commits: work_burst runs the worker with a runtime of its own
+pytestmark = pytest.mark.commits
+
 RESULT_KEYS = {
     "vision",
     "language",
