@@ -94,6 +94,12 @@ def run_write(args: argparse.Namespace) -> int:
             settings["grid"] = _grid_summary(args.grid)
         with local_session() as session:
             records = study_records(session, dataset=args.dataset)
+        if not records:
+            where = f" on dataset {args.dataset}" if args.dataset else ""
+            raise ValueError(
+                f"the local database holds no succeeded pair{where}; screen the grid into it first "
+                "(phasescreen batch without --no-store, with the same PHASESCREEN_HOME)"
+            )
         document = write_evidence(
             args.out,
             records,

@@ -37,6 +37,9 @@ def test_evidence_is_written_from_the_local_store_checked_and_shown_beside_the_o
     out = tmp_path / "evidence" / "shipped.json"
 
     argv = ["evidence", "write", "--out", str(out), "--dataset", "shapes", "--grid", str(grid)]
+    # nothing stored on that dataset: refused, no file (an empty evidence file would ship "no evidence" silently)
+    assert main([*argv[:4], "--dataset", "cifar10"]) == 2
+    assert "holds no succeeded pair on dataset cifar10" in capsys.readouterr().err and not out.exists()
     assert main([*argv, "--command", "make evidence"]) == 0
     assert "25 records, 1 strata" in capsys.readouterr().out
     document = json.loads(out.read_text())
