@@ -119,7 +119,7 @@ def _validate(
     check_reference(
         language, "language", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
     )
-    from phasecore.pipeline import validate_dataset  # heavy: the dataset loaders import torch
+    from phasecore.validation import validate_dataset  # sklearn's bundled digits: imported on first use
 
     validate_dataset(dataset, options, data_root=data_root)
 
