@@ -10,7 +10,9 @@ Starts `phasescreen serve` on 127.0.0.1 (a free port) with its own temporary SQL
 the engine). The Redis database index given is flushed before and after: pick one nothing else uses.
 The rate limit is off (PHASESCREEN_RATE_LIMIT_PER_MINUTE=0) and the active-screening cap is out of reach,
 so every request is served. Each phase stops after --seconds or --max-requests, whichever comes first.
-Prints, per phase: requests, errors, p50 and p99 latency, and requests per second.
+Prints, per phase: requests, errors, p50 and p99 latency, requests per second, and the CPU milliseconds per
+request of the server (its processes, from /proc) and of this client: on a shared machine the CPU figures
+move far less than the latencies.
 
 Each client is one keep-alive connection of its own (--pool per-client, the default); --pool shared is the
 first version's client, one httpx pool of 50 connections, which on a 2-core machine costs more CPU than the
@@ -44,6 +46,31 @@ REQUEST = {
     "dataset": "digits",
     "options": {"n": 64, "probes": 1},
 }
+
+
+def _cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and its descendants (Linux /proc; NaN
+    elsewhere): the server's cost per request, which a busy shared machine does not inflate as it does
+    latencies."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    try:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                except OSError:
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    except OSError:
+        return float("nan")
+    if root not in stats:
+        return float("nan")
+    total, frontier = 0.0, {root}
+    while frontier:
+        total += sum(stats[pid][1] for pid in frontier)
+        frontier = {pid for pid, (parent, _) in stats.items() if parent in frontier}
+    return total
 
 
 def _free_port() -> int:
@@ -160,6 +187,7 @@ async def _run(args: argparse.Namespace, tree: Path) -> dict[str, dict]:
         server = _start_server(port, args.database_url, args.redis_url, Path(home), tree, args.workers)
         try:
             await _wait_ready(base, server)
+            cpu = [_cpu_seconds(server.pid), time.process_time()]
             post = await _phase(
                 base,
                 args.clients,
@@ -172,6 +200,7 @@ async def _run(args: argparse.Namespace, tree: Path) -> dict[str, dict]:
                 ),
                 args.pool,
             )
+            cpu = _account(post, server.pid, cpu)
             ids = post["created"] or ["00000000-0000-0000-0000-000000000000"]
             get = await _phase(
                 base,
@@ -181,11 +210,21 @@ async def _run(args: argparse.Namespace, tree: Path) -> dict[str, dict]:
                 lambda i: ("GET", f"/v1/screenings/{random.choice(ids)}", None),
                 args.pool,
             )
+            _account(get, server.pid, cpu)
         finally:
             server.terminate()
             server.wait(timeout=30)
             redis.flushdb()
     return {"POST": post, "GET": get}
+
+
+def _account(phase: dict, server_pid: int, before: list[float]) -> list[float]:
+    """Adds the server's and this client's CPU milliseconds per request of ``phase``; returns the new marks."""
+    now = [_cpu_seconds(server_pid), time.process_time()]
+    count = max(1, phase["requests"])
+    phase["server_cpu_ms"] = (now[0] - before[0]) * 1000 / count
+    phase["client_cpu_ms"] = (now[1] - before[1]) * 1000 / count
+    return now
 
 
 def _load() -> str:
@@ -198,7 +237,7 @@ def _load() -> str:
 def _row(label: str, name: str, phase: dict) -> str:
     return (
         f"{label:<10} {name:<6} {phase['requests']:>9} {phase['errors']:>7} {phase['p50_ms']:>8.1f} "
-        f"{phase['p99_ms']:>8.1f} {phase['rps']:>8.1f}"
+        f"{phase['p99_ms']:>8.1f} {phase['rps']:>8.1f} {phase['server_cpu_ms']:>10.2f} {phase['client_cpu_ms']:>10.2f}"
     )
 
 
@@ -254,7 +293,10 @@ async def main() -> None:
             finally:
                 _git("worktree", "remove", "--force", str(base_tree), cwd=here)
     print(f"finished; {_load()}")
-    print(f"{'server':<10} {'phase':<6} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    print(
+        f"{'server':<10} {'phase':<6} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} "
+        f"{'server CPU':>10} {'client CPU':>10}  (CPU: ms per request)"
+    )
     for label, result in runs:
         for name, phase in result.items():
             print(_row(label, name, phase))
@@ -265,9 +307,11 @@ async def main() -> None:
             def median(label: str, key: str, name: str = name) -> float:
                 return statistics.median(result[name][key] for run_label, result in runs if run_label == label)
 
-            ratios = {key: median("current", key) / median("baseline", key) for key in ("rps", "p50_ms", "p99_ms")}
+            keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms")
+            ratios = {key: median("current", key) / median("baseline", key) for key in keys}
             print(
-                f"{name:<6} req/s {ratios['rps']:.2f}x   p50 {ratios['p50_ms']:.2f}x   p99 {ratios['p99_ms']:.2f}x"
+                f"{name:<6} req/s {ratios['rps']:.2f}x   p50 {ratios['p50_ms']:.2f}x   p99 {ratios['p99_ms']:.2f}x   "
+                f"server CPU per request {ratios['server_cpu_ms']:.2f}x"
             )
 
 
