@@ -2,12 +2,14 @@
 
     python bench/load_api.py [--clients 50] [--seconds 10] [--max-requests 3000]
                              [--database-url URL] [--redis-url redis://127.0.0.1:6379/14]
-                             [--workers N] [--pool per-client|shared]
+                             [--truncate] [--workers N] [--pool per-client|shared]
                              [--baseline-ref REV [--rounds R]]
 
 Starts `phasescreen serve` on 127.0.0.1 (a free port) with its own temporary SQLite file unless
 --database-url is given, and a Redis queue that no worker consumes (so the numbers measure the API, not
 the engine). The Redis database index given is flushed before and after: pick one nothing else uses.
+Rows stay in the database between runs (and every POST counts the active screenings): --truncate empties
+its tables before each run, for a scratch database only.
 The rate limit is off (PHASESCREEN_RATE_LIMIT_PER_MINUTE=0) and the active-screening cap is out of reach,
 so every request is served. Each phase stops after --seconds or --max-requests, whichever comes first.
 Prints, per phase: requests, errors, p50 and p99 latency, requests per second, and the CPU milliseconds per
@@ -181,6 +183,8 @@ async def _run(args: argparse.Namespace, tree: Path) -> dict[str, dict]:
 
     redis = Redis.from_url(args.redis_url)
     redis.flushdb()
+    if args.truncate and args.database_url:
+        _truncate(args.database_url)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as home:
@@ -227,6 +231,24 @@ def _account(phase: dict, server_pid: int, before: list[float]) -> list[float]:
     return now
 
 
+def _truncate(url: str) -> None:
+    """Empty the application's tables (those that exist) so every run starts from the same database: the
+    active-screenings count each POST makes grows with the rows earlier runs left."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from store.models import Base
+
+    engine = create_engine(url)
+    try:
+        present = set(inspect(engine).get_table_names())
+        tables = [name for name in Base.metadata.tables if name in present]
+        if tables:
+            with engine.begin() as connection:
+                connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+    finally:
+        engine.dispose()
+
+
 def _load() -> str:
     try:
         return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -258,6 +280,11 @@ async def main() -> None:
         choices=("per-client", "shared"),
         default="per-client",
         help="one connection per client (default), or the first version's shared httpx pool",
+    )
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="empty the application's tables of --database-url before each run (PostgreSQL; a scratch database!)",
     )
     parser.add_argument("--baseline-ref", default=None, help="git revision to compare with (e.g. main, HEAD~3)")
     parser.add_argument("--rounds", type=int, default=1, help="baseline/current pairs with --baseline-ref")
