@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -338,12 +338,13 @@ _READ_ONE = (
 )
 
 
-def read_screening(connection: Connection, screening_id: str, tenant: str | None = None) -> ScreeningOut:
+def read_screening(session: Session, screening_id: str, tenant: str | None = None) -> ScreeningOut:
     """What ``GET /v1/screenings/{id}`` answers: ``screening_out`` of :func:`get_screening` and its profiles,
-    read in one statement (the screening joined to its two profiles' summaries, no ORM session), 404 alike."""
+    read in one Core statement (the screening joined to its two profiles' summaries; no ORM objects loaded
+    into the session), 404 alike."""
     row = None
     if _looks_like_id(screening_id):
-        row = connection.execute(_READ_ONE.where(_SCREENINGS.c.id == screening_id)).mappings().first()
+        row = session.execute(_READ_ONE.where(_SCREENINGS.c.id == screening_id)).mappings().first()
     if row is None or (tenant is not None and row["tenant"] != tenant):
         raise not_found("screening", screening_id)
     screening = Screening(**{column.key: row[column.key] for column in _SCREENINGS.columns})  # transient

@@ -155,9 +155,8 @@ async def get_screening(screening_id: str, runtime: RuntimeDep, caller: ReaderDe
 
 
 def _read(runtime: Runtime, screening_id: str, tenant: str | None) -> Response:
-    # one statement: autocommit spares the BEGIN and ROLLBACK round trips of a transaction
-    with runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        out = screenings.read_screening(connection, screening_id, tenant)
+    with runtime.session() as session:
+        out = screenings.read_screening(session, screening_id, tenant)
     active = out.state in ACTIVE_STATES
     return json_response(out, headers={"Retry-After": str(runtime.settings.retry_after)} if active else None)
 

@@ -106,8 +106,8 @@ def test_one_statement_reads_what_the_orm_path_reads(any_runtime: Runtime) -> No
     with TestClient(create_app(runtime=any_runtime)) as client:
         for screening_id in ids:
             expected = _orm_view(any_runtime, screening_id)
-            with any_runtime.engine.connect() as connection:
-                assert read_screening(connection, screening_id).model_dump(mode="json") == expected
+            with any_runtime.session() as session:
+                assert read_screening(session, screening_id).model_dump(mode="json") == expected
             response = client.get(f"/v1/screenings/{screening_id}")
             assert response.status_code == 200 and response.headers["content-type"] == "application/json"
             assert response.json() == expected
@@ -118,11 +118,11 @@ def test_one_statement_reads_what_the_orm_path_reads(any_runtime: Runtime) -> No
 
 def test_one_statement_hides_other_tenants_and_bad_ids_as_404(any_runtime: Runtime) -> None:
     ids = _populate(any_runtime)
-    with any_runtime.engine.connect() as connection:
-        assert read_screening(connection, ids[3], "t1").id == ids[3]
+    with any_runtime.session() as session:
+        assert read_screening(session, ids[3], "t1").id == ids[3]
         for screening_id, tenant in [(ids[3], "t2"), (ids[0], "t1"), ("nope", None), (ids[0][:-1] + "x", None)]:
             with pytest.raises(Problem) as refused:
-                read_screening(connection, screening_id, tenant)
+                read_screening(session, screening_id, tenant)
             assert refused.value.status == 404
             with pytest.raises(Problem) as also:
                 _orm_view(any_runtime, screening_id, tenant)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from store.settings import ServiceSettings
 from tests.service.conftest import REPO, tiny_request, wait_for, worker_env
@@ -32,6 +33,7 @@ def test_workers_above_one_need_redis(tmp_path: Path) -> None:
     assert not (tmp_path / "phasescreen.db").exists()  # refused before anything was created
 
 
+@pytest.mark.commits  # the server processes write through their own connections
 def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettings], tmp_path: Path) -> None:
     settings = make_settings(auto_migrate=True)
     port = _free_port()
