@@ -2,12 +2,28 @@
 
     python bench/load_api.py [--clients 50] [--seconds 10] [--max-requests 3000]
                              [--database-url URL] [--redis-url redis://127.0.0.1:6379/14]
+                             [--truncate] [--workers N] [--pool per-client|shared]
+                             [--baseline-ref REV [--rounds R]]
 
 Starts `phasescreen serve` on 127.0.0.1 (a free port) with its own temporary SQLite file unless
 --database-url is given, and a Redis queue that no worker consumes (so the numbers measure the API, not
 the engine). The Redis database index given is flushed before and after: pick one nothing else uses.
-Each phase stops after --seconds or --max-requests, whichever comes first. Prints, per phase: requests,
-errors, p50 and p99 latency, and requests per second.
+Rows stay in the database between runs (and every POST counts the active screenings): --truncate empties
+its tables before each run, for a scratch database only.
+The rate limit is off (PHASESCREEN_RATE_LIMIT_PER_MINUTE=0) and the active-screening cap is out of reach,
+so every request is served. Each phase stops after --seconds or --max-requests, whichever comes first.
+Prints, per phase: requests, errors, p50 and p99 latency, requests per second, and the CPU milliseconds per
+request of the server (its processes, from /proc) and of this client: on a shared machine the CPU figures
+move far less than the latencies.
+
+Each client is one keep-alive connection of its own (--pool per-client, the default); --pool shared is the
+first version's client, one httpx pool of 50 connections, which on a 2-core machine costs more CPU than the
+server it measures (it tops out near 500 req/s against a server that answers instantly).
+
+--baseline-ref REV also runs the server of git revision REV (checked out in a temporary worktree, deleted
+afterwards) with the same client, alternating baseline and current --rounds times, then prints the ratios
+current / baseline of the medians. Database URL and Redis index are shared: the runs never overlap.
+--workers N starts `phasescreen serve --workers N` (N > 1 needs Redis; a baseline without the flag fails).
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ import asyncio
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,13 +50,40 @@ REQUEST = {
 }
 
 
+def _cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and its descendants (Linux /proc; NaN
+    elsewhere): the server's cost per request, which a busy shared machine does not inflate as it does
+    latencies."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    try:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                except OSError:
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    except OSError:
+        return float("nan")
+    if root not in stats:
+        return float("nan")
+    total, frontier = 0.0, {root}
+    while frontier:
+        total += sum(stats[pid][1] for pid in frontier)
+        frontier = {pid for pid, (parent, _) in stats.items() if parent in frontier}
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _start_server(port: int, database_url: str | None, redis_url: str, home: Path) -> subprocess.Popen:
+def _start_server(
+    port: int, database_url: str | None, redis_url: str, home: Path, tree: Path, workers: int = 1
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "PHASESCREEN_HOME": str(home),
@@ -48,6 +92,7 @@ def _start_server(port: int, database_url: str | None, redis_url: str, home: Pat
         "PHASESCREEN_RATE_LIMIT_PER_MINUTE": "0",
         "PHASESCREEN_MAX_ACTIVE_SCREENINGS": "1000000",
         "PHASESCREEN_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(tree),  # the server runs the code of `tree` (this checkout, or the baseline's)
     }
     if database_url:
         env["PHASESCREEN_DATABASE_URL"] = database_url
@@ -55,8 +100,10 @@ def _start_server(port: int, database_url: str | None, redis_url: str, home: Pat
     else:
         env.pop("PHASESCREEN_DATABASE_URL", None)
     code = "import sys; from cli import main; sys.exit(main())"
+    extra = ["--workers", str(workers)] if workers != 1 else []
     return subprocess.Popen(
-        [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
+        cwd=tree,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -78,35 +125,46 @@ async def _wait_ready(base: str, server: subprocess.Popen, timeout: float = 120)
     raise SystemExit("server did not become ready")
 
 
-async def _phase(base: str, clients: int, seconds: float, max_requests: int, make_request) -> dict:
+async def _phase(
+    base: str, clients: int, seconds: float, max_requests: int, make_request, pool: str = "per-client"
+) -> dict:
     latencies: list[float] = []
     errors = 0
     issued = 0
     created: list[str] = []
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+    def new_client(connections: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(base_url=base, limits=limits, timeout=30)
 
-        async def one_client() -> None:
-            nonlocal errors, issued
-            while time.monotonic() < deadline and issued < max_requests:
-                issued += 1
-                method, url, body = make_request(issued)
-                started = time.perf_counter()
-                try:
-                    response = await http.request(method, url, json=body)
-                    ok = response.status_code < 400
-                    if ok and method == "POST":
-                        created.append(response.json()["id"])
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
+    async def one_client(http: httpx.AsyncClient) -> None:
+        nonlocal errors, issued
+        while time.monotonic() < deadline and issued < max_requests:
+            issued += 1
+            method, url, body = make_request(issued)
+            started = time.perf_counter()
+            try:
+                response = await http.request(method, url, json=body)
+                ok = response.status_code < 400
+                if ok and method == "POST":
+                    created.append(response.json()["id"])
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.perf_counter() - started
+    async def own_connection() -> None:
+        async with new_client(1) as http:
+            await one_client(http)
+
+    started = time.perf_counter()
+    if pool == "shared":
+        async with new_client(clients) as http:
+            await asyncio.gather(*(one_client(http) for _ in range(clients)))
+    else:
+        await asyncio.gather(*(own_connection() for _ in range(clients)))
+    wall = time.perf_counter() - started
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     return {
@@ -119,30 +177,21 @@ async def _phase(base: str, clients: int, seconds: float, max_requests: int, mak
     }
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
-    parser.add_argument("--max-requests", type=int, default=3000, help="cap of each phase")
-    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    args = parser.parse_args()
-    if not 1 <= args.clients <= 200 or not 0 < args.seconds <= 120:
-        raise SystemExit("keep it bounded: 1-200 clients, at most 120 s per phase")
-
+async def _run(args: argparse.Namespace, tree: Path) -> dict[str, dict]:
+    """One server of ``tree``: the POST phase, then the GET phase on what it created."""
     from redis import Redis
 
     redis = Redis.from_url(args.redis_url)
     redis.flushdb()
+    if args.truncate and args.database_url:
+        _truncate(args.database_url)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as home:
-        server = _start_server(port, args.database_url, args.redis_url, Path(home))
+        server = _start_server(port, args.database_url, args.redis_url, Path(home), tree, args.workers)
         try:
             await _wait_ready(base, server)
-            store = "SQLite (temporary)" if not args.database_url else args.database_url.split("@")[-1]
-            print(f"server {base}, database {store}, {args.clients} clients, phases of {args.seconds:g} s")
-
+            cpu = [_cpu_seconds(server.pid), time.process_time()]
             post = await _phase(
                 base,
                 args.clients,
@@ -153,7 +202,9 @@ async def main() -> None:
                     "/v1/screenings",
                     {**REQUEST, "options": {**REQUEST["options"], "seed": i}},
                 ),
+                args.pool,
             )
+            cpu = _account(post, server.pid, cpu)
             ids = post["created"] or ["00000000-0000-0000-0000-000000000000"]
             get = await _phase(
                 base,
@@ -161,17 +212,134 @@ async def main() -> None:
                 args.seconds,
                 args.max_requests,
                 lambda i: ("GET", f"/v1/screenings/{random.choice(ids)}", None),
+                args.pool,
             )
+            _account(get, server.pid, cpu)
         finally:
             server.terminate()
             server.wait(timeout=30)
             redis.flushdb()
-    print(f"{'phase':<6} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-    for name, phase in (("POST", post), ("GET", get)):
-        print(
-            f"{name:<6} {phase['requests']:>9} {phase['errors']:>7} {phase['p50_ms']:>8.1f} "
-            f"{phase['p99_ms']:>8.1f} {phase['rps']:>8.1f}"
-        )
+    return {"POST": post, "GET": get}
+
+
+def _account(phase: dict, server_pid: int, before: list[float]) -> list[float]:
+    """Adds the server's and this client's CPU milliseconds per request of ``phase``; returns the new marks."""
+    now = [_cpu_seconds(server_pid), time.process_time()]
+    count = max(1, phase["requests"])
+    phase["server_cpu_ms"] = (now[0] - before[0]) * 1000 / count
+    phase["client_cpu_ms"] = (now[1] - before[1]) * 1000 / count
+    return now
+
+
+def _truncate(url: str) -> None:
+    """Empty the application's tables (those that exist) so every run starts from the same database: the
+    active-screenings count each POST makes grows with the rows earlier runs left."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from store.models import Base
+
+    engine = create_engine(url)
+    try:
+        present = set(inspect(engine).get_table_names())
+        tables = [name for name in Base.metadata.tables if name in present]
+        if tables:
+            with engine.begin() as connection:
+                connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+def _load() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def _row(label: str, name: str, phase: dict) -> str:
+    return (
+        f"{label:<10} {name:<6} {phase['requests']:>9} {phase['errors']:>7} {phase['p50_ms']:>8.1f} "
+        f"{phase['p99_ms']:>8.1f} {phase['rps']:>8.1f} {phase['server_cpu_ms']:>10.2f} {phase['client_cpu_ms']:>10.2f}"
+    )
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--max-requests", type=int, default=3000, help="cap of each phase")
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (phasescreen serve --workers)")
+    parser.add_argument(
+        "--pool",
+        choices=("per-client", "shared"),
+        default="per-client",
+        help="one connection per client (default), or the first version's shared httpx pool",
+    )
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="empty the application's tables of --database-url before each run (PostgreSQL; a scratch database!)",
+    )
+    parser.add_argument("--baseline-ref", default=None, help="git revision to compare with (e.g. main, HEAD~3)")
+    parser.add_argument("--rounds", type=int, default=1, help="baseline/current pairs with --baseline-ref")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 200 or not 0 < args.seconds <= 120:
+        raise SystemExit("keep it bounded: 1-200 clients, at most 120 s per phase")
+    if not 1 <= args.rounds <= 10 or not 1 <= args.workers <= 16:
+        raise SystemExit("keep it bounded: 1-10 rounds, 1-16 workers")
+
+    here = Path(__file__).resolve().parent.parent
+    store = "SQLite (temporary)" if not args.database_url else args.database_url.split("@")[-1]
+    print(
+        f"database {store}, {args.clients} clients ({args.pool} connections), phases of {args.seconds:g} s, "
+        f"{args.workers} server process(es)"
+    )
+    runs: list[tuple[str, dict[str, dict]]] = []
+    if args.baseline_ref is None:
+        print(f"current tree {_git('rev-parse', '--short', 'HEAD', cwd=here)}; {_load()}")
+        runs.append(("current", await _run(args, here)))
+    else:
+        base_commit = _git("rev-parse", "--short", args.baseline_ref, cwd=here)
+        with tempfile.TemporaryDirectory() as scratch:
+            base_tree = Path(scratch) / "baseline"
+            _git("worktree", "add", "--detach", str(base_tree), args.baseline_ref, cwd=here)
+            try:
+                current = _git("rev-parse", "--short", "HEAD", cwd=here)
+                print(f"baseline {args.baseline_ref} ({base_commit}), current tree {current} and its changes")
+                for round_ in range(args.rounds):
+                    order = [("baseline", base_tree), ("current", here)]
+                    for label, tree in order if round_ % 2 == 0 else order[::-1]:
+                        print(f"round {round_ + 1}: {label}; {_load()}", flush=True)
+                        runs.append((label, await _run(args, tree)))
+            finally:
+                _git("worktree", "remove", "--force", str(base_tree), cwd=here)
+    print(f"finished; {_load()}")
+    print(
+        f"{'server':<10} {'phase':<6} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} "
+        f"{'server CPU':>10} {'client CPU':>10}  (CPU: ms per request)"
+    )
+    for label, result in runs:
+        for name, phase in result.items():
+            print(_row(label, name, phase))
+    if args.baseline_ref is not None:
+        print("ratios current / baseline (medians over rounds; req/s: higher is better, latency: lower is better)")
+        for name in ("POST", "GET"):
+
+            def median(label: str, key: str, name: str = name) -> float:
+                return statistics.median(result[name][key] for run_label, result in runs if run_label == label)
+
+            keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms")
+            ratios = {key: median("current", key) / median("baseline", key) for key in keys}
+            print(
+                f"{name:<6} req/s {ratios['rps']:.2f}x   p50 {ratios['p50_ms']:.2f}x   p99 {ratios['p99_ms']:.2f}x   "
+                f"server CPU per request {ratios['server_cpu_ms']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

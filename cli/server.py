@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from typing import Any
 
 from store.settings import ServiceSettings
 
@@ -16,6 +17,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (default 1; more than 1 needs PHASESCREEN_REDIS_URL): one Python "
+        "process serves requests on one core at a time, so use about one per core the API may have",
+    )
     serve.set_defaults(func=_serve)
 
     worker = subparsers.add_parser("worker", help="run an RQ worker (one per GPU; needs PHASESCREEN_REDIS_URL)")
@@ -89,24 +97,60 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings()
     _configure_logging(settings)
+    # the app resolves X-Forwarded-For itself against PHASESCREEN_TRUSTED_PROXIES; uvicorn's own handling
+    # (which trusts 127.0.0.1 by default) stays off so there is one rule, not two
+    # log_config=None: uvicorn keeps the handler configured above; its access lines are replaced by the
+    # app's own (service.requestlog: route template, status, duration and ids, as JSON)
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+    }
+    if args.workers != 1:
+        return _serve_processes(args.workers, settings, options)
     app = create_app(settings)
     try:
-        # the app resolves X-Forwarded-For itself against PHASESCREEN_TRUSTED_PROXIES; uvicorn's own handling
-        # (which trusts 127.0.0.1 by default) stays off so there is one rule, not two
-        # log_config=None: uvicorn keeps the handler configured above; its access lines are replaced by the
-        # app's own (service.requestlog: route template, status, duration and ids, as JSON)
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=settings.log_level.lower(),
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-        )
+        uvicorn.run(app, workers=1, **options)  # workers=1: a WEB_CONCURRENCY in the environment is not ours
     finally:  # in-process jobs hand their rows back instead of holding the exit for an hour
         app.state.runtime.close()
     return 0
+
+
+def _serve_processes(workers: int, settings: ServiceSettings, options: dict[str, Any]) -> int:
+    """``workers`` uvicorn processes, each with its own app built from the environment (``app_factory``)."""
+    import os
+
+    import uvicorn
+
+    if not 1 < workers <= 64:
+        print("phasescreen serve: --workers must be between 1 and 64", file=sys.stderr)
+        return 2
+    if not settings.redis_url:  # in-process jobs, rate limits and reconciler would each be per process
+        print(
+            "phasescreen serve: --workers above 1 needs PHASESCREEN_REDIS_URL (the embedded deployment runs its "
+            "jobs inside the one server process)",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.should_migrate:  # once, here, not racing in every process
+        from store.db import upgrade
+
+        upgrade(settings.sqlalchemy_url)
+    os.environ["PHASESCREEN_AUTO_MIGRATE"] = "false"
+    uvicorn.run("cli.server:app_factory", factory=True, workers=workers, **options)
+    return 0
+
+
+def app_factory() -> Any:
+    """The app of one ``serve --workers N`` process, from the environment (uvicorn imports and calls this)."""
+    from service.app import create_app
+
+    settings = ServiceSettings()
+    _configure_logging(settings)
+    return create_app(settings)
 
 
 def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

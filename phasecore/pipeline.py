@@ -15,15 +15,15 @@ import numpy as np
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
 from phasecore.alignment import permutation_null
-from phasecore.data import load_dataset
 from phasecore.errors import InvalidSettings
-from phasecore.groundtruth import check_sample, measure_alignment
+from phasecore.groundtruth import measure_alignment
 from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
 from phasecore.registry import check_reference
 from phasecore.rules import PAPER, pair_rules
 from phasecore.schema import ScreeningResult
 from phasecore.settings import EngineSettings, profile_key
 from phasecore.similarity import representation_similarity
+from phasecore.validation import validate_dataset
 
 __all__ = [
     "ModelProfile",
@@ -55,14 +55,6 @@ def validate_request(
     for role, ref in (("vision", vision_ref), ("language", language_ref)):
         check_reference(ref, role, allowed_sources=allowed_sources, model_root=root)
     validate_dataset(dataset_ref, settings, data_root=data_root)
-
-
-def validate_dataset(dataset_ref: str, settings: EngineSettings, *, data_root: str | Path | None = None) -> None:
-    """The dataset exists and holds N pairs, and (with ground truth on) every class has enough pairs for the
-    K-fold and unseen-class tests."""
-    dataset = load_dataset(dataset_ref, n=settings.n, seed=settings.seed, data_root=data_root)
-    if settings.ground_truth:
-        check_sample(dataset.labels, settings.gt_folds)
 
 
 def _null(

@@ -267,7 +267,7 @@ def model_version(reference: str | ModelRef, *, model_root: Path | None = None) 
         if package is None:
             return None
         try:
-            return f"{package.distribution}=={importlib.metadata.version(package.distribution)}"
+            return f"{package.distribution}=={_installed_version(package.distribution)}"
         except importlib.metadata.PackageNotFoundError:
             return None
     if ref.source == "hf":
@@ -279,6 +279,29 @@ def model_version(reference: str | ModelRef, *, model_root: Path | None = None) 
             return None
         return "files:" + _files_fingerprint(path)
     return None
+
+
+_VERSIONS: dict[tuple[str, int], str] = {}  # (dist-info folder, its mtime) -> the version read there
+
+
+def _installed_version(distribution: str) -> str:
+    """``importlib.metadata.version(distribution)``, each installed copy's metadata parsed once: the copy is
+    looked up every time (an upgrade installs a new dist-info folder, seen at once), the version of a folder
+    already read is remembered (parsing METADATA was a tenth of the API's cost of a submission)."""
+    dist = importlib.metadata.distribution(distribution)
+    folder = getattr(dist, "_path", None)  # PathDistribution's folder; other finders: read every time
+    try:
+        key = (str(folder), os.stat(folder).st_mtime_ns) if folder is not None else None
+    except (OSError, TypeError):
+        key = None
+    if key is None:
+        return dist.version
+    version = _VERSIONS.get(key)
+    if version is None:
+        if len(_VERSIONS) > 256:
+            _VERSIONS.clear()
+        version = _VERSIONS[key] = dist.version
+    return version
 
 
 def _files_fingerprint(path: Path) -> str:

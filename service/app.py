@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -29,6 +30,7 @@ from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.reports import ReportCache
 from service.requestlog import RequestContext
 from service.routes import batches, health, profiles, screenings, study
+from service.screenings import warm_request_checks
 from store import logs
 from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from store.settings import ServiceSettings
@@ -54,6 +56,10 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:  # before the first request, not during it (an import holds every other request up)
+            await run_in_threadpool(warm_request_checks)
+        except Exception:
+            log.warning("warming up the request checks failed; the first submission will", exc_info=True)
         reconciler = None
         if settings.embedded_queue:  # no separate workers: this process recovers its own lost jobs
             try:

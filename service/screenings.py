@@ -26,7 +26,8 @@ from phasecore.registry import check_reference, model_version
 from phasecore.settings import EngineSettings, check_compute, check_memory, profile_key
 from service.contract import check_dataset_syntax, check_reference_syntax, is_id
 from service.profiles import get_or_create_profile
-from service.schemas import ScreeningRequest, engine_settings
+from service.schemas import ScreeningOut, ScreeningRequest, engine_settings
+from service.views import screening_out
 from store.models import (
     ACTIVE_STATES,
     CANCELLED,
@@ -119,9 +120,17 @@ def _validate(
     check_reference(
         language, "language", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
     )
-    from phasecore.pipeline import validate_dataset  # heavy: the dataset loaders import torch
+    from phasecore.validation import validate_dataset  # sklearn's bundled digits: imported on first use
 
     validate_dataset(dataset, options, data_root=data_root)
+
+
+def warm_request_checks() -> None:
+    """Import what checking a dataset needs (scikit-learn, ~1 s, no torch) and read the bundled digits once,
+    so the first submissions after start-up do not queue behind it. The app calls this before serving."""
+    from phasecore.data import sample_labels
+
+    sample_labels("digits", n=10, seed=0)
 
 
 def find_by_idempotency_key(session: Session, owner: str, key: str) -> Screening | None:
@@ -312,6 +321,39 @@ def get_screening(session: Session, screening_id: str, tenant: str | None = None
     if screening is None or (tenant is not None and screening.tenant != tenant):
         raise not_found("screening", screening_id)
     return screening
+
+
+_SCREENINGS = Screening.__table__
+_VISION = ModelProfile.__table__.alias("vision_profile")
+_LANGUAGE = ModelProfile.__table__.alias("language_profile")
+_SUMMARY = ("id", "state", "stage", "progress")  # what a screening shows of each of its profiles
+_READ_ONE = (
+    select(
+        _SCREENINGS,
+        *(_VISION.c[name].label(f"vision_profile__{name}") for name in _SUMMARY),
+        *(_LANGUAGE.c[name].label(f"language_profile__{name}") for name in _SUMMARY),
+    )
+    .outerjoin(_VISION, _VISION.c.id == _SCREENINGS.c.vision_profile_id)
+    .outerjoin(_LANGUAGE, _LANGUAGE.c.id == _SCREENINGS.c.language_profile_id)
+)
+
+
+def read_screening(session: Session, screening_id: str, tenant: str | None = None) -> ScreeningOut:
+    """What ``GET /v1/screenings/{id}`` answers: ``screening_out`` of :func:`get_screening` and its profiles,
+    read in one Core statement (the screening joined to its two profiles' summaries; no ORM objects loaded
+    into the session), 404 alike."""
+    row = None
+    if _looks_like_id(screening_id):
+        row = session.execute(_READ_ONE.where(_SCREENINGS.c.id == screening_id)).mappings().first()
+    if row is None or (tenant is not None and row["tenant"] != tenant):
+        raise not_found("screening", screening_id)
+    screening = Screening(**{column.key: row[column.key] for column in _SCREENINGS.columns})  # transient
+    profiles = {}
+    for modality in ("vision", "language"):
+        values = {name: row[f"{modality}_profile__{name}"] for name in _SUMMARY}
+        if values["id"] is not None:
+            profiles[values["id"]] = ModelProfile(**values)
+    return screening_out(screening, profiles)
 
 
 def cancel_screening(session: Session, screening_id: str, tenant: str | None = None) -> Screening:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from phasecore.data import list_datasets, load_dataset, torchvision_sets
+from phasecore.data import list_datasets, load_dataset, sample_labels, torchvision_sets
 from phasecore.errors import AssetUnavailable, InvalidReference, InvalidSettings, SourceNotAllowed
 
 
@@ -204,3 +204,75 @@ def test_a_manifest_that_is_a_folder_or_not_utf8_is_an_input_error(tmp_path: Pat
     (tmp_path / "latin1.jsonl").write_bytes('{"image": "a.png", "caption": "caf\u00e9"}\n'.encode("latin-1"))
     with pytest.raises(InvalidReference, match=r"latin1\.jsonl is not UTF-8 text .*byte 0x.. at offset"):
         load_dataset("manifest:latin1.jsonl", n=1, data_root=tmp_path)
+
+
+# --- sample_labels: the API's request check ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ref", "n", "seed"),
+    [
+        *((ref, n, seed) for ref in ("digits", "shapes?size=16") for n, seed in [(64, 0), (64, 99), (25, 7), (3, 1)]),
+        ("digits", 576, 2),
+        ("shapes", 20, 5),
+        ("shapes?colors=3&shapes=4&size=16", 576, 2),
+        ("shapes?caption_noise=0.5&size=16", 50, 9),
+    ],
+)
+def test_sample_labels_are_the_loaded_samples_labels(ref: str, n: int, seed: int) -> None:
+    """What the API checks is the sample the worker will load: same labels, same order, no image drawn."""
+    expected = load_dataset(ref, n=n, seed=seed).labels
+    got = sample_labels(ref, n=n, seed=seed)
+    assert got.dtype == expected.dtype and got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("ref", "n", "error"),
+    [
+        ("digits", 0, InvalidSettings),
+        ("digits", 1798, InvalidSettings),
+        ("shapes", 0, InvalidSettings),
+        ("shapes?", 10, InvalidReference),
+        ("shapes?colors=99", 10, InvalidReference),
+        ("shapes?bogus=1", 10, InvalidReference),
+        ("mnist", 10, InvalidReference),
+        ("digits:x", 10, InvalidReference),
+    ],
+)
+def test_sample_labels_fail_as_loading_does(ref: str, n: int, error: type[Exception]) -> None:
+    with pytest.raises(error) as loading:
+        load_dataset(ref, n=n)
+    with pytest.raises(error) as checking:
+        sample_labels(ref, n=n)
+    assert str(checking.value) == str(loading.value)
+
+
+def test_sample_labels_of_a_manifest_read_its_chosen_images(tmp_path: Path) -> None:
+    """A manifest is loaded as the worker would: an unreadable image fails the check, as it fails the job."""
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "ok.png")
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not a picture")
+    rows = [{"image": "imgs/ok.png", "caption": f"c{i % 2}"} for i in range(6)]
+    write_manifest(tmp_path, rows)
+    assert sample_labels("manifest:pairs.jsonl", n=4, data_root=tmp_path).tolist() == (
+        load_dataset("manifest:pairs.jsonl", n=4, data_root=tmp_path).labels.tolist()
+    )
+    write_manifest(tmp_path, [*rows[:5], {"image": "imgs/bad.png", "caption": "c1"}])
+    with pytest.raises(InvalidReference, match="cannot be read"):
+        sample_labels("manifest:pairs.jsonl", n=6, data_root=tmp_path)
+
+
+def test_torchvision_file_names_are_torchvisions() -> None:
+    """The names written out in torchvision_sets (so that naming a set imports no torch) are torchvision's."""
+    from torchvision.datasets import CIFAR10, CIFAR100, SVHN
+
+    for name, cls in (("cifar10", CIFAR10), ("cifar100", CIFAR100)):
+        spec = torchvision_sets.SETS[name]
+        meta = cls.meta["filename"]
+        assert spec.folder == cls.base_folder
+        assert spec.files == {
+            "train": [f for f, _ in cls.train_list] + [meta],
+            "test": [f for f, _ in cls.test_list] + [meta],
+        }
+        assert spec.fetch == f"unpack {cls.url} in {{root}}"
+    assert torchvision_sets.SETS["svhn"].files == {s: [SVHN.split_list[s][1]] for s in ("train", "test")}

@@ -133,6 +133,14 @@ try:
     normalize_request(request.model_copy(update={"vision": "timm:vit_huge_patch99"}), settings)
 except PhasescreenError as exc:
     errors.append(str(exc))
+for dataset in ("digits", "shapes?colors=3&shapes=3&size=32"):  # valid: the dataset is checked too
+    normalize_request(
+        ScreeningRequest.model_validate(
+            {"vision": "pkg:efficientnet-lite0", "language": "pkg:all-minilm-l6-v2", "dataset": dataset,
+             "options": {"n": 64, "seed": 3}}
+        ),
+        settings,
+    )
 seen["checks"] = [m for m in ("torch", "timm", "transformers") if m in sys.modules]
 app.state.runtime.close()
 print(json.dumps({"seen": seen, "errors": errors}))
@@ -140,8 +148,8 @@ print(json.dumps({"seen": seen, "errors": errors}))
 
 
 def test_the_api_process_starts_and_checks_references_without_torch(tmp_path: Path) -> None:
-    """``phasescreen serve`` builds the app, parses references and runs the sources' checks with no torch,
-    timm or transformers imported: a light process that answers a typo at once."""
+    """``phasescreen serve`` builds the app, parses references and runs the sources' checks and the dataset's
+    with no torch, timm or transformers imported: a light process that answers a typo at once."""
     run = subprocess.run(
         [sys.executable, "-c", _LIGHT_API, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
     )

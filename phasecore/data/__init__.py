@@ -10,16 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from phasecore.data.base import PairedDataset, PairedSample
-from phasecore.data.digits import load_digits_pairs
+from phasecore.data.digits import digits_sample_labels, load_digits_pairs
 from phasecore.data.manifest import load_manifest_pairs
 from phasecore.data.sampling import DEFAULT_N
-from phasecore.data.shapes import load_shapes_pairs
+from phasecore.data.shapes import load_shapes_pairs, shapes_sample_labels
 from phasecore.data.torchvision_sets import SETS, SPLITS, files_present, load_torchvision_pairs
 from phasecore.errors import InvalidReference
 from phasecore.paths import default_data_root
 
-__all__ = ["DEFAULT_N", "PairedDataset", "PairedSample", "list_datasets", "load_dataset"]
+__all__ = ["DEFAULT_N", "PairedDataset", "PairedSample", "list_datasets", "load_dataset", "sample_labels"]
 
 
 def load_dataset(
@@ -57,6 +59,25 @@ def load_dataset(
         f"{', '.join(f'{s}[:train]' for s in SETS)}, "
         "manifest:<file.jsonl>"
     )
+
+
+def sample_labels(
+    ref: str, *, n: int = DEFAULT_N, seed: int = 0, data_root: str | Path | None = None
+) -> np.ndarray:
+    """The labels ``(n,)`` of ``load_dataset(ref, n=n, seed=seed, data_root=data_root)``, in its order, with
+    the same errors. ``digits`` and ``shapes`` draw only the labels (no image is copied or rendered: the API
+    checks every request this way); torchvision sets and manifests are loaded as they would be (a manifest's
+    chosen images must be readable), without downloading.
+    """
+    kind, _, rest = ref.strip().partition(":")
+    if kind == "digits" and not rest:
+        return digits_sample_labels(n=n, seed=seed)
+    base, query_mark, query = ref.strip().partition("?")
+    if base == "shapes":
+        if query_mark and not query:
+            raise InvalidReference("dataset 'shapes?' has an empty option list; write shapes, or e.g. shapes?colors=8")
+        return shapes_sample_labels(query, n=n, seed=seed)
+    return load_dataset(ref, n=n, seed=seed, data_root=data_root).labels
 
 
 def list_datasets(data_root: str | Path | None = None) -> list[dict[str, Any]]:

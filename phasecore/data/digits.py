@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from sklearn.datasets import load_digits
 
 from phasecore.data.base import PairedDataset
 from phasecore.data.captions import DIGIT_WORDS, handwritten_digit_captions
-from phasecore.data.sampling import sample_pairs
+from phasecore.data.sampling import balanced_indices, sample_pairs
+
+
+@functools.cache
+def _digit_labels() -> np.ndarray:
+    """The 1797 labels (read-only): the bundled file never changes, and parsing it costs milliseconds."""
+    labels = load_digits().target.astype(np.int64)
+    labels.flags.writeable = False
+    return labels
+
+
+def digits_sample_labels(*, n: int, seed: int) -> np.ndarray:
+    """The labels ``(n,)`` of ``load_digits_pairs(n=n, seed=seed)``, no image copied (the API's request check);
+    the same errors for an N the classes cannot carry."""
+    labels = _digit_labels()
+    rng = np.random.default_rng(seed)  # the first draws of sample_pairs' generator: the same indices
+    return labels[balanced_indices(labels, n, rng, class_names=list(DIGIT_WORDS), dataset="digits")]
 
 
 def load_digits_pairs(*, n: int, seed: int) -> PairedDataset:

@@ -358,6 +358,25 @@ def _draw_sample(rng: np.random.Generator, color: str, shape: str, size_px: int)
     return image, {"size": size_word, "pos": POSITIONS[region], "bg": bg}
 
 
+def _draw_labels(n_classes: int, n: int, seed: int) -> tuple[np.random.Generator, np.ndarray]:
+    """The sample's labels, balanced (± 1) and shuffled, and the generator that drew them (it goes on to draw
+    templates, caption noise and images)."""
+    if n < 1:
+        raise InvalidSettings(f"N={n} pairs requested; N must be at least 1")
+    rng = np.random.default_rng(seed)
+    base, remainder = divmod(n, n_classes)
+    quota = np.full(n_classes, base)
+    quota[rng.choice(n_classes, remainder, replace=False)] += 1
+    return rng, rng.permutation(np.repeat(np.arange(n_classes), quota))
+
+
+def shapes_sample_labels(query: str = "", *, n: int, seed: int) -> np.ndarray:
+    """The labels ``(n,)`` of ``load_shapes_pairs(query, n=n, seed=seed)``, nothing rendered (the API's
+    request check); the same errors for bad options or N."""
+    options = parse_shapes_options(query)
+    return _draw_labels(options["colors"] * options["shapes"], n, seed)[1]
+
+
 def load_shapes_pairs(query: str = "", *, n: int, seed: int) -> PairedDataset:
     """``n`` pairs of ``shapes?<query>``, balanced over the C classes (± 1, the remainder's classes drawn by
     the seed), in a seeded shuffled order. Everything (labels, images, captions, noise, groups) is a function
@@ -368,13 +387,7 @@ def load_shapes_pairs(query: str = "", *, n: int, seed: int) -> PairedDataset:
     colors, shapes = list(COLORS)[:n_colors], list(SHAPES)[:n_shapes]
     class_names = [f"{c} {s}" for c in colors for s in shapes]
     n_classes = len(class_names)
-    if n < 1:
-        raise InvalidSettings(f"N={n} pairs requested; N must be at least 1")
-    rng = np.random.default_rng(seed)
-    base, remainder = divmod(n, n_classes)
-    quota = np.full(n_classes, base)
-    quota[rng.choice(n_classes, remainder, replace=False)] += 1
-    labels = rng.permutation(np.repeat(np.arange(n_classes), quota))
+    rng, labels = _draw_labels(n_classes, n, seed)
     templates = rng.integers(0, len(TEMPLATES), size=n)
     n_noisy = int(round(options["caption_noise"] * n))
     noisy = np.zeros(n, dtype=bool)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 
 from phasecore.data.base import PairedDataset
 from phasecore.data.captions import DIGIT_WORDS, house_number_captions, object_captions
@@ -35,34 +34,53 @@ class TorchvisionSet:
     captions: Callable[[int, str], list[str]]  # (label, class name) -> templates
 
 
-def _cifar_files(cls: type[CIFAR10]) -> dict[str, list[str]]:
-    meta = cls.meta["filename"]
-    return {"train": [f for f, _ in cls.train_list] + [meta], "test": [f for f, _ in cls.test_list] + [meta]}
+# torchvision's folder and file names (CIFAR10.base_folder, .train_list, .test_list, .meta, .url;
+# SVHN.split_list), written out so that naming them (GET /v1/sources, the API's request check) imports no
+# torch; tests/test_data.py checks them against torchvision's. torchvision is imported when a set is opened.
+def _open_cifar10(root: Path, split: str, download: bool) -> Any:
+    from torchvision.datasets import CIFAR10
+
+    return CIFAR10(root, train=split == "train", download=download)
+
+
+def _open_cifar100(root: Path, split: str, download: bool) -> Any:
+    from torchvision.datasets import CIFAR100
+
+    return CIFAR100(root, train=split == "train", download=download)
+
+
+def _open_svhn(root: Path, split: str, download: bool) -> Any:
+    from torchvision.datasets import SVHN
+
+    return SVHN(root, split=split, download=download)
 
 
 SETS: dict[str, TorchvisionSet] = {
     "cifar10": TorchvisionSet(
         n_classes=10,
-        folder=CIFAR10.base_folder,
-        files=_cifar_files(CIFAR10),
-        fetch=f"unpack {CIFAR10.url} in {{root}}",
-        open=lambda root, split, download: CIFAR10(root, train=split == "train", download=download),
+        folder="cifar-10-batches-py",
+        files={
+            "train": [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"],
+            "test": ["test_batch", "batches.meta"],
+        },
+        fetch="unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz in {root}",
+        open=_open_cifar10,
         captions=lambda label, name: object_captions(name),
     ),
     "cifar100": TorchvisionSet(
         n_classes=100,
-        folder=CIFAR100.base_folder,
-        files=_cifar_files(CIFAR100),
-        fetch=f"unpack {CIFAR100.url} in {{root}}",
-        open=lambda root, split, download: CIFAR100(root, train=split == "train", download=download),
+        folder="cifar-100-python",
+        files={"train": ["train", "meta"], "test": ["test", "meta"]},
+        fetch="unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz in {root}",
+        open=_open_cifar100,
         captions=lambda label, name: object_captions(name),
     ),
     "svhn": TorchvisionSet(
         n_classes=10,
         folder="",
-        files={s: [SVHN.split_list[s][1]] for s in SPLITS},
+        files={"train": ["train_32x32.mat"], "test": ["test_32x32.mat"]},
         fetch="download it from http://ufldl.stanford.edu/housenumbers/ into {root}",
-        open=lambda root, split, download: SVHN(root, split=split, download=download),
+        open=_open_svhn,
         captions=lambda label, name: house_number_captions(label),
     ),
 }

@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AfterValidator
 
+from jobs.runtime import Runtime
 from service import screenings
 from service.contract import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, NO_NUL_PATTERN
-from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
+from service.deps import (
+    Caller,
+    ReaderDep,
+    RuntimeDep,
+    SessionDep,
+    WriterDep,
+    checked_idempotency_key,
+    json_response,
+)
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
 from store import logs
@@ -55,38 +65,42 @@ IdempotencyKey = Annotated[
     },
     summary="Submit a screening",
 )
-def submit_screening(
+async def submit_screening(
     body: ScreeningRequest,
-    response: Response,
-    session: SessionDep,
-    queue: QueueDep,
-    settings: SettingsDep,
+    runtime: RuntimeDep,
     caller: WriterDep,
     idempotency_key: IdempotencyKey = None,
-) -> ScreeningOut:
+) -> Response:
     """Queue a screening of a (vision, language) pair. Answers 202 with the screening, `Location` and
     `Retry-After`; poll the Location. The same `Idempotency-Key` with the same body returns the same
     screening; with another body, 422."""
-    submission = screenings.submit_screening(
-        session,
-        queue,
-        body,
-        settings=settings,
-        owner=caller.owner,
-        tenant=caller.tenant,
-        isolated=caller.scoped,
-        idempotency_key=checked_idempotency_key(idempotency_key),
-    )
-    screening = submission.screening
-    logs.set_context(screening_id=screening.id)
-    response.headers["Location"] = screening_href(screening.id)
+    key = checked_idempotency_key(idempotency_key)
+    # one trip to the thread pool for the whole request (session, queue, body), not one per step
+    return await run_in_threadpool(_submit, runtime, body, caller, key)
+
+
+def _submit(runtime: Runtime, body: ScreeningRequest, caller: Caller, idempotency_key: str | None) -> Response:
+    settings = runtime.settings
+    with runtime.session() as session:
+        submission = screenings.submit_screening(
+            session,
+            runtime.queue,
+            body,
+            settings=settings,
+            owner=caller.owner,
+            tenant=caller.tenant,
+            isolated=caller.scoped,
+            idempotency_key=idempotency_key,
+        )
+        screening = submission.screening
+        logs.set_context(screening_id=screening.id)
+        out = screening_out(screening, load_profiles(session, [screening]))
+    headers = {"Location": screening_href(screening.id)}
     if screening.state in ACTIVE_STATES:
-        response.headers["Retry-After"] = str(settings.retry_after)
-    else:
-        response.status_code = 201
+        headers["Retry-After"] = str(settings.retry_after)
     if not submission.created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return screening_out(screening, load_profiles(session, [screening]))
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(out, status_code=202 if screening.state in ACTIVE_STATES else 201, headers=headers)
 
 
 @router.get(
@@ -135,14 +149,16 @@ def list_screenings(
     response_model=ScreeningOut,
     responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM},
 )
-def get_screening(
-    screening_id: str, session: SessionDep, response: Response, settings: SettingsDep, caller: ReaderDep
-) -> ScreeningOut:
+async def get_screening(screening_id: str, runtime: RuntimeDep, caller: ReaderDep) -> Response:
     """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
-    screening = screenings.get_screening(session, screening_id, caller.visible_tenant)
-    if screening.state in ACTIVE_STATES:
-        response.headers["Retry-After"] = str(settings.retry_after)
-    return screening_out(screening, load_profiles(session, [screening]))
+    return await run_in_threadpool(_read, runtime, screening_id, caller.visible_tenant)
+
+
+def _read(runtime: Runtime, screening_id: str, tenant: str | None) -> Response:
+    with runtime.session() as session:
+        out = screenings.read_screening(session, screening_id, tenant)
+    active = out.state in ACTIVE_STATES
+    return json_response(out, headers={"Retry-After": str(runtime.settings.retry_after)} if active else None)
 
 
 @router.post(

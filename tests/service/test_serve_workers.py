@@ -1,0 +1,70 @@
+"""``phasescreen serve --workers N``: N processes on one port, each with its own app; refused without Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from store.settings import ServiceSettings
+from tests.service.conftest import REPO, tiny_request, wait_for, worker_env
+
+SERVE = [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())", "serve", "--host", "127.0.0.1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_workers_above_one_need_redis(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHASESCREEN_")}
+    env["PHASESCREEN_HOME"] = str(tmp_path)
+    run = subprocess.run([*SERVE, "--workers", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "PHASESCREEN_REDIS_URL" in run.stderr
+    assert not (tmp_path / "phasescreen.db").exists()  # refused before anything was created
+
+
+@pytest.mark.commits  # the server processes write through their own connections
+def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettings], tmp_path: Path) -> None:
+    settings = make_settings(auto_migrate=True)
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [*SERVE, "--port", str(port), "--workers", "2"], cwd=REPO, env=worker_env(settings), stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return server.poll() is not None  # stop waiting: the assertion below says why
+
+    try:
+        wait_for(ready, timeout=120, what="serve --workers 2")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
+        with httpx.Client(base_url=base, timeout=30) as client:
+            created = [client.post("/v1/screenings", json=tiny_request(seed=i)) for i in range(6)]
+            assert [r.status_code for r in created] == [202] * 6, [r.text for r in created]
+            for response in created:  # whichever process answers sees what the other wrote
+                fetched = client.get(response.headers["location"])
+                assert fetched.status_code == 200 and fetched.json() == response.json()
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2  # the two server processes (uvicorn may add a helper)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
