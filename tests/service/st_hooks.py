@@ -18,6 +18,7 @@ SEMANTIC_KINDS = frozenset(
         "asset-unavailable",  # a file or package missing here, a dataset without its files
         "invalid-settings",  # settings the dataset or deployment cannot run (n above what it holds, max_n)
         "exceeds-worker-memory",
+        "exceeds-worker-budget",  # settings whose estimated compute passes PHASESCREEN_MAX_JOB_SECONDS
         "unsupported-model",
         "duplicate-models",  # a batch naming one model twice in two spellings (canonical forms collide)
         "idempotency-key-reused",

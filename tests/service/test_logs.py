@@ -142,6 +142,7 @@ def test_the_text_format_escapes_client_text_and_indents_tracebacks():
     assert "request_id=r1" in lines[0] and "\\n" in lines[0]
 
 
+@pytest.mark.commits  # the worker's burst reads through its own connections
 def test_worker_lines_carry_the_screening_its_tenant_and_batch(client, runtime, captured):
     batch = client.post("/v1/batches", json=batch_request(vision=batch_request()["vision"][:1])).json()
     screening_id = batch["matrix"][0][0]["screening_id"]

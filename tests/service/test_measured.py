@@ -57,6 +57,7 @@ def _fresh_study_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store.study, "_STUDY_CACHE", {})
 
 
+@pytest.mark.commits  # the worker's burst reads through its own connections
 def test_a_tenants_result_counts_only_its_own_tenants_pairs(make_runtime, monkeypatch, tmp_path: Path):
     monkeypatch.setenv(EVIDENCE_PATH_ENV, str(tmp_path / "none.json"))  # no shipped evidence here
     runtime = make_runtime(require_api_key=True)
@@ -101,6 +102,7 @@ def test_a_tenants_result_counts_only_its_own_tenants_pairs(make_runtime, monkey
     assert keyed["n_labelled"] < 24 and keyed["status"] == "insufficient"
 
 
+@pytest.mark.commits  # the worker's burst reads through its own connections
 def test_a_fresh_deployment_shows_the_shipped_evidence_of_the_results_stratum(runtime, monkeypatch, tmp_path):
     with TestClient(create_app(runtime=runtime)) as client:
         submitted = client.post("/v1/screenings", json=tiny_request()).json()
