@@ -87,6 +87,7 @@ def _st() -> str:
     return found
 
 
+@pytest.mark.commits  # a live server's request threads cannot share the test's one rolled-back connection
 def test_st_run_with_all_checks_passes_against_a_live_server(make_runtime, tmp_path):
     import uvicorn
 
