@@ -208,6 +208,13 @@ _DOSE_PANELS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
 )
 
 
+def _censored(result: Any, title: str) -> bool:
+    """Whether the panel ``title``'s value of ``result`` is a lower bound (its AGOP ratio censored)."""
+    side = "vision" if title.endswith("vision") else "language" if title.endswith("language") else None
+    agop = None if side is None else getattr(result.metrics, f"agop_{side}")
+    return bool(agop is not None and agop.censored)
+
+
 def _log10(value: Any) -> float | None:
     return math.log10(value) if isinstance(value, int | float) and _finite(value) and value > 0 else None
 
@@ -251,6 +258,10 @@ def dose_response_series(document: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "other": other,
                 "t": [t for t, _ in points],
                 "values": {title: [get(r) for _, r in points] for title, get in _DOSE_PANELS},
+                # a censored AGOP ratio is a lower bound (METRICS §4): drawn as an up-pointing marker
+                "lower_bound": {
+                    title: [_censored(r, title) for _, r in points] for title, _ in _DOSE_PANELS
+                },
             }
         )
     return out
@@ -272,6 +283,9 @@ def dose_response(document: Mapping[str, Any]) -> Figure:
             style = "-" if curve["side"] == "vision" else "--"
             label = f"{_short(curve['family'], 28)} (× {_short(curve['other'], 22)})"
             ax.plot(curve["t"], values, style, marker="o", markersize=3, color=f"C{k % 10}", label=label)
+            bounds = [(t, v) for t, v, b in zip(curve["t"], values, curve["lower_bound"][title], strict=True) if b]
+            if bounds:  # censored ratios: the value is a floor, the true ratio is at least this
+                ax.plot(*zip(*bounds, strict=True), linestyle="none", marker="^", markersize=8, color=f"C{k % 10}")
             drawn += 1
         if title.startswith("alignment_score"):
             ax.axhline(0.03, color="black", linestyle=":", linewidth=1)
@@ -283,7 +297,10 @@ def dose_response(document: Mapping[str, Any]) -> Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7)
-    fig.suptitle("Dose-response: graded controls toward a random init (solid: vision varied; dashed: language)")
+    fig.suptitle(
+        "Dose-response: graded controls toward a random init (solid: vision varied; dashed: language; "
+        "▲ censored AGOP ratio, a lower bound)"
+    )
     return fig
 
 

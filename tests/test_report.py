@@ -193,7 +193,8 @@ def _blend_document() -> dict:
     pairs = []
     for i, v in enumerate(vision):
         for j, lang in enumerate(language):
-            metrics = {"agop_ratio_vision": 10.0 ** (6 - 2 * i), "agop_ratio_language": 10.0 ** (4 + j)}
+            metrics = {"agop_ratio_vision": 10.0 ** (6 - 2 * i), "agop_ratio_language": 10.0 ** (4 + j),
+                       "agop_vision": {"censored": i == 1}}  # fmt: skip
             result = full_result(metrics=metrics, ground_truth={"alignment_score": 0.5 - 0.2 * i - 0.3 * j})
             pairs.append({"vision": v, "language": lang, "vision_index": i, "language_index": j,
                           "state": "succeeded", "result": result, "problem": None})  # fmt: skip
@@ -212,6 +213,8 @@ def test_dose_response_follows_the_blend(tmp_path: Path) -> None:
     assert vision_curve["family"] == "pkg:efficientnet-lite0" and vision_curve["t"] == [0.0, 0.5, 1.0]
     assert vision_curve["values"]["log10 AGOP ratio, vision"] == pytest.approx([6.0, 4.0, 2.0])
     assert vision_curve["values"]["alignment_score (measured, §7)"] == pytest.approx([0.5, 0.3, 0.1])
+    assert vision_curve["lower_bound"]["log10 AGOP ratio, vision"] == [False, True, False]  # t = 0.5 censored
+    assert not any(vision_curve["lower_bound"]["log10 AGOP ratio, language"])
     language_curve = curves[("language", "pkg:efficientnet-lite0")]
     assert language_curve["t"] == [0.0, 1.0]
     assert language_curve["values"]["alignment_score (measured, §7)"] == pytest.approx([0.5, 0.2])
