@@ -41,24 +41,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from fastapi.testclient import TestClient
-    from redis import Redis
-    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy import func, select
 
     from jobs.runner import open_runtime
     from service.app import create_app
-    from store.db import upgrade
-    from store.models import Base, ModelProfile, Screening
+    from store.models import ModelProfile, Screening
     from store.settings import ServiceSettings
     from tests.conftest import build_tiny_bert
-    from tests.service.conftest import worker_env
+    from tests.service.conftest import reset_scratch, worker_env
 
     rng = random.Random(args.seed)
-    upgrade(args.database_url)
-    engine = create_engine(args.database_url)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} CASCADE"))
-    engine.dispose()
-    Redis.from_url(args.redis_url).flushdb()
+    reset_scratch(args.database_url, args.redis_url)
 
     workdir = Path(tempfile.mkdtemp(prefix="phasescreen-chaos-"))
     settings = ServiceSettings(

@@ -48,23 +48,14 @@ class Harness:
     """Empty database and Redis, settings, a uvicorn API on a free loopback port, worker processes."""
 
     def __init__(self, args: argparse.Namespace, name: str, database_url: str | None = None) -> None:
-        from redis import Redis
-        from sqlalchemy import create_engine, text
 
         from jobs.runner import open_runtime
         from service.app import create_app
-        from store.db import upgrade
-        from store.models import Base
         from store.settings import ServiceSettings
         from tests.conftest import build_tiny_bert
-        from tests.service.conftest import worker_env
+        from tests.service.conftest import reset_scratch, worker_env
 
-        upgrade(args.database_url)
-        engine = create_engine(args.database_url)
-        with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} CASCADE"))
-        engine.dispose()
-        Redis.from_url(args.redis_url).flushdb()
+        reset_scratch(args.database_url, args.redis_url)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"phasescreen-{name}-"))
         self.settings = ServiceSettings(
             home=self.workdir,

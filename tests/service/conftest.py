@@ -116,6 +116,20 @@ def _truncate(engine: Engine) -> None:
         conn.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} CASCADE"))
 
 
+def reset_scratch(database_url: str, redis_url: str) -> None:
+    """A scratch database migrated to head with its tables emptied, and its Redis database flushed: the start
+    of every run of ``bench/chaos.py`` and ``bench/faults.py``."""
+    from redis import Redis
+
+    upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        _truncate(engine)
+    finally:
+        engine.dispose()
+    Redis.from_url(redis_url).flushdb()
+
+
 @pytest.fixture
 def clean(pg_engine: Engine, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Connection | None]:
     """The test's database state, and an empty Redis database (the tests' own index; FLUSHDB touches nothing
