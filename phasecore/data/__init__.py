@@ -41,13 +41,10 @@ def load_dataset(
     """
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     kind, _, rest = ref.strip().partition(":")
-    if kind == "digits" and not rest:
-        return load_digits_pairs(n=n, seed=seed)
-    base, query_mark, query = ref.strip().partition("?")
-    if base == "shapes":
-        if query_mark and not query:
-            raise InvalidReference("dataset 'shapes?' has an empty option list; write shapes, or e.g. shapes?colors=8")
-        return load_shapes_pairs(query, n=n, seed=seed)
+    rendered = _rendered(ref)
+    if rendered is not None:
+        name, query = rendered
+        return load_digits_pairs(n=n, seed=seed) if name == "digits" else load_shapes_pairs(query, n=n, seed=seed)
     if kind in SETS:
         return load_torchvision_pairs(
             ref.strip(), n=n, seed=seed, data_root=root, allow_download=allow_download
@@ -69,15 +66,26 @@ def sample_labels(
     checks every request this way); torchvision sets and manifests are loaded as they would be (a manifest's
     chosen images must be readable), without downloading.
     """
-    kind, _, rest = ref.strip().partition(":")
-    if kind == "digits" and not rest:
-        return digits_sample_labels(n=n, seed=seed)
-    base, query_mark, query = ref.strip().partition("?")
-    if base == "shapes":
-        if query_mark and not query:
-            raise InvalidReference("dataset 'shapes?' has an empty option list; write shapes, or e.g. shapes?colors=8")
-        return shapes_sample_labels(query, n=n, seed=seed)
+    rendered = _rendered(ref)
+    if rendered is not None:
+        name, query = rendered
+        return digits_sample_labels(n=n, seed=seed) if name == "digits" else shapes_sample_labels(query, n=n, seed=seed)
     return load_dataset(ref, n=n, seed=seed, data_root=data_root).labels
+
+
+def _rendered(ref: str) -> tuple[str, str] | None:
+    """``("digits", "")`` or ``("shapes", <options query>)`` for the datasets that ship with the package (their
+    labels can be drawn without their images), else None. ``shapes?`` with nothing after it is refused."""
+    text = ref.strip()
+    kind, _, rest = text.partition(":")
+    if kind == "digits" and not rest:
+        return "digits", ""
+    base, query_mark, query = text.partition("?")
+    if base != "shapes":
+        return None
+    if query_mark and not query:
+        raise InvalidReference("dataset 'shapes?' has an empty option list; write shapes, or e.g. shapes?colors=8")
+    return "shapes", query
 
 
 def list_datasets(data_root: str | Path | None = None) -> list[dict[str, Any]]:
