@@ -158,9 +158,9 @@ def _models(document: Mapping[str, Any]) -> list[dict[str, Any]]:
             agop = getattr(result.metrics, f"agop_{modality}")
             if key in seen or agop is None:
                 continue
-            ratio, log10_ratio = getattr(result.metrics, f"agop_ratio_{modality}"), agop.log10_ratio
-            if isinstance(ratio, int | float) and _finite(ratio) and ratio > 0:
-                log10_ratio = math.log10(ratio)
+            log10_ratio = log10_of(getattr(result.metrics, f"agop_ratio_{modality}"))
+            if log10_ratio is None:
+                log10_ratio = agop.log10_ratio
             seen[key] = {
                 "ref": pair[modality],
                 "modality": modality,
@@ -199,8 +199,8 @@ def model_spectra(document: Mapping[str, Any]) -> Figure:
 
 #: dose-response panels: (title, value of a result's typed form); the last is the measured side
 _DOSE_PANELS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-    ("log10 AGOP ratio, vision", lambda r: _log10(r.metrics.agop_ratio_vision)),
-    ("log10 AGOP ratio, language", lambda r: _log10(r.metrics.agop_ratio_language)),
+    ("log10 AGOP ratio, vision", lambda r: log10_of(r.metrics.agop_ratio_vision)),
+    ("log10 AGOP ratio, language", lambda r: log10_of(r.metrics.agop_ratio_language)),
     ("ΔNTK × log10(AGOP) (combined rule)", lambda r: r.metrics.combined),
     ("ΔNTK", lambda r: r.metrics.delta_ntk),
     ("S_NTK^cross, centered", lambda r: r.metrics.s_ntk_cross_centered),
@@ -215,7 +215,8 @@ def _censored(result: Any, title: str) -> bool:
     return bool(agop is not None and agop.censored)
 
 
-def _log10(value: Any) -> float | None:
+def log10_of(value: Any) -> float | None:
+    """log10 of a positive finite number (an AGOP ratio), None for anything else."""
     return math.log10(value) if isinstance(value, int | float) and _finite(value) and value > 0 else None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phasecore.batch import RULES, as_result
-from phasecore.report import blend_of, dose_response_series
+from phasecore.report import blend_of, dose_response_series, log10_of
 from phasecore.study import CLAIMED_ACCURACY, rule_correlations
 
 BEGIN, END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
@@ -39,10 +39,6 @@ def _num(value: Any, spec: str = ".3f") -> str:
 
 def _pct(value: Any) -> str:
     return "—" if value is None else f"{100 * float(value):.0f}%"
-
-
-def _log10(value: Any) -> float | None:
-    return math.log10(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else None
 
 
 def rules_table(entry: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -117,7 +113,7 @@ def pairs_table(document: Mapping[str, Any]) -> list[str]:
             f"| {_num(None if gt is None else gt.alignment_score, '+.3f')} | {'—' if gt is None else gt.outcome} "
             f"| {_num(None if gt is None else gt.p_above)} | {_num(None if gt is None else gt.p_below)} "
             f"| {_num(None if gt is None else gt.seen_accuracy, '.2f')} "
-            f"| {_num(_log10(m.agop_ratio_vision), '.2f')} / {_num(_log10(m.agop_ratio_language), '.2f')} "
+            f"| {_num(log10_of(m.agop_ratio_vision), '.2f')} / {_num(log10_of(m.agop_ratio_language), '.2f')} "
             f"| {_num(m.delta_ntk)} | {_num(m.combined)} "
             f"| {_num(m.s_ntk_cross_centered)} ({_num(m.s_ntk_cross_centered_null.p_value)}) "
             f"| {' / '.join(_num(p[r].predicts_failure if r in p else None) for r in ('agop_rule', 'combined_rule'))} |"
