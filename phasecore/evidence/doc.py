@@ -50,16 +50,15 @@ def rules_table(entry: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     rules = entry.get("rules") or {}
-    correlations = rule_correlations(records)
+    # a study with figures carries each rule's ρ; an insufficient one has none, so ρ is computed here
+    correlations = {} if rules else rule_correlations(records)
     for rule in RULES:
         figures = rules.get(rule) or {}
         claim = CLAIMED_ACCURACY.get(rule)
         ranges = figures.get("range_if_inconclusive") or {}
         spread = " / ".join(_pct((ranges.get(side) or {}).get("accuracy")) for side in ("as_failed", "as_aligned"))
-        threshold = figures.get("cv_threshold")
-        if isinstance(threshold, Mapping):
-            threshold = threshold.get("threshold", threshold.get("value"))
-        rho = figures.get("spearman_rho") or correlations[rule]
+        threshold = (figures.get("cv_threshold") or {}).get("threshold")
+        rho = figures.get("spearman_rho") or correlations.get(rule) or {}
         lines.append(
             f"| {_RULE_NAMES[rule]} | {'claim: ' + _pct(claim) if claim is not None else '—'} "
             f"| {_pct(figures.get('accuracy'))} ({figures.get('n', entry.get('n', 0))}) | {_num(figures.get('auroc'))} "
