@@ -446,11 +446,15 @@ def active_profiles_of(session: Session, screening: Screening) -> list[ModelProf
     return list(session.scalars(select(ModelProfile).where(ModelProfile.id.in_(ids))))
 
 
-def jobs_to_start(session: Session, screening: Screening) -> list[JobRef]:
-    """The jobs a just-committed screening needs: its queued profiles, or its pair step if both are done."""
+def jobs_to_start(
+    session: Session, screening: Screening, profiles: list[ModelProfile] | None = None
+) -> list[JobRef]:
+    """The jobs a just-committed screening needs: its queued profiles, or its pair step if both are done.
+    ``profiles``: the screening's profiles as just read after the commit (read here when ``None``)."""
     if screening.state not in ACTIVE_STATES or screening.cancel_requested:
         return []
-    profiles = active_profiles_of(session, screening)
+    if profiles is None:
+        profiles = active_profiles_of(session, screening)
     queued = [JobRef("profile", p.id) for p in profiles if p.state == QUEUED]
     if profiles and all(p.state == SUCCEEDED for p in profiles) and screening.lease_token is None:
         return [JobRef("pair", screening.id)]

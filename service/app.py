@@ -56,6 +56,7 @@ def create_app(settings: ServiceSettings | None = None, *, runtime: Runtime | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.request_threads = None  # made anew in this start's event loop (service.deps.in_request_thread)
         try:  # before the first request, not during it (an import holds every other request up)
             await run_in_threadpool(warm_request_checks)
         except Exception:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -41,6 +42,23 @@ def json_response(model: BaseModel, *, status_code: int = 200, headers: dict[str
     alias), serialised where it was built. A route that returns this skips FastAPI's second validation of its
     own return value, and a sync route its extra trip to the thread pool for that validation."""
     return Response(model.model_dump_json(by_alias=True), status_code, headers, media_type="application/json")
+
+
+T = TypeVar("T")
+
+
+async def in_request_thread(request: Request, function: Callable[..., T], *args: object) -> T:
+    """``function(*args)``, blocking work of a few database or Redis round trips, in one of this process's
+    PHASESCREEN_API_DB_THREADS request threads.
+
+    Few threads, not the default pool of 40: with 40 threads contending for the GIL under load a GET cost 1.5
+    ms of server CPU and its p99 was 230-260 ms, with 2 threads 1.2 ms and 80-90 ms (docs/benchmarks.md). The
+    slow routes (reports, the study, batches) keep the default pool, so they never hold these up."""
+    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "request_threads", None)
+    if limiter is None:  # created in the running event loop, once per application start
+        limiter = anyio.CapacityLimiter(request.app.state.runtime.settings.api_db_threads)
+        request.app.state.request_threads = limiter
+    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
 
 
 # plain attribute reads are async so FastAPI calls them on the event loop, not through the thread pool
@@ -135,7 +153,7 @@ async def get_api_key(
     failures = f"authfail:{client_host(request)}"
     limit = settings.auth_failures_per_minute
     # one trip to the thread pool: the address's failures (Redis), the key (database), a failure counted
-    wait, key = await run_in_threadpool(_check_key, runtime, limiter, secret, failures, limit)
+    wait, key = await in_request_thread(request, _check_key, runtime, limiter, secret, failures, limit)
     if wait is not None:
         raise _too_many(limit, wait, "wrong API keys")
     if key is not None:
@@ -167,7 +185,7 @@ async def enforce_rate_limit(
     if not limit:
         return
     identity = f"tenant:{api_key.tenant}" if api_key else f"ip:{client_host(request)}"
-    wait = await run_in_threadpool(limiter.hit, identity, limit)  # Redis I/O stays off the event loop
+    wait = await in_request_thread(request, limiter.hit, identity, limit)  # Redis I/O stays off the event loop
     if wait is not None:
         raise _too_many(limit, wait, "requests")
 

@@ -71,6 +71,7 @@ class NormalizedRequest:
 class Submission:
     screening: Screening
     created: bool  # False: an Idempotency-Key replay of an earlier submission
+    profiles: dict[str, ModelProfile]  # the screening's profiles by id, as read after the commit
 
 
 def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> NormalizedRequest:
@@ -249,6 +250,10 @@ def _create(
             )
             profiles.append(get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json))
         screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
+    if idempotency_key is None:  # nothing unique to collide on: no savepoint (two round trips) needed
+        session.add(screening)
+        session.flush()
+        return screening, True
     try:
         with session.begin_nested():
             session.add(screening)
@@ -289,9 +294,9 @@ def submit_screening(
                 normalized = normalize_request(request, settings)
             except PhasescreenError as exc:
                 raise from_domain_error(exc) from exc
-            screening, created = _replay(existing, normalized), False
-            _enqueue(session, queue, screening)  # harmless if queued; recovers a submission whose enqueue failed
-            return Submission(screening, created)
+            screening = _replay(existing, normalized)
+            # harmless if queued; recovers a submission whose enqueue failed
+            return Submission(screening, False, _enqueue(session, queue, screening))
     check_capacity(session, settings, tenant if isolated else None)
     screening, created = _create(
         session,
@@ -303,16 +308,19 @@ def submit_screening(
         idempotency_key=idempotency_key,
     )
     session.commit()
-    _enqueue(session, queue, screening)
-    return Submission(screening, created)
+    return Submission(screening, created, _enqueue(session, queue, screening))
 
 
-def _enqueue(session: Session, queue: JobQueue, screening: Screening) -> None:
+def _enqueue(session: Session, queue: JobQueue, screening: Screening) -> dict[str, ModelProfile]:
+    """Enqueue what the committed ``screening`` needs; returns its profiles by id, read once after the commit
+    for both the decision and the response."""
+    profiles = lifecycle.active_profiles_of(session, screening)
     try:
-        for job in lifecycle.jobs_to_start(session, screening):
+        for job in lifecycle.jobs_to_start(session, screening, profiles):
             queue.enqueue(job)
     except Exception:  # the row is committed: the reconciler enqueues it once the queue is back
         log.warning("could not enqueue screening %s; the reconciler will", screening.id, exc_info=True)
+    return {profile.id: profile for profile in profiles}
 
 
 def get_screening(session: Session, screening_id: str, tenant: str | None = None) -> Screening:

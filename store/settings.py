@@ -95,6 +95,13 @@ class ServiceSettings(BaseSettings):
     )
     db_keepalives_interval: int = Field(10, ge=1, description="seconds between TCP keepalive probes")
     db_keepalives_count: int = Field(3, ge=1, description="unanswered keepalive probes before the connection is dead")
+    api_db_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="threads of each API process that run the short database and Redis work of submitting and "
+        "reading screenings and of checking keys and rate limits (slower routes use the default thread pool)",
+    )
 
     # engine inputs
     model_root: Path | None = Field(None, description="root of file: model references")

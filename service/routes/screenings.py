@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AfterValidator
 
 from jobs.runtime import Runtime
@@ -18,6 +17,7 @@ from service.deps import (
     SessionDep,
     WriterDep,
     checked_idempotency_key,
+    in_request_thread,
     json_response,
 )
 from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
@@ -66,6 +66,7 @@ IdempotencyKey = Annotated[
     summary="Submit a screening",
 )
 async def submit_screening(
+    request: Request,
     body: ScreeningRequest,
     runtime: RuntimeDep,
     caller: WriterDep,
@@ -76,7 +77,7 @@ async def submit_screening(
     screening; with another body, 422."""
     key = checked_idempotency_key(idempotency_key)
     # one trip to the thread pool for the whole request (session, queue, body), not one per step
-    return await run_in_threadpool(_submit, runtime, body, caller, key)
+    return await in_request_thread(request, _submit, runtime, body, caller, key)
 
 
 def _submit(runtime: Runtime, body: ScreeningRequest, caller: Caller, idempotency_key: str | None) -> Response:
@@ -94,7 +95,7 @@ def _submit(runtime: Runtime, body: ScreeningRequest, caller: Caller, idempotenc
         )
         screening = submission.screening
         logs.set_context(screening_id=screening.id)
-        out = screening_out(screening, load_profiles(session, [screening]))
+        out = screening_out(screening, submission.profiles)
     headers = {"Location": screening_href(screening.id)}
     if screening.state in ACTIVE_STATES:
         headers["Retry-After"] = str(settings.retry_after)
@@ -149,9 +150,9 @@ def list_screenings(
     response_model=ScreeningOut,
     responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM},
 )
-async def get_screening(screening_id: str, runtime: RuntimeDep, caller: ReaderDep) -> Response:
+async def get_screening(request: Request, screening_id: str, runtime: RuntimeDep, caller: ReaderDep) -> Response:
     """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
-    return await run_in_threadpool(_read, runtime, screening_id, caller.visible_tenant)
+    return await in_request_thread(request, _read, runtime, screening_id, caller.visible_tenant)
 
 
 def _read(runtime: Runtime, screening_id: str, tenant: str | None) -> Response:
