@@ -7,6 +7,7 @@ The API process parses and checks every reference it accepts with this module; l
 from __future__ import annotations
 
 import fnmatch
+import functools
 import unicodedata
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -63,6 +64,12 @@ class ModelRef:
             ref = cls(**{**asdict(text), **{k: v for k, v in overrides.items() if v is not None}})
             ref.validate()
             return ref
+        if cls is ModelRef and isinstance(text, str) and all(v is None for v in overrides.values()):
+            return _parsed(text)  # the common case, remembered: a reference is parsed ~8 times per submission
+        return cls._parse(text, overrides)
+
+    @classmethod
+    def _parse(cls, text: Any, overrides: dict[str, Any]) -> ModelRef:
         if not isinstance(text, str) or not text.strip():
             raise InvalidReference(f"model reference {text!r} is empty or not text; expected source:name")
         text = text.strip()
@@ -164,6 +171,12 @@ class ModelRef:
         if self.revision and self.source not in ("hf", "timm"):
             opts.append(f"revision={self.revision}")
         return text + ("?" + "&".join(opts) if opts else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> ModelRef:
+    """``ModelRef.parse(text)``, remembered (the result is frozen; errors are raised again each time)."""
+    return ModelRef._parse(text, {})
 
 
 def _parse_blend(value: Any, text: str) -> float:

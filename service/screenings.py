@@ -25,7 +25,7 @@ from phasecore.refs import ModelRef
 from phasecore.registry import check_reference, model_version
 from phasecore.settings import EngineSettings, check_compute, check_memory, profile_key
 from service.contract import check_dataset_syntax, check_reference_syntax, is_id
-from service.profiles import get_or_create_profile
+from service.profiles import ProfileSpec, get_or_create_profiles
 from service.schemas import ScreeningOut, ScreeningRequest, engine_settings
 from service.views import screening_out
 from store.models import (
@@ -242,14 +242,14 @@ def _create(
         screening.language_profile_id = source.language_profile_id
     else:
         settings_json = normalized.options.model_dump(mode="json")
-        profiles = []
+        specs = []
         for modality, ref in (("vision", normalized.vision), ("language", normalized.language)):
             version = model_version(ref, model_root=settings.model_root)
             key = tenant_profile_key(
                 profile_key(ref, modality, normalized.dataset, normalized.options, model_version=version), scope
             )
-            profiles.append(get_or_create_profile(session, key, ref, modality, normalized.dataset, settings_json))
-        screening.vision_profile_id, screening.language_profile_id = profiles[0].id, profiles[1].id
+            specs.append(ProfileSpec(key, ref, modality, normalized.dataset, settings_json))
+        screening.vision_profile_id, screening.language_profile_id = get_or_create_profiles(session, specs)
     if idempotency_key is None:  # nothing unique to collide on: no savepoint (two round trips) needed
         session.add(screening)
         session.flush()
