@@ -140,6 +140,10 @@ def _serve_processes(workers: int, settings: ServiceSettings, options: dict[str,
 
         upgrade(settings.sqlalchemy_url)
     os.environ["PHASESCREEN_AUTO_MIGRATE"] = "false"
+    from cli import processes
+
+    if processes.supported():  # one listener per process: the kernel spreads the connections evenly
+        return processes.serve(workers, {**options, "app": "cli.server:app_factory", "factory": True})
     uvicorn.run("cli.server:app_factory", factory=True, workers=workers, **options)
     return 0
 

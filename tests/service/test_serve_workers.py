@@ -1,7 +1,9 @@
-"""``phasescreen serve --workers N``: N processes on one port, each with its own app; refused without Redis."""
+"""``phasescreen serve --workers N``: N processes on one port, each with its own app and (Linux) its own
+SO_REUSEPORT listener; refused without Redis, or without a fixed port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,6 +25,24 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _accepted(pid: int, port: int) -> int:
+    """Established connections to ``port`` that process ``pid`` holds (Linux /proc)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # local port, ESTABLISHED
+                    inodes.add(fields[9])
+    held = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held
 
 
 def test_workers_above_one_need_redis(tmp_path: Path) -> None:
@@ -59,7 +79,16 @@ def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettin
                 fetched = client.get(response.headers["location"])
                 assert fetched.status_code == 200 and fetched.json() == response.json()
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) >= 2  # the two server processes (uvicorn may add a helper)
+        assert len(children) >= 2  # the two server processes (multiprocessing may add a helper)
+        if sys.platform.startswith("linux"):  # one SO_REUSEPORT listener each: the kernel spreads connections
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+            try:
+                wait_for(lambda: sum(_accepted(int(c), port) for c in children) == 40, timeout=10, what="accepts")
+                served = sorted(_accepted(int(c), port) for c in children)
+                assert served[-2] >= 8, served  # both server processes hold some (one socket: 40 / 0 was usual)
+            finally:
+                for client in clients:
+                    client.close()
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -68,3 +97,22 @@ def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettin
             server.kill()
             server.wait()
         log.close()
+
+
+def test_workers_need_a_fixed_port_and_a_free_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHASESCREEN_")}
+    env.update(PHASESCREEN_HOME=str(tmp_path), PHASESCREEN_REDIS_URL="redis://127.0.0.1:6379/15")
+    run = subprocess.run(
+        [*SERVE, "--port", "0", "--workers", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    if sys.platform.startswith("linux"):
+        assert run.returncode == 2 and "fixed --port" in run.stderr
+    with socket.socket() as taken:  # a port another program holds, without SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = [*SERVE, "--port", str(port), "--workers", "2"]
+        run = subprocess.run(serve, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    if sys.platform.startswith("linux"):
+        assert run.returncode == 1 and f"cannot bind 127.0.0.1:{port}" in run.stderr
