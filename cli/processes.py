@@ -21,9 +21,6 @@ from typing import Any
 
 log = logging.getLogger("phasescreen.serve")
 
-#: a process that exits this soon after its start failed to start (a port in use, a database it cannot
-#: reach, a bad setting): restarting it would loop, so the whole server stops
-STARTUP_SECONDS = 15.0
 
 
 def supported() -> bool:
@@ -44,11 +41,18 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child(options: dict[str, Any]) -> None:  # pragma: no cover - runs in the spawned process
+def _child(options: dict[str, Any], started: Any) -> None:  # pragma: no cover - runs in the spawned process
+    """One server process; sets ``started`` (a multiprocessing Event) once it listens and its app started."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                started.set()
+
     sock = listener(options["host"], options["port"])
-    uvicorn.Server(uvicorn.Config(**options)).run(sockets=[sock])
+    Server(uvicorn.Config(**options)).run(sockets=[sock])
 
 
 class _Supervisor:
@@ -56,13 +60,14 @@ class _Supervisor:
         self.workers = workers
         self.options = options
         self.context = multiprocessing.get_context("spawn")
-        self.processes: list[tuple[Any, float]] = []  # (process, monotonic start)
+        self.processes: list[tuple[Any, Any]] = []  # (process, its "started" event)
         self.stopping = threading.Event()
 
-    def start_one(self, index: int) -> tuple[Any, float]:
-        process = self.context.Process(target=_child, args=(self.options,), name=f"phasescreen-api-{index}")
+    def start_one(self, index: int) -> tuple[Any, Any]:
+        started = self.context.Event()
+        process = self.context.Process(target=_child, args=(self.options, started), name=f"phasescreen-api-{index}")
         process.start()
-        return process, time.monotonic()
+        return process, started
 
     def run(self) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -73,10 +78,10 @@ class _Supervisor:
             for index, (process, started) in enumerate(self.processes):
                 if process.is_alive():
                     continue
-                if time.monotonic() - started < STARTUP_SECONDS and process.exitcode != 0:
+                if not started.is_set():  # a port in use, a database it cannot reach, a bad setting: would loop
                     print(
-                        f"phasescreen serve: process {index} exited with {process.exitcode} while starting; "
-                        "stopping (see its log above)",
+                        f"phasescreen serve: process {index} exited with {process.exitcode} before it started "
+                        "serving; stopping (see its log above)",
                         file=sys.stderr,
                     )
                     self.stopping.set()
@@ -101,8 +106,8 @@ class _Supervisor:
 
 def serve(workers: int, options: dict[str, Any]) -> int:
     """Run ``workers`` processes of the uvicorn ``options`` (an app factory's import string among them) until
-    SIGINT or SIGTERM; a process that dies after its start is replaced. Exit status 1 when one fails to
-    start, or when the port cannot be bound at all."""
+    SIGINT or SIGTERM; a process that dies once it served is replaced. Exit status 1 when one exits before it
+    started serving, or when the port cannot be bound at all."""
     if not options.get("port"):
         print("phasescreen serve: --workers above 1 needs a fixed --port (not 0)", file=sys.stderr)
         return 2

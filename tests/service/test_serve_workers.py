@@ -89,6 +89,18 @@ def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettin
             finally:
                 for client in clients:
                     client.close()
+            # a server process killed is replaced, and the port keeps answering
+            spawned = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+            os.kill(int(spawned[0]), signal.SIGKILL)
+
+            def replaced() -> bool:
+                now = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+                return spawned[0] not in now and len(now) == len(children)
+
+            wait_for(replaced, timeout=30, what="a replacement server process")
+            wait_for(ready, timeout=60, what="the port answering again")
+            assert server.poll() is None
+            assert all(httpx.get(f"{base}/readyz", timeout=5).status_code == 200 for _ in range(10))
     finally:
         server.send_signal(signal.SIGINT)
         try:
