@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -22,7 +24,8 @@ _migrate_lock = threading.Lock()
 
 
 def make_engine(url: str, *, pooled: bool = True, settings: ServiceSettings | None = None) -> Engine:
-    """An engine that survives a database restart: stale pooled connections are pinged and replaced.
+    """An engine that survives a database restart: pooled connections idle over PING_AFTER_IDLE seconds are
+    pinged and replaced when the ping fails.
 
     On PostgreSQL every connection has TCP keepalives (a peer that vanished without closing the connection is
     noticed in about a minute, not hours) and, when pooled, a statement timeout. Sizes and limits come from
@@ -45,14 +48,47 @@ def make_engine(url: str, *, pooled: bool = True, settings: ServiceSettings | No
     connect_args = _postgres_connect_args(settings, statement_timeout=pooled) if url.startswith("postgresql") else {}
     if not pooled:
         return create_engine(url, poolclass=NullPool, connect_args=connect_args)
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         connect_args=connect_args,
     )
+    _ping_when_idle(engine, PING_AFTER_IDLE)
+    return engine
+
+
+#: a pooled connection idle longer than this (seconds) is pinged before it is handed out
+PING_AFTER_IDLE = 1.0
+
+
+def _ping_when_idle(engine: Engine, after: float) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, for connections idle over ``after`` seconds only.
+
+    A connection that sat in the pool may have been cut (a database restart, a failover, an idle timeout in
+    between): it is pinged, and replaced when the ping fails. One just given back by a request is not: under
+    load the ping was a round trip on every request (about a tenth of a GET's CPU here). A connection cut
+    while busy fails its request (503, Retry-After) and SQLAlchemy then recycles every connection of the pool
+    opened before the failure, so a restart under load costs each process about one failed request."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("returned_at")  # None: a connection just opened (info is per connection)
+        if returned is None or time.monotonic() - returned < after:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:  # the pool discards this connection and hands out another (up to 3 tries)
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _postgres_connect_args(settings: ServiceSettings, *, statement_timeout: bool) -> dict[str, Any]:
