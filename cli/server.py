@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if args.workers != 1:
         return _serve_processes(args.workers, settings, options)
-    app = create_app(settings)
+    app = create_app(settings, freeze_after_startup=True)
     try:
         uvicorn.run(app, workers=1, **options)  # workers=1: a WEB_CONCURRENCY in the environment is not ours
     finally:  # in-process jobs hand their rows back instead of holding the exit for an hour
@@ -154,7 +154,7 @@ def app_factory() -> Any:
 
     settings = ServiceSettings()
     _configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, freeze_after_startup=True)
 
 
 def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
