@@ -436,7 +436,8 @@ async def main() -> None:
                 return statistics.median(result[name][key] for run_label, result in runs if run_label == label)
 
             keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms", "services_cpu_ms")
-            ratios = {key: median("current", key) / median("baseline", key) for key in keys}
+            # nan where the baseline spent nothing (PostgreSQL's CPU when the database is SQLite)
+            ratios = {key: median("current", key) / (median("baseline", key) or float("nan")) for key in keys}
             print(
                 f"{name:<6} req/s {ratios['rps']:.2f}x   p50 {ratios['p50_ms']:.2f}x   p99 {ratios['p99_ms']:.2f}x   "
                 f"server CPU per request {ratios['server_cpu_ms']:.2f}x   PostgreSQL+Redis CPU "
