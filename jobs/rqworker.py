@@ -6,9 +6,12 @@ the engine's loaded models stay in memory between jobs. The reconciler runs at s
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
+import sys
 from collections.abc import Sequence
 
 from prometheus_client import start_http_server
@@ -24,6 +27,34 @@ from phasecore.sources import resolve_device
 from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_forks_guarded: int | None = None  # the process whose forks are guarded
+
+
+def _forks_die_with_this_process() -> None:
+    """Processes forked from here from now on (RQ's scheduler: ``with_scheduler=True``) are killed when this
+    worker dies (Linux; elsewhere nothing changes).
+
+    A fork inherits the worker's open database sockets. When a worker was SIGKILLed (OOM killer, a node
+    drain) its scheduler lived on, holding them open, so PostgreSQL never saw the dead worker's sessions end:
+    a transaction it was in stayed open, and the rows it had locked blocked every other worker until their
+    statement timeouts, job after job (``bench/chaos.py`` hung with 57 of 60 profiles queued)."""
+    global _forks_guarded
+    if not sys.platform.startswith("linux") or _forks_guarded == os.getpid():  # once per process
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - no C library to call
+        return
+    parent = os.getpid()
+
+    def in_child() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the worker died before the line above ran
+            os._exit(1)
+
+    os.register_at_fork(after_in_child=in_child)
+    _forks_guarded = parent
 
 
 def run_worker(settings: ServiceSettings, *, burst: bool = False, queues: Sequence[str] = ()) -> bool:
@@ -58,6 +89,7 @@ def run_worker(settings: ServiceSettings, *, burst: bool = False, queues: Sequen
         Queue(name, connection=connection, serializer=JSONSerializer) for name in (queues or [settings.queue_name])
     ]
     worker = SimpleWorker(worker_queues, connection=connection, serializer=JSONSerializer)
+    _forks_die_with_this_process()
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
     finally:

@@ -153,3 +153,58 @@ def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, r
     assert screening["state"] == "failed"
     assert screening["problem"]["type"].endswith(":out-of-memory"), screening["problem"]
     assert "memory_budget_gb" in screening["problem"]["detail"]
+
+
+def test_a_killed_workers_scheduler_dies_with_it_and_frees_its_database_session(make_settings, tmp_path):
+    """RQ forks its scheduler from the worker, and the fork inherits the worker's database sockets. A worker
+    SIGKILLed in a transaction used to leave the scheduler running with those sockets open, so PostgreSQL never
+    ended the dead worker's transaction and its row locks blocked every other worker (bench/chaos.py hung)."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+
+    from sqlalchemy import create_engine, text
+
+    from tests.service.conftest import start_worker_process, wait_for
+
+    settings = make_settings()
+    worker = None
+
+    def children() -> list[int]:
+        listed = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+        return [int(pid) for pid in listed]
+
+    engine = create_engine(settings.sqlalchemy_url)
+    scheduler = None
+
+    def backends() -> set[int]:
+        with engine.connect() as connection:
+            query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            return {int(pid) for pid in connection.execute(text(query)).scalars()}
+
+    try:
+        before = backends()
+        worker = start_worker_process(settings, log=tmp_path / "worker.log")
+        scheduler = wait_for(children, timeout=60, what="the worker's scheduler process")[0]
+        theirs = wait_for(lambda: backends() - before, timeout=30, what="the worker's database session")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+
+        def gone() -> bool:
+            try:
+                os.kill(scheduler, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{scheduler}/stat") as stat:  # a zombie is gone too (its files are closed)
+                return stat.read().rpartition(")")[2].split()[0] == "Z"
+
+        wait_for(gone, timeout=10, what="the orphaned scheduler to exit")
+        wait_for(lambda: not theirs & backends(), timeout=10, what="PostgreSQL to end the dead worker's sessions")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        if scheduler is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(scheduler, signal.SIGKILL)
+        engine.dispose()
