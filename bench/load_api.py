@@ -2,7 +2,7 @@
 
     python bench/load_api.py [--clients 50] [--seconds 10] [--max-requests 3000]
                              [--database-url URL] [--redis-url redis://127.0.0.1:6379/14]
-                             [--truncate] [--workers N] [--pool per-client|shared]
+                             [--truncate] [--workers N] [--pool raw|per-client|shared]
                              [--baseline-ref REV [--rounds R]]
 
 Starts `phasescreen serve` on 127.0.0.1 (a free port) with its own temporary SQLite file unless
