@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -27,13 +28,15 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def listener(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` with SO_REUSEPORT (not listening yet: uvicorn calls listen)."""
+def listener(host: str, port: int, *, share: bool = True) -> socket.socket:
+    """A socket bound to ``host:port`` (not listening yet: uvicorn calls listen), with SO_REUSEPORT when
+    ``share``; without it the bind fails if anything holds the port, another SO_REUSEPORT server included."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError:
         sock.close()
@@ -41,9 +44,14 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child(options: dict[str, Any], started: Any) -> None:  # pragma: no cover - runs in the spawned process
-    """One server process; sets ``started`` (a multiprocessing Event) once it listens and its app started."""
+def _child(options: dict[str, Any], started: Any, parent: int) -> None:  # pragma: no cover - spawned process
+    """One server process; sets ``started`` (a multiprocessing Event) once it listens and its app started.
+    SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL: no orphan keeps serving the port."""
     import uvicorn
+
+    from jobs.orphans import die_with_parent
+
+    die_with_parent(signal.SIGTERM, parent)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -65,7 +73,9 @@ class _Supervisor:
 
     def start_one(self, index: int) -> tuple[Any, Any]:
         started = self.context.Event()
-        process = self.context.Process(target=_child, args=(self.options, started), name=f"phasescreen-api-{index}")
+        process = self.context.Process(
+            target=_child, args=(self.options, started, os.getpid()), name=f"phasescreen-api-{index}"
+        )
         process.start()
         return process, started
 
@@ -111,8 +121,10 @@ def serve(workers: int, options: dict[str, Any]) -> int:
     if not options.get("port"):
         print("phasescreen serve: --workers above 1 needs a fixed --port (not 0)", file=sys.stderr)
         return 2
-    try:  # the error a user can act on, before any process starts (a port another program holds)
-        listener(options["host"], options["port"]).close()
+    # the error a user can act on, before any process starts: a port another program holds, or another
+    # `serve --workers` of this user (whose SO_REUSEPORT listeners would otherwise share its connections)
+    try:
+        listener(options["host"], options["port"], share=False).close()
     except OSError as exc:
         print(f"phasescreen serve: cannot bind {options['host']}:{options['port']}: {exc}", file=sys.stderr)
         return 1

@@ -6,12 +6,10 @@ the engine's loaded models stay in memory between jobs. The reconciler runs at s
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Sequence
 
 from prometheus_client import start_http_server
@@ -20,6 +18,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from jobs.metrics import REGISTRY
+from jobs.orphans import die_with_parent
 from jobs.reconcile import PeriodicReconciler, reconcile
 from jobs.runner import open_runtime, set_runtime
 from phasecore.errors import InvalidSettings
@@ -27,7 +26,6 @@ from phasecore.sources import resolve_device
 from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _forks_guarded: int | None = None  # the process whose forks are guarded
 
 
@@ -40,20 +38,10 @@ def _forks_die_with_this_process() -> None:
     a transaction it was in stayed open, and the rows it had locked blocked every other worker until their
     statement timeouts, job after job (``bench/chaos.py`` hung with 57 of 60 profiles queued)."""
     global _forks_guarded
-    if not sys.platform.startswith("linux") or _forks_guarded == os.getpid():  # once per process
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover - no C library to call
+    if _forks_guarded == os.getpid():  # once per process
         return
     parent = os.getpid()
-
-    def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the worker died before the line above ran
-            os._exit(1)
-
-    os.register_at_fork(after_in_child=in_child)
+    os.register_at_fork(after_in_child=lambda: die_with_parent(signal.SIGKILL, parent))
     _forks_guarded = parent
 
 

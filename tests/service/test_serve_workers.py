@@ -128,3 +128,59 @@ def test_workers_need_a_fixed_port_and_a_free_one(tmp_path: Path) -> None:
     assert run.returncode != 0
     if sys.platform.startswith("linux"):
         assert run.returncode == 1 and f"cannot bind 127.0.0.1:{port}" in run.stderr
+        # another server's SO_REUSEPORT listener (a second `serve --workers` of this user): refused, not shared
+        from cli.processes import listener
+
+        with listener("127.0.0.1", 0) as other:
+            other.listen()
+            port = other.getsockname()[1]
+            serve = [*SERVE, "--port", str(port), "--workers", "2"]
+            run = subprocess.run(serve, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and f"cannot bind 127.0.0.1:{port}" in run.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_server_processes_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """A SIGKILLed `serve --workers` (no chance to stop its processes) leaves no process serving the port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHASESCREEN_")}
+    env.update(PHASESCREEN_HOME=str(tmp_path), PHASESCREEN_REDIS_URL="redis://127.0.0.1:6379/15")
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    serve = [*SERVE, "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(serve, cwd=REPO, env=env, stdout=log, stderr=log)
+    children: list[str] = []
+    try:
+        def serving() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return server.poll() is not None
+
+        wait_for(serving, timeout=120, what="serve --workers 2")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        spawned = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(spawned) == 2
+        server.kill()
+        server.wait()
+
+        def all_gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in spawned)
+
+        wait_for(all_gone, timeout=30, what="the orphaned server processes to stop")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        log.close()
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
