@@ -27,8 +27,12 @@ class ProfileSpec:
     settings: dict[str, Any]
 
 
-def get_or_create_profiles(session: Session, specs: Sequence[ProfileSpec]) -> list[str]:
-    """The ids of the profile rows under ``specs``' keys (in order), inserting the missing ones.
+def get_or_create_profiles(
+    session: Session, specs: Sequence[ProfileSpec], inserted: set[str] | None = None
+) -> list[str]:
+    """The ids of the profile rows under ``specs``' keys (in order), inserting the missing ones; the ids this
+    call inserted are added to ``inserted`` when given (rows in state ``queued`` that no one else can see
+    before the transaction commits).
 
     Two statements for a screening's two profiles, whether they exist or not: one SELECT of both keys, and
     one ``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING`` of the missing ones (before, each profile took a
@@ -40,7 +44,10 @@ def get_or_create_profiles(session: Session, specs: Sequence[ProfileSpec]) -> li
     ids = _existing(session, keys)
     missing = [spec for spec in {spec.key: spec for spec in specs}.values() if spec.key not in ids]
     if missing:
-        ids.update(_insert_unless_present(session, missing))
+        new = _insert_unless_present(session, missing)
+        ids.update(new)
+        if inserted is not None:
+            inserted.update(new.values())
         lost = [spec.key for spec in missing if spec.key not in ids]
         if lost:  # concurrent submissions inserted these first: read theirs
             ids.update(_existing(session, lost))

@@ -212,12 +212,15 @@ def _create(
     tenant: str = "",
     isolated: bool = False,
     idempotency_key: str | None,
-) -> tuple[Screening, bool]:
+) -> tuple[Screening, bool, frozenset[str]]:
+    """(the screening, whether it is new (not an Idempotency-Key replay), the ids of the profiles this call
+    inserted)."""
     try:
         normalized = normalize_request(request, settings)
     except PhasescreenError as exc:
         raise from_domain_error(exc) from exc
     reuse = settings.reuse_results if request.reuse is None else request.reuse
+    fresh: set[str] = set()
     scope = tenant if isolated else None
     source = _finished_twin(session, normalized.fingerprint, scope) if reuse else None
     screening = Screening(
@@ -249,11 +252,13 @@ def _create(
                 profile_key(ref, modality, normalized.dataset, normalized.options, model_version=version), scope
             )
             specs.append(ProfileSpec(key, ref, modality, normalized.dataset, settings_json))
-        screening.vision_profile_id, screening.language_profile_id = get_or_create_profiles(session, specs)
+        screening.vision_profile_id, screening.language_profile_id = get_or_create_profiles(
+            session, specs, inserted=fresh
+        )
     if idempotency_key is None:  # nothing unique to collide on: no savepoint (two round trips) needed
         session.add(screening)
         session.flush()
-        return screening, True
+        return screening, True, frozenset(fresh)
     try:
         with session.begin_nested():
             session.add(screening)
@@ -262,8 +267,8 @@ def _create(
         existing = find_by_idempotency_key(session, owner, idempotency_key or "")
         if existing is None:
             raise
-        return _replay(existing, normalized), False
-    return screening, True
+        return _replay(existing, normalized), False, frozenset()
+    return screening, True, frozenset(fresh)
 
 
 def _finished_twin(session: Session, fingerprint: str, tenant: str | None) -> Screening | None:
@@ -298,7 +303,7 @@ def submit_screening(
             # harmless if queued; recovers a submission whose enqueue failed
             return Submission(screening, False, _enqueue(session, queue, screening))
     check_capacity(session, settings, tenant if isolated else None)
-    screening, created = _create(
+    screening, created, fresh = _create(
         session,
         request,
         settings=settings,
@@ -308,13 +313,22 @@ def submit_screening(
         idempotency_key=idempotency_key,
     )
     session.commit()
-    return Submission(screening, created, _enqueue(session, queue, screening))
+    return Submission(screening, created, _enqueue(session, queue, screening, fresh))
 
 
-def _enqueue(session: Session, queue: JobQueue, screening: Screening) -> dict[str, ModelProfile]:
+def _enqueue(
+    session: Session, queue: JobQueue, screening: Screening, fresh: frozenset[str] = frozenset()
+) -> dict[str, ModelProfile]:
     """Enqueue what the committed ``screening`` needs; returns its profiles by id, read once after the commit
-    for both the decision and the response."""
-    profiles = lifecycle.active_profiles_of(session, screening)
+    for both the decision and the response. ``fresh``: ids of profiles this request inserted. When both are,
+    they were ``queued`` at the commit and nothing is read: the response says so, and their jobs are enqueued
+    (a concurrent submission that enqueued one first makes that a no-op: jobs are unique)."""
+    ids = [pid for pid in (screening.vision_profile_id, screening.language_profile_id) if pid]
+    if ids and fresh.issuperset(ids):
+        # values as they were committed, for the response and the decision only: never added to the session
+        profiles = [ModelProfile(id=pid, state=QUEUED, stage=None, progress=0.0) for pid in ids]
+    else:
+        profiles = lifecycle.active_profiles_of(session, screening)
     try:
         for job in lifecycle.jobs_to_start(session, screening, profiles):
             queue.enqueue(job)

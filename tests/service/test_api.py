@@ -207,3 +207,34 @@ def test_models_outside_the_name_patterns_are_refused(make_runtime):
         refused = client.post("/v1/screenings", json={**tiny_request(), "vision": "timm:resnet18?weights=random"})
         _assert_problem(refused, 403, "source-not-allowed")
         assert client.get("/v1/sources").json()["allowed_models"] == list(patterns)
+
+
+def test_a_new_pair_reads_its_profiles_once_and_answers_as_a_read_would(client, runtime):
+    """A submission whose two profiles are new: one lookup and one insert of model_profiles, no read-back
+    after the commit (they were queued when it committed); the answer's profiles are what a GET shows. A
+    submission that shares them reads them back."""
+    from sqlalchemy import event
+
+    with runtime.session() as session:
+        engine = session.get_bind().engine
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        if "model_profiles" in statement:
+            statements.append(statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        first = client.post("/v1/screenings", json=tiny_request(seed=11))
+        assert statements == ["SELECT", "INSERT"], statements
+        statements.clear()
+        second = client.post("/v1/screenings", json=tiny_request(seed=11))  # the same profiles, now existing
+        assert statements.count("SELECT") == 2, statements  # the lookup, and the read-back after the commit
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert first.status_code == second.status_code == 202
+    for response in (first, second):
+        fetched = client.get(response.headers["location"]).json()
+        assert response.json()["profiles"] == fetched["profiles"] and response.json() == fetched
+    assert first.json()["profiles"] == second.json()["profiles"]
+    assert set(runtime.queue.queue.job_ids) == {p["id"] for p in first.json()["profiles"].values()}
