@@ -3,6 +3,7 @@ chose never starts a line (JSON and text formats); `phasescreen serve` writes no
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -96,22 +97,28 @@ def test_access_lines_carry_the_tenant_of_the_key(make_runtime, captured):
     assert secret not in captured.getvalue()  # the key itself is never logged
 
 
-def test_a_raw_line_break_in_a_message_or_field_stays_inside_one_json_line():
+@contextlib.contextmanager
+def _logger_writing(log_format: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger of its own whose lines, in ``log_format``, go to the buffer yielded with it (and nowhere else)."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
-    handler.setFormatter(logs.formatter("json"))
-    logger = logging.getLogger("phasescreen.test.json")
+    handler.setFormatter(logs.formatter(log_format))
+    logger = logging.getLogger(f"phasescreen.test.{log_format}")
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        with logs.bind(request_id="r1", tenant=FORGED):
-            logger.warning("model %s", FORGED, extra={"reference": FORGED})
-            try:
-                raise ValueError(FORGED)
-            except ValueError:
-                logger.exception("failed")
+        yield logger, buffer
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_raw_line_break_in_a_message_or_field_stays_inside_one_json_line():
+    with _logger_writing("json") as (logger, buffer), logs.bind(request_id="r1", tenant=FORGED):
+        logger.warning("model %s", FORGED, extra={"reference": FORGED})
+        try:
+            raise ValueError(FORGED)
+        except ValueError:
+            logger.exception("failed")
     lines = buffer.getvalue().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
@@ -120,21 +127,12 @@ def test_a_raw_line_break_in_a_message_or_field_stays_inside_one_json_line():
 
 
 def test_the_text_format_escapes_client_text_and_indents_tracebacks():
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(logs.formatter("text"))
-    logger = logging.getLogger("phasescreen.test.text")
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        with logs.bind(request_id="r1", screening_id=FORGED):
-            logger.warning("refused %s", FORGED, extra={"detail": FORGED})
-            try:
-                raise ValueError(f"bad reference {FORGED}")
-            except ValueError:
-                logger.exception("failed on %s", FORGED)
-    finally:
-        logger.removeHandler(handler)
+    with _logger_writing("text") as (logger, buffer), logs.bind(request_id="r1", screening_id=FORGED):
+        logger.warning("refused %s", FORGED, extra={"detail": FORGED})
+        try:
+            raise ValueError(f"bad reference {FORGED}")
+        except ValueError:
+            logger.exception("failed on %s", FORGED)
     lines = buffer.getvalue().splitlines()
     assert len(lines) > 3 and "\x1b" not in buffer.getvalue() and "\r" not in buffer.getvalue()
     for line in lines:
