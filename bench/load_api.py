@@ -55,24 +55,36 @@ REQUEST = {
 }
 
 
-def _cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by process ``root`` and its descendants (Linux /proc; NaN
-    elsewhere): the server's cost per request, which a busy shared machine does not inflate as it does
-    latencies."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _processes() -> dict[int, tuple[str, list[str]]] | None:
+    """pid -> (command name, the fields of /proc/PID/stat after it: [1] the parent, [11:15] utime, stime,
+    cutime, cstime in clock ticks) of every process; ``None`` without a readable /proc (not Linux)."""
+    found: dict[int, tuple[str, list[str]]] = {}
     try:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                    head, _, rest = (entry / "stat").read_text().rpartition(")")  # a name may hold ")"
                 except OSError:
-                    continue
-                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+                    continue  # exited meanwhile
+                found[int(entry.name)] = (head.partition("(")[2], rest.split())
     except OSError:
+        return None
+    return found
+
+
+def _cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and its descendants (Linux /proc; NaN
+    elsewhere): the server's cost per request, which a busy shared machine does not inflate as it does
+    latencies."""
+    processes = _processes()
+    if processes is None or root not in processes:
         return float("nan")
-    if root not in stats:
-        return float("nan")
+    stats = {
+        pid: (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS) for pid, (_, fields) in processes.items()
+    }
     total, frontier = 0.0, {root}
     while frontier:
         total += sum(stats[pid][1] for pid in frontier)
@@ -129,22 +141,13 @@ def _cpu_of_services() -> float:
     """CPU seconds used so far by every PostgreSQL and Redis server process on this machine (0 where there is
     no /proc): their cost per request, which the server's own figure leaves out. Other users of the same
     servers count too, so read it on an idle machine."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0.0
-    with contextlib.suppress(OSError):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                name, _, rest = (entry / "stat").read_text().partition(") ")
-            except OSError:
-                continue
-            if name.split("(", 1)[-1] in ("postgres", "redis-server"):
-                fields = rest.split()
-                # utime + stime, plus cutime + cstime: the postmaster's reaped backends (a backend that has
-                # exited has left /proc, and its CPU moved to its parent's children's times)
-                total += sum(int(field) for field in fields[11:15]) / ticks
-    return total
+    # utime + stime, plus cutime + cstime: the postmaster's reaped backends (a backend that has exited has left
+    # /proc, and its CPU moved to its parent's children's times)
+    return sum(
+        sum(int(field) for field in fields[11:15]) / _TICKS
+        for name, fields in (_processes() or {}).values()
+        if name in ("postgres", "redis-server")
+    )
 
 
 def _free_port() -> int:
