@@ -255,6 +255,20 @@ def start_worker_process(settings: ServiceSettings, *args: str, log: Path) -> su
     )
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (``pgrep -P``)."""
+    listed = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(child) for child in listed]
+
+
+def exited(pid: int) -> bool:
+    """Process ``pid`` has ended: gone, or a zombie (its files, sockets included, are closed). Linux /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

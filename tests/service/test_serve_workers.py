@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from store.settings import ServiceSettings
-from tests.service.conftest import REPO, tiny_request, wait_for, worker_env
+from tests.service.conftest import REPO, child_pids, exited, tiny_request, wait_for, worker_env
 
 SERVE = [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())", "serve", "--host", "127.0.0.1"]
 
@@ -78,23 +78,23 @@ def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettin
             for response in created:  # whichever process answers sees what the other wrote
                 fetched = client.get(response.headers["location"])
                 assert fetched.status_code == 200 and fetched.json() == response.json()
-        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        children = child_pids(server.pid)
         assert len(children) >= 2  # the two server processes (multiprocessing may add a helper)
         if sys.platform.startswith("linux"):  # one SO_REUSEPORT listener each: the kernel spreads connections
             clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
             try:
-                wait_for(lambda: sum(_accepted(int(c), port) for c in children) == 40, timeout=10, what="accepts")
-                served = sorted(_accepted(int(c), port) for c in children)
+                wait_for(lambda: sum(_accepted(c, port) for c in children) == 40, timeout=10, what="accepts")
+                served = sorted(_accepted(c, port) for c in children)
                 assert served[-2] >= 8, served  # both server processes hold some (one socket: 40 / 0 was usual)
             finally:
                 for client in clients:
                     client.close()
             # a server process killed is replaced, and the port keeps answering
             spawned = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
-            os.kill(int(spawned[0]), signal.SIGKILL)
+            os.kill(spawned[0], signal.SIGKILL)
 
             def replaced() -> bool:
-                now = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+                now = child_pids(server.pid)
                 return spawned[0] not in now and len(now) == len(children)
 
             wait_for(replaced, timeout=30, what="a replacement server process")
@@ -148,7 +148,7 @@ def test_the_server_processes_stop_when_their_supervisor_is_killed(tmp_path: Pat
     log = (tmp_path / "serve.log").open("w")
     serve = [*SERVE, "--port", str(port), "--workers", "2"]
     server = subprocess.Popen(serve, cwd=REPO, env=env, stdout=log, stderr=log)
-    children: list[str] = []
+    children: list[int] = []
     try:
         def serving() -> bool:
             try:
@@ -158,16 +158,13 @@ def test_the_server_processes_stop_when_their_supervisor_is_killed(tmp_path: Pat
 
         wait_for(serving, timeout=120, what="serve --workers 2")
         assert server.poll() is None, (tmp_path / "serve.log").read_text()
-        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        children = child_pids(server.pid)
         spawned = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(spawned) == 2
         server.kill()
         server.wait()
 
-        def all_gone() -> bool:
-            return not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in spawned)
-
-        wait_for(all_gone, timeout=30, what="the orphaned server processes to stop")
+        wait_for(lambda: all(exited(pid) for pid in spawned), timeout=30, what="the orphaned server processes to stop")
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
@@ -175,12 +172,5 @@ def test_the_server_processes_stop_when_their_supervisor_is_killed(tmp_path: Pat
             server.kill()
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         log.close()
-
-
-def _state(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return "gone"

@@ -162,18 +162,13 @@ def test_a_killed_workers_scheduler_dies_with_it_and_frees_its_database_session(
     import contextlib
     import os
     import signal
-    import subprocess
 
     from sqlalchemy import create_engine, text
 
-    from tests.service.conftest import start_worker_process, wait_for
+    from tests.service.conftest import child_pids, exited, start_worker_process, wait_for
 
     settings = make_settings()
     worker = None
-
-    def children() -> list[int]:
-        listed = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
-        return [int(pid) for pid in listed]
 
     engine = create_engine(settings.sqlalchemy_url)
     scheduler = None
@@ -186,20 +181,12 @@ def test_a_killed_workers_scheduler_dies_with_it_and_frees_its_database_session(
     try:
         before = backends()
         worker = start_worker_process(settings, log=tmp_path / "worker.log")
-        scheduler = wait_for(children, timeout=60, what="the worker's scheduler process")[0]
+        scheduler = wait_for(lambda: child_pids(worker.pid), timeout=60, what="the worker's scheduler process")[0]
         theirs = wait_for(lambda: backends() - before, timeout=30, what="the worker's database session")
         worker.send_signal(signal.SIGKILL)
         worker.wait()
 
-        def gone() -> bool:
-            try:
-                os.kill(scheduler, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{scheduler}/stat") as stat:  # a zombie is gone too (its files are closed)
-                return stat.read().rpartition(")")[2].split()[0] == "Z"
-
-        wait_for(gone, timeout=10, what="the orphaned scheduler to exit")
+        wait_for(lambda: exited(scheduler), timeout=10, what="the orphaned scheduler to exit")
         wait_for(lambda: not theirs & backends(), timeout=10, what="PostgreSQL to end the dead worker's sessions")
     finally:
         if worker is not None and worker.poll() is None:
