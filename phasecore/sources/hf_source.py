@@ -124,8 +124,9 @@ def build_text_encoder(
             with random_init(ref.init_seed):
                 model = from_config()
         else:
+            # keywords spelled out: transformers 5.x types from_pretrained's parameters, which **options hides
             model = AutoModel.from_pretrained(
-                location, **options, attn_implementation="eager", dtype=torch.float32
+                location, revision=revision, trust_remote_code=False, attn_implementation="eager", dtype=torch.float32
             )
             if ref.blend is not None:
                 extra = (extra or {}) | {"blend": apply_blend(model, ref, from_config)}
