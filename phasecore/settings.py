@@ -122,7 +122,7 @@ OUTCOME_FIELDS = ("ground_truth", "gt_method", "gt_folds", "failure_threshold", 
 
 
 class EngineSettings(ProfileSettings, PairSettings):
-    """Every knob that changes a number, flat. Defaults follow ../shared/docs/METRICS.md (version 2)."""
+    """Every knob that changes a number, flat. Defaults follow docs/metrics.md (metrics version 2)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

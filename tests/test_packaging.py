@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+#: what a checkout holds besides its source (venvs, caches, build outputs, evidence runs)
+_NOT_SOURCE = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".evidence", "result*.json")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.MULTILINE)
 
 
@@ -97,7 +100,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bin/ folder of a clean venv holding the wheel and the runtime lock, nothing else."""
     tmp = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip"]
-    _run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", ROOT])
+    # built from a copy without build outputs: setuptools packs whatever a stale build/lib still holds
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
+    _run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", source])
     (wheel,) = (tmp / "dist").glob("phasescreen-*.whl")
     wheelhouse = Path(os.environ.get("PHASESCREEN_WHEELHOUSE") or "~/.cache/phasescreen/wheelhouse").expanduser()
     _run([*pip, "download", "-q", "--no-deps", "--require-hashes", "-r", LOCK, "-d", wheelhouse])
