@@ -61,7 +61,7 @@ lint: $(STAMP)
 # indexes: torch and torchvision stay at their pins). The dev lock is constrained by the runtime lock, so both
 # agree on every shared package. LOCK_ARGS="--upgrade-package transformers" moves one package only.
 LOCK_ARGS ?= --upgrade
-PIP_COMPILE = $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
 lock:
 	test -x $(BIN)/pip-compile || { test -x $(BIN)/python || $(PY) -m venv $(VENV); $(BIN)/pip install -q pip-tools; }
