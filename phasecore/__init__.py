@@ -11,7 +11,8 @@ Public entry points:
 #: profiles computed by an older engine are never mixed with new ones.
 ENGINE_VERSION = "0.3.0"
 
-#: The version of the metric definitions (docs/metrics.md) the numbers follow; results of another version are never pooled.
+#: The version of the metric definitions (docs/metrics.md) the numbers follow; results of another version are
+#: never pooled.
 METRICS_VERSION = 2
 
 __all__ = ["ENGINE_VERSION", "METRICS_VERSION"]
