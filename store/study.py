@@ -209,7 +209,7 @@ def with_measured_rules(
             _STUDY_CACHE[key] = cached
     shipped = shipped_evidence() if evidence is True else (evidence or None)
     measured = attach_measured_with_evidence(result, cached[1], shipped)
-    reported = stratum_reported(result, cached[1]["reported"])
+    reported = stratum_reported(result, cached[1].get("reported"))
     predictions = {
         rule: {**prediction, "reported": reported.get(rule)}
         for rule, prediction in (measured.get("predictions") or {}).items()

@@ -283,3 +283,35 @@ def test_reported_runs_fill_the_study_and_switch_the_gate_from_its_fallback(clie
     shown = study_summary(study)
     assert "reported outcomes of training runs" in shown and "AUROC side by side" in shown
     assert f"agreement over the 25 pairs both decide: {entry['agreement']['agreement']:.3f}" in shown
+
+
+def test_migration_0006_gives_keys_that_screen_the_report_scope_and_takes_it_back(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from store.db import downgrade, upgrade
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upgrade(url, "0005")
+    engine = create_engine(url)
+    keys = {"pipeline": "screen,read", "monitor": "admin", "reader": "read", "all": "screen,read,admin"}
+    with engine.begin() as conn:
+        for name, scopes in keys.items():
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, name, tenant, scopes, prefix, key_hash, created_at) "
+                    "VALUES (:n, :n, :n, :s, 'psk_', :n, '2026-01-01 00:00:00')"
+                ),
+                {"n": name, "s": scopes},
+            )
+
+    def scopes() -> dict[str, str]:
+        with engine.connect() as conn:
+            return dict(conn.execute(text("SELECT name, scopes FROM api_keys")).tuples().all())
+
+    upgrade(url)
+    assert scopes() == {
+        "pipeline": "screen,read,report", "monitor": "admin", "reader": "read", "all": "screen,read,admin,report"
+    }  # fmt: skip
+    downgrade(url, "0005")
+    assert scopes() == keys
+    engine.dispose()
