@@ -518,17 +518,27 @@ def _reported_summary(study: dict[str, Any]) -> list[str]:
             f"{_num(agreement['agreement'])} (Cohen's κ {_num(agreement['cohen_kappa'], '.2f')})"
         )
         lines.append(
-            f"    AUROC side by side: measured labels n = {proxy.get('n', 0)}, reported labels n = {entry['n']}"
+            f"    AUROC side by side: measured labels over the proxy stratum's n = {proxy.get('n', 0)} decided pairs, "
+            f"reported labels over n = {entry['n']} pairs"
         )
-        rules = entry.get("rules") or {}
-        proxy_rules = proxy.get("rules") or {}
-        for name in [*rules, *(name for name in proxy_rules if name not in rules)]:
+        reported_auroc = _aurocs(entry)
+        measured_auroc = _aurocs(proxy)
+        for name in [*reported_auroc, *(name for name in measured_auroc if name not in reported_auroc)]:
             lines.append(
-                f"      {name:22s} measured {_num((proxy_rules.get(name) or {}).get('auroc')):>6s}  "
-                f"reported {_num((rules.get(name) or {}).get('auroc')):>6s}"
+                f"      {name:22s} measured {_num(measured_auroc.get(name)):>6s}  "
+                f"reported {_num(reported_auroc.get(name)):>6s}"
             )
         lines.append("    " + _stratum_block(entry).replace("\n", "\n    "))
     return lines
+
+
+def _aurocs(entry: dict[str, Any]) -> dict[str, Any]:
+    """Each predictor's AUROC in one stratum's figures: the rules, then the logistic model (empty when
+    insufficient)."""
+    aurocs = {name: quality.get("auroc") for name, quality in (entry.get("rules") or {}).items()}
+    if entry.get("logistic"):
+        aurocs["logistic (LOMO CV)"] = entry["logistic"].get("auroc")
+    return aurocs
 
 
 def _own_summary(study: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/+@-]{0,63}$"
 DATASET_NAME_PATTERN = r"^[!-~](?:[ -~]{0,254}[!-~])?$"
 RUN_URL_PATTERN = r"^https?://[!-~]+$"
 NOTES_MAX_LENGTH = 2000
+_COUNTS = ("examples", "steps")
 
 
 class OutcomeRequest(BaseModel):
@@ -82,6 +83,14 @@ class OutcomeRequest(BaseModel):
     @classmethod
     def _storable_text(cls, data: Any) -> Any:
         _check_text(data)
+        if isinstance(data, dict):
+            # JSON Schema's integer is a number without a fraction: 12000.0 is one (pydantic's strict int is not)
+            return {
+                key: int(value)
+                if key in _COUNTS and isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+                else value
+                for key, value in data.items()
+            }
         return data
 
 

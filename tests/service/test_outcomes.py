@@ -111,6 +111,9 @@ def test_an_unfinished_screening_an_unknown_one_and_a_value_that_is_not_finite_a
     for bad in ({"success_direction": "up"}, {"run_url": "javascript:alert(1)"}, {"notes": "x" * 2001}):
         _assert_problem(client.post(path, json={**RUN, **bad}), 422, "validation-error")
     assert client.get(path).json()["items"] == []
+    # a JSON integer written with a zero fraction is an integer (JSON Schema's reading), as for screenings
+    assert client.post(path, json={**RUN, "steps": 60.0}).json()["steps"] == 60
+    _assert_problem(client.post(path, json={**RUN, "steps": 60.5}), 422, "validation-error")
 
 
 def repr_json(value: Any) -> str:
