@@ -17,6 +17,9 @@ DATASET_NAME_PATTERN = r"^[!-~](?:[ -~]{0,254}[!-~])?$"
 RUN_URL_PATTERN = r"^https?://[!-~]+$"
 NOTES_MAX_LENGTH = 2000
 _COUNTS = ("examples", "steps")
+#: the largest count: 2^53, exact as a JSON number in every reader (a validator reading 2^63 − 1 as a double
+#: takes 2^63 + 191 for it, so a schema-valid body would be refused)
+COUNT_MAX = 2**53
 
 
 class OutcomeRequest(BaseModel):
@@ -61,8 +64,8 @@ class OutcomeRequest(BaseModel):
         max_length=256,
         description="the evaluation dataset the value was measured on, as the team names it (e.g. imagenet-1k:val)",
     )
-    examples: int | None = Field(None, ge=0, le=2**63 - 1, description="training examples seen")
-    steps: int | None = Field(None, ge=0, le=2**63 - 1, description="optimiser steps")
+    examples: int | None = Field(None, ge=0, le=COUNT_MAX, description="training examples seen")
+    steps: int | None = Field(None, ge=0, le=COUNT_MAX, description="optimiser steps")
     method: str | None = Field(
         None,
         pattern=NAME_PATTERN,
@@ -87,7 +90,7 @@ class OutcomeRequest(BaseModel):
             # JSON Schema's integer is a number without a fraction: 12000.0 is one (pydantic's strict int is not)
             return {
                 key: int(value)
-                if key in _COUNTS and isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+                if key in _COUNTS and isinstance(value, float) and value.is_integer() and abs(value) <= COUNT_MAX
                 else value
                 for key, value in data.items()
             }

@@ -1,6 +1,6 @@
 """Outcomes reported by training jobs: report, read and list what a training run of a screened pair achieved.
 
-Plain functions over a session, shared by the API routes and ``phasecore outcome report`` in local mode. A
+Plain functions over a session, shared by the API routes and ``phasescreen outcome report`` in local mode. A
 report attaches to a succeeded screening the caller may see; the study reads the reports as its second label
 source (``store.study``, ``phasecore.reported``).
 """

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 import store.study
 from cli.batch import study_summary
+from cli.screen import summary
 from phasecore.gate import decide
 from phasecore.settings import EngineSettings
 from phasecore.study import RULES
@@ -114,6 +115,7 @@ def test_an_unfinished_screening_an_unknown_one_and_a_value_that_is_not_finite_a
     # a JSON integer written with a zero fraction is an integer (JSON Schema's reading), as for screenings
     assert client.post(path, json={**RUN, "steps": 60.0}).json()["steps"] == 60
     _assert_problem(client.post(path, json={**RUN, "steps": 60.5}), 422, "validation-error")
+    _assert_problem(client.post(path, json={**RUN, "examples": 2**53 + 1}), 422, "validation-error")
 
 
 def repr_json(value: Any) -> str:
@@ -224,9 +226,14 @@ def test_reported_runs_fill_the_study_and_switch_the_gate_from_its_fallback(clie
     ids = _plant(runtime, pairs)
     api = PhasescreenClient("http://testserver", http=client)
     data = _digits()
-    accuracy = {
-        (i, j): _contrastive_zero_shot(i, j, data) for i in range(VISION_TOWERS) for j in range(LANGUAGE_TOWERS)
-    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads would only wait on each other
+    try:
+        accuracy = {
+            (i, j): _contrastive_zero_shot(i, j, data) for i in range(VISION_TOWERS) for j in range(LANGUAGE_TOWERS)
+        }
+    finally:
+        torch.set_num_threads(threads)
     # the training is real: towers that carry meaning align, a tower that sees noise stays at chance (0.1)
     for (i, j), value in accuracy.items():
         meaningless = i in MEANINGLESS_VISION or j in MEANINGLESS_LANGUAGE
@@ -282,6 +289,11 @@ def test_reported_runs_fill_the_study_and_switch_the_gate_from_its_fallback(clie
         assert reported["n_labelled"] == 25 and reported["stratum"]["reported_dataset"] == "digits:held-out"
         assert reported["auroc"] == entry["rules"][rule]["auroc"]
         assert prediction["measured"]["n_labelled"] == 25
+
+    line = next(line for line in summary(attached).splitlines() if "ntk_difference_rule" in line)
+    auroc = entry["rules"]["ntk_difference_rule"]["auroc"]
+    assert "reported runs (zero_shot_top1 on digits:held-out): accuracy" in line
+    assert f"AUROC {auroc:.2f} over 25 pairs" in line
 
     shown = study_summary(study)
     assert "reported outcomes of training runs" in shown and "AUROC side by side" in shown
