@@ -117,11 +117,6 @@ class StratumOut(BaseModel):
     dataset: str | None = Field(None, description="the paired dataset of the stratum's pairs")
     metrics_version: int | None = Field(None, description="the METRICS version of the stratum's results (2)")
     settings: dict[str, Any] | None = Field(None, description="the profile and outcome settings shared by its pairs")
-    proxy_key: str | None = Field(
-        None, description="reported labels only: the key of the proxy (measured) stratum this one refines"
-    )
-    reported_metric: str | None = Field(None, description="reported labels only: the metric the runs reported")
-    reported_dataset: str | None = Field(None, description="reported labels only: the dataset they reported it on")
 
 
 class FiguresOut(BaseModel):
@@ -262,10 +257,19 @@ class AgreementOut(BaseModel):
     proxy_failed_reported_success: int
 
 
-class ReportedStratumOut(StudyStratumOut):
-    """The figures of one reported stratum (a proxy stratum, a reported metric and dataset), with the agreement
-    of the proxy and the reported outcomes."""
+class ReportedStratumKeyOut(StratumOut):
+    """A stratum of reported labels: the proxy's stratum and the reported metric and dataset (runs on another
+    metric or dataset answer another question, and never pool)."""
 
+    proxy_key: str = Field(description="the key of the proxy (measured) stratum this one refines")
+    reported_metric: str = Field(description="the metric the runs reported")
+    reported_dataset: str = Field(description="the dataset they reported it on")
+
+
+class ReportedStratumOut(StudyStratumOut):
+    """The figures of one reported stratum, with the agreement of the proxy and the reported outcomes."""
+
+    stratum: ReportedStratumKeyOut
     agreement: AgreementOut
 
 
