@@ -330,3 +330,27 @@ def test_migration_0006_gives_keys_that_screen_the_report_scope_and_takes_it_bac
     downgrade(url, "0005")
     assert scopes() == keys
     engine.dispose()
+
+
+@pytest.mark.commits  # a live server's request threads cannot share the test's one rolled-back connection
+def test_phasescreen_outcome_report_on_a_server(runtime, live_server, capsys):
+    import json
+
+    from cli import main
+
+    [screening] = _plant(runtime, planted_pairs(1, 1))
+    report = ["outcome", "report", screening, "--metric", "retrieval_r1", "--value", "0.12", "--dataset", "coco:val"]
+    server = ["--server", live_server]
+    assert main([*report, "--success-above", "0.2", "--idempotency-key", "job-7", *server]) == 0
+    line = capsys.readouterr().out
+    assert "retrieval_r1 = 0.12 on coco:val -> FAILURE (success when ≥ 0.2)" in line
+    # the job retried: the same key and body are one run; another value under that key is refused, exit 2
+    assert main([*report, "--success-above", "0.2", "--idempotency-key", "job-7", *server, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*report[:6], "0.5", *report[7:], "--success-above", "0.2", "--idempotency-key", "job-7", *server]) == 2
+    assert "Idempotency-Key" in capsys.readouterr().err
+    assert main(["outcome", "list", screening, "--json", *server]) == 0
+    assert [item["id"] for item in json.loads(capsys.readouterr().out)] == [first["id"]]
+    assert main(["study", *server]) == 0
+    shown = capsys.readouterr().out
+    assert "1 runs reported, 1 labelled pairs" in shown and "retrieval_r1 on coco:val" in shown
