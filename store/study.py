@@ -145,12 +145,10 @@ def run_study(
     )
     strata = study["strata"]
     if stratum:
-        strata = [entry for entry in strata if entry["stratum"]["key"] == stratum.strip()]
-        wanted = (stratum.strip(),)
+        key = stratum.strip()
+        strata = [entry for entry in strata if entry["stratum"]["key"] == key]
         reported["strata"] = [
-            entry
-            for entry in reported["strata"]
-            if entry["stratum"]["key"] in wanted or entry["stratum"].get("proxy_key") in wanted
+            entry for entry in reported["strata"] if key in (entry["stratum"]["key"], entry["stratum"]["proxy_key"])
         ]
     if strata:
         top = strata[0]

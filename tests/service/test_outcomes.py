@@ -275,6 +275,9 @@ def test_reported_runs_fill_the_study_and_switch_the_gate_from_its_fallback(clie
     assert table["failed"]["failure"] == len(proxy_failed & failed)
     assert table["aligned"]["success"] == 25 - len(proxy_failed | failed)
     assert entry["agreement"]["n_both_decided"] == 25
+    # the stratum filter keeps the reported strata of a proxy key or of their own key
+    for key, expected in ((result["stratum"]["key"], 1), (entry["stratum"]["key"], 1), ("0" * 64, 0)):
+        assert len(client.get("/v1/study", params={"stratum": key}).json()["reported"]["strata"]) == expected
     fitted = decide(result, "reported", study=study)
     assert fitted.fallback is None and fitted.policy == "reported" and fitted.probability is not None
     assert "25 pairs with a reported zero_shot_top1 on digits:held-out" in fitted.reason
