@@ -202,3 +202,10 @@ def test_phasescreen_outcome_report_and_study_locally(local_env, capsys) -> None
         assert err.count("\n") == 1 and message in err, err
     with pytest.raises(SystemExit):  # a direction is required, and only one
         main([*_report_argv(screening, "0.4"), "--success-above", "0.3", "--success-below", "0.5"])
+
+    # the gate's reported policy: with one reported pair and no measured model, no verdict before any screening
+    from tests.test_gate import gate_argv
+
+    assert main(gate_argv("timm:test_vit?weights=random", "pkg:all-minilm-l6-v2", "--policy", "reported")) == 2
+    err = capsys.readouterr().err
+    assert "policy 'reported' needs the logistic model" in err and "not enough labelled pairs" in err
