@@ -65,6 +65,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.set_defaults(func=run_list_outcomes)
 
 
+def _failed(command: str, exc: BaseException) -> int:
+    """Exit 2 with one line; a request that fails validation names the field (``value: Input should be a finite
+    number``)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return _error(command, f"invalid outcome: {where}: {error['msg']}")
+    return _error(command, exc)
+
+
 def _errors() -> tuple[type[BaseException], ...]:
     """What a command reports as one line and exit 2: the usual errors, and in local mode the problems the
     shared functions raise (no such screening, one that has not succeeded, an Idempotency-Key reused)."""
@@ -97,7 +109,7 @@ def run_report_outcome(args: argparse.Namespace) -> int:
         else:
             out = _report_here(args)
     except _errors() as exc:
-        return _error("outcome report", exc)
+        return _failed("outcome report", exc)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
@@ -124,7 +136,7 @@ def run_list_outcomes(args: argparse.Namespace) -> int:
         else:
             items = _list_here(args.screening_id)
     except _errors() as exc:
-        return _error("outcome list", exc)
+        return _failed("outcome list", exc)
     if args.json:
         print(json.dumps(items, indent=1))
     elif not items:

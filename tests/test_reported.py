@@ -194,7 +194,7 @@ def test_phasescreen_outcome_report_and_study_locally(local_env, capsys) -> None
     unknown = "00000000-0000-0000-0000-000000000000"
     for argv, message in (
         (_report_argv(unknown, "0.4", "--success-above", "0.3"), f"no screening with id '{unknown}'"),
-        (_report_argv(screening, "nan", "--success-above", "0.3"), "finite number"),
+        (_report_argv(screening, "nan", "--success-above", "0.3"), "invalid outcome: value: Input should be a finite"),
         (_report_argv(screening, "0.4", "--success-above", "0.3", "--run-url", "ftp://x"), "run_url"),
     ):
         assert main(argv) == 2
