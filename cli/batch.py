@@ -49,14 +49,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Screen one pair (locally, or on a server with --server) and decide whether alignment is "
         "predicted to fail. Policy 'paper': the paper's combined rule ΔNTK × log10(AGOP) > 2.5 (the AGOP rule "
         "when it is undetermined). Policy 'measured': the logistic model fitted on this deployment's labelled "
-        "pairs (METRICS §8). Prints one line of why; --json prints the full result. Exit 0: not predicted to "
+        "pairs (METRICS §8). Policy 'reported': the same model fitted on the outcomes training runs reported for "
+        "the pair's stratum (`phasescreen outcome report`), falling back to 'measured' until 20 pairs with both "
+        "outcomes are reported. Prints one line of why; --json prints the full result. Exit 0: not predicted to "
         "fail; 1: predicted to fail; 2: error (bad input, server unreachable, timeout, no verdict possible).",
     )
     gate.add_argument("--vision", required=True, help="vision model reference, e.g. timm:vit_base_patch16_224")
     gate.add_argument("--language", required=True, help="language model reference, e.g. hf:bert-base-uncased")
     gate.add_argument("--dataset", required=True, help="paired dataset, e.g. digits")
     _server_arguments(gate)
-    gate.add_argument("--policy", choices=["paper", "measured"], default="paper", help="decision policy")
+    gate.add_argument(
+        "--policy", choices=["paper", "measured", "reported"], default="paper", help="decision policy"
+    )
     gate.add_argument("--json", action="store_true", help="print the decision and the full result as JSON")
     gate.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the server's result")
     add_engine_arguments(gate)
@@ -305,7 +309,7 @@ def _gate_error(args: argparse.Namespace, message: object) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from phasecore.gate import decide, require_fitted_model
+    from phasecore.gate import decide, require_policy_model
     from phasecore.settings import EngineSettings
     from store.models import jsonable
 
@@ -314,9 +318,9 @@ def _gate(args: argparse.Namespace) -> int:
     study: dict[str, Any] | None = None
     if args.server:
         with _client(args) as client:
-            if args.policy == "measured":  # before any screening: without a fitted model there is no verdict
+            if args.policy in ("measured", "reported"):  # before any screening: without a model, no verdict
                 study = client.study().model_dump(mode="json")
-                require_fitted_model(study)
+                require_policy_model(study, args.policy)
             submitted = client.submit_screening(
                 args.vision, args.language, args.dataset, settings.model_dump(mode="json")
             )
@@ -329,9 +333,9 @@ def _gate(args: argparse.Namespace) -> int:
                 return _gate_error(args, f"screening {screening.id} succeeded without a result")
             result = screening.result.model_dump(mode="json")
     else:
-        if args.policy == "measured":
+        if args.policy in ("measured", "reported"):
             study = _local_study()
-            require_fitted_model(study)
+            require_policy_model(study, args.policy)
         result, screening_id = _screen_here(args, settings)
     decision = decide(result, args.policy, study=study)
     verdict = "FAIL" if decision.predicts_failure else "PASS"
@@ -450,9 +454,14 @@ def study_summary(study: dict[str, Any]) -> str:
     A study with a ``shipped_evidence`` key (``store.study.run_study``, ``GET /v1/study``) prints two labelled
     parts: the deployment's own stored pairs, then the shipped evidence (or that none is installed)."""
     if "shipped_evidence" not in study:
-        return _own_summary(study)
+        return "\n".join([_own_summary(study), *_reported_summary(study)])
     own = _own_summary(study).replace("\n", "\n  ")
-    lines = [f"deployment's own stored pairs (source: {study.get('source') or 'deployment'}):", f"  {own}"]
+    lines = [
+        f"deployment's own stored pairs (source: {study.get('source') or 'deployment'}; label_source "
+        f"{study.get('label_source') or 'measured'}: the screenings' own outcome, METRICS §7):",
+        f"  {own}",
+        *_reported_summary(study),
+    ]
     shipped = study.get("shipped_evidence")
     if not shipped:
         lines.append("shipped evidence: none installed (measured figures come from the stored pairs only)")
@@ -476,6 +485,60 @@ def study_summary(study: dict[str, Any]) -> str:
             )
         lines.append("  " + _own_summary({**shipped, "excluded_version_1": 0}).replace("\n", "\n  "))
     return "\n".join(lines)
+
+
+def _reported_summary(study: dict[str, Any]) -> list[str]:
+    """The reported labels' block: per reported stratum, the proxy outcome against the reported one, the
+    AUROC of each predictor on both label sources side by side with n, and the full figures."""
+    reported = study.get("reported")
+    if reported is None:
+        return []
+    lines = [
+        f"reported outcomes of training runs (label_source reported; {reported['label_rule']}): "
+        f"{reported['n_outcomes']} runs reported, {reported['n_records']} labelled pairs"
+    ]
+    strata = reported.get("strata") or []
+    if not strata:
+        lines.append("  none yet: report a run with `phasescreen outcome report SCREENING_ID --metric ...`")
+    measured = {entry["stratum"]["key"]: entry for entry in study.get("strata") or []}
+    for entry in strata:
+        stratum = entry["stratum"]
+        proxy = measured.get(stratum.get("proxy_key")) or {}
+        lines.append(
+            f"  stratum {str(stratum['key'])[:12]} — {stratum.get('reported_metric')} on "
+            f"{stratum.get('reported_dataset')}, proxy stratum {str(stratum.get('proxy_key'))[:12]} (dataset "
+            f"{stratum.get('dataset')})"
+        )
+        agreement = entry["agreement"]
+        lines.append(f"    {'proxy outcome':14s} {'reported success':>16s} {'reported failure':>16s}")
+        for name, row in agreement["table"].items():
+            lines.append(f"    {name:14s} {row['success']:16d} {row['failure']:16d}")
+        lines.append(
+            f"    agreement over the {agreement['n_both_decided']} pairs both decide: "
+            f"{_num(agreement['agreement'])} (Cohen's κ {_num(agreement['cohen_kappa'], '.2f')})"
+        )
+        lines.append(
+            f"    AUROC side by side: measured labels over the proxy stratum's n = {proxy.get('n', 0)} decided pairs, "
+            f"reported labels over n = {entry['n']} pairs"
+        )
+        reported_auroc = _aurocs(entry)
+        measured_auroc = _aurocs(proxy)
+        for name in [*reported_auroc, *(name for name in measured_auroc if name not in reported_auroc)]:
+            lines.append(
+                f"      {name:22s} measured {_num(measured_auroc.get(name)):>6s}  "
+                f"reported {_num(reported_auroc.get(name)):>6s}"
+            )
+        lines.append("    " + _stratum_block(entry).replace("\n", "\n    "))
+    return lines
+
+
+def _aurocs(entry: dict[str, Any]) -> dict[str, Any]:
+    """Each predictor's AUROC in one stratum's figures: the rules, then the logistic model (empty when
+    insufficient)."""
+    aurocs = {name: quality.get("auroc") for name, quality in (entry.get("rules") or {}).items()}
+    if entry.get("logistic"):
+        aurocs["logistic (LOMO CV)"] = entry["logistic"].get("auroc")
+    return aurocs
 
 
 def _own_summary(study: dict[str, Any]) -> str:

@@ -102,6 +102,18 @@ def _measured(rule: RulePrediction) -> str:
     return f"; measured {measured.accuracy:.0%} over {measured.n} pairs"
 
 
+def _reported(rule: RulePrediction) -> str:
+    """The rule's figures on reported training-run outcomes, once there are (nothing before: the line stays as
+    it was for a deployment that reports none)."""
+    reported = rule.reported
+    if reported is None or reported.status != "ok":
+        return ""
+    stratum = (reported.model_extra or {}).get("stratum") or {}
+    where = f"{stratum.get('reported_metric')} on {stratum.get('reported_dataset')}"
+    accuracy = f"accuracy {reported.accuracy:.0%}, " if reported.accuracy is not None else ""
+    return f"; reported runs ({where}): {accuracy}AUROC {_fmt(reported.auroc, '.2f')} over {reported.n_labelled} pairs"
+
+
 def _fmt(x: Any, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -145,6 +157,7 @@ def summary(result: ScreeningResult | dict[str, Any]) -> str:
         claim = f", claimed {rule.claimed_accuracy:.0%}" if rule.claimed_accuracy else ""
         lines.append(
             f"  {name:20s} value {_fmt(rule.value, '.4g')} vs {rule.threshold:g}: {verdict}{claim}{_measured(rule)}"
+            f"{_reported(rule)}"
         )
     if gt:
         unseen = gt.figures.get("unseen") or {}

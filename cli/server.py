@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="SCOPE",
-        help="screen (submit, cancel), read (read, list) or admin (/metrics); repeatable or comma-separated "
-        "(default: screen,read)",
+        help="screen (submit, cancel), read (read, list), report (report training-run outcomes) or admin "
+        "(/metrics); repeatable or comma-separated (default: screen,read,report)",
     )
     create.add_argument("--expires-in", type=float, default=None, metavar="DAYS", help="the key expires after DAYS")
     create.add_argument(

@@ -11,6 +11,11 @@ Two policies:
 - ``measured``: the logistic model of METRICS §8 fitted on this deployment's own labelled pairs
   (``phasecore.study``); failure is predicted when ``P(failed) ≥ 0.5``. Until there are enough labelled pairs
   with both outcomes there is no such model and the gate cannot decide.
+- ``reported``: the same logistic model fitted on the outcomes training runs reported for the pairs of the
+  result's stratum (``phasecore.reported``: one label per pair, its latest run, by the reporter's own threshold);
+  failure is predicted when ``P(failed) ≥ 0.5``. Of the result's reported strata (one per reported metric and
+  dataset) the one with the most labelled pairs decides. Until one holds 20 labelled pairs with both outcomes
+  the gate falls back to the ``measured`` policy and says so (which itself cannot decide without its model).
 
 "Cannot decide" raises :class:`GateUndecided`; the CLI turns it into exit code 2.
 """
@@ -24,12 +29,13 @@ from typing import Any, Literal
 
 from phasecore.batch import as_result
 from phasecore.errors import PhasescreenError
+from phasecore.reported import strata_of
 from phasecore.schema import ScreeningResult
 from phasecore.study import FEATURES, predict_failure_probability
 
-Policy = Literal["paper", "measured"]
+Policy = Literal["paper", "measured", "reported"]
 ScreenResultLike = ScreeningResult | Mapping[str, Any]
-POLICIES: tuple[str, ...] = ("paper", "measured")
+POLICIES: tuple[str, ...] = ("paper", "measured", "reported")
 PROBABILITY_THRESHOLD = 0.5
 
 
@@ -50,6 +56,7 @@ class GateDecision:
     value: float | None = None
     threshold: float | None = None
     probability: float | None = None
+    fallback: str | None = None  # the policy that decided instead of ``policy`` (and the reason says why)
 
     @property
     def exit_code(self) -> int:
@@ -64,8 +71,9 @@ def decide(
 ) -> GateDecision:
     """The gate's verdict on one screening ``result`` (typed, or its stored JSON).
 
-    ``study`` is the output of ``phasecore.study.prediction_quality`` (needed by ``measured``).
-    Raises GateUndecided when the policy gives no verdict, ValueError on an unknown policy.
+    ``study`` is the output of ``phasecore.study.prediction_quality`` or ``study_by_stratum`` (needed by
+    ``measured``), or the full study of ``store.study.run_study`` / ``GET /v1/study``, whose ``reported`` block
+    ``reported`` needs. Raises GateUndecided when the policy gives no verdict, ValueError on an unknown policy.
     """
     typed = as_result(result)
     assert typed is not None
@@ -73,6 +81,8 @@ def decide(
         return _paper(typed)
     if policy == "measured":
         return _measured(typed, study)
+    if policy == "reported":
+        return _reported(typed, study)
     raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
@@ -118,6 +128,21 @@ def require_fitted_model(study: Mapping[str, Any] | None) -> None:
     )
 
 
+def require_policy_model(study: Mapping[str, Any] | None, policy: str) -> None:
+    """Before a pair is screened: raise GateUndecided when ``policy`` can decide no pair with ``study``
+    (``measured``: no fitted model; ``reported``: no fitted model on reported labels and none to fall back on)."""
+    if policy == "measured":
+        require_fitted_model(study)
+    elif policy == "reported" and not reported_model_available(study):
+        try:
+            require_fitted_model(study)
+        except GateUndecided as exc:
+            raise GateUndecided(
+                "policy 'reported' needs the logistic model fitted on 20 pairs with reported outcomes of both kinds "
+                f"in the pair's stratum, and none is reported yet; its fallback: {exc}"
+            ) from exc
+
+
 def stratum_study(study: Mapping[str, Any] | None, result: ScreenResultLike) -> Mapping[str, Any] | None:
     """The figures of the result's own stratum (METRICS §8: numbers from other settings do not compare) from a
     by-stratum study; a single-stratum study (no ``strata``) is returned as it is."""
@@ -139,10 +164,60 @@ def _measured(result: ScreeningResult, study: Mapping[str, Any] | None) -> GateD
     study = stratum_study(study, result)
     require_fitted_model(study)
     assert study is not None
+    return _logistic("measured", result, study, "labelled pairs")
+
+
+def reported_entry(study: Mapping[str, Any] | None, result: ScreenResultLike) -> Mapping[str, Any] | None:
+    """The reported stratum the ``reported`` policy uses for ``result``: of the reported strata of the
+    result's own stratum, the one with the most labelled pairs (None without any)."""
+    typed = as_result(result)
+    key = typed.stratum.key if typed is not None and typed.stratum is not None else None
+    candidates = strata_of((study or {}).get("reported"), key)
+    return candidates[0] if candidates else None
+
+
+def reported_model_available(study: Mapping[str, Any] | None) -> bool:
+    """Whether any reported stratum of ``study`` holds a fitted failure model (before a pair is screened, its
+    stratum is not known yet)."""
+    return any(
+        entry.get("status") == "ok" and entry.get("model_state")
+        for entry in ((study or {}).get("reported") or {}).get("strata") or ()
+    )
+
+
+def _reported(result: ScreeningResult, study: Mapping[str, Any] | None) -> GateDecision:
+    entry = reported_entry(study, result)
+    if entry is not None and entry.get("status") == "ok" and entry.get("model_state"):
+        described = entry["stratum"]
+        what = f"pairs with a reported {described.get('reported_metric')} on {described.get('reported_dataset')}"
+        return _logistic("reported", result, entry, what)
+    if study is None or "reported" not in study:
+        why = "the study holds no reported outcomes (an older server, or a study without them)"
+    elif entry is None:
+        why = "no training-run outcome is reported for a pair of this result's stratum"
+    else:
+        why = f"{entry.get('reason') or 'the reported labels do not hold both outcomes'}"
+    try:
+        decision = _measured(result, study)
+    except GateUndecided as exc:
+        raise GateUndecided(f"policy 'reported' has no fitted model ({why}), and its fallback: {exc}") from exc
+    return GateDecision(
+        **{
+            **asdict(decision),
+            "policy": "reported",
+            "fallback": "measured",
+            "reason": f"policy 'reported' has no fitted model yet ({why}); falling back to policy 'measured': "
+            f"{decision.reason}",
+        }
+    )
+
+
+def _logistic(policy: str, result: ScreeningResult, study: Mapping[str, Any], what: str) -> GateDecision:
+    """The verdict of the logistic failure model of ``study`` (one stratum's figures) on ``result``."""
     try:
         probability = predict_failure_probability(study["model_state"], _features(result))
     except ValueError as exc:
-        raise GateUndecided(f"policy 'measured' cannot score this pair: {exc}") from exc
+        raise GateUndecided(f"policy {policy!r} cannot score this pair: {exc}") from exc
     fails = probability >= PROBABILITY_THRESHOLD
     logistic = study.get("logistic") or {}
     quality = ""
@@ -152,11 +227,11 @@ def _measured(result: ScreeningResult, study: Mapping[str, Any] | None) -> GateD
             f", AUROC {auroc:.2f}" if auroc is not None else ""
         )
     return GateDecision(
-        policy="measured",
+        policy=policy,
         predicts_failure=fails,
         reason=(
             f"P(failure) = {probability:.3f} {'≥' if fails else '<'} {PROBABILITY_THRESHOLD} by the logistic model "
-            f"fitted on {study['model_state'].get('n', study.get('n'))} labelled pairs{quality}: "
+            f"fitted on {study['model_state'].get('n', study.get('n'))} {what}{quality}: "
             f"{'predicts alignment FAILURE' if fails else 'does not predict failure'}"
         ),
         rule="logistic",

@@ -201,6 +201,11 @@ class MeasuredRule(_Open):
         description="when the deployment's figures are insufficient: the strata the shipped evidence covers "
         "(null there: no shipped evidence installed, as the reason says; null too where the figures are given)",
     )
+    label_source: Literal["measured", "reported"] | None = Field(
+        None,
+        description="the labels the figures are scored against: the screenings' own proxy outcome (METRICS §7; "
+        "null means the same) or the outcomes training runs reported (`reported`, phasecore.reported)",
+    )
 
 
 class RulePrediction(_Open):
@@ -219,6 +224,12 @@ class RulePrediction(_Open):
     lower_bound: bool = Field(False, description="the value is a lower bound (a censored AGOP ratio)")
     measured: MeasuredRule | None = Field(
         None, description="the rule's measured accuracy over this service's stored pairs, next to the claim"
+    )
+    reported: MeasuredRule | None = Field(
+        None,
+        description="the rule's figures against the outcomes training runs reported for this stratum's pairs "
+        "(their latest run per pair; the reported stratum with the most pairs), a snapshot taken when this "
+        "result was made; 'insufficient' until 20 pairs with both outcomes are reported",
     )
 
 

@@ -373,12 +373,18 @@ def _insufficient(n: int, n_failed: int, min_labelled: int, n_inconclusive: int 
 
 
 def _stratum_description(stratum: Mapping[str, Any]) -> dict[str, Any]:
+    # a reported stratum (phasecore.reported) also names its proxy stratum and the reported metric and dataset
+    extra = {name: stratum[name] for name in _REPORTED_STRATUM if name in stratum}
     return {
         "key": str(stratum.get("key")),
         "dataset": stratum.get("dataset"),
         "metrics_version": stratum.get("metrics_version"),
         "settings": stratum.get("settings"),
+        **extra,
     }
+
+
+_REPORTED_STRATUM = ("proxy_key", "reported_metric", "reported_dataset")
 
 
 def _name(stratum: Mapping[str, Any]) -> str:

@@ -30,7 +30,7 @@ from service.proxies import TrustedProxies
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.reports import ReportCache
 from service.requestlog import RequestContext
-from service.routes import batches, health, profiles, screenings, study
+from service.routes import batches, health, outcomes, profiles, screenings, study
 from service.screenings import warm_request_checks
 from store import logs
 from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
@@ -110,6 +110,7 @@ def create_app(
 
     limited = [Depends(enforce_rate_limit), Depends(bind_path_ids)]
     app.include_router(screenings.router, dependencies=limited)
+    app.include_router(outcomes.router, dependencies=limited)
     app.include_router(profiles.router, dependencies=limited)
     app.include_router(batches.router, dependencies=limited)
     app.include_router(study.router, dependencies=limited)

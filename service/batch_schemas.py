@@ -238,11 +238,64 @@ class ShippedEvidenceOut(BaseModel):
     )
 
 
+class AgreementOut(BaseModel):
+    """Does the proxy agree with the real runs? The screening's own outcome (METRICS §7) against the reported
+    one, over the pairs of one reported stratum."""
+
+    model_config = ConfigDict(extra="allow")
+
+    table: dict[str, dict[str, int]] = Field(
+        description="pairs by proxy outcome (aligned, failed, inconclusive, none) and reported outcome (success, "
+        "failure)"
+    )
+    n: int = Field(description="pairs with a reported label")
+    n_both_decided: int = Field(description="pairs the proxy decided too (aligned or failed)")
+    n_agree: int = Field(description="of those, pairs where proxy aligned meets success or proxy failed failure")
+    agreement: float | None = Field(description="n_agree / n_both_decided")
+    cohen_kappa: float | None = Field(description="agreement beyond chance; null where undefined")
+    proxy_aligned_reported_failure: int
+    proxy_failed_reported_success: int
+
+
+class ReportedStratumKeyOut(StratumOut):
+    """A stratum of reported labels: the proxy's stratum and the reported metric and dataset (runs on another
+    metric or dataset answer another question, and never pool)."""
+
+    proxy_key: str = Field(description="the key of the proxy (measured) stratum this one refines")
+    reported_metric: str = Field(description="the metric the runs reported")
+    reported_dataset: str = Field(description="the dataset they reported it on")
+
+
+class ReportedStratumOut(StudyStratumOut):
+    """The figures of one reported stratum, with the agreement of the proxy and the reported outcomes."""
+
+    stratum: ReportedStratumKeyOut
+    agreement: AgreementOut
+
+
+class ReportedStudyOut(BaseModel):
+    """The study on reported labels: what training runs of the pairs achieved, by the reporters' own thresholds,
+    one label per pair (its latest run) and reported stratum. Every figure of the measured study, per stratum."""
+
+    model_config = ConfigDict(extra="allow")
+
+    label_source: Literal["reported"] = "reported"
+    label_rule: str = Field(description="how a pair's label is chosen among its reported runs, in words")
+    n_outcomes: int = Field(description="reported runs read (of the caller's tenant's screenings, keys required)")
+    n_records: int = Field(description="labelled pairs: one per pair, reported metric and dataset")
+    excluded_version_1: int = 0
+    excluded_no_stratum: int = 0
+    strata: list[ReportedStratumOut] = Field(
+        default_factory=list, description="every reported stratum's figures, most decided pairs first"
+    )
+
+
 class StudyOut(_QualityOut):
     """Prediction quality per stratum of stored pairs (METRICS §8). The top-level figures are those of the
     requested stratum, or else of the largest one (`stratum` says which); `strata` has every stratum. All of
-    them are the deployment's own (the caller's tenant's when keys are required); `shipped_evidence` holds the
-    shipped evidence's figures beside them, never mixed in."""
+    them are the deployment's own (the caller's tenant's when keys are required), on the measured (proxy)
+    labels; `reported` holds the same study on the outcomes training runs reported, and `shipped_evidence` the
+    shipped evidence's figures, both beside them, never mixed in."""
 
     dataset: str | None = Field(None, description="the dataset filter, if any")
     stratum: StratumOut | None = Field(None, description="the stratum whose figures are at the top level")
@@ -257,4 +310,13 @@ class StudyOut(_QualityOut):
     )
     shipped_evidence: ShippedEvidenceOut | None = Field(
         None, description="the shipped evidence's study (null: none installed, or an older server)"
+    )
+    label_source: Literal["measured"] = Field(
+        "measured", description="the labels of the figures above: the screenings' own proxy outcome (METRICS §7)"
+    )
+    reported: ReportedStudyOut | None = Field(
+        None,
+        description="beside them, the same study on the outcomes training runs reported (POST "
+        "/v1/screenings/{id}/outcomes), with the proxy-against-reported confusion table per stratum (null: an "
+        "older server)",
     )

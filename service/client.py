@@ -11,7 +11,13 @@ Every call retries when the server answers 503 (busy, database unavailable) or 4
 its ``Retry-After`` header says (capped by ``max_retry_wait``), and when the connection cannot be opened. Other
 errors raise :class:`ApiError` carrying the RFC 9457 problem document; an unreachable server raises
 :class:`ServerUnreachable`, a wait past its deadline :class:`WaitTimeout`. Screening submissions carry an
-``Idempotency-Key``, so a retried submission never makes two screenings.
+``Idempotency-Key``, so a retried submission never makes two screenings, and so do outcome reports.
+
+After training the pair, a pipeline reports what the run reached; the study then scores the rules against it:
+
+        client.report_outcome(screening.id, metric="zero_shot_top1", value=0.41, success_threshold=0.3,
+                              success_direction="above", dataset="imagenet-1k:val", method="lit")
+        client.study().reported    # the same figures on reported labels, beside the proxy's
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, TypeVar, cast
 import httpx
 
 from service.batch_schemas import BatchOut, BatchRequest, StudyOut
+from service.outcome_schemas import OutcomeOut, OutcomePage, OutcomeRequest
 from service.schemas import ScreeningOut, ScreeningRequest
 
 #: what the client polls: a screening or a batch (both have a state and a progress)
@@ -219,10 +226,66 @@ class PhasescreenClient:
         """The self-contained HTML report of a batch."""
         return self.request("GET", f"/v1/batches/{batch_id}/report").text
 
+    # --- outcomes -----------------------------------------------------------------------------------------
+
+    def report_outcome(
+        self,
+        screening_id: str,
+        *,
+        metric: str,
+        value: float,
+        success_threshold: float,
+        success_direction: str,
+        dataset: str,
+        examples: int | None = None,
+        steps: int | None = None,
+        method: str | None = None,
+        run_url: str | None = None,
+        notes: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> OutcomeOut:
+        """POST /v1/screenings/{id}/outcomes: what a training run of the screened pair achieved, and whether that
+        is a success by ``success_threshold`` (``success_direction`` "above": value ≥ threshold; "below": value ≤
+        threshold). Validated here first; one Idempotency-Key per call (pass your own to make a retried job's
+        report a replay rather than a second run)."""
+        body = OutcomeRequest.model_validate(
+            {
+                "metric": metric,
+                "value": value,
+                "success_threshold": success_threshold,
+                "success_direction": success_direction,
+                "dataset": dataset,
+                "examples": examples,
+                "steps": steps,
+                "method": method,
+                "run_url": run_url,
+                "notes": notes,
+            }
+        )
+        response = self.request(
+            "POST",
+            f"/v1/screenings/{screening_id}/outcomes",
+            json=body.model_dump(mode="json", exclude_none=True),
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+        )
+        return OutcomeOut.model_validate(response.json())
+
+    def outcomes(self, screening_id: str) -> list[OutcomeOut]:
+        """GET /v1/screenings/{id}/outcomes, every page: the screening's reported runs, newest first."""
+        items: list[OutcomeOut] = []
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = OutcomePage.model_validate(self._get_json(f"/v1/screenings/{screening_id}/outcomes", params=params))
+            items.extend(page.items)
+            if page.next_cursor is None:
+                return items
+            params["cursor"] = page.next_cursor
+
     # --- study --------------------------------------------------------------------------------------------
 
     def study(self, dataset: str | None = None) -> StudyOut:
-        """GET /v1/study: prediction quality over every stored pair with ground truth (METRICS §8)."""
+        """GET /v1/study: prediction quality over every stored pair with ground truth (METRICS §8), on the
+        screenings' own outcome and, in ``reported``, on the outcomes training runs reported."""
         params = {"dataset": dataset} if dataset else None
         return StudyOut.model_validate(self._get_json("/v1/study", params=params))
 

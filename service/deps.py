@@ -246,6 +246,7 @@ def require_scope(scope: str) -> Callable[..., Coroutine[None, None, Caller]]:
 
 ReaderDep = Annotated[Caller, Depends(require_scope("read"))]
 WriterDep = Annotated[Caller, Depends(require_scope("screen"))]
+ReporterDep = Annotated[Caller, Depends(require_scope("report"))]
 
 
 async def require_metrics_access(api_key: ApiKeyDep, settings: SettingsDep) -> None:

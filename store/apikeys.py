@@ -1,7 +1,8 @@
 """API keys: random secrets shown once, stored as their sha256 (a leaked table reveals no usable key).
 
 A key belongs to a tenant (keys of one tenant share their screenings and batches), carries scopes
-(``screen``: submit and cancel; ``read``: read and list; ``admin``: ``/metrics``), and may expire or be
+(``screen``: submit and cancel; ``read``: read and list; ``report``: report what a training run of a screened
+pair achieved; ``admin``: ``/metrics``), and may expire or be
 revoked; either makes it unusable at once.
 """
 
@@ -18,8 +19,8 @@ from sqlalchemy.orm import Session
 from store.models import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "psk_"
-SCOPES = ("screen", "read", "admin")
-DEFAULT_SCOPES = ("screen", "read")
+SCOPES = ("screen", "read", "report", "admin")
+DEFAULT_SCOPES = ("screen", "read", "report")
 # last_used_at is a hint for operators, not an audit log: write it at most this often per key
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 

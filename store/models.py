@@ -156,18 +156,48 @@ class Screening(_JobColumns, Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class Outcome(Base):
+    """What a training run of a screened pair achieved, reported by the team that ran it (``POST
+    /v1/screenings/{id}/outcomes``): the real answer beside the screening's own proxy (METRICS §7).
+
+    ``success_direction`` says how ``value`` is read against ``success_threshold``: ``above`` (success when
+    value ≥ threshold) or ``below`` (success when value ≤ threshold). Several runs of one screening are rows of
+    their own; the study takes the latest of a pair (``phasecore.reported``)."""
+
+    __tablename__ = "outcomes"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_outcomes_owner_idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    screening_id: Mapped[str] = mapped_column(ForeignKey("screenings.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
+    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the reported body (Idempotency-Key replays)
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    success_threshold: Mapped[float] = mapped_column(Float)
+    success_direction: Mapped[str] = mapped_column(String(8))  # above | below
+    dataset: Mapped[str] = mapped_column(String(256))
+    examples: Mapped[int | None] = mapped_column(BigInteger)
+    steps: Mapped[int | None] = mapped_column(BigInteger)
+    method: Mapped[str | None] = mapped_column(String(64))
+    run_url: Mapped[str | None] = mapped_column(String(2048))
+    notes: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiKey(Base):
     """An API key, stored as the sha256 of its secret; the secret is shown once, at creation.
 
     Keys of one ``tenant`` share their screenings and batches; ``scopes`` is a comma-separated subset of
-    ``screen``, ``read`` and ``admin``."""
+    ``screen``, ``read``, ``report`` and ``admin``."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     tenant: Mapped[str] = mapped_column(String(64), index=True)
-    scopes: Mapped[str] = mapped_column(String(64), default="screen,read")
+    scopes: Mapped[str] = mapped_column(String(64), default="screen,read,report")
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)

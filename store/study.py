@@ -12,6 +12,10 @@ Tenancy: with API keys required (``PHASESCREEN_REQUIRE_API_KEY``) the study of a
 figures attached to a tenant's result, read only that tenant's stored results (``tenant``); anonymous mode
 reads every stored result. The shipped evidence (``phasecore.evidence``) is shown beside the stored pairs'
 figures, never pooled with them.
+
+Two label sources: ``measured`` (the screening's own proxy outcome, METRICS §7) and ``reported`` (what training
+runs of the pairs achieved, ``outcomes`` reported through the API; ``phasecore.reported``). The study shows both,
+side by side: the top level and ``strata`` are the measured labels', ``reported`` the reported labels'.
 """
 
 from __future__ import annotations
@@ -31,14 +35,22 @@ from phasecore.evidence import (
     evidence_summary,
     shipped_evidence,
 )
+from phasecore.reported import reported_study, stratum_reported
 from phasecore.schema import ScreeningResult
 from phasecore.study import FEATURES, prediction_quality, study_by_stratum
-from store.models import SUCCEEDED, Screening
+from store.models import SUCCEEDED, Outcome, Screening
 
 
 def study_records(session: Session, *, dataset: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
     """One record per distinct stored pair result (the newest of each fingerprint), labelled or not; only
     ``tenant``'s unless it is ``None``."""
+    return list(records_by_fingerprint(session, dataset=dataset, tenant=tenant).values())
+
+
+def records_by_fingerprint(
+    session: Session, *, dataset: str | None = None, tenant: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """``study_records`` by the fingerprint of the screening request each stands for."""
     query = (
         select(Screening.fingerprint, Screening.vision_ref, Screening.language_ref, Screening.result)
         .where(Screening.state == SUCCEEDED, Screening.result.is_not(None), Screening.reused_from.is_(None))
@@ -51,7 +63,33 @@ def study_records(session: Session, *, dataset: str | None = None, tenant: str |
     newest: dict[str, dict[str, Any]] = {}
     for fingerprint, vision, language, result in session.execute(query).tuples():
         newest[fingerprint] = record_of(vision, language, result)
-    return list(newest.values())
+    return newest
+
+
+def reported_outcomes(
+    session: Session, *, dataset: str | None = None, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    """Every reported run of a succeeded screening (only ``tenant``'s screenings unless it is ``None``), with the
+    fingerprint of the screening's request: the input of ``phasecore.reported.reported_study``."""
+    query = (
+        select(
+            Outcome.id,
+            Screening.fingerprint,
+            Outcome.metric,
+            Outcome.dataset,
+            Outcome.value,
+            Outcome.success_threshold,
+            Outcome.success_direction,
+            Outcome.created_at,
+        )
+        .join(Screening, Screening.id == Outcome.screening_id)
+        .where(Screening.state == SUCCEEDED)
+    )
+    if dataset:
+        query = query.where(Screening.dataset_ref == dataset.strip())
+    if tenant is not None:
+        query = query.where(Screening.tenant == tenant)
+    return [dict(row) for row in session.execute(query).mappings()]
 
 
 def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +126,11 @@ def run_study(
     """The study per stratum over the stored records (``study_by_stratum``; only ``tenant``'s unless None),
     optionally of one dataset and of one stratum key, with the shipped evidence beside it.
 
-    Returns ``{**figures, "source", "stratum", "strata", "excluded_version_1", "excluded_no_stratum",
-    "n_records", "dataset", "shipped_evidence"}``: ``strata`` lists every stratum's figures (most decided pairs
+    Returns ``{**figures, "source", "label_source", "stratum", "strata", "excluded_version_1",
+    "excluded_no_stratum", "n_records", "dataset", "shipped_evidence", "reported"}``: the figures are those of
+    the measured (proxy) labels, and ``reported`` holds the study of the reported labels
+    (``phasecore.reported.reported_study``; a ``stratum`` filter keeps the reported strata of that key or of that
+    proxy key). ``strata`` lists every stratum's figures (most decided pairs
     first); the top level repeats the figures of the requested stratum, or else of the largest one, with
     ``stratum`` describing it (None, with an insufficient status and the reason, when no stratum matches);
     ``source`` is "deployment": all of these come from the stored pairs. ``shipped_evidence`` is
@@ -97,10 +138,18 @@ def run_study(
     ``evidence``: True reads the installed shipped evidence, False leaves it out (None), or the evidence to
     show.
     """
-    study = study_by_stratum(study_records(session, dataset=dataset, tenant=tenant), min_labelled=min_labelled)
+    pairs = records_by_fingerprint(session, dataset=dataset, tenant=tenant)
+    study = study_by_stratum(list(pairs.values()), min_labelled=min_labelled)
+    reported = reported_study(
+        pairs, reported_outcomes(session, dataset=dataset, tenant=tenant), min_labelled=min_labelled
+    )
     strata = study["strata"]
     if stratum:
-        strata = [entry for entry in strata if entry["stratum"]["key"] == stratum.strip()]
+        key = stratum.strip()
+        strata = [entry for entry in strata if entry["stratum"]["key"] == key]
+        reported["strata"] = [
+            entry for entry in reported["strata"] if key in (entry["stratum"]["key"], entry["stratum"]["proxy_key"])
+        ]
     if strata:
         top = strata[0]
     else:
@@ -115,9 +164,11 @@ def run_study(
         **top,
         **study,
         "source": SOURCE_DEPLOYMENT,
+        "label_source": "measured",
         "strata": strata,
         "dataset": dataset,
         "shipped_evidence": evidence_summary(shipped, dataset=dataset, stratum=stratum),
+        "reported": reported,
     }
 
 
@@ -135,8 +186,10 @@ def with_measured_rules(
 ) -> dict[str, Any]:
     """``result`` with each rule's measured figures beside its claim (``phasecore.evidence.lookup_measured``):
     the stored pairs' figures of its own stratum once they hold 20 decided pairs, else the shipped evidence's
-    for that stratum where it has one, else "insufficient" with the reason. Only ``tenant``'s stored results
-    count (pass the result's tenant when keys are required; None: every stored result, anonymous mode).
+    for that stratum where it has one, else "insufficient" with the reason; and beside them its figures on
+    reported labels (``predictions.<rule>.reported``, ``phasecore.reported.stratum_reported``). Only
+    ``tenant``'s stored results count (pass the result's tenant when keys are required; None: every stored
+    result, anonymous mode).
     ``evidence``: True reads the installed shipped evidence, False uses none, or the evidence to use.
 
     The study reads the stored results, so a worker reuses one per tenant for ``max_age`` seconds: the pair
@@ -153,4 +206,10 @@ def with_measured_rules(
                 del _STUDY_CACHE[stale]  # tenants whose work stopped do not keep their study here
             _STUDY_CACHE[key] = cached
     shipped = shipped_evidence() if evidence is True else (evidence or None)
-    return attach_measured_with_evidence(result, cached[1], shipped)
+    measured = attach_measured_with_evidence(result, cached[1], shipped)
+    reported = stratum_reported(result, cached[1].get("reported"))
+    predictions = {
+        rule: {**prediction, "reported": reported.get(rule)}
+        for rule, prediction in (measured.get("predictions") or {}).items()
+    }
+    return {**measured, "predictions": predictions}

@@ -37,5 +37,8 @@ def get_study(
     them. `status: insufficient` with the reason below 20 decided pairs with both outcomes. With keys required,
     over the caller's tenant's results only. `shipped_evidence`: the study of the evidence run shipped with
     the package (its date, commit, command and strata, filtered alike), beside these figures and never pooled
-    with them; null when none is installed."""
+    with them; null when none is installed. `reported`: the same figures on the outcomes training runs reported
+    for the pairs (POST /v1/screenings/{id}/outcomes; one label per pair, its latest run, by the reporter's own
+    threshold), one stratum per proxy stratum, reported metric and dataset, each with the confusion table of the
+    proxy's outcome against the reported one (`agreement`); `label_source` says which labels each block uses."""
     return StudyOut.model_validate(run_study(session, dataset=dataset, stratum=stratum, tenant=caller.visible_tenant))

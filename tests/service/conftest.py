@@ -14,8 +14,10 @@ Override the targets with PHASESCREEN_TEST_DATABASE_URL and PHASESCREEN_TEST_RED
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -223,6 +225,25 @@ def client(runtime: Runtime) -> Iterator[Any]:
 
     with TestClient(create_app(runtime=runtime)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def live_server(runtime) -> Iterator[str]:
+    """The app on a real port (uvicorn in a thread), for the CLI's HTTP client."""
+    import uvicorn
+
+    from service.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime=runtime), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=30, what="uvicorn")
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
 
 
 def work_burst(settings: ServiceSettings) -> bool:

@@ -8,9 +8,6 @@ import csv
 import io
 import json
 import re
-import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -20,13 +17,12 @@ from phasecore.batch import CSV_FIELDS, check_document
 from phasecore.schema import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.study import predict_failure_probability
-from service.app import create_app
 from service.screenings import record_local_result
 from store.batch_models import BatchPair
 from store.models import ModelProfile, Screening
 from tests.conftest import TINY_LANGUAGE, TINY_OPTIONS, TINY_VISION, option_flags, write_grid
 from tests.results import full_result
-from tests.service.conftest import wait_for, work_burst
+from tests.service.conftest import work_burst
 
 
 def batch_request(**overrides: object) -> dict:
@@ -38,23 +34,6 @@ def batch_request(**overrides: object) -> dict:
         "name": "tiny",
         **overrides,
     }
-
-
-@pytest.fixture
-def live_server(runtime) -> Iterator[str]:
-    """The app on a real port (uvicorn in a thread), for the CLI's HTTP client."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime=runtime), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=30, what="uvicorn")
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
 
 
 def gate(server: str, *extra: str, vision: str = TINY_VISION[0]) -> list[str]:

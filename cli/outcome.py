@@ -1,0 +1,171 @@
+"""``phasescreen outcome report | list``: what training runs of screened pairs achieved (the study's reported labels).
+
+Locally (the embedded default) the outcome is recorded in the local database next to the screenings
+``phasescreen screen`` and ``gate`` stored there; with ``--server URL`` (or ``$PHASESCREEN_SERVER``) through
+:mod:`service.client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cli.batch import _client, _error, _expected_errors, _server_arguments
+from store.problems import Problem
+
+PASS, ERROR = 0, 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    outcome = sub.add_parser(
+        "outcome",
+        help="report what a training run of a screened pair achieved, or list the reported runs",
+        description="The training job that follows a screening knows the real answer. Report it, and the study "
+        "(`phasescreen study`, GET /v1/study) scores the rules against it beside the screening's own proxy, and "
+        "the gate's --policy reported uses it.",
+    )
+    commands = outcome.add_subparsers(dest="outcome_command", metavar="COMMAND", required=True)
+    report = commands.add_parser(
+        "report",
+        help="report one training run's outcome for a succeeded screening",
+        description="Record what a training run of the screening's pair reached on METRIC, and whether that is a "
+        "success by the team's own threshold (--success-above T: value ≥ T; --success-below T: value ≤ T). "
+        "Several runs per screening are allowed; the study labels a pair by its latest run. Exit 0 when "
+        "recorded, 2 on an error (unknown or unfinished screening, invalid value, server unreachable).",
+    )
+    report.add_argument("screening_id", metavar="SCREENING_ID", help="the screening whose pair was trained")
+    report.add_argument("--metric", required=True, help="e.g. zero_shot_top1, retrieval_r1, or a name of your own")
+    report.add_argument("--value", required=True, type=float, help="what the run reached on the metric")
+    direction = report.add_mutually_exclusive_group(required=True)
+    direction.add_argument(
+        "--success-above", type=float, metavar="T", help="success when the value is at least T (accuracy, recall)"
+    )
+    direction.add_argument(
+        "--success-below", type=float, metavar="T", help="success when the value is at most T (a loss, an error rate)"
+    )
+    report.add_argument("--dataset", required=True, help="the evaluation dataset, e.g. imagenet-1k:val")
+    report.add_argument("--examples", type=int, help="training examples seen")
+    report.add_argument("--steps", type=int, help="optimiser steps")
+    report.add_argument("--method", help="e.g. linear-probe, lit, full-finetune")
+    report.add_argument("--run-url", help="where the run is recorded (http or https)")
+    report.add_argument("--notes", help="free text, at most 2000 characters")
+    report.add_argument(
+        "--idempotency-key", help="server mode: the same key reports once, however often the job retries"
+    )
+    report.add_argument("--json", action="store_true", help="print the recorded outcome as JSON")
+    _server_arguments(report)
+    report.set_defaults(func=run_report_outcome)
+
+    listing = commands.add_parser("list", help="the reported runs of a screening, newest first")
+    listing.add_argument("screening_id", metavar="SCREENING_ID")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    _server_arguments(listing)
+    listing.set_defaults(func=run_list_outcomes)
+
+
+def _failed(command: str, exc: BaseException) -> int:
+    """Exit 2 with one line; a request that fails validation names the field (``value: Input should be a finite
+    number``)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return _error(command, f"invalid outcome: {where}: {error['msg']}")
+    return _error(command, exc)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """What a command reports as one line and exit 2: the usual errors, and in local mode the problems the
+    shared functions raise (no such screening, one that has not succeeded, an Idempotency-Key reused)."""
+    return (*_expected_errors(), Problem)
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    above = args.success_above is not None
+    return {
+        "metric": args.metric,
+        "value": args.value,
+        "success_threshold": args.success_above if above else args.success_below,
+        "success_direction": "above" if above else "below",
+        "dataset": args.dataset,
+        "examples": args.examples,
+        "steps": args.steps,
+        "method": args.method,
+        "run_url": args.run_url,
+        "notes": args.notes,
+    }
+
+
+def run_report_outcome(args: argparse.Namespace) -> int:
+    try:
+        if args.server:
+            with _client(args) as client:
+                out = client.report_outcome(
+                    args.screening_id, **_request(args), idempotency_key=args.idempotency_key
+                ).model_dump(mode="json")
+        else:
+            out = _report_here(args)
+    except _errors() as exc:
+        return _failed("outcome report", exc)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(_line(out))
+    return PASS
+
+
+def _report_here(args: argparse.Namespace) -> dict[str, Any]:
+    from service.outcome_schemas import OutcomeRequest
+    from service.outcomes import report_outcome
+    from store.db import local_session
+
+    request = OutcomeRequest.model_validate(_request(args))
+    with local_session() as session:
+        out, _ = report_outcome(session, args.screening_id, request, idempotency_key=args.idempotency_key)
+    return out.model_dump(mode="json")
+
+
+def run_list_outcomes(args: argparse.Namespace) -> int:
+    try:
+        if args.server:
+            with _client(args) as client:
+                items = [item.model_dump(mode="json") for item in client.outcomes(args.screening_id)]
+        else:
+            items = _list_here(args.screening_id)
+    except _errors() as exc:
+        return _failed("outcome list", exc)
+    if args.json:
+        print(json.dumps(items, indent=1))
+    elif not items:
+        print(f"no outcome reported for screening {args.screening_id}", file=sys.stderr)
+    for item in [] if args.json else items:
+        print(_line(item))
+    return PASS
+
+
+def _list_here(screening_id: str) -> list[dict[str, Any]]:
+    from service.outcomes import list_outcomes
+    from store.db import local_session
+
+    items: list[dict[str, Any]] = []
+    cursor = None
+    with local_session() as session:
+        while True:
+            page, cursor = list_outcomes(session, screening_id, limit=100, cursor=cursor)
+            items.extend(item.model_dump(mode="json") for item in page)
+            if cursor is None:
+                return items
+
+
+def _line(out: dict[str, Any]) -> str:
+    bar = "≥" if out["success_direction"] == "above" else "≤"
+    verdict = "SUCCESS" if out["success"] else "FAILURE"
+    proxy = out.get("proxy_outcome") or "no ground truth"
+    return (
+        f"outcome {out['id']} of screening {out['screening_id']}: {out['metric']} = {out['value']:g} on "
+        f"{out['dataset']} -> {verdict} (success when {bar} {out['success_threshold']:g}); the screening's own "
+        f"proxy outcome: {proxy}"
+    )
