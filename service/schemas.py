@@ -217,3 +217,7 @@ class ProblemOut(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+
+
+#: a route's ``responses`` entry for a status answered with a problem document (``{404: PROBLEM}``)
+PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {"application/problem+json": {}}}

@@ -12,13 +12,12 @@ from service.batch_schemas import BatchOut, BatchRequest
 from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.reports import document_etag
 from service.routes.screenings import IdempotencyKey
-from service.schemas import ProblemOut
+from service.schemas import PROBLEM
 from store import logs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-_PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {"application/problem+json": {}}}
-_READ: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM}
+_READ: dict[int | str, dict[str, Any]] = {401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 429: PROBLEM}
 
 
 @router.post(
@@ -27,13 +26,13 @@ _READ: dict[int | str, dict[str, Any]] = {401: _PROBLEM, 403: _PROBLEM, 404: _PR
     response_model=BatchOut,
     responses={
         201: {"model": BatchOut, "description": "every pair was served from stored results"},
-        400: _PROBLEM,
-        401: _PROBLEM,
-        403: _PROBLEM,
-        413: _PROBLEM,
-        422: _PROBLEM,
-        429: _PROBLEM,
-        503: _PROBLEM,
+        400: PROBLEM,
+        401: PROBLEM,
+        403: PROBLEM,
+        413: PROBLEM,
+        422: PROBLEM,
+        429: PROBLEM,
+        503: PROBLEM,
     },
     summary="Submit a batch",
 )

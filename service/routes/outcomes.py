@@ -21,12 +21,10 @@ from service.deps import (
 )
 from service.outcome_schemas import OutcomeOut, OutcomePage, OutcomeRequest
 from service.routes.screenings import IdempotencyKey
-from service.schemas import ProblemOut
+from service.schemas import PROBLEM
 from service.screenings import decode_cursor
 
 router = APIRouter(prefix="/v1/screenings", tags=["outcomes"])
-
-_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 
 
 @router.post(
@@ -34,14 +32,14 @@ _PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
     status_code=201,
     response_model=OutcomeOut,
     responses={
-        400: _PROBLEM,
-        401: _PROBLEM,
-        403: _PROBLEM,
-        404: _PROBLEM,
-        409: {**_PROBLEM, "description": "the screening has not succeeded (queued, running, failed, cancelled)"},
-        413: _PROBLEM,
-        422: _PROBLEM,
-        429: _PROBLEM,
+        400: PROBLEM,
+        401: PROBLEM,
+        403: PROBLEM,
+        404: PROBLEM,
+        409: {**PROBLEM, "description": "the screening has not succeeded (queued, running, failed, cancelled)"},
+        413: PROBLEM,
+        422: PROBLEM,
+        429: PROBLEM,
     },
     summary="Report a training run's outcome",
 )
@@ -86,7 +84,7 @@ def _report(
 @router.get(
     "/{screening_id}/outcomes",
     response_model=OutcomePage,
-    responses={400: _PROBLEM, 401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM},
+    responses={400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 422: PROBLEM, 429: PROBLEM},
 )
 def list_outcomes(
     screening_id: str,
@@ -113,7 +111,7 @@ def list_outcomes(
 @router.get(
     "/{screening_id}/outcomes/{outcome_id}",
     response_model=OutcomeOut,
-    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM},
+    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 429: PROBLEM},
 )
 def get_outcome(screening_id: str, outcome_id: str, session: SessionDep, caller: ReaderDep) -> OutcomeOut:
     """One reported outcome of this screening."""

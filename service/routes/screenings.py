@@ -20,14 +20,12 @@ from service.deps import (
     in_request_thread,
     json_response,
 )
-from service.schemas import ProblemOut, ScreeningOut, ScreeningPage, ScreeningRequest, State
+from service.schemas import PROBLEM, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
 from store import logs
 from store.models import ACTIVE_STATES
 
 router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
-
-_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 
 
 def _no_nul(value: str | None) -> str | None:
@@ -55,13 +53,13 @@ IdempotencyKey = Annotated[
     response_model=ScreeningOut,
     responses={
         201: {"model": ScreeningOut, "description": "served from an identical finished screening"},
-        400: _PROBLEM,
-        401: _PROBLEM,
-        403: _PROBLEM,
-        413: _PROBLEM,
-        422: _PROBLEM,
-        429: _PROBLEM,
-        503: _PROBLEM,
+        400: PROBLEM,
+        401: PROBLEM,
+        403: PROBLEM,
+        413: PROBLEM,
+        422: PROBLEM,
+        429: PROBLEM,
+        503: PROBLEM,
     },
     summary="Submit a screening",
 )
@@ -107,7 +105,7 @@ def _submit(runtime: Runtime, body: ScreeningRequest, caller: Caller, idempotenc
 @router.get(
     "",
     response_model=ScreeningPage,
-    responses={400: _PROBLEM, 401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM},
+    responses={400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 422: PROBLEM, 429: PROBLEM},
 )
 def list_screenings(
     session: SessionDep,
@@ -148,7 +146,7 @@ def list_screenings(
 @router.get(
     "/{screening_id}",
     response_model=ScreeningOut,
-    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM},
+    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 429: PROBLEM},
 )
 async def get_screening(request: Request, screening_id: str, runtime: RuntimeDep, caller: ReaderDep) -> Response:
     """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
@@ -165,7 +163,7 @@ def _read(runtime: Runtime, screening_id: str, tenant: str | None) -> Response:
 @router.post(
     "/{screening_id}/cancel",
     response_model=ScreeningOut,
-    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM, 429: _PROBLEM},
+    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 429: PROBLEM},
 )
 def cancel_screening(screening_id: str, session: SessionDep, caller: WriterDep) -> ScreeningOut:
     """Cancel a queued or running screening; a running job stops at its next progress report."""

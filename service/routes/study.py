@@ -9,15 +9,13 @@ from fastapi import APIRouter, Query
 from service.batch_schemas import StudyOut
 from service.deps import ReaderDep, SessionDep
 from service.routes.screenings import _TEXT, FilterText
-from service.schemas import ProblemOut
+from service.schemas import PROBLEM
 from store.study import run_study
 
 router = APIRouter(prefix="/v1/study", tags=["study"])
 
-_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
 
-
-@router.get("", response_model=StudyOut, responses={401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM})
+@router.get("", response_model=StudyOut, responses={401: PROBLEM, 403: PROBLEM, 422: PROBLEM, 429: PROBLEM})
 def get_study(
     session: SessionDep,
     caller: ReaderDep,
