@@ -61,3 +61,13 @@ bench: $(STAMP)
 bench-gpu:
 	PYTHON=$$(test -x $(BIN)/python && echo $(BIN)/python || echo python3) \
 		bash bench/gpu.sh $(if $(DEVICE),--device $(DEVICE),) $(BENCH_GPU_ARGS)
+
+# The zoo demo (docs/zoo.md): a small joint pair and its unimodal twin (the same architectures trained alone),
+# crossed, trained on `shapes` into an empty home of their own and screened at the evidence grid's settings;
+# the table prints each pair's verdict side by side (failed: no = aligned, yes = failed, n/a = inconclusive).
+DEMO_ZOO_HOME ?= .demo-zoo
+.PHONY: demo-zoo
+demo-zoo: $(STAMP)
+	rm -rf $(DEMO_ZOO_HOME) && mkdir -p $(DEMO_ZOO_HOME)
+	PHASESCREEN_HOME=$(DEMO_ZOO_HOME) $(BIN)/phasescreen batch grids/demo-zoo.yaml \
+		--output $(DEMO_ZOO_HOME)/demo-zoo.results.json
