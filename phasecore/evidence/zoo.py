@@ -261,7 +261,8 @@ def same_run_pairs(records: Sequence[Mapping[str, Any]]) -> list[str]:
         if v is None or t is None or v[1] != t[1]:
             continue
         same = (v[0].mode == t[0].mode == "joint" and v[0].run_key() == t[0].run_key()) or (
-            v[0].mode == t[0].mode == "random" and v[0].seed == t[0].seed and v[0].width == t[0].width
+            v[0].mode == t[0].mode == "random"
+            and (v[0].seed, v[0].width, v[0].init, v[0].out) == (t[0].seed, t[0].width, t[0].init, t[0].out)
         )
         if not same:
             continue
