@@ -15,8 +15,9 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from phasecore.errors import InvalidReference, SourceNotAllowed
+from phasecore.zoo.recipe import ZOO_DATASETS, ZooRecipe
 
-SOURCES = ("timm", "hf", "file", "pkg")
+SOURCES = ("timm", "hf", "file", "pkg", "zoo")
 _OPTION_KEYS = {"weights", "pooling", "arch", "revision", "blend", "seed"}
 #: the seed of every random initialisation (``weights=random``, and the random end of ``blend``) unless
 #: ``?seed=`` names another
@@ -36,7 +37,8 @@ class ModelRef:
     """A model reference: ``source:name[@revision][?key=value&...]``.
 
     ``timm:resnet18?weights=random``, ``hf:bert-base-uncased@main?pooling=cls``,
-    ``file:my-vit?arch=vit_small_patch16_224``, ``pkg:efficientnet-lite0``.
+    ``file:my-vit?arch=vit_small_patch16_224``, ``pkg:efficientnet-lite0``,
+    ``zoo:shapes?tower=vision&mode=joint&seed=0&steps=600``.
 
     ``weights`` is ``pretrained`` (default) or ``random``; ``pooling`` is ``mean | cls | last`` for
     language models (None: the source's default); ``arch`` names the timm architecture of a bare
@@ -47,6 +49,10 @@ class ModelRef:
     pretrained weights; floating-point buffers (BatchNorm running statistics) are blended alike, so t = 1 is
     that random initialisation exactly. ``seed`` (an integer ≥ 0) seeds the random initialisation of ``blend``
     or ``weights=random`` (default ``RANDOM_INIT_SEED``; stored as None when it equals the default).
+
+    ``recipe``: a ``zoo:`` tower's recipe keys, ``((key, value), ...)`` in canonical order
+    (``phasecore.zoo.recipe``); None for every other source. A zoo tower's ``blend`` goes toward its own
+    initialisation, and its ``seed`` is a recipe key.
     """
 
     source: str
@@ -57,6 +63,7 @@ class ModelRef:
     arch: str | None = None
     blend: float | None = None
     seed: int | None = None
+    recipe: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
     def parse(cls, text: str | ModelRef, **overrides: Any) -> ModelRef:
@@ -85,6 +92,8 @@ class ModelRef:
         options: dict[str, Any] = {}
         if "#" in query:
             raise InvalidReference(f"model reference {text!r}: '#' has no meaning in a query")
+        if source == "zoo":
+            return cls._parse_zoo(text, rest, query, overrides)
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in _OPTION_KEYS:
                 raise InvalidReference(
@@ -116,6 +125,39 @@ class ModelRef:
         ref.validate()
         return ref
 
+    @classmethod
+    def _parse_zoo(cls, text: str, name: str, query: str, overrides: dict[str, Any]) -> ModelRef:
+        """``zoo:shapes?<recipe>[&blend=t]``: the recipe keys go to ``ZooRecipe``, ``blend`` stays here."""
+        if name not in ZOO_DATASETS:
+            raise InvalidReference(
+                f"zoo reference {text!r}: the zoo trains on {', '.join(ZOO_DATASETS)}, not {name!r} "
+                "(e.g. zoo:shapes?tower=vision&mode=joint&seed=0)"
+            )
+        pairs = parse_qsl(query, keep_blank_values=True)
+        blends = [value for key, value in pairs if key == "blend"]
+        if len(blends) > 1:
+            raise InvalidReference(f"option 'blend' appears twice in model reference {text!r}")
+        recipe_query = "&".join(f"{key}={value}" for key, value in pairs if key != "blend")
+        recipe = ZooRecipe.parse(recipe_query, text=text)
+        blend = _parse_blend(blends[0], text) if blends else None
+        if blend is not None and recipe.mode == "random":
+            raise InvalidReference(
+                f"blend in {text!r} goes toward the tower's own initialisation; a random tower is that already"
+            )
+        extra = {k: v for k, v in overrides.items() if v is not None}
+        if extra:
+            raise InvalidReference(f"{', '.join(sorted(extra))} cannot be set on a zoo reference ({text!r})")
+        ref = cls(source="zoo", name=name, blend=blend, recipe=recipe.pairs())
+        ref.validate()
+        return ref
+
+    @property
+    def zoo_recipe(self) -> ZooRecipe:
+        """The recipe of a ``zoo:`` reference (InvalidReference for any other source)."""
+        if self.source != "zoo" or self.recipe is None:
+            raise InvalidReference(f"{self.canonical()} is not a zoo tower")
+        return ZooRecipe.parse("&".join(f"{k}={v}" for k, v in self.recipe), text=self.canonical())
+
     def validate(self) -> None:
         if self.weights not in ("pretrained", "random"):
             raise InvalidReference(f"weights={self.weights!r} is not one of pretrained, random")
@@ -123,6 +165,14 @@ class ModelRef:
             raise InvalidReference(f"pooling={self.pooling!r} is not one of mean, cls, last")
         if not self.name:
             raise InvalidReference(f"model reference {self.source}: has no name")
+        if (self.source == "zoo") != (self.recipe is not None):
+            raise InvalidReference("a recipe belongs to a zoo: reference, and every zoo: reference has one")
+        zoo_extras = self.weights != "pretrained" or self.seed is not None or self.pooling or self.arch
+        if self.source == "zoo" and zoo_extras:
+            raise InvalidReference(
+                "a zoo tower takes its recipe keys and blend only (mode=random for an untrained tower, seed= "
+                "in the recipe)"
+            )
         if "?" in self.name or _has_control(self.name):
             raise InvalidReference(f"model name {self.name!r} holds '?' or control characters")
         for key, value in (("arch", self.arch), ("revision", self.revision)):
@@ -157,6 +207,11 @@ class ModelRef:
     def canonical(self) -> str:
         """The normalised text form; parse(canonical()) == self."""
         text = f"{self.source}:{self.name}"
+        if self.recipe is not None:
+            query = "&".join(f"{k}={v}" for k, v in self.recipe)
+            if self.blend is not None:
+                query += f"&blend={_format_float(float(self.blend))}"
+            return f"{text}?{query}"
         if self.revision and self.source in ("hf", "timm"):
             text += f"@{self.revision}"
         opts = [

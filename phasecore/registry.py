@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from phasecore.errors import AssetUnavailable, InvalidReference
 from phasecore.paths import default_model_root, resolve_under
 from phasecore.refs import SOURCES, ModelRef, check_allowed, check_allowed_models
+from phasecore.zoo.recipe import KEYS as ZOO_KEYS
+from phasecore.zoo.recipe import ZOO_VERSION
 
 if TYPE_CHECKING:
     import torch
@@ -133,6 +135,16 @@ def _check_pkg(ref: ModelRef, *, role: str, model_root: Path | None) -> None:
         )
 
 
+def _check_zoo(ref: ModelRef, *, role: str, model_root: Path | None) -> None:
+    """A zoo tower serves the role of its modality (the recipe itself was checked when parsed)."""
+    tower = ref.zoo_recipe.tower
+    if (role == "vision") != (tower == "vision"):
+        raise InvalidReference(
+            f"{role} model {ref.canonical()!r} is a {tower} tower; the {role} side takes "
+            f"tower={'vision' if role == 'vision' else 'text'}"
+        )
+
+
 @dataclass(frozen=True)
 class Source:
     """One model source: how it is written, its cheap check, and where its loader lives."""
@@ -198,8 +210,36 @@ REGISTRY: dict[str, Source] = {
             _check_pkg,
             "phasecore.sources.pkg_source:load_pkg",
         ),
+        Source(
+            "zoo",
+            "zoo:shapes?tower=vision|text[&key=value...]",
+            "vision or language",
+            {
+                "tower": ["vision", "text"],
+                "mode": ["joint", "unimodal", "random"],
+                "seed": "integer ≥ 0: this tower's initialisation seed (default 0)",
+                "partner": "integer ≥ 0: joint only, the other tower's seed (default: seed)",
+                "steps": "integer 1-20000 (default 600)",
+                "width": "integer 4-128: the CNN's base width, text width twice it (default 32)",
+                "text": ["transformer", "gru"],
+                "objective": ["class", "attribute", "masked"],
+                "lr": "AdamW peak learning rate in (0, 1] (default 0.002)",
+                "init": "weight-matrix init multiplier in (0, 100] (default 1)",
+                "out": "output multiplier α in (0, 10000] (default 1; lr/α, loss/α²: lazy training)",
+                "caption_noise": "fraction of training captions from another class, [0, 1] (default 0)",
+                "blend": "t in [0, 1]: (1 - t)·trained + t·the tower's own initialisation",
+            },
+            (
+                "zoo:shapes?tower=vision&mode=joint&seed=0&steps=600",
+                "zoo:shapes?tower=text&mode=unimodal&objective=attribute",
+                "zoo:shapes?tower=text&mode=random&text=gru",
+            ),
+            _check_zoo,
+            "phasecore.sources.zoo_source:load_zoo",
+        ),
     )
 }
+assert set(REGISTRY["zoo"].options) == {*ZOO_KEYS, "blend"}, "the zoo entry describes every recipe key"
 assert tuple(REGISTRY) == SOURCES, "every source a reference may name has one registry entry"
 
 
@@ -258,9 +298,10 @@ def describe_sources(allowed_sources: Collection[str] | None = None) -> list[dic
 
 def model_version(reference: str | ModelRef, *, model_root: Path | None = None) -> str | None:
     """What identifies the model's content beyond its name, where that is known without loading it: a pkg
-    model's package version, a file model's files (path, size and modification time of each, hashed), an hf
-    model's pinned revision (already in its canonical name). ``None`` where unknown (timm, an unpinned hf
-    name). Part of the profile key, so a changed model is never served from an old profile."""
+    model's package version, a zoo tower's zoo code version (its recipe is in its name), a file model's files
+    (path, size and modification time of each, hashed), an hf model's pinned revision (already in its canonical
+    name). ``None`` where unknown (timm, an unpinned hf name). Part of the profile key, so a changed model is never
+    served from an old profile."""
     ref = ModelRef.parse(reference)
     if ref.source == "pkg":
         package = PACKAGES.get(ref.name)
@@ -272,6 +313,8 @@ def model_version(reference: str | ModelRef, *, model_root: Path | None = None) 
             return None
     if ref.source == "hf":
         return f"revision={ref.revision}" if ref.revision else None
+    if ref.source == "zoo":
+        return f"zoo=={ZOO_VERSION}"
     if ref.source == "file":
         try:
             path = resolve_under(model_root or default_model_root(), ref.name, what="model")

@@ -125,6 +125,7 @@ class GroupScore(_Open):
     s_g: float | None = Field(description="(b_g − 1/|g|) / (1 − 1/|g|)")
     b_g: float | None = Field(None, description="mean over c ∈ g of the share of c's images predicted as c")
     n: int | None = None
+    held_out: str | None = Field(None, description="the kind of value the group holds out (shapes: colors, shapes)")
 
 
 class GroundTruth(_Open):
@@ -143,6 +144,9 @@ class GroundTruth(_Open):
     failed: bool | None = Field(description="true or false for a decided pair, null when inconclusive")
     n_groups: int | None = Field(None, description="G")
     group_scores: list[GroupScore] = Field(default_factory=list)
+    group_means: dict[str, float] | None = Field(
+        None, description="mean s_g per kind of held-out value (shapes: colors, shapes): a pair can pass on one"
+    )
     p_above: float | None = Field(None, description="P_ε[mean ε(s − τ) ≥ D]: aligned when ≤ α")
     p_below: float | None = Field(None, description="P_ε[mean ε(s − τ) ≤ D]: failed when ≤ α")
     failure_threshold: float | None = Field(None, description="τ")
@@ -185,6 +189,11 @@ class MeasuredRule(_Open):
     accuracy: float | None = Field(description="measured accuracy of the rule's verdict against 'failed'")
     auroc: float | None = Field(description="AUROC of the rule's value as a failure score")
     brier: float | None = Field(description="Brier score of the verdict as a 0/1 forecast")
+    interval95: dict[str, Any] | None = Field(
+        None,
+        description="95% intervals of accuracy, AUROC and Brier by a two-way bootstrap over models "
+        "(METRICS §8, 2026-12-07): {accuracy, auroc, brier, n_draws}",
+    )
     source: Literal["deployment", "shipped evidence"] | None = Field(
         None,
         description="whose pairs the figures come from: this deployment's stored pairs (its tenant's when keys "

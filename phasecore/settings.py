@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -242,11 +243,16 @@ SKETCH_CELL_SECONDS = 5e-9
 MAC_SECONDS = 1.2e-10
 
 
-def compute_estimate(settings: ProfileSettings, *, output_width: int | None = None) -> dict[str, float]:
+def compute_estimate(
+    settings: ProfileSettings, *, output_width: int | None = None, models: Sequence[ModelRef] = ()
+) -> dict[str, float]:
     """Seconds one profile job of these settings takes on the reference machine (above), by part: the kernel's
     M·N gradient passes, the stability probe's passes, the CountSketch's bookkeeping (M·N·k cells per parameter
     tensor) and its Gram ((M·N)²·k multiply-adds), both for method sketch or auto. Rough (about 2x), for a
-    model the size of EfficientNet-Lite0; its purpose is to refuse requests that would hold a worker for hours."""
+    model the size of EfficientNet-Lite0; its purpose is to refuse requests that would hold a worker for hours.
+    ``models``: the references the job may load; a zoo tower whose run is not cached is trained by the job
+    first, so each zoo reference adds its run's training estimate (``ZooRecipe.training_seconds``; counted
+    whether or not a worker has it cached, which the API cannot know)."""
     m = (output_width or EXACT_WIDTH_BOUND) if settings.probes == "exact" else int(settings.probes)
     n = settings.n
     subset = min(settings.stability_subset, n)
@@ -264,14 +270,22 @@ def compute_estimate(settings: ProfileSettings, *, output_width: int | None = No
         )
         gram_macs = (m * n) ** 2 * settings.sketch_dim
         parts[f"sketch Gram (M·N)²·k (sketch_dim={settings.sketch_dim})"] = gram_macs * MAC_SECONDS
+    for ref in models:
+        if ref.source == "zoo":
+            parts[f"training of {ref.canonical()}"] = ref.zoo_recipe.training_seconds()
     return parts
 
 
 def check_compute(
-    settings: ProfileSettings, limit_seconds: float, *, limit_name: str, output_width: int | None = None
+    settings: ProfileSettings,
+    limit_seconds: float,
+    *,
+    limit_name: str,
+    output_width: int | None = None,
+    models: Sequence[ModelRef] = (),
 ) -> None:
     """Raise :class:`ExceedsWorkerBudget` when :func:`compute_estimate` exceeds ``limit_seconds``."""
-    parts = compute_estimate(settings, output_width=output_width)
+    parts = compute_estimate(settings, output_width=output_width, models=models)
     total = sum(parts.values())
     if total <= limit_seconds:
         return
@@ -281,7 +295,8 @@ def check_compute(
         f"this request would take about {_duration(total)} of a worker (M={m}, N={settings.n}, "
         f"sketch_dim={settings.sketch_dim}), mostly the {largest}: {_duration(parts[largest])}, above the "
         f"{limit_seconds:g} s a worker gives one job ({limit_name}); use a smaller n, fewer probes or a smaller "
-        "sketch_dim (estimated for a model the size of EfficientNet-Lite0 on a 2-core CPU)"
+        "sketch_dim, or a zoo recipe with fewer steps or a smaller width (estimated for a model the size of "
+        "EfficientNet-Lite0 on a 2-core CPU)"
     )
 
 

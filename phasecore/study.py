@@ -31,6 +31,20 @@ Choices:
   ``status = "insufficient"`` with the reason.
 - ``study_by_stratum`` groups records by ``stratum.key``; records without ``metrics_version == 2`` are left
   out of every stratum and counted (``excluded_version_1``).
+
+Addition of 2026-12-07 (METRICS §8, end):
+
+- Comparators (``comparators``): each of ``COMPARATORS`` as a single-feature predictor, a logistic regression on
+  that one feature fitted on the training pairs of each leave-one-model-out fold (so its direction is fitted
+  there too), scored like the logistic model; and ``base_rate``, the training folds' failure rate as the
+  forecast (no information: its accuracy is the majority rate, its AUROC undefined).
+- Intervals (``interval95`` beside each accuracy, AUROC and Brier score of the rules, the logistic model and the
+  comparators): a two-way bootstrap over models, ``BOOTSTRAP_DRAWS`` draws from ``default_rng(BOOTSTRAP_SEED)``:
+  the vision models and the language models of the decided pairs are resampled with replacement, each pair
+  kept with the product of its two models' multiplicities as its weight, and the figure recomputed as a
+  weighted figure over the same held-out predictions (the cross-validated forecasts are not refitted per draw:
+  the interval is that of the pairs' sampling, not of the fitting). The 2.5 and 97.5 percentiles of the
+  draws where the figure is defined (``n_draws``), e.g. an AUROC needs both outcomes among the drawn pairs.
 """
 
 from __future__ import annotations
@@ -57,6 +71,10 @@ FEATURES: tuple[str, ...] = (
     "mutual_knn",
 )
 RULES: tuple[str, ...] = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
+#: the pair metrics scored as single-feature predictors beside the rules (METRICS §8, 2026-12-07)
+COMPARATORS: tuple[str, ...] = ("s_ntk_cross_centered", "s_ntk_cross_unbiased", "cka", "mutual_knn")
+BOOTSTRAP_DRAWS = 1000
+BOOTSTRAP_SEED = 0
 
 #: each rule's continuous score from the stored features, larger = failure predicted
 RULE_SCORES: dict[str, Callable[[Mapping[str, Any]], float]] = {
@@ -144,6 +162,9 @@ def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: in
         "cv": _CV,
         "rules": None,
         "logistic": None,
+        "comparators": None,
+        "base_rate": None,
+        "bootstrap": None,
         "model_state": None,
     }
     reason = _insufficient(n, n_failed, min_labelled, n_inconclusive)
@@ -179,8 +200,19 @@ def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: in
             }
         else:
             ranges = {"as_failed": _figures(logistic), "as_aligned": _figures(logistic)}
+        comparators = {name: _cross_validate_logistic(decided, y, features=(name,)) for name in COMPARATORS}
+        base_rate = _cross_validate_base_rate(decided, y)
+        _add_intervals(decided, y, rules, logistic, comparators, base_rate)
         out["rules"] = rules
         out["logistic"] = {**logistic, "range_if_inconclusive": ranges}
+        out["comparators"] = comparators
+        out["base_rate"] = base_rate
+        out["bootstrap"] = {
+            "draws": BOOTSTRAP_DRAWS,
+            "seed": BOOTSTRAP_SEED,
+            "scheme": "two-way over models: vision and language models resampled with replacement, pairs "
+            "weighted by the product of their models' multiplicities; held-out predictions fixed",
+        }
         out["model_state"] = fit_failure_model(decided)
     return out
 
@@ -244,11 +276,11 @@ def measured_rules(
     }
     if quality["status"] != "ok" or not quality.get("rules"):
         empty = {
-            "n": 0, "accuracy": None, "auroc": None, "brier": None,
+            "n": 0, "accuracy": None, "auroc": None, "brier": None, "interval95": None,
             "range_if_inconclusive": None, "spearman_rho": None, "cv_threshold": None,
         }  # fmt: skip
         return {rule: {"status": "insufficient", "reason": quality["reason"], **common, **empty} for rule in RULES}
-    keys = ("n", "accuracy", "auroc", "brier", "range_if_inconclusive", "spearman_rho", "cv_threshold")
+    keys = ("n", "accuracy", "auroc", "brier", "interval95", "range_if_inconclusive", "spearman_rho", "cv_threshold")
     return {
         rule: {
             "status": "ok",
@@ -516,11 +548,11 @@ def _cv_threshold(rule: str, records: Sequence[Mapping[str, Any]], outcomes: np.
 
 
 def _logistic_cv_probabilities(
-    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray
+    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray, features: Sequence[str] = FEATURES
 ) -> tuple[np.ndarray, np.ndarray, list[int], int]:
     """(held-out P(failed), 0/1 outcomes, kept record indices, fallback count) under leave-one-model-out CV.
     Clipping bounds and scaling come from each training fold only."""
-    X, y, keep = _design_matrix(records, outcomes)
+    X, y, keep = _design_matrix(records, outcomes, features)
     vision = np.array([str(records[i]["vision"]) for i in keep])
     language = np.array([str(records[i]["language"]) for i in keep])
     probabilities = np.zeros(y.size)
@@ -537,8 +569,10 @@ def _logistic_cv_probabilities(
     return probabilities, y, keep, fallback
 
 
-def _cross_validate_logistic(records: Sequence[Mapping[str, Any]], outcomes: np.ndarray) -> dict[str, Any]:
-    probabilities, y, _, fallback = _logistic_cv_probabilities(records, outcomes)
+def _cross_validate_logistic(
+    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray, *, features: Sequence[str] = FEATURES
+) -> dict[str, Any]:
+    probabilities, y, keep, fallback = _logistic_cv_probabilities(records, outcomes, features)
     return {
         "n": int(y.size),
         "excluded": len(records) - int(y.size),
@@ -546,7 +580,109 @@ def _cross_validate_logistic(records: Sequence[Mapping[str, Any]], outcomes: np.
         "accuracy": float(np.mean((probabilities >= 0.5) == y)) if y.size else None,
         "auroc": _auroc(y.astype(bool), probabilities),
         "brier": float(np.mean((probabilities - y) ** 2)) if y.size else None,
-        "features": list(FEATURES),
+        "features": list(features),
+        "_held_out": (keep, probabilities),
+    }
+
+
+def _cross_validate_base_rate(records: Sequence[Mapping[str, Any]], outcomes: np.ndarray) -> dict[str, Any]:
+    """The no-information forecast: each held-out pair gets its training fold's failure rate."""
+    vision = np.array([str(r["vision"]) for r in records])
+    language = np.array([str(r["language"]) for r in records])
+    y = outcomes.astype(np.float64)
+    rates = np.empty(y.size)
+    for i in range(y.size):
+        train = (vision != vision[i]) & (language != language[i])
+        rates[i] = y[train].mean() if train.any() else 0.5
+    return {
+        "n": int(y.size),
+        "accuracy": float(np.mean((rates >= 0.5) == outcomes)) if y.size else None,
+        "auroc": None,
+        "brier": float(np.mean((rates - y) ** 2)) if y.size else None,
+        "forecast": "the training fold's failure rate",
+        "_held_out": (list(range(y.size)), rates),
+    }
+
+
+def _add_intervals(
+    records: Sequence[Mapping[str, Any]],
+    outcomes: np.ndarray,
+    rules: dict[str, dict[str, Any]],
+    logistic: dict[str, Any],
+    comparators: dict[str, dict[str, Any]],
+    base_rate: dict[str, Any],
+) -> None:
+    """``interval95`` ({accuracy, auroc, brier, n_draws}) on every figure set, by the two-way bootstrap over
+    models (module docstring); the private ``_held_out`` predictions are dropped afterwards."""
+    vision = [str(r["vision"]) for r in records]
+    language = [str(r["language"]) for r in records]
+    v_names, v_index = np.unique(vision, return_inverse=True)
+    l_names, l_index = np.unique(language, return_inverse=True)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    weights = np.empty((BOOTSTRAP_DRAWS, len(records)))
+    for b in range(BOOTSTRAP_DRAWS):
+        v_count = np.bincount(rng.integers(0, v_names.size, v_names.size), minlength=v_names.size)
+        l_count = np.bincount(rng.integers(0, l_names.size, l_names.size), minlength=l_names.size)
+        weights[b] = v_count[v_index] * l_count[l_index]
+    y = outcomes.astype(bool)
+    for rule, figures in rules.items():
+        verdicts = [_verdict(r, rule) for r in records]
+        has = np.array([v is not None for v in verdicts])
+        correct = np.array([v == o if v is not None else False for v, o in zip(verdicts, y, strict=True)])
+        scores = _finite_ranks(np.array([_rule_score(rule, r) for r in records]))
+        figures["interval95"] = _bootstrap(weights, y, has, correct, ~np.isnan(scores), scores, None)
+    for figures in (logistic, *comparators.values(), base_rate):
+        keep, forecast = figures.pop("_held_out")
+        mask = np.zeros(len(records), dtype=bool)
+        mask[keep] = True
+        p = np.full(len(records), np.nan)
+        p[keep] = forecast
+        correct = np.where(mask, (p >= 0.5) == y, False)
+        figures["interval95"] = _bootstrap(
+            weights, y, mask, correct, mask if figures.get("auroc") is not None else np.zeros_like(mask), p, p
+        )
+
+
+def _bootstrap(
+    weights: np.ndarray,
+    y: np.ndarray,
+    has_verdict: np.ndarray,
+    correct: np.ndarray,
+    has_score: np.ndarray,
+    scores: np.ndarray,
+    probabilities: np.ndarray | None,
+) -> dict[str, Any]:
+    """Percentile intervals of the weighted accuracy, AUROC and Brier score over the bootstrap ``weights``
+    (draws × pairs), all draws at once. Without ``probabilities`` the Brier score is 1 − accuracy (a 0/1
+    forecast). The weighted AUROC is ``Σ w_i w_j [s_i > s_j] (+ ½ on ties) / (W_failed W_aligned)`` over failed i
+    and aligned j."""
+    wv = weights * has_verdict
+    total = wv.sum(axis=1)
+    defined = total > 0
+    accuracy = (wv @ correct.astype(np.float64))[defined] / total[defined]
+    if probabilities is None:
+        brier = 1.0 - accuracy
+    else:
+        squared = np.where(has_verdict, (np.nan_to_num(probabilities) - y) ** 2, 0.0)
+        brier = (wv @ squared)[defined] / total[defined]
+    positive, negative = has_score & y, has_score & ~y
+    auroc = np.array([])
+    if positive.any() and negative.any():
+        s_pos, s_neg = scores[positive], scores[negative]
+        wins = (s_pos[:, None] > s_neg[None, :]) + 0.5 * (s_pos[:, None] == s_neg[None, :])
+        w_pos, w_neg = weights[:, positive], weights[:, negative]
+        norm = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+        ok = norm > 0
+        auroc = np.einsum("bi,ij,bj->b", w_pos[ok], wins, w_neg[ok]) / norm[ok]
+
+    def interval(values: np.ndarray) -> list[float] | None:
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values.size else None
+
+    return {
+        "accuracy": interval(accuracy),
+        "auroc": interval(auroc),
+        "brier": interval(brier),
+        "n_draws": {"accuracy": int(accuracy.size), "auroc": int(auroc.size)},
     }
 
 
@@ -563,18 +699,18 @@ def _fit_or_base_rate(X: np.ndarray, y: np.ndarray) -> tuple[Callable[[np.ndarra
 
 
 def _design_matrix(
-    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray
+    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray, features: Sequence[str] = FEATURES
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(n, 6) features, (n,) 0/1 outcomes, kept record indices; rows with a None/NaN feature dropped."""
+    """(n, F) features, (n,) 0/1 outcomes, kept record indices; rows with a None/NaN feature dropped."""
     rows, kept_outcomes, keep = [], [], []
     for i, record in enumerate(records):
-        values = [math.nan if record.get(name) is None else float(record[name]) for name in FEATURES]
+        values = [math.nan if record.get(name) is None else float(record[name]) for name in features]
         if any(math.isnan(v) for v in values):
             continue
         rows.append(values)
         kept_outcomes.append(int(bool(outcomes[i])))
         keep.append(i)
-    X = np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES))
+    X = np.array(rows, dtype=np.float64).reshape(-1, len(features))
     return X, np.array(kept_outcomes, dtype=np.int64), keep
 
 

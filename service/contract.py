@@ -25,8 +25,22 @@ _OPTION = (
     rf"|blend={_BLEND}"
     r"|seed=[0-9]+)"
 )
+# a zoo tower's recipe (phasecore.zoo.recipe): its own keys, and blend
+_NUMBER = r"[0-9]*\.?[0-9]+(?:e-?[0-9]+)?"
+_ZOO_OPTION = (
+    r"(?:tower=(?:vision|text)"
+    r"|mode=(?:joint|unimodal|random)"
+    r"|(?:seed|partner|steps|width)=[0-9]+"
+    r"|text=(?:transformer|gru)"
+    r"|objective=(?:class|attribute|masked)"
+    rf"|(?:lr|init|out|caption_noise)={_NUMBER}"
+    rf"|blend={_BLEND})"
+)
 #: a model reference as the API takes it (no surrounding spaces, no percent-escapes, ASCII)
-REFERENCE_PATTERN = rf"^(?:timm|hf|file|pkg):{_NAME}(?:\?(?:{_OPTION}(?:&{_OPTION})*)?)?$"
+REFERENCE_PATTERN = (
+    rf"^(?:(?:timm|hf|file|pkg):{_NAME}(?:\?(?:{_OPTION}(?:&{_OPTION})*)?)?"
+    rf"|zoo:shapes(?:\?(?:{_ZOO_OPTION}(?:&{_ZOO_OPTION})*)?)?)$"
+)
 REFERENCE_MAX_LENGTH = 512
 
 # -- datasets (phasecore.data.load_dataset); the torchvision names are phasecore.data.torchvision_sets.SETS
@@ -64,7 +78,8 @@ def check_reference_syntax(value: str, role: str) -> None:
         f"{role} model reference {value[:80]!r} is not written source:name[@revision][?key=value&...] with source "
         "one of timm, hf, file, pkg; names are ASCII letters, digits and . _ - / @; the options are weights="
         "pretrained|random, pooling=mean|cls|last, arch=, revision=, blend= (0 to 1) and seed= (an integer); "
-        "no spaces, no percent-escapes"
+        "or zoo:shapes?tower=vision|text&... with the recipe keys mode, seed, partner, steps, width, text, "
+        "objective, lr, init, out, caption_noise and blend (docs/zoo.md); no spaces, no percent-escapes"
     )
 
 

@@ -84,9 +84,11 @@ def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> N
         raise InvalidSettings(f"n={options.n} is above this deployment's limit of {settings.max_n} samples")
     check_memory(options.profile, settings.worker_memory_gb, limit_name="PHASESCREEN_WORKER_MEMORY_GB")
     budget, budget_name = settings.job_seconds_budget
-    check_compute(options.profile, budget, limit_name=budget_name)
-    vision = ModelRef.parse(request.vision).canonical()
-    language = ModelRef.parse(request.language).canonical()
+    vision_ref, language_ref = ModelRef.parse(request.vision), ModelRef.parse(request.language)
+    for ref in (vision_ref, language_ref):  # one profile job per model; a zoo tower's job trains its run first
+        check_compute(options.profile, budget, limit_name=budget_name, models=(ref,))
+    vision = vision_ref.canonical()
+    language = language_ref.canonical()
     dataset = request.dataset.strip()
     _validate(
         vision,

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from phasecore.refs import parse_model_patterns
 from phasecore.settings import DEVICE_SPEC
 
-DEFAULT_SOURCES = ("timm", "hf", "file", "pkg")
+DEFAULT_SOURCES = ("timm", "hf", "file", "pkg", "zoo")
 
 
 def default_home() -> Path:

@@ -37,7 +37,7 @@ from phasecore.evidence import (
 )
 from phasecore.reported import reported_study, stratum_reported
 from phasecore.schema import ScreeningResult
-from phasecore.study import FEATURES, prediction_quality, study_by_stratum
+from phasecore.study import COMPARATORS, FEATURES, prediction_quality, study_by_stratum
 from store.models import SUCCEEDED, Outcome, Screening
 
 
@@ -94,8 +94,9 @@ def reported_outcomes(
 
 def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, Any]:
     """The study record of one stored result, read through the typed ``ScreeningResult``: model references,
-    metrics version, stratum, features, ``outcome`` (None: no ground truth), ``failed`` and ``alignment_score``.
-    A stored result that no longer parses counts as version 1 (left out of every stratum)."""
+    metrics version, stratum, features and the comparators' metrics, ``outcome`` (None: no ground truth),
+    ``failed``, ``alignment_score`` and the ``group_scores`` it is the mean of. A stored result that no longer
+    parses counts as version 1 (left out of every stratum)."""
     try:
         typed = ScreeningResult.model_validate(result)
     except ValidationError:
@@ -109,7 +110,8 @@ def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, A
         "outcome": None if gt is None else gt.outcome,
         "failed": None if gt is None else gt.failed,
         "alignment_score": None if gt is None else gt.alignment_score,
-        **{name: getattr(typed.metrics, name) for name in FEATURES},
+        **{name: getattr(typed.metrics, name) for name in dict.fromkeys((*FEATURES, *COMPARATORS))},
+        "group_scores": [] if gt is None else [g.model_dump(mode="json") for g in gt.group_scores],
         "predictions": {rule: p.model_dump(mode="json") for rule, p in typed.predictions.items()},
     }
 

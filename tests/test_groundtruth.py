@@ -67,7 +67,9 @@ def test_result_shape_is_documented_and_json_safe(aligned):
         "n_distinct_captions", "seen_accuracy", "unseen_accuracy", "retrieval_top1", "retrieval_top5",
         "linear_probe_vision", "linear_probe_language", "chance", "figures", "alignment_score", "failed", "map",
         "outcome_alpha", "outcome", "outcome_reason", "group_scores", "n_groups", "p_above", "p_below", "sign_flip",
+        "group_means",
     }  # fmt: skip
+    assert aligned["group_means"] is None  # seeded groups name no kind of held-out value
     assert aligned["failure_threshold"] == 0.03 and aligned["outcome_alpha"] == 0.05
     assert aligned["sign_flip"] == "exact"
     groups = aligned["group_scores"]
@@ -126,7 +128,8 @@ def test_other_maps_recover_the_planted_alignment(method):
 def test_retrieval_is_not_applicable_when_captions_repeat():
     E_v, E_l, labels, prototypes, _ = planted(per_class=10)
     templated = [f"a photo of class {c}" for c in labels]
-    for captions, reason in ((templated, "captions repeat (10 distinct of 100)"), (None, "no captions")):
+    repeated = "captions repeat (10 distinct of 100, fewer than half)"
+    for captions, reason in ((templated, repeated), (None, "no captions")):
         out = measure_alignment(E_v, E_l, labels, prototypes, captions=captions)
         assert out["retrieval_top1"] is None and out["retrieval_top5"] is None
         assert out["figures"]["retrieval_top1"]["status"] == "n/a"

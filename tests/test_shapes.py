@@ -159,6 +159,26 @@ def test_explicit_groups_consistent_map_aligns_shuffled_does_not() -> None:
     assert unseen["n"] == 4 * 2 * len(groups) and unseen["chance"] == 0.5 and aligned["unseen_accuracy"] > 0.9
     shuffled = measure_alignment(V, L[rng.permutation(y.size)], y, P, folds=4, held_out_groups=groups)
     assert shuffled["outcome"] != "aligned" and abs(shuffled["alignment_score"]) < 0.35
+    # colour groups and shape groups apart: each group names its kind, and each kind has its mean
+    kinds = [g["held_out"] for g in aligned["group_scores"]]
+    assert kinds == [next(iter(g["held_out"])) for g in groups] and set(kinds) == {"colors", "shapes"}
+    for kind, mean in aligned["group_means"].items():
+        assert mean == pytest.approx(np.mean([g["s_g"] for g in aligned["group_scores"] if g["held_out"] == kind]))
+
+
+def test_retrieval_runs_on_shapes_captions_that_mostly_differ() -> None:
+    """About 93% of shapes captions are distinct: retrieval ranks each fold's distinct captions (a repeated one is
+    one candidate), so an image's own caption is found when the text side is its caption's embedding."""
+    data = load_dataset("shapes?colors=10&shapes=8&size=16", n=400, seed=0)
+    rng = np.random.default_rng(4)
+    vocabulary = {c: rng.normal(size=32) for c in sorted(set(data.captions))}
+    L = np.stack([vocabulary[c] for c in data.captions])
+    V = L + 0.05 * rng.normal(size=L.shape)
+    P = np.stack([np.mean([vocabulary.get(t, rng.normal(size=32)) for t in data.class_captions[k]], axis=0)
+                  for k in range(80)])  # fmt: skip
+    out = measure_alignment(V, L, data.labels, P, captions=data.captions, folds=5, held_out_groups=data.outcome_groups)
+    assert len(set(data.captions)) < data.n and out["figures"]["retrieval_top1"]["status"] != "n/a"
+    assert out["retrieval_top1"] > 0.9 and out["chance"]["retrieval_top1"] < 0.02
 
 
 def test_explicit_groups_fit_without_excluded_classes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from phasecore.study import (
     RULES,
     _logistic_cv_probabilities,
     attach_measured,
+    measured_rules,
     predict_failure_probability,
     prediction_quality,
     study_by_stratum,
@@ -318,12 +319,13 @@ def test_result_shape_and_json(quality):
     assert set(quality) == {
         "status", "reason", "n", "n_failed", "failure_base_rate", "n_inconclusive", "n_without_ground_truth",
         "n_pairs", "min_labelled", "n_models", "cv", "rules", "logistic", "model_state",
+        "comparators", "base_rate", "bootstrap",
     }  # fmt: skip
     assert set(quality["rules"]) == set(RULES)
     for rule in quality["rules"].values():
         assert set(rule) == {
             "n", "accuracy", "auroc", "brier", "brier_form", "claimed_accuracy", "source",
-            "range_if_inconclusive", "spearman_rho", "cv_threshold",
+            "range_if_inconclusive", "spearman_rho", "cv_threshold", "interval95",
         }  # fmt: skip
         assert set(rule["range_if_inconclusive"]) == {"as_failed", "as_aligned"}
         assert set(rule["spearman_rho"]) == {"rho", "p", "n", "score"}
@@ -436,3 +438,33 @@ def test_the_cli_prints_one_block_per_stratum():
     assert text.index("aaaaaaaaaaaa") < text.index("bbbbbbbbbbbb") and "insufficient: only 10 labelled" in text
     assert "inconclusive pairs counted as failed … as aligned" in text and "0/1 forecasts" in text
     assert "insufficient" in study_summary(study_by_stratum([]) | prediction_quality([]))
+
+
+def test_comparators_base_rate_and_model_bootstrap_intervals():
+    """METRICS §8, 2026-12-07: each pair metric as a single-feature predictor with its direction fitted (an
+    informative one that predicts failure when small still ranks well), the base rate as the no-information
+    forecast, and every figure with a two-way bootstrap interval over models that holds the point estimate."""
+    records = hidden_records(noise=0.3)
+    for record in records:  # informative, but larger means aligned: the fitted direction must flip it
+        record["s_ntk_cross_unbiased"] = -record["delta_ntk"]
+    quality = prediction_quality(records)
+    comparators = quality["comparators"]
+    assert set(comparators) == {"s_ntk_cross_centered", "s_ntk_cross_unbiased", "cka", "mutual_knn"}
+    assert comparators["s_ntk_cross_unbiased"]["auroc"] > 0.8
+    assert abs(comparators["cka"]["auroc"] - 0.5) < 0.25
+    y = np.array([r["outcome"] == "failed" for r in records if r["outcome"] in ("aligned", "failed")])
+    base = quality["base_rate"]
+    assert base["auroc"] is None and base["accuracy"] <= max(y.mean(), 1 - y.mean()) + 1e-9
+    assert base["brier"] > comparators["s_ntk_cross_unbiased"]["brier"]
+    assert quality["bootstrap"]["draws"] == 1000
+    for figures in (*quality["rules"].values(), quality["logistic"], *comparators.values()):
+        interval = figures["interval95"]
+        for name in ("accuracy", "auroc", "brier"):
+            if figures[name] is None:
+                continue
+            low, high = interval[name]
+            assert low <= figures[name] + 1e-9 and figures[name] <= high + 1e-9 and high - low > 0
+    assert quality["rules"]["ntk_difference_rule"]["interval95"]["n_draws"]["auroc"] > 900
+    measured = measured_rules(quality)["ntk_difference_rule"]
+    assert measured["interval95"] == quality["rules"]["ntk_difference_rule"]["interval95"]
+    json.dumps(quality, allow_nan=False)

@@ -102,8 +102,8 @@ MAX_ROTATION = 15.0  # degrees
 DEFAULTS: dict[str, Any] = {"colors": 8, "shapes": 6, "size": 224, "caption_noise": 0.0}
 _LIMITS = {"colors": (3, len(COLORS)), "shapes": (3, len(SHAPES)), "size": (16, 512)}
 
-#: per-sample caption templates: {a} article + {size}, {color}, {shape}, {alt} (another word for the shape),
-#: {pos} (position words), {bg} (background); ten, of varied wording
+#: per-sample caption templates: {a} article + {size}, {color}, {shape}, {alt} and {alt2} (the other words for the
+#: shape), {pos} (position words), {bg} (background); ten, of varied wording
 TEMPLATES = (
     "{a_size} {size} {color} {shape} {pos}",
     "{a_color} {color} {alt} on {bg}",
@@ -113,16 +113,17 @@ TEMPLATES = (
     "{a_size} {size} {color} {alt} drawn on a {bg} background",
     "a drawing of {a_color} {color} {shape}, {size}, {pos}",
     "{color} {shape} on {bg}, {size}",
-    "one {color} {alt} {pos}, on {bg}",
+    "one {color} {alt2} {pos}, on {bg}",
     "a simple {color} {shape}: {size}, {pos}",
 )
-#: class caption templates (prototypes t_c, METRICS §7): colour and shape words only
+#: class caption templates (prototypes t_c, METRICS §7): colour and shape words only, and only words that sample
+#: captions hold (a text tower trained on the captions has seen every word of its prototypes)
 CLASS_TEMPLATES = (
     "{a_color} {color} {shape}",
     "a picture of {a_color} {color} {shape}",
     "{a_color} {color} {alt}",
     "a drawing of {a_color} {color} {shape}",
-    "{a_color} {color} {shape} on a plain background",
+    "{a_color} {color} {shape} on a background",
     "a simple {color} {shape}",
     "one {color} {alt2}",
     "an image of {a_color} {color} {shape}",

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from phasecore import METRICS_VERSION
-from phasecore.study import FEATURES, RULES, measured_rules, stratum_measured, study_by_stratum
+from phasecore.study import COMPARATORS, FEATURES, RULES, measured_rules, stratum_measured, study_by_stratum
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,15 @@ def evidence_path() -> Path:
 
 def evidence_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a study record (``store.study.study_records``) that the study reads: model references,
-    metrics version, stratum, outcome, ``failed``, ``alignment_score``, ``FEATURES`` and each rule's value and
-    verdict."""
+    metrics version, stratum, outcome, ``failed``, ``alignment_score`` and its ``group_scores`` (classes and s_g),
+    ``FEATURES`` and ``COMPARATORS``, and each rule's value and verdict."""
     predictions = record.get("predictions") or {}
     return {
         **{key: record.get(key) for key in _RECORD_KEYS},
-        **{name: record.get(name) for name in FEATURES},
+        **{name: record.get(name) for name in dict.fromkeys((*FEATURES, *COMPARATORS))},
+        "group_scores": [
+            {"classes": g.get("classes"), "s_g": g.get("s_g")} for g in record.get("group_scores") or []
+        ],
         "predictions": {
             rule: {
                 "value": (predictions.get(rule) or {}).get("value"),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phasecore.batch import RULES, as_result
+from phasecore.evidence.zoo import rules_against_alignment, zoo_section
 from phasecore.report import blend_of, dose_response_series, log10_of
 from phasecore.study import CLAIMED_ACCURACY, rule_correlations
 
@@ -158,7 +159,10 @@ def evidence_markdown(
             ),
             "",
         ]
-    out += ["### Dose-response", "", *dose_table(document)]
+    if any((r.get("vision") or "").startswith("zoo:") for r in evidence.get("records") or []):
+        alpha = float(((strata[0].get("stratum") or {}).get("settings") or {}).get("outcome_alpha", 0.05))
+        out += zoo_section(evidence, document, alpha=alpha)
+    out += ["### Dose-response (blends)", "", *dose_table(document)]
     out += ["### Every pair", "", *pairs_table(document), ""]
     for name in figures:
         out += [f"![{name}]({figure_dir.rstrip('/')}/{name}.svg)", ""]
@@ -180,6 +184,12 @@ def write_doc(page: Path, evidence: Mapping[str, Any], document: Mapping[str, An
     from phasecore.report import write_report
 
     written = write_report(document, figure_dir)
+    if any(str(r.get("vision", "")).startswith("zoo:") for r in evidence.get("records") or []):
+        figure = rules_against_alignment(evidence.get("records") or [])
+        for suffix in (".svg", ".png"):
+            path = figure_dir / f"rules_against_alignment{suffix}"
+            figure.savefig(path, dpi=110)
+            written.append(path)
     names = [p.stem for p in written if p.suffix == ".svg"]
     relative = os.path.relpath(figure_dir.resolve(), page.resolve().parent)
     section = evidence_markdown(evidence, document, figures=names, figure_dir=Path(relative).as_posix())

@@ -5,7 +5,8 @@
   built on the meta device from its architecture or config;
 - ``timm:``: the architecture built on the meta device (no memory, no weights, no hub);
 - ``hf:``: the config (a few kB from the local cache or the hub, never the weights) built on the meta device;
-- ``pkg:``: the architecture built on the meta device, or the package's known size.
+- ``pkg:``: the architecture built on the meta device, or the package's known size;
+- ``zoo:``: the recipe's tower built on the meta device.
 
 The count is an upper bound of what is loaded (a classifier head the encoder drops is counted).
 ``None`` where it cannot be known cheaply; the size is then checked after loading (``n_params``).
@@ -124,6 +125,11 @@ def _estimate(ref: ModelRef, model_root: Path) -> int | None:
         return timm_params(ref.name)
     if ref.source == "hf":
         return transformers_params(ref.name, ref.revision)
+    if ref.source == "zoo":
+        from phasecore.zoo.towers import build_tower
+
+        recipe = ref.zoo_recipe
+        return _meta_params(lambda: build_tower(recipe.tower, recipe.width, recipe.text))
     if ref.source == "pkg":
         if ref.name in _PACKAGE_PARAMS:
             return _PACKAGE_PARAMS[ref.name]

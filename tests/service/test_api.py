@@ -70,6 +70,19 @@ def test_concurrent_submissions_share_one_profile_row_and_job(client, runtime):
     assert sorted(runtime.queue.queue.job_ids) == sorted(profile_ids)
 
 
+def test_a_bad_zoo_recipe_is_a_problem_naming_the_field(client):
+    post = lambda vision: client.post("/v1/screenings", json={**tiny_request(), "vision": vision})  # noqa: E731
+    doc = _assert_problem(post("zoo:shapes?tower=vision&steps=0"), 422, "invalid-reference")
+    assert "steps" in doc["detail"]
+    doc = _assert_problem(post("zoo:shapes?tower=vision&mode=random&caption_noise=0.3"), 422, "invalid-reference")
+    assert "caption_noise" in doc["detail"]
+    doc = _assert_problem(post("zoo:shapes?tower=text"), 422, "invalid-reference")  # a text tower as vision
+    assert "tower=vision" in doc["detail"]
+    # the training counts against a worker's compute budget
+    doc = _assert_problem(post("zoo:shapes?tower=vision&steps=20000&width=128"), 422, "exceeds-worker-budget")
+    assert "training of zoo:shapes" in doc["detail"]
+
+
 def test_bad_input_is_a_problem_never_a_500(client):
     post = lambda **kw: client.post("/v1/screenings", **kw)  # noqa: E731
     json_headers = {"content-type": "application/json"}

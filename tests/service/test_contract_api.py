@@ -60,7 +60,8 @@ def test_malformed_json_is_400_and_documented_wherever_a_body_is_read(client):
 def test_the_schema_carries_the_patterns_the_api_enforces(client):
     document = client.get("/openapi.json").json()
     request = document["components"]["schemas"]["ScreeningRequest"]["properties"]
-    assert request["vision"]["pattern"].startswith("^(?:timm|hf|file|pkg):")
+    assert request["vision"]["pattern"].startswith("^(?:(?:timm|hf|file|pkg):")
+    assert "|zoo:shapes" in request["vision"]["pattern"]
     assert request["dataset"]["pattern"].startswith("^(?:digits|shapes")
     batch = document["components"]["schemas"]["BatchRequest"]["properties"]
     assert batch["vision"]["items"]["pattern"] == request["vision"]["pattern"]
