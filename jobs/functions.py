@@ -336,8 +336,10 @@ def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
         else:
             _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
         return _finish(rt, tracker, "pair", "failed", started)
+    # stored in the form the API serves it (the result's schema, every field): a figure added beside the rules
+    # later (measured, reported) is stored with the same keys as it is read back
     stored_result = _with_measured_rules(rt, result.model_dump(mode="json"), screening_id)
-    document = jsonable(stored_result)
+    document = jsonable(type(result).model_validate(stored_result).model_dump(mode="json"))
     stored = final_write(
         rt, f"screening {screening_id}", lambda session: lifecycle.complete_pair(session, claim.lease, document)
     )

@@ -18,6 +18,7 @@ from service.contract import (
     DATASET_PATTERN,
     DATASET_SETS,
     IDEMPOTENCY_KEY_PATTERN,
+    REFERENCE_MAX_LENGTH,
     REFERENCE_PATTERN,
     check_reference_syntax,
 )
@@ -37,8 +38,9 @@ _COMBINATIONS = re.compile(
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.from_regex(REFERENCE_PATTERN, fullmatch=True))
+@given(st.from_regex(REFERENCE_PATTERN, fullmatch=True).filter(lambda text: len(text) <= REFERENCE_MAX_LENGTH))
 def test_a_reference_the_pattern_allows_parses_or_breaks_an_option_rule(text):
+    # the API's contract is the pattern and the length limit together (the JSON Schema's maxLength)
     check_reference_syntax(text, "vision")
     try:
         ref = ModelRef.parse(text)
