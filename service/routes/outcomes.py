@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Request, Response
 
 from jobs.runtime import Runtime
 from service import outcomes
-from service.contract import ID_PATTERN
 from service.deps import (
     Caller,
     ReaderDep,
@@ -20,7 +19,7 @@ from service.deps import (
     json_response,
 )
 from service.outcome_schemas import OutcomeOut, OutcomePage, OutcomeRequest
-from service.routes.screenings import IdempotencyKey
+from service.routes.screenings import IdempotencyKey, PageCursor
 from service.schemas import PROBLEM
 from service.screenings import decode_cursor
 
@@ -91,13 +90,7 @@ def list_outcomes(
     session: SessionDep,
     caller: ReaderDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="next_cursor of the previous page (400 invalid-cursor when it is not of that form)",
-            json_schema_extra={"pattern": ID_PATTERN},
-        ),
-    ] = None,
+    cursor: PageCursor = None,
 ) -> OutcomePage:
     """The training-run outcomes reported for this screening, newest first; cursor pagination."""
     if cursor is not None:

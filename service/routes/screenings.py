@@ -27,6 +27,15 @@ from store.models import ACTIVE_STATES
 
 router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
 
+#: the ``cursor`` query parameter of a paged list (the ``next_cursor`` of the previous page)
+PageCursor = Annotated[
+    str | None,
+    Query(
+        description="next_cursor of the previous page (400 invalid-cursor when it is not of that form)",
+        json_schema_extra={"pattern": ID_PATTERN},
+    ),
+]
+
 
 def _no_nul(value: str | None) -> str | None:
     if value is not None and "\x00" in value:
@@ -116,13 +125,7 @@ def list_screenings(
     ] = None,
     dataset: Annotated[FilterText, Query(max_length=256, json_schema_extra=_TEXT)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[
-        str | None,
-        Query(
-            description="next_cursor of the previous page (400 invalid-cursor when it is not of that form)",
-            json_schema_extra={"pattern": ID_PATTERN},
-        ),
-    ] = None,
+    cursor: PageCursor = None,
 ) -> ScreeningPage:
     """Screenings, newest first, filtered by state, model and dataset; cursor pagination. With keys required,
     only the caller's tenant's."""
