@@ -357,3 +357,43 @@ def test_phasescreen_outcome_report_on_a_server(runtime, live_server, capsys):
     assert main(["study", *server]) == 0
     shown = capsys.readouterr().out
     assert "1 runs reported, 1 labelled pairs" in shown and "retrieval_r1 on coco:val" in shown
+
+
+@pytest.mark.commits  # a live server's request threads cannot share the test's one rolled-back connection
+def test_phasescreen_outcome_simulate_trains_zoo_pairs_and_reports_them_through_the_api(
+    runtime, live_server, capsys, tmp_path, monkeypatch
+):
+    """The loop at a small size (issue 20, item 5): four screened zoo pairs (a joint pair and towers trained alone,
+    crossed; width 8, 100 steps, trained here), each trained for real through linear heads by ``outcome simulate``
+    and reported over HTTP into the real PostgreSQL; the study's reported block counts them."""
+    import itertools
+    import json
+
+    from cli import main
+
+    monkeypatch.setenv("PHASESCREEN_HOME", str(tmp_path))
+    dataset, settings = "shapes?colors=10&shapes=8&size=32", EngineSettings(n=400, failure_threshold=0.2)
+    vision = ["zoo:shapes?tower=vision&width=8&steps=100", "zoo:shapes?tower=vision&mode=unimodal&width=8&steps=100"]
+    language = ["zoo:shapes?tower=text&width=8&steps=100", "zoo:shapes?tower=text&mode=unimodal&width=8&steps=100"]
+    planted = planted_pairs(2, 2, settings=settings, dataset=dataset)
+    pairs = [(v, lang, r) for (v, lang), (_, _, r) in zip(itertools.product(vision, language), planted, strict=True)]
+    for v, lang, result in pairs:
+        result["vision"]["identity"]["ref"], result["language"]["identity"]["ref"] = v, lang
+    ids = _plant(runtime, pairs)
+    assert main(["outcome", "simulate", *ids, "--steps", "60", "--server", live_server, "--json"]) == 0
+    captured = capsys.readouterr()
+    recorded = json.loads(captured.out)
+    assert [r["screening_id"] for r in recorded] == ids and "[4/4]" in captured.err
+    value = {(p[0], p[1]): r["value"] for p, r in zip(pairs, recorded, strict=True)}
+    assert value[(vision[0], language[0])] > value[(vision[1], language[1])] + 0.2, value
+    for r in recorded:
+        assert r["metric"] == "held_out_contrastive" and r["method"] == "linear-heads" and r["steps"] == 60
+        assert r["success"] == (r["value"] >= 0.3) and "seed=1, held-out values" in r["dataset"]
+    study = PhasescreenClient(live_server).study().model_dump(mode="json")
+    assert study["reported"]["n_outcomes"] == 4
+    [entry] = study["reported"]["strata"]
+    assert entry["n"] == 4 and entry["stratum"]["reported_metric"] == "held_out_contrastive"
+    # names the pairs one way only; --batch needs a server
+    assert main(["outcome", "simulate", ids[0], "--results", "x.json"]) == 2
+    assert main(["outcome", "simulate", "--batch", "b"]) == 2
+    assert "--server URL" in capsys.readouterr().err

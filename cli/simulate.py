@@ -1,0 +1,171 @@
+"""``phasescreen outcome simulate``: a short real contrastive training of screened pairs, reported as outcomes.
+
+Each pair's two towers are loaded as the screening loaded them (its canonical references), a fresh sample of the
+screening's dataset is drawn (the screening's N, its seed + 1: the training job's data is not the screening's
+sample), and ``phasecore.contrastive.held_out_contrastive`` trains linear heads per held-out group and scores the
+held-out values. Tower outputs are computed once per (reference, sample) and reused across a batch's pairs. The
+value is reported through the same path as ``phasescreen outcome report``: the API with ``--server``, else the
+local database's service functions (the ones the API route calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRIC = "held_out_contrastive"
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """(screening id, result document) of every succeeded pair named by the arguments."""
+    named = sum(bool(x) for x in (args.screening_ids, args.results, args.batch))
+    if named != 1:
+        raise ValueError("name the pairs one way: SCREENING_ID ..., --results FILE or --batch BATCH_ID")
+    if args.batch and not args.server:
+        raise ValueError("--batch reads a batch from a server: give --server URL, or --results FILE locally")
+    if args.results or args.batch:
+        if args.results:
+            document = json.loads(Path(args.results).read_text())
+        else:
+            from cli.batch import _client
+
+            with _client(args) as client:
+                document = client.batch_results(args.batch)
+        pairs = [
+            (str(p["screening_id"]), p["result"])
+            for p in document.get("pairs", [])
+            if p.get("result") is not None and p.get("screening_id")
+        ]
+        if not pairs:
+            raise ValueError("the batch holds no succeeded pair with a screening id (was it stored locally?)")
+        return pairs
+    return [(sid, _result_of(args, sid)) for sid in args.screening_ids]
+
+
+def _result_of(args: argparse.Namespace, screening_id: str) -> dict[str, Any]:
+    if args.server:
+        from cli.batch import _client
+
+        with _client(args) as client:
+            out = client.get_screening(screening_id)
+    else:
+        from service.screenings import read_screening
+        from store.db import local_session
+
+        with local_session() as session:
+            out = read_screening(session, screening_id)
+    if out.result is None:
+        raise ValueError(f"screening {screening_id} has no result (state {out.state}): only succeeded pairs train")
+    return out.result.model_dump(mode="json")
+
+
+class _Towers:
+    """Tower outputs per (reference, dataset, N, seed): images or captions, and the class templates."""
+
+    def __init__(self) -> None:
+        self.datasets: dict[tuple[str, int, int], Any] = {}
+        self.outputs: dict[tuple[str, str, int, int], tuple[np.ndarray, list[np.ndarray] | None]] = {}
+
+    def dataset(self, ref: str, n: int, seed: int) -> Any:
+        from phasecore.data import load_dataset
+
+        key = (ref, n, seed)
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(ref, n=n, seed=seed)
+        return self.datasets[key]
+
+    def outputs_of(self, model: str, dataset_ref: str, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        from phasecore.contrastive import embed
+        from phasecore.sources import load_encoder
+
+        key = (model, dataset_ref, n, seed)
+        if key not in self.outputs:
+            data = self.dataset(dataset_ref, n, seed)
+            encoder = load_encoder(model)
+            if encoder.modality == "vision":
+                self.outputs[key] = (embed(encoder, data.images), None)
+            else:
+                templates = [embed(encoder, data.class_captions[c]) for c in range(len(data.class_names))]
+                self.outputs[key] = (embed(encoder, data.captions), templates)
+        return self.outputs[key]
+
+
+def simulate_pair(result: dict[str, Any], towers: _Towers, *, steps: int) -> dict[str, Any]:
+    """``held_out_contrastive`` of a screened pair on a fresh sample of its dataset; with the sample's name."""
+    from phasecore.contrastive import held_out_contrastive
+
+    settings, described = result["settings"], result["dataset"]
+    dataset_ref = (result.get("stratum") or {}).get("dataset") or described.get("ref") or described["name"]
+    n, seed = int(described.get("n") or settings["n"]), int(settings["seed"]) + 1
+    E_v, _ = towers.outputs_of(result["vision"]["identity"]["ref"], dataset_ref, n, seed)
+    E_l, templates = towers.outputs_of(result["language"]["identity"]["ref"], dataset_ref, n, seed)
+    assert templates is not None, "the language tower's outputs carry its class templates"
+    data = towers.dataset(dataset_ref, n, seed)
+    out = held_out_contrastive(
+        E_v, E_l, data.labels, templates, groups=data.outcome_groups, steps=steps, seed=seed,
+        failure_threshold=float(settings.get("failure_threshold", 0.03)),
+        outcome_alpha=float(settings.get("outcome_alpha", 0.05)),
+    )  # fmt: skip
+    out["dataset"] = f"{dataset_ref} (n={n}, seed={seed}, held-out values)"
+    return out
+
+
+def _request(out: dict[str, Any], success_above: float) -> dict[str, Any]:
+    means = out["group_means"] or {}
+    kinds = ", ".join(f"{kind} {value:+.2f}" for kind, value in means.items())
+    return {
+        "metric": METRIC,
+        "value": out["value"],
+        "success_threshold": success_above,
+        "success_direction": "above",
+        "dataset": out["dataset"],
+        "examples": out["examples"],
+        "steps": out["steps"],
+        "method": out["method"],
+        "run_url": None,
+        "notes": (
+            f"phasescreen outcome simulate: frozen towers, linear heads ({out['head_dim']}-d, InfoNCE at "
+            f"temperature {out['temperature']:g}, {out['steps']} steps per held-out group of {out['n_groups']}); "
+            f"its own sign-flip outcome {out['outcome']} at tau = {out['failure_threshold']:g}"
+            + (f"; {kinds}" if kinds else "")
+        ),
+    }
+
+
+def simulate_outcomes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train and report every named pair; one line per pair on stderr; the recorded outcomes."""
+    if args.steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {args.steps}")
+    pairs = _pairs(args)
+    towers, recorded = _Towers(), []
+    for k, (screening_id, result) in enumerate(pairs, 1):
+        out = simulate_pair(result, towers, steps=args.steps)
+        request = _request(out, args.success_above)
+        recorded.append(_report(args, screening_id, request))
+        verdict = "success" if out["value"] >= args.success_above else "failure"
+        print(
+            f"[{k}/{len(pairs)}] {result['vision']['identity']['ref']} × {result['language']['identity']['ref']}: "
+            f"{METRIC} = {out['value']:+.3f} -> {verdict}",
+            file=sys.stderr,
+        )
+    return recorded
+
+
+def _report(args: argparse.Namespace, screening_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    if args.server:
+        from cli.batch import _client
+
+        with _client(args) as client:
+            return dict(client.report_outcome(screening_id, **request).model_dump(mode="json"))
+    from service.outcome_schemas import OutcomeRequest
+    from service.outcomes import report_outcome
+    from store.db import local_session
+
+    with local_session() as session:
+        out, _ = report_outcome(session, screening_id, OutcomeRequest.model_validate(request))
+    return dict(out.model_dump(mode="json"))
