@@ -201,6 +201,7 @@ def compute_profile(
     )
     ntk_distinct = gram.ntk()
     check_gram(ntk_distinct, f"{modality} NTK")
+    ntk = distinct.expand_gram(ntk_distinct)
     timings["kernel"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -212,6 +213,7 @@ def compute_profile(
         subset=settings.stability_subset,
         lr_scales=settings.stability_lr_scales,
         progress=progress,
+        kernel=ntk,  # Θ̂(θ_0) of the probe subset is a block of this kernel: same probes, method and seed
         **engine,
     )
     timings["stability"] = time.perf_counter() - tick
@@ -238,7 +240,7 @@ def compute_profile(
 
     embeddings = distinct.expand_rows(gram.outputs)
     arrays: dict[str, np.ndarray] = {
-        "ntk": distinct.expand_gram(ntk_distinct),
+        "ntk": ntk,
         "agop_eigenvalues": spectrum.eigenvalues,
         "embeddings": embeddings,
         "labels": dataset.labels,

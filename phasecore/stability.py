@@ -58,6 +58,10 @@ class StabilityResult:
     loss_end: float
     seconds: float
     curve: list[StabilityPoint] = field(default_factory=list)  # one point per lr_scale, ascending
+    # seconds per part: gram_0 (Θ̂(θ_0) of the subset; 0 when taken from the profile's kernel), k_0 (the scalar
+    # kernel for η), steps (the T gradient steps of every step size), gram_T (Θ̂(θ_T) of every step size)
+    timings: dict[str, float] = field(default_factory=dict)
+    gram0_reused: bool = False  # Θ̂(θ_0) was the sub-block of the profile's own kernel (same probes and method)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,10 +89,17 @@ def stability_probe(
     params: Iterable[str] | None = None,
     progress: ProgressFn | None = None,
     lr_scales: Sequence[float] = (1.0,),
+    kernel: np.ndarray | None = None,
 ) -> StabilityResult:
     """S_NTK and the phase of one model (METRICS §3), and S_NTK at each step-size scale of ``lr_scales``
-    (1 is always included); see the module docstring for the protocol."""
+    (1 is always included); see the module docstring for the protocol.
+
+    ``kernel``: the model's Θ̂(θ_0) over all N inputs, ``(N, N)``, computed with the same probes, method, seed,
+    sketch width and parameters (the profile's own kernel stage). Θ̂(θ_0) of the subset is then its
+    ``[idx, idx]`` block, not a second computation: each entry of a probe Gram depends only on its two
+    samples, the probes and (for the sketch) the seeded sketch, never on the other samples."""
     started = time.perf_counter()
+    timings: dict[str, float] = {}
     scales = sorted(set(float(c) for c in lr_scales) | {1.0})
     idx = subset_indices(batch_size(inputs), subset, seed)
     first_input = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
@@ -104,11 +115,20 @@ def stability_probe(
         if progress:
             progress("stability", stage_fraction)
 
-    first = probe_gram(model, distinct.inputs, probes=probes, **kw)
-    gram0 = distinct.expand_gram(first.ntk())
-    # the loss passes use the chunk the engine fitted to the memory budget: on a CPU, small batches of
-    # large images also run faster per sample (they stay in cache)
-    loss_chunk = int(first.info.get("chunk_size", chunk_size))
+    tick = time.perf_counter()
+    if kernel is not None:
+        if kernel.shape != (batch_size(inputs),) * 2:
+            raise ValueError(f"the kernel must be (N, N) over the inputs, got {kernel.shape}")
+        gram0 = np.asarray(kernel, dtype=np.float64)[np.ix_(idx, idx)]
+        loss_chunk = chunk_size
+    else:
+        first = probe_gram(model, distinct.inputs, probes=probes, **kw)
+        gram0 = distinct.expand_gram(first.ntk())
+        # the loss passes use the chunk the engine fitted to the memory budget: on a CPU, small batches of
+        # large images also run faster per sample (they stay in cache)
+        loss_chunk = int(first.info.get("chunk_size", chunk_size))
+    timings["gram_0"] = time.perf_counter() - tick
+    tick = time.perf_counter()
     with torch.no_grad():
         d = call_encoder(model, slice_inputs(sub, slice(0, 1))).shape[1]
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -122,6 +142,8 @@ def stability_probe(
     k0_method = "exact" if method == "exact" else "auto"
     k0 = probe_gram(model, distinct.inputs, probes=u0[None], **{**kw, "method": k0_method}).ntk()
     lambda_max = float(check_gram(distinct.expand_gram(k0) / n_s, "stability K_0")[-1])
+    timings["k_0"] = time.perf_counter() - tick
+    timings["steps"] = timings["gram_T"] = 0.0
     report(0.3)
 
     curve = []
@@ -129,7 +151,8 @@ def stability_probe(
         eta = c / lambda_max if lambda_max > 0 else 0.0
         span = (0.3 + 0.7 * i / len(scales), 0.7 / len(scales))
         point = _train_and_compare(
-            model, sub, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, probes, kw, report, span
+            model, sub, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, probes, kw, report, span,
+            timings,
         )
         curve.append(point)
     main = next(point for point in curve if point.lr_scale == 1.0)
@@ -148,6 +171,8 @@ def stability_probe(
         loss_end=main.loss_end,
         seconds=time.perf_counter() - started,
         curve=curve,
+        timings={part: round(value, 3) for part, value in timings.items()},
+        gram0_reused=kernel is not None,
     )
 
 
@@ -167,8 +192,11 @@ def _train_and_compare(
     kw: dict[str, Any],
     report: Callable[[float], None],
     span: tuple[float, float],
+    timings: dict[str, float],
 ) -> StabilityPoint:
-    """T steps of gradient descent at ``eta`` on a deep copy, then S_NTK = A(Θ̂_0, Θ̂_T)."""
+    """T steps of gradient descent at ``eta`` on a deep copy, then S_NTK = A(Θ̂_0, Θ̂_T) (seconds added to
+    ``timings["steps"]`` and ``timings["gram_T"]``)."""
+    tick = time.perf_counter()
     work = copy.deepcopy(model).eval()
     theta = [p for name, p in work.named_parameters() if name in selected]
     for p in work.parameters():
@@ -185,7 +213,10 @@ def _train_and_compare(
             for p, g in zip(theta, grads, strict=True):
                 p.sub_(eta * g)
         report(span[0] + span[1] * 0.8 * (step + 1) / steps)
+    timings["steps"] += time.perf_counter() - tick
+    tick = time.perf_counter()
     gram_t = distinct.expand_gram(probe_gram(work, distinct.inputs, probes=probes, **kw).ntk())
+    timings["gram_T"] += time.perf_counter() - tick
     report(span[0] + span[1])
     s = kernel_alignment(gram0, gram_t)
     return StabilityPoint(

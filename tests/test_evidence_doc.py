@@ -47,3 +47,27 @@ def test_evidence_doc_writes_the_study_beside_the_claims_and_every_pair(tmp_path
     assert again == evidence_markdown(evidence, document, figures=["x"], figure_dir="d")
     assert main([*args[:-2], "--page", str(page), "--results", str(tmp_path / "missing.json")]) == 2
     assert "phasescreen evidence doc: error" in capsys.readouterr().err
+
+
+def test_every_pair_is_re_decided_at_each_tau_from_its_stored_group_scores() -> None:
+    from phasecore.evidence.zoo import tau_lines, tau_sensitivity
+
+    def record(scores: list[float], cka: float, agop: float) -> dict:
+        return {
+            "group_scores": [{"s_g": s} for s in scores],
+            "cka": cka,
+            "predictions": {"agop_rule": {"value": agop}},
+            "stratum": {"settings": {"failure_threshold": 0.2}},
+        }
+
+    # six groups: a pair at +0.6 is aligned for τ < 0.6; one at 0 is failed for τ > 0 (all six below τ)
+    high = [record([0.6, 0.7, 0.5, 0.6, 0.65, 0.55], cka=0.9, agop=10.0) for _ in range(3)]
+    low = [record([0.0, 0.05, -0.05, 0.02, -0.02, 0.0], cka=0.1, agop=1e3) for _ in range(3)]
+    rows = {row["tau"]: row for row in tau_sensitivity(high + low, [0.1, 0.8], alpha=0.05)}
+    assert (rows[0.1]["aligned"], rows[0.1]["failed"]) == (3, 3)
+    assert (rows[0.8]["aligned"], rows[0.8]["failed"], rows[0.8]["inconclusive"]) == (0, 6, 0)
+    # CKA is a similarity (low: failure), the AGOP ratio a rule (high: failure): both separate the outcomes
+    assert rows[0.1]["auroc"]["cka"] == 1.0 and rows[0.1]["auroc"]["agop_rule"] == 1.0
+    assert rows[0.8]["auroc"]["cka"] is None  # one outcome only: no AUROC
+    text = "\n".join(tau_lines(high + low, 0.05, 0.2))
+    assert "| 0.2 (this run) |" in text and "| 0.15 |" in text

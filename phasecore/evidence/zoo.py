@@ -351,6 +351,75 @@ def calibration_lines(records: Sequence[Mapping[str, Any]], alpha: float) -> lis
     return lines
 
 
+# --- the outcome threshold τ: how the decided pairs and the predictors' AUROC move with it --------------------
+
+#: rules fail a pair when their value is high, except the cross-phase rule (S_NTK^cross < 0.25); comparators are
+#: similarities (high: aligned). The score below is "higher means failure" for every predictor.
+_FAILS_LOW = frozenset({"cross_phase_rule", *COMPARATORS})
+
+
+def _failure_score(record: Mapping[str, Any], name: str) -> float | None:
+    value = ((record.get("predictions") or {}).get(name) or {}).get("value") if name in RULES else record.get(name)
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return -float(value) if name in _FAILS_LOW else float(value)
+
+
+def tau_sensitivity(records: Sequence[Mapping[str, Any]], taus: Sequence[float], alpha: float) -> list[dict[str, Any]]:
+    """Per τ: every record re-decided from its stored group scores (``outcome_of`` at τ, α), the counts, and each
+    rule's and comparator's in-sample AUROC for failure over the decided pairs (no cross-validation: the point is
+    how the ranking moves with τ, not the held-out figure, which is the study's)."""
+    from sklearn.metrics import roc_auc_score
+
+    from phasecore.groundtruth import outcome_of
+
+    rows = []
+    for tau in taus:
+        decided: list[tuple[Mapping[str, Any], bool]] = []
+        counts = {"aligned": 0, "failed": 0, "inconclusive": 0}
+        for record in records:
+            scores = [g["s_g"] for g in record.get("group_scores") or [] if g.get("s_g") is not None]
+            if not scores:
+                continue
+            outcome = outcome_of(np.array(scores), tau=tau, alpha=alpha)["outcome"]
+            counts[outcome] += 1
+            if outcome != "inconclusive":
+                decided.append((record, outcome == "failed"))
+        aurocs: dict[str, float | None] = {}
+        for name in (*RULES, *COMPARATORS):
+            pairs = [(_failure_score(r, name), failed) for r, failed in decided]
+            usable = [(s, f) for s, f in pairs if s is not None]
+            labels = {f for _, f in usable}
+            aurocs[name] = (
+                float(roc_auc_score([f for _, f in usable], [s for s, _ in usable])) if len(labels) == 2 else None
+            )
+        rows.append({"tau": tau, **counts, "auroc": aurocs})
+    return rows
+
+
+def tau_lines(records: Sequence[Mapping[str, Any]], alpha: float, current: float | None) -> list[str]:
+    taus = sorted({0.1, 0.15, 0.2, 0.25, 0.3} | ({current} if current is not None else set()))
+    names = (*RULES, *COMPARATORS)
+    lines = [
+        "| τ | aligned | failed | inconclusive | " + " | ".join(names) + " |",
+        "|---:|---:|---:|---:|" + "---:|" * len(names),
+    ]
+    for row in tau_sensitivity(records, taus, alpha):
+        mark = " (this run)" if current is not None and abs(row["tau"] - current) < 1e-12 else ""
+        lines.append(
+            f"| {row['tau']:g}{mark} | {row['aligned']} | {row['failed']} | {row['inconclusive']} | "
+            + " | ".join(_num(row["auroc"][n], ".2f") for n in names)
+            + " |"
+        )
+    lines += [
+        "",
+        "Each pair re-decided from its stored group scores at τ (the sign-flip test of METRICS §7, α as in the "
+        "run); AUROC for failure over that τ's decided pairs, in sample (no cross-validation), every predictor "
+        "oriented so that higher means failure by its own rule (the cross-phase rule and the comparators: lower).",
+    ]
+    return lines
+
+
 # --- the study's comparators and intervals ------------------------------------------------------------------
 
 
@@ -428,6 +497,11 @@ def rules_against_alignment(records: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
+def _run_tau(records: Sequence[Mapping[str, Any]]) -> float | None:
+    taus = {((r.get("stratum") or {}).get("settings") or {}).get("failure_threshold") for r in records}
+    return float(next(iter(taus))) if len(taus) == 1 and None not in taus else None
+
+
 def zoo_section(evidence: Mapping[str, Any], document: Mapping[str, Any], *, alpha: float) -> list[str]:
     """The zoo's markdown, for the first stratum of the evidence file."""
     strata = (evidence.get("study") or {}).get("strata") or []
@@ -452,6 +526,10 @@ def zoo_section(evidence: Mapping[str, Any], document: Mapping[str, Any], *, alp
         "### The outcome test's calibration on null pairs",
         "",
         *calibration_lines(records, alpha),
+        "",
+        "### The outcome threshold τ: decided pairs and AUROC at every τ",
+        "",
+        *tau_lines(records, alpha, _run_tau(records)),
         "",
         "### Dose-response along steps, caption_noise and blend",
         "",

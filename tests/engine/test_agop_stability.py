@@ -97,3 +97,26 @@ def test_an_agop_ratio_needs_eight_k_distinct_rows() -> None:
     assert stats.ratio is None and stats.log10_ratio is None
     assert "U·M ≥ 8k = 128" in stats.reason and "100" in stats.reason
     assert spectrum_stats(np.linspace(1.0, 0.1, 100), k=12).ratio is not None  # 96 ≥ 8 · 12
+
+
+@pytest.mark.parametrize("method", ["exact", "sketch"])
+def test_the_probe_subsets_initial_gram_is_a_block_of_the_profiles_kernel(method: str) -> None:
+    """The profile hands its own kernel (cross-probe, all N) to the probe; the subset's Θ̂(θ_0) taken from it is
+    the one the probe would compute, so S_NTK is unchanged (float rounding aside), and nothing is recomputed."""
+    from phasecore.ntk.engine import probe_gram
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+    x = torch.randn(20, 3, 8, 8)
+    x[7] = x[3]  # a repeated input: the kernel is over distinct inputs, expanded
+    kw = dict(probes=2, method=method, sketch_dim=256, seed=4)
+    kernel = probe_gram(model, x, cross_probe=True, **kw).ntk()
+    own = stability_probe(model, x, steps=3, subset=9, **kw)
+    reused = stability_probe(model, x, steps=3, subset=9, kernel=kernel, **kw)
+    assert reused.gram0_reused and not own.gram0_reused and reused.timings["gram_0"] < 0.01
+    assert set(own.timings) == {"gram_0", "k_0", "steps", "gram_T"}
+    assert reused.s_ntk == pytest.approx(own.s_ntk, abs=1e-6)
+    assert reused.s_ntk_centered == pytest.approx(own.s_ntk_centered, abs=1e-5)
+    assert reused.lambda_max == own.lambda_max and reused.loss_end == own.loss_end
+    with pytest.raises(ValueError, match=r"\(N, N\)"):
+        stability_probe(model, x, steps=1, subset=9, kernel=kernel[:5, :5], **kw)
