@@ -499,7 +499,8 @@ def rules_against_alignment(records: Sequence[Mapping[str, Any]]) -> Figure:
 
 def _run_tau(records: Sequence[Mapping[str, Any]]) -> float | None:
     taus = {((r.get("stratum") or {}).get("settings") or {}).get("failure_threshold") for r in records}
-    return float(next(iter(taus))) if len(taus) == 1 and None not in taus else None
+    tau = next(iter(taus)) if len(taus) == 1 else None
+    return None if tau is None else float(tau)
 
 
 def zoo_section(evidence: Mapping[str, Any], document: Mapping[str, Any], *, alpha: float) -> list[str]:
