@@ -5,7 +5,8 @@ targets ``t_i ~ N(0, 1)`` and loss ``L = (1/2n_s) Σ_i (u_0·f(x_i) − t_i)²``
 ``η = c / λ_max(K_0 / n_s)`` where ``K_0`` is the scalar NTK of ``u_0·f``; c = 1 is half the linear-stability
 edge 2/λ_max. Then ``S_NTK = A(Θ̂(θ_0), Θ̂(θ_T))`` on the same subset, estimator and seed. S_NTK compares only
 at equal (n_s, T, c), so all three are recorded; ``lr_scales`` adds the curve of S_NTK over c (the phase uses
-c = 1). Kernels run over the distinct inputs of the subset (METRICS §0). The probe trains deep copies: the
+c = 1). Kernels and the training steps run over the distinct inputs of the subset (METRICS §0: the loss of
+identical inputs is a weighted sum, so loss and gradient are the same). The probe trains deep copies: the
 caller's model is never changed.
 """
 
@@ -151,7 +152,7 @@ def stability_probe(
         eta = c / lambda_max if lambda_max > 0 else 0.0
         span = (0.3 + 0.7 * i / len(scales), 0.7 / len(scales))
         point = _train_and_compare(
-            model, sub, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, probes, kw, report, span,
+            model, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, probes, kw, report, span,
             timings,
         )
         curve.append(point)
@@ -178,7 +179,6 @@ def stability_probe(
 
 def _train_and_compare(
     model: nn.Module,
-    sub: Inputs,
     distinct: Distinct,
     gram0: np.ndarray,
     u0: torch.Tensor,
@@ -204,11 +204,19 @@ def _train_and_compare(
     for p in theta:
         p.requires_grad_(True)
     losses = []
+    # the loss over the subset's distinct inputs, each weighted by its count (the same loss and gradient, METRICS
+    # §0): per distinct input u, c_u·f_u² − 2·f_u·Σ_{i∈u} t_i + Σ_{i∈u} t_i²
+    counts = torch.as_tensor(distinct.counts, dtype=targets.dtype, device=targets.device)
+    inverse = torch.as_tensor(distinct.inverse, device=targets.device)
+    sums = torch.zeros(distinct.u, dtype=targets.dtype, device=targets.device).index_add_(0, inverse, targets)
+    squares = torch.zeros_like(sums).index_add_(0, inverse, targets**2)
+    loss_terms = (counts, sums, squares, targets.shape[0])
     for step in range(steps + 1):
-        loss_value, grads = _loss_and_grad(work, sub, u0, targets, theta, loss_chunk)
-        losses.append(loss_value)
-        if step == steps:
+        if step == steps:  # the final loss only: no gradient
+            losses.append(_loss_and_grad(work, distinct.inputs, u0, loss_terms, theta, loss_chunk, grad=False)[0])
             break
+        loss_value, grads = _loss_and_grad(work, distinct.inputs, u0, loss_terms, theta, loss_chunk)
+        losses.append(loss_value)
         with torch.no_grad():
             for p, g in zip(theta, grads, strict=True):
                 p.sub_(eta * g)
@@ -234,20 +242,26 @@ def _loss_and_grad(
     model: nn.Module,
     inputs: Inputs,
     u0: torch.Tensor,
-    targets: torch.Tensor,
+    terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int],
     theta: list[nn.Parameter],
     chunk_size: int,
+    *,
+    grad: bool = True,
 ) -> tuple[float, list[torch.Tensor]]:
-    """Full-batch L = (1/2n) Σ (u0·f(x_i) − t_i)² and ∇_θ L, accumulated over chunks (bounded memory)."""
-    n = targets.shape[0]
+    """Full-batch L = (1/2n) Σ_i (u0·f(x_i) − t_i)² and ∇_θ L over the U distinct inputs, accumulated over chunks
+    (bounded memory); ``terms`` = (c_u, Σ_{i∈u} t_i, Σ_{i∈u} t_i², n). ``grad=False``: the loss alone."""
+    counts, sums, squares, n = terms
     total = 0.0
-    grads = [torch.zeros_like(p) for p in theta]
-    for start in range(0, n, chunk_size):
-        chunk = slice_inputs(inputs, slice(start, start + chunk_size))
-        pred = call_encoder(model, chunk) @ u0
-        loss = ((pred - targets[start : start + chunk_size]) ** 2).sum() / (2 * n)
-        for acc, g in zip(grads, torch.autograd.grad(loss, theta, allow_unused=True), strict=True):
-            if g is not None:
-                acc += g
+    grads = [torch.zeros_like(p) for p in theta] if grad else []
+    for start in range(0, counts.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        chunk = slice_inputs(inputs, rows)
+        with torch.set_grad_enabled(grad):
+            pred = call_encoder(model, chunk) @ u0
+            loss = (counts[rows] * pred**2 - 2 * pred * sums[rows] + squares[rows]).sum() / (2 * n)
+        if grad:
+            for acc, g in zip(grads, torch.autograd.grad(loss, theta, allow_unused=True), strict=True):
+                if g is not None:
+                    acc += g
         total += float(loss.detach())
     return total, grads

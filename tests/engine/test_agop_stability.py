@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,29 @@ def test_the_probe_subsets_initial_gram_is_a_block_of_the_profiles_kernel(method
     assert reused.lambda_max == own.lambda_max and reused.loss_end == own.loss_end
     with pytest.raises(ValueError, match=r"\(N, N\)"):
         stability_probe(model, x, steps=1, subset=9, kernel=kernel[:5, :5], **kw)
+
+
+def test_the_probe_trains_on_distinct_inputs_with_the_full_batch_loss() -> None:
+    """Repeated inputs train once, weighted by their count: loss_start, loss_end and η are those of plain full-batch
+    gradient descent over every row (float64, so the two agree to rounding)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)[torch.tensor([0, 1, 1, 2, 3, 3, 3, 4])]  # 8 rows, 5 distinct
+    result = stability_probe(model, x, probes=2, steps=4, subset=8, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    u0 = torch.randn(3, generator=gen, dtype=torch.float64)
+    u0 = u0 / u0.norm()
+    targets = torch.randn(8, generator=gen, dtype=torch.float64)
+    work = copy.deepcopy(model)
+    losses = []
+    for step in range(5):
+        loss = ((work(x) @ u0 - targets) ** 2).sum() / 16
+        losses.append(float(loss.detach()))
+        if step < 4:
+            grads = torch.autograd.grad(loss, list(work.parameters()))
+            with torch.no_grad():
+                for p, g in zip(work.parameters(), grads, strict=True):
+                    p.sub_(result.eta * g)
+    assert result.n_distinct == 5
+    assert result.loss_start == pytest.approx(losses[0], rel=1e-12)
+    assert result.loss_end == pytest.approx(losses[-1], rel=1e-10)
