@@ -16,7 +16,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from phasecore.ntk.engine import Method, Probes, ProgressFn, probe_gram
 from phasecore.ntk.validity import check_gram
 from phasecore.rules import phase_of
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
+
+Precision = Literal["float32", "float64"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class StabilityResult:
     # kernel for η), steps (the T gradient steps of every step size), gram_T (Θ̂(θ_T) of every step size)
     timings: dict[str, float] = field(default_factory=dict)
     gram0_reused: bool = False  # Θ̂(θ_0) was the sub-block of the profile's own kernel (same probes and method)
+    precision: str = "float32"  # of K_0, the training steps and Θ̂(θ_T)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +94,7 @@ def stability_probe(
     progress: ProgressFn | None = None,
     lr_scales: Sequence[float] = (1.0,),
     kernel: np.ndarray | None = None,
+    precision: Precision = "float32",
 ) -> StabilityResult:
     """S_NTK and the phase of one model (METRICS §3), and S_NTK at each step-size scale of ``lr_scales``
     (1 is always included); see the module docstring for the protocol.
@@ -98,7 +102,11 @@ def stability_probe(
     ``kernel``: the model's Θ̂(θ_0) over all N inputs, ``(N, N)``, computed with the same probes, method, seed,
     sketch width and parameters (the profile's own kernel stage). Θ̂(θ_0) of the subset is then its
     ``[idx, idx]`` block, not a second computation: each entry of a probe Gram depends only on its two
-    samples, the probes and (for the sketch) the seeded sketch, never on the other samples."""
+    samples, the probes and (for the sketch) the seeded sketch, never on the other samples.
+
+    ``precision``: ``float64`` runs K_0, the T steps and Θ̂(θ_T) on a float64 copy of the model and inputs (the
+    steps amplify float32 rounding, so S_NTK in float32 differs across thread counts and CPUs; docs/benchmarks.md
+    measures by how much); Θ̂(θ_0) stays the model's own (its rounding is not amplified)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     scales = sorted(set(float(c) for c in lr_scales) | {1.0})
@@ -130,6 +138,12 @@ def stability_probe(
         loss_chunk = int(first.info.get("chunk_size", chunk_size))
     timings["gram_0"] = time.perf_counter() - tick
     tick = time.perf_counter()
+    if precision == "float64":
+        model = copy.deepcopy(model).double()
+        sub = _as_float64(sub)
+        distinct = Distinct(inputs=_as_float64(distinct.inputs), inverse=distinct.inverse, counts=distinct.counts)
+    elif precision != "float32":
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
     with torch.no_grad():
         d = call_encoder(model, slice_inputs(sub, slice(0, 1))).shape[1]
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -174,7 +188,15 @@ def stability_probe(
         curve=curve,
         timings={part: round(value, 3) for part, value in timings.items()},
         gram0_reused=kernel is not None,
+        precision=precision,
     )
+
+
+def _as_float64(inputs: Inputs) -> Inputs:
+    """Floating tensors of ``inputs`` in float64 (token ids and integer masks stay as they are)."""
+    if isinstance(inputs, Mapping):
+        return {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+    return inputs.double() if inputs.is_floating_point() else inputs
 
 
 def _train_and_compare(

@@ -148,3 +148,16 @@ def test_the_probe_trains_on_distinct_inputs_with_the_full_batch_loss() -> None:
     assert result.n_distinct == 5
     assert result.loss_start == pytest.approx(losses[0], rel=1e-12)
     assert result.loss_end == pytest.approx(losses[-1], rel=1e-10)
+
+
+def test_the_probe_runs_its_training_in_float64_on_request() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))  # float32, as loaded
+    x = torch.randn(9, 4)
+    single = stability_probe(model, x, probes=2, steps=3, subset=9, seed=2)
+    double = stability_probe(model, x, probes=2, steps=3, subset=9, seed=2, precision="float64")
+    assert double.precision == "float64" and single.precision == "float32"
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    assert double.s_ntk == pytest.approx(single.s_ntk, abs=1e-4)
+    with pytest.raises(ValueError, match="precision"):
+        stability_probe(model, x, probes=2, steps=1, subset=9, precision="float16")  # type: ignore[arg-type]
