@@ -9,7 +9,7 @@ LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 LATEST_VENV ?= .venv-latest
 
-.PHONY: venv demo demo-shapes test test-all lint lock test-latest wheel bench bench-gpu evidence
+.PHONY: venv demo demo-shapes test test-all lint lock test-latest wheel bench bench-gpu evidence evidence-outcomes
 
 # The venv is made from the lock alone: --no-deps, since the lock lists every package, and the project itself
 # without build isolation (its build backend, setuptools, is locked too). pip check proves the lock covers
@@ -54,6 +54,20 @@ evidence: $(STAMP)
 		--grid grids/evidence.yaml --command "make evidence"
 	$(BIN)/phasescreen evidence doc --evidence phasecore/evidence/shipped.json \
 		--results $(EVIDENCE_HOME)/evidence.results.json --page docs/evidence.md --figures docs/evidence
+
+# The loop of reported outcomes on the evidence run (docs/evidence.md, "Reported outcomes"): the API served from the
+# evidence run's own store, each pair trained for real through linear heads and reported over HTTP
+# (`phasescreen outcome simulate`), then the study's reported block beside the proxy. After `make evidence`.
+EVIDENCE_PORT ?= 8765
+evidence-outcomes: $(STAMP)
+	PHASESCREEN_HOME=$(EVIDENCE_HOME) $(BIN)/phasescreen serve --port $(EVIDENCE_PORT) & server=$$!; \
+	trap "kill $$server" EXIT; \
+	for i in $$(seq 60); do curl -sf http://127.0.0.1:$(EVIDENCE_PORT)/healthz > /dev/null && break; sleep 1; done; \
+	PHASESCREEN_HOME=$(EVIDENCE_HOME) $(BIN)/phasescreen outcome simulate \
+		--results $(EVIDENCE_HOME)/evidence.results.json --server http://127.0.0.1:$(EVIDENCE_PORT) \
+		--json > $(EVIDENCE_HOME)/outcomes.json && \
+	$(BIN)/phasescreen study --server http://127.0.0.1:$(EVIDENCE_PORT) --json > $(EVIDENCE_HOME)/study.json && \
+	$(BIN)/phasescreen study --server http://127.0.0.1:$(EVIDENCE_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
