@@ -75,7 +75,8 @@ def one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for label, reuse in (("before", None), ("after", kernel)):
         result, wall, cpu = timed(
             lambda reuse=reuse: stability_probe(
-                encoder, inputs, method=gram.method, steps=args.steps, subset=args.subset, kernel=reuse, **engine
+                encoder, inputs, method=gram.method, steps=args.steps, subset=args.subset, kernel=reuse,
+                kernel_chunk=int(gram.info.get("chunk_size", 32)), **engine,
             )
         )
         row[label] = {"wall": wall, "cpu": cpu, "parts": result.timings, "s_ntk": result.s_ntk,

@@ -214,6 +214,7 @@ def compute_profile(
         lr_scales=settings.stability_lr_scales,
         progress=progress,
         kernel=ntk,  # Θ̂(θ_0) of the probe subset is a block of this kernel: same probes, method and seed
+        kernel_chunk=int(gram.info.get("chunk_size", settings.chunk_size)),
         **engine,
     )
     timings["stability"] = time.perf_counter() - tick

@@ -94,6 +94,7 @@ def stability_probe(
     progress: ProgressFn | None = None,
     lr_scales: Sequence[float] = (1.0,),
     kernel: np.ndarray | None = None,
+    kernel_chunk: int | None = None,
     precision: Precision = "float32",
 ) -> StabilityResult:
     """S_NTK and the phase of one model (METRICS §3), and S_NTK at each step-size scale of ``lr_scales``
@@ -102,7 +103,9 @@ def stability_probe(
     ``kernel``: the model's Θ̂(θ_0) over all N inputs, ``(N, N)``, computed with the same probes, method, seed,
     sketch width and parameters (the profile's own kernel stage). Θ̂(θ_0) of the subset is then its
     ``[idx, idx]`` block, not a second computation: each entry of a probe Gram depends only on its two
-    samples, the probes and (for the sketch) the seeded sketch, never on the other samples.
+    samples, the probes and (for the sketch) the seeded sketch, never on the other samples. ``kernel_chunk``: the
+    chunk the engine fitted when it computed ``kernel`` (its ``info["chunk_size"]``), which the loss passes then
+    use (default ``chunk_size``).
 
     ``precision``: ``float64`` runs K_0, the T steps and Θ̂(θ_T) on a float64 copy of the model and inputs (the
     steps amplify float32 rounding, so S_NTK in float32 differs across thread counts and CPUs; docs/benchmarks.md
@@ -129,7 +132,7 @@ def stability_probe(
         if kernel.shape != (batch_size(inputs),) * 2:
             raise ValueError(f"the kernel must be (N, N) over the inputs, got {kernel.shape}")
         gram0 = np.asarray(kernel, dtype=np.float64)[np.ix_(idx, idx)]
-        loss_chunk = chunk_size
+        loss_chunk = kernel_chunk or chunk_size
     else:
         first = probe_gram(model, distinct.inputs, probes=probes, **kw)
         gram0 = distinct.expand_gram(first.ntk())
