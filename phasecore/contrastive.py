@@ -18,8 +18,7 @@ learning rate suits towers of any output scale). Runs single-threaded: the matri
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,19 +29,12 @@ from torch import nn
 from phasecore.data.base import PairedDataset
 from phasecore.groundtruth import _group_score, outcome_groups, outcome_of
 from phasecore.sources.base import Encoder, batch_size, call_encoder, slice_inputs
+from phasecore.threads import single_thread
 
 HEAD_DIM, TEMPERATURE, LR, STEPS, BATCH = 32, 0.1, 1e-2, 150, 128
 METHOD = "linear-heads"
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _standardise(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +107,7 @@ def held_out_contrastive(
     scores: list[dict[str, Any]] = []
     kinds: dict[str, list[float]] = {}
     final_losses: list[float] = []
-    with _one_thread():
+    with single_thread():
         for index, group in enumerate(groups):
             members = np.array(sorted(int(c) for c in group["classes"]), dtype=np.int64)
             if any(not 0 <= c < n_classes for c in members):

@@ -17,7 +17,6 @@ two workers asking for the same run train it once.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -38,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from phasecore.data.shapes import load_shapes_pairs
+from phasecore.threads import single_thread
 from phasecore.zoo.recipe import BATCH, TRAIN_DATA_SEED, TRAIN_DATASET, TRAIN_SIZE, ZOO_VERSION, ZooRecipe
 from phasecore.zoo.towers import ConvTower, Tower, build_tower, scale_init
 from phasecore.zoo.vocab import MASK, PAD, encode, vocabulary
@@ -89,14 +89,6 @@ def training_set(caption_noise: float = 0.0) -> TrainingSet:
     )
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def initial_tower(recipe: ZooRecipe) -> Tower:
@@ -232,7 +224,7 @@ def ensure_run(recipe: ZooRecipe, root: Path | None = None) -> tuple[Path, dict[
         if record.is_file():  # another process trained it while this one waited
             return folder, {**json.loads(record.read_text()), "trained_now": False}
         start = time.perf_counter()
-        with _single_thread():
+        with single_thread():
             towers, losses = train_joint(run) if run.mode == "joint" else train_unimodal(run)
         seconds = time.perf_counter() - start
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
