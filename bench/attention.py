@@ -166,17 +166,21 @@ def main() -> None:
             "per_sample_loop_params": len(g.info["per_sample_loop_params"]),
             "rel_diff_vs_eager": float(np.linalg.norm(g.ntk() - reference) / np.linalg.norm(reference)),
         }
+    from stability import cpu_model  # bench/stability.py, beside this script
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     load = Path("/proc/loadavg").read_text().split()[:3] if platform.system() == "Linux" else None
     summary = {
         "n": args.n, "tokens": args.tokens, "probes": args.probes, "chunk": args.chunk, "repeat": args.repeat,
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-        "cpus": __import__("os").cpu_count(), "loadavg_after": load, "commit": commit, "configs": rows,
+        "cpus": __import__("os").cpu_count(), "cpu_model": cpu_model(), "loadavg_after": load, "commit": commit,
+        "configs": rows,
         "device": str(device), "eager_attention_on": sorted(engine.EAGER_ATTENTION_ON),
     }
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
+    print(f"CPU: {summary['cpu_model']}, {summary['threads']} threads, commit {commit}")
     for label, r in rows.items():
         print(f"{label:14s} built {r['built_with']:5s} ran {','.join(r['engine_ran']):11s} "
               f"floor {r['floor_cpu']:6.2f} s cpu, engine {r['engine_cpu']:6.2f} s cpu: "
