@@ -4,6 +4,7 @@ the prose around them untouched, the same files giving the same text."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from cli import main
@@ -56,6 +57,7 @@ def test_every_pair_is_re_decided_at_each_tau_from_its_stored_group_scores() -> 
         return {
             "group_scores": [{"s_g": s} for s in scores],
             "cka": cka,
+            "log_agop": math.log10(agop),
             "predictions": {"agop_rule": {"value": agop}},
             "stratum": {"settings": {"failure_threshold": 0.2}},
         }

@@ -34,7 +34,7 @@ from phasecore.batch import as_result
 from phasecore.data.shapes import held_out_groups, parse_shapes_options
 from phasecore.errors import PhasescreenError
 from phasecore.refs import ModelRef
-from phasecore.study import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, COMPARATORS, RULES
+from phasecore.study import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, COMPARATORS, RULE_SCORES, RULES
 from phasecore.zoo.recipe import ZooRecipe
 
 #: the base tower of the dose series: the joint seed-0 run at 300 steps
@@ -353,16 +353,14 @@ def calibration_lines(records: Sequence[Mapping[str, Any]], alpha: float) -> lis
 
 # --- the outcome threshold τ: how the decided pairs and the predictors' AUROC move with it --------------------
 
-#: rules fail a pair when their value is high, except the cross-phase rule (S_NTK^cross < 0.25); comparators are
-#: similarities (high: aligned). The score below is "higher means failure" for every predictor.
-_FAILS_LOW = frozenset({"cross_phase_rule", *COMPARATORS})
-
-
 def _failure_score(record: Mapping[str, Any], name: str) -> float | None:
-    value = ((record.get("predictions") or {}).get(name) or {}).get("value") if name in RULES else record.get(name)
-    if value is None or not math.isfinite(float(value)):
+    """Larger predicts failure: a rule's continuous score as the study forms it (``RULE_SCORES``), a comparator
+    negated (a similarity: low predicts failure); None where the record lacks a finite value."""
+    try:
+        value = RULE_SCORES[name](record) if name in RULE_SCORES else -float(record[name])
+    except (KeyError, TypeError):
         return None
-    return -float(value) if name in _FAILS_LOW else float(value)
+    return float(value) if math.isfinite(float(value)) else None
 
 
 def tau_sensitivity(records: Sequence[Mapping[str, Any]], taus: Sequence[float], alpha: float) -> list[dict[str, Any]]:
