@@ -80,18 +80,12 @@ class _Towers:
         return self.datasets[key]
 
     def outputs_of(self, model: str, dataset_ref: str, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        from phasecore.contrastive import embed
+        from phasecore.contrastive import tower_outputs
         from phasecore.sources import load_encoder
 
         key = (model, dataset_ref, n, seed)
         if key not in self.outputs:
-            data = self.dataset(dataset_ref, n, seed)
-            encoder = load_encoder(model)
-            if encoder.modality == "vision":
-                self.outputs[key] = (embed(encoder, data.images), None)
-            else:
-                templates = [embed(encoder, data.class_captions[c]) for c in range(len(data.class_names))]
-                self.outputs[key] = (embed(encoder, data.captions), templates)
+            self.outputs[key] = tower_outputs(load_encoder(model), self.dataset(dataset_ref, n, seed))
         return self.outputs[key]
 
 

@@ -27,14 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from phasecore.data.base import PairedDataset
-from phasecore.groundtruth import _group_score, outcome_groups, outcome_of
+from phasecore.groundtruth import _group_score, _kind_means, outcome_groups, outcome_of
 from phasecore.sources.base import Encoder, batch_size, call_encoder, slice_inputs
 from phasecore.threads import single_thread
 
 HEAD_DIM, TEMPERATURE, LR, STEPS, BATCH = 32, 0.1, 1e-2, 150, 128
 METHOD = "linear-heads"
-
-
 
 
 def _standardise(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +103,6 @@ def held_out_contrastive(
     x_l = torch.as_tensor(np.asarray(E_l, dtype=np.float32))
     t_l = [torch.as_tensor(np.asarray(t, dtype=np.float32)) for t in templates]
     scores: list[dict[str, Any]] = []
-    kinds: dict[str, list[float]] = {}
     final_losses: list[float] = []
     with single_thread():
         for index, group in enumerate(groups):
@@ -129,12 +126,7 @@ def held_out_contrastive(
                 )
                 z_v = F.normalize(head_v((x_v[test] - mu_v) / sd_v), dim=1)
                 predicted = members[(z_v @ F.normalize(prototypes, dim=1).T).argmax(1).numpy()]
-            score = _group_score(members, labels[test], predicted)
-            held = group.get("held_out")
-            score["held_out"] = next(iter(held)) if isinstance(held, Mapping) and held else None
-            if score["held_out"] is not None:
-                kinds.setdefault(score["held_out"], []).append(score["s_g"])
-            scores.append(score)
+            scores.append({**_group_score(members, labels[test], predicted), "held_out": None})
     if not scores:
         raise ValueError("no held-out group has ≥ 2 of its classes in the sample and pairs left to fit on")
     decision = outcome_of(np.array([s["s_g"] for s in scores]), tau=failure_threshold, alpha=outcome_alpha, seed=seed)
@@ -142,7 +134,7 @@ def held_out_contrastive(
         "method": METHOD,
         "value": decision["alignment_score"],
         "group_scores": scores,
-        "group_means": {kind: float(np.mean(v)) for kind, v in sorted(kinds.items())} or None,
+        "group_means": _kind_means(scores, groups),  # writes each score's held_out kind
         "n_groups": decision["n_groups"],
         "outcome": decision["outcome"],
         "failed": decision["failed"],
@@ -167,11 +159,20 @@ def embed(encoder: Encoder, items: Sequence[Any], *, chunk: int = 256) -> np.nda
     return torch.cat(rows).float().cpu().numpy()
 
 
+def tower_outputs(encoder: Encoder, dataset: PairedDataset) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """A frozen tower's outputs on a ``PairedDataset``: its images (vision) or captions (language), and for a
+    language tower the outputs of each class's caption templates (the prototypes' sources; None for vision)."""
+    if encoder.modality == "vision":
+        return embed(encoder, dataset.images), None
+    templates = [embed(encoder, dataset.class_captions[c]) for c in range(len(dataset.class_names))]
+    return embed(encoder, dataset.captions), templates
+
+
 def contrastive_outcome(vision: Encoder, language: Encoder, dataset: PairedDataset, **options: Any) -> dict[str, Any]:
     """``held_out_contrastive`` of two loaded encoders on a ``PairedDataset``: its images and captions through
     the frozen towers, its class caption templates as the prototypes' sources, its own held-out groups
     (``outcome_groups``, e.g. ``shapes``' held-out colours and shapes) when it has them."""
-    E_v = embed(vision, dataset.images)
-    E_l = embed(language, dataset.captions)
-    templates = [embed(language, dataset.class_captions[c]) for c in range(len(dataset.class_names))]
+    E_v, _ = tower_outputs(vision, dataset)
+    E_l, templates = tower_outputs(language, dataset)
+    assert templates is not None, "a language tower's outputs carry its class templates"
     return held_out_contrastive(E_v, E_l, dataset.labels, templates, groups=dataset.outcome_groups, **options)
