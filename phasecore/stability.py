@@ -115,8 +115,7 @@ def stability_probe(
     scales = sorted(set(float(c) for c in lr_scales) | {1.0})
     idx = subset_indices(batch_size(inputs), subset, seed)
     first_input = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
-    sub = slice_inputs(inputs, torch.as_tensor(idx, device=first_input.device))  # follows the inputs
-    distinct = distinct_inputs(sub)
+    distinct = distinct_inputs(slice_inputs(inputs, torch.as_tensor(idx, device=first_input.device)))
     n_s = len(idx)
     selected = set(params) if params is not None else {name for name, _ in model.named_parameters()}
     kw: dict[str, Any] = dict(
@@ -143,12 +142,11 @@ def stability_probe(
     tick = time.perf_counter()
     if precision == "float64":
         model = copy.deepcopy(model).double()
-        sub = _as_float64(sub)
         distinct = Distinct(inputs=_as_float64(distinct.inputs), inverse=distinct.inverse, counts=distinct.counts)
     elif precision != "float32":
         raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
     with torch.no_grad():
-        d = call_encoder(model, slice_inputs(sub, slice(0, 1))).shape[1]
+        d = call_encoder(model, slice_inputs(distinct.inputs, slice(0, 1))).shape[1]
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     reference = next(p for name, p in model.named_parameters() if name in selected)
     u0 = torch.randn(d, generator=gen, dtype=torch.float64, device="cpu")
