@@ -221,3 +221,5 @@ class ProblemOut(BaseModel):
 
 #: a route's ``responses`` entry for a status answered with a problem document (``{404: PROBLEM}``)
 PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {"application/problem+json": {}}}
+#: the problem statuses of a submission (a screening or a batch): bad request, auth, size, validation, rate, capacity
+SUBMIT_PROBLEMS: dict[int | str, dict[str, Any]] = {status: PROBLEM for status in (400, 401, 403, 413, 422, 429, 503)}

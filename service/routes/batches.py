@@ -12,7 +12,7 @@ from service.batch_schemas import BatchOut, BatchRequest
 from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.reports import document_etag
 from service.routes.screenings import IdempotencyKey
-from service.schemas import PROBLEM
+from service.schemas import PROBLEM, SUBMIT_PROBLEMS
 from store import logs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -26,13 +26,7 @@ _READ: dict[int | str, dict[str, Any]] = {401: PROBLEM, 403: PROBLEM, 404: PROBL
     response_model=BatchOut,
     responses={
         201: {"model": BatchOut, "description": "every pair was served from stored results"},
-        400: PROBLEM,
-        401: PROBLEM,
-        403: PROBLEM,
-        413: PROBLEM,
-        422: PROBLEM,
-        429: PROBLEM,
-        503: PROBLEM,
+        **SUBMIT_PROBLEMS,
     },
     summary="Submit a batch",
 )

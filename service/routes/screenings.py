@@ -20,7 +20,7 @@ from service.deps import (
     in_request_thread,
     json_response,
 )
-from service.schemas import PROBLEM, ScreeningOut, ScreeningPage, ScreeningRequest, State
+from service.schemas import PROBLEM, SUBMIT_PROBLEMS, ScreeningOut, ScreeningPage, ScreeningRequest, State
 from service.views import load_profiles, screening_href, screening_out
 from store import logs
 from store.models import ACTIVE_STATES
@@ -62,13 +62,7 @@ IdempotencyKey = Annotated[
     response_model=ScreeningOut,
     responses={
         201: {"model": ScreeningOut, "description": "served from an identical finished screening"},
-        400: PROBLEM,
-        401: PROBLEM,
-        403: PROBLEM,
-        413: PROBLEM,
-        422: PROBLEM,
-        429: PROBLEM,
-        503: PROBLEM,
+        **SUBMIT_PROBLEMS,
     },
     summary="Submit a screening",
 )
