@@ -11,6 +11,7 @@ local database's service functions (the ones the API route calls).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,21 +22,10 @@ import numpy as np
 METRIC = "held_out_contrastive"
 
 
-def _pairs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+def _pairs(args: argparse.Namespace, client: Any, session: Any) -> list[tuple[str, dict[str, Any]]]:
     """(screening id, result document) of every succeeded pair named by the arguments."""
-    named = sum(bool(x) for x in (args.screening_ids, args.results, args.batch))
-    if named != 1:
-        raise ValueError("name the pairs one way: SCREENING_ID ..., --results FILE or --batch BATCH_ID")
-    if args.batch and not args.server:
-        raise ValueError("--batch reads a batch from a server: give --server URL, or --results FILE locally")
     if args.results or args.batch:
-        if args.results:
-            document = json.loads(Path(args.results).read_text())
-        else:
-            from cli.batch import _client
-
-            with _client(args) as client:
-                document = client.batch_results(args.batch)
+        document = json.loads(Path(args.results).read_text()) if args.results else client.batch_results(args.batch)
         pairs = [
             (str(p["screening_id"]), p["result"])
             for p in document.get("pairs", [])
@@ -44,24 +34,19 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
         if not pairs:
             raise ValueError("the batch holds no succeeded pair with a screening id (was it stored locally?)")
         return pairs
-    return [(sid, _result_of(args, sid)) for sid in args.screening_ids]
+    return [(sid, _result_of(client, session, sid)) for sid in args.screening_ids]
 
 
-def _result_of(args: argparse.Namespace, screening_id: str) -> dict[str, Any]:
-    if args.server:
-        from cli.batch import _client
-
-        with _client(args) as client:
-            out = client.get_screening(screening_id)
+def _result_of(client: Any, session: Any, screening_id: str) -> dict[str, Any]:
+    if client is not None:
+        out = client.get_screening(screening_id)
     else:
         from service.screenings import read_screening
-        from store.db import local_session
 
-        with local_session() as session:
-            out = read_screening(session, screening_id)
+        out = read_screening(session, screening_id)
     if out.result is None:
         raise ValueError(f"screening {screening_id} has no result (state {out.state}): only succeeded pairs train")
-    return out.result.model_dump(mode="json")
+    return dict(out.result.model_dump(mode="json"))
 
 
 class _Towers:
@@ -132,34 +117,42 @@ def _request(out: dict[str, Any], success_above: float) -> dict[str, Any]:
 
 
 def simulate_outcomes(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train and report every named pair; one line per pair on stderr; the recorded outcomes."""
+    """Train and report every named pair; one line per pair on stderr; the recorded outcomes. One client (server
+    mode) or one database session (local mode) serves every read and report of the run."""
     if args.steps < 1:
         raise ValueError(f"--steps must be ≥ 1, got {args.steps}")
-    pairs = _pairs(args)
-    towers, recorded = _Towers(), []
-    for k, (screening_id, result) in enumerate(pairs, 1):
-        out = simulate_pair(result, towers, steps=args.steps)
-        request = _request(out, args.success_above)
-        recorded.append(_report(args, screening_id, request))
-        verdict = "success" if out["value"] >= args.success_above else "failure"
-        print(
-            f"[{k}/{len(pairs)}] {result['vision']['identity']['ref']} × {result['language']['identity']['ref']}: "
-            f"{METRIC} = {out['value']:+.3f} -> {verdict}",
-            file=sys.stderr,
-        )
+    if sum(bool(x) for x in (args.screening_ids, args.results, args.batch)) != 1:
+        raise ValueError("name the pairs one way: SCREENING_ID ..., --results FILE or --batch BATCH_ID")
+    if args.batch and not args.server:
+        raise ValueError("--batch reads a batch from a server: give --server URL, or --results FILE locally")
+    with contextlib.ExitStack() as stack:
+        if args.server:
+            from cli.batch import _client
+
+            client, session = stack.enter_context(_client(args)), None
+        else:
+            from store.db import local_session
+
+            client, session = None, stack.enter_context(local_session())
+        pairs = _pairs(args, client, session)
+        towers, recorded = _Towers(), []
+        for k, (screening_id, result) in enumerate(pairs, 1):
+            out = simulate_pair(result, towers, steps=args.steps)
+            recorded.append(_report(client, session, screening_id, _request(out, args.success_above)))
+            verdict = "success" if out["value"] >= args.success_above else "failure"
+            print(
+                f"[{k}/{len(pairs)}] {result['vision']['identity']['ref']} × "
+                f"{result['language']['identity']['ref']}: {METRIC} = {out['value']:+.3f} -> {verdict}",
+                file=sys.stderr,
+            )
     return recorded
 
 
-def _report(args: argparse.Namespace, screening_id: str, request: dict[str, Any]) -> dict[str, Any]:
-    if args.server:
-        from cli.batch import _client
-
-        with _client(args) as client:
-            return dict(client.report_outcome(screening_id, **request).model_dump(mode="json"))
+def _report(client: Any, session: Any, screening_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    if client is not None:
+        return dict(client.report_outcome(screening_id, **request).model_dump(mode="json"))
     from service.outcome_schemas import OutcomeRequest
     from service.outcomes import report_outcome
-    from store.db import local_session
 
-    with local_session() as session:
-        out, _ = report_outcome(session, screening_id, OutcomeRequest.model_validate(request))
+    out, _ = report_outcome(session, screening_id, OutcomeRequest.model_validate(request))  # commits the run
     return dict(out.model_dump(mode="json"))
