@@ -50,9 +50,9 @@ evidence: $(STAMP)
 	rm -rf $(EVIDENCE_HOME) && mkdir -p $(EVIDENCE_HOME)
 	PHASESCREEN_HOME=$(EVIDENCE_HOME) $(BIN)/phasescreen batch grids/evidence.yaml \
 		--output $(EVIDENCE_HOME)/evidence.results.json
-	PHASESCREEN_HOME=$(EVIDENCE_HOME) $(BIN)/phasescreen evidence write --out phasecore/evidence/shipped.json \
+	PHASESCREEN_HOME=$(EVIDENCE_HOME) $(BIN)/phasescreen evidence write --out phasecore/study/evidence/shipped.json \
 		--grid grids/evidence.yaml --command "make evidence"
-	$(BIN)/phasescreen evidence doc --evidence phasecore/evidence/shipped.json \
+	$(BIN)/phasescreen evidence doc --evidence phasecore/study/evidence/shipped.json \
 		--results $(EVIDENCE_HOME)/evidence.results.json --page docs/evidence.md --figures docs/evidence
 
 # The loop of reported outcomes on the evidence run (docs/evidence.md, "Reported outcomes"): the API served from the

@@ -8,10 +8,10 @@ to (B, d), on N random token sequences with a ragged mask, it times in one proce
 ``--repeat`` rounds (best of each kept):
 
 - ``floor``: M batched forward + backward passes of the N samples (chunks of ``--chunk``);
-- ``engine``: ``phasecore.ntk.probe_gram(model, x, probes=M, method="exact", chunk_size=--chunk)``;
+- ``engine``: ``phasecore.kernels.probe_gram(model, x, probes=M, method="exact", chunk_size=--chunk)``;
 
 for three configurations: ``sdpa`` (default build, the engine as it is: switched to eager on the device
-types in ``phasecore.ntk.engine.EAGER_ATTENTION_ON``), ``sdpa-noswitch`` (default build, the switch
+types in ``phasecore.kernels.engine.EAGER_ATTENTION_ON``), ``sdpa-noswitch`` (default build, the switch
 disabled), ``sdpa-switch`` (default build, the switch forced), and ``eager`` (built with
 ``attn_implementation="eager"``). It prints ``engine / floor`` per configuration in CPU time
 (``time.process_time``, all threads: robust to other load on a shared machine; on CUDA the wall time, after
@@ -35,8 +35,8 @@ import torch
 import transformers
 from torch import nn
 
-import phasecore.ntk.engine as engine
-from phasecore.ntk import probe_gram
+import phasecore.kernels.engine as engine
+from phasecore.kernels import probe_gram
 
 
 class MeanPooled(nn.Module):

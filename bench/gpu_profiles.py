@@ -8,7 +8,7 @@ Run on a lent GPU through ``bench/gpu.sh`` (docs/benchmarks.md, "GPU (not yet me
 Hugging Face models from the hub configs' shapes, written out below since nothing can be fetched there),
 wrapped in phasescreen's own ``VisionEncoder`` / ``TextEncoder`` (a word-hash tokenizer stands in for the
 real one: the token counts of the digits captions are alike, the ids are not), and profiled by
-``phasecore.profile.compute_profile`` on the digits sample with the default settings at N and M.
+``phasecore.screening.profile.compute_profile`` on the digits sample with the default settings at N and M.
 
 Per model it records the stage times (``kernel``, ``stability``, ``spectrum`` = AGOP, and the rest), the peak
 device memory (``torch.cuda.max_memory_allocated``, reset per model; null on a CPU), the method the engine
@@ -156,8 +156,8 @@ def profile_one(ref: str, modality: str, n: int, args: argparse.Namespace, devic
                 guard_s: float) -> dict[str, Any]:
     """One model's profile at N with stage times, peak memory, method and floor ratio (all measured)."""
     from phasecore.data import load_dataset
-    from phasecore.ntk.distinct import distinct_inputs
-    from phasecore.profile import _inputs, compute_profile
+    from phasecore.kernels.distinct import distinct_inputs
+    from phasecore.screening.profile import _inputs, compute_profile
     from phasecore.settings import EngineSettings
 
     row: dict[str, Any] = {"model": ref, "modality": modality, "n": n, "figures": "measured"}
@@ -216,9 +216,9 @@ def exactness(ref: str, n: int, probes: int, device: torch.device, smoke: bool) 
     import numpy as np
 
     from phasecore.data import load_dataset
-    from phasecore.ntk import probe_gram
-    from phasecore.profile import _inputs
-    from phasecore.stability import stability_probe
+    from phasecore.kernels import probe_gram
+    from phasecore.kernels.stability import stability_probe
+    from phasecore.screening.profile import _inputs
 
     started = time.perf_counter()
     modality = "vision" if ref.startswith("timm:") else "language"

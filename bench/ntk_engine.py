@@ -12,7 +12,7 @@ and N random inputs (224×224 RGB images; token ids of length 16 with a ragged a
 
 - ``floor``: one batched forward + backward of the summed outputs, in chunks of ``--chunk`` samples
   (what any gradient-based method has to pay at least once);
-- ``exact`` / ``sketch``: ``phasecore.ntk.ntk_gram(model, x, probes=1, method=..., chunk_size=--chunk)``;
+- ``exact`` / ``sketch``: ``phasecore.kernels.ntk_gram(model, x, probes=1, method=..., chunk_size=--chunk)``;
 - ``naive``: per sample, forward + backward of ``u·f(x_i)`` with the engine's probe
   (``make_probes(1, d, seed)``), flattened into J (N × P), then ``J Jᵀ / d``; skipped when J would
   exceed ``--max-jacobian-gb``. When it is skipped, ``loop`` times the same per-sample backward loop
@@ -129,7 +129,7 @@ def _floor(model: Any, inputs: Any, n: int, chunk: int) -> None:
 def _probe(model: Any, inputs: Any, seed: int) -> Any:
     import torch
 
-    from phasecore.ntk.engine import make_probes
+    from phasecore.kernels.engine import make_probes
 
     with torch.no_grad():
         d = _call(model, _rows(inputs, slice(0, 1))).shape[1]
@@ -224,7 +224,7 @@ def run_one(name: str, method: str, n: int, args: argparse.Namespace) -> dict[st
     if method == "floor":
         _floor(model, inputs, n, args.chunk)
     elif method in ("exact", "sketch"):
-        from phasecore.ntk import ntk_gram
+        from phasecore.kernels import ntk_gram
 
         gram = ntk_gram(model, inputs, probes=1, method=method, chunk_size=args.chunk, seed=args.seed)
     elif method in ("naive", "loop"):
@@ -249,10 +249,10 @@ def _engine_source() -> str:
     """A short digest of the engine's source files, so a run that spans an edit of the engine shows it."""
     import hashlib
 
-    import phasecore.ntk
+    import phasecore.kernels
 
     digest = hashlib.sha256()
-    for path in sorted(Path(phasecore.ntk.__file__).parent.glob("*.py")):
+    for path in sorted(Path(phasecore.kernels.__file__).parent.glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 

@@ -6,7 +6,7 @@
 A batch of ``--models`` vision × ``--models`` language models is stored with planted, schema-valid results
 (tests/results.py), so the report has every figure to draw. It prints the wall time of the first GET, the
 median and p99 of ``--repeat`` more GETs, their ratio, the cost of drawing the page without the cache
-(phasecore.report.inline_html), and a 304 answer to If-None-Match.
+(phasecore.presentation.report.inline_html), and a 304 answer to If-None-Match.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import select
 
-    from phasecore.report import inline_html
+    from phasecore.presentation.report import inline_html
     from service.app import create_app
     from service.batch_schemas import BatchRequest
     from service.batches import batch_document, create_batch, get_batch

@@ -6,7 +6,7 @@ that carries meaning from one that does not, and do the offline models carry it?
         [--draws 12] [--markdown]
 
 Embeds the dataset once per encoder (forward passes only: no kernel, a few minutes on a 2-core CPU) and runs
-``phasecore.groundtruth.measure_alignment`` with the dataset's held-out groups for every vision × text pair,
+``phasecore.groundtruth.mapfit.measure_alignment`` with the dataset's held-out groups for every vision × text pair,
 among them these controls, whose answers are known:
 
 - ``oracle`` (either side): features that carry the meaning of the attributes linearly, the RGB of the colour
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phasecore.data import load_dataset  # noqa: E402
 from phasecore.data.base import PairedDataset  # noqa: E402
 from phasecore.data.shapes import COLORS  # noqa: E402
-from phasecore.groundtruth import measure_alignment  # noqa: E402
-from phasecore.profile import class_prototypes  # noqa: E402
+from phasecore.groundtruth.mapfit import measure_alignment  # noqa: E402
+from phasecore.screening.profile import class_prototypes  # noqa: E402
 from phasecore.sources import load_encoder  # noqa: E402
 from phasecore.sources.base import call_encoder  # noqa: E402
 

@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/stability.py [--models efficientnet-lite0,minilm,resnet18] [--n 576] [--probes 4]
                                            [--subset 128] [--steps 10] [--dataset digits] [--out FILE.json]
 
-Per model, as ``phasecore.profile.compute_profile`` runs it (the demo's settings by default: digits, N = 576,
+Per model, as ``phasecore.screening.profile.compute_profile`` runs it (the demo's settings by default: digits, N = 576,
 M = 4, method auto, n_s = 128, T = 10): the kernel stage (``probe_gram`` over the distinct inputs, cross-probe),
 then the stability probe twice, ``before`` (its own Θ̂(θ_0) of the subset, as until this bench) and ``after``
 (Θ̂(θ_0) taken as a block of the kernel just computed), with the probe's parts (``gram_0``, ``k_0``, the T
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from phasecore.data import load_dataset
-from phasecore.ntk.distinct import distinct_inputs
-from phasecore.ntk.engine import probe_gram
-from phasecore.profile import select_params
+from phasecore.kernels.distinct import distinct_inputs
+from phasecore.kernels.engine import probe_gram
+from phasecore.kernels.stability import stability_probe
+from phasecore.screening.profile import select_params
 from phasecore.sources import load_encoder
-from phasecore.stability import stability_probe
 
 MODELS = {
     "efficientnet-lite0": "pkg:efficientnet-lite0",

@@ -29,8 +29,8 @@ def child(model: str, precision: str, threads: int, args: argparse.Namespace) ->
 
     torch.set_num_threads(threads)
     from phasecore.data import load_dataset
+    from phasecore.kernels.stability import stability_probe
     from phasecore.sources import load_encoder
-    from phasecore.stability import stability_probe
 
     encoder = load_encoder(MODELS[model])
     data = load_dataset("digits", n=args.n, seed=0)

@@ -170,7 +170,7 @@ class _PairProgress:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from phasecore.batch import load_grid
+    from phasecore.screening.batch import load_grid
 
     try:
         grid = load_grid(args.grid)
@@ -188,7 +188,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
-    from phasecore.batch_run import run_grid
+    from phasecore.screening.batch_run import run_grid
     from phasecore.sources import resolve_device
     from store.models import jsonable
     from store.settings import ServiceSettings
@@ -269,7 +269,7 @@ def _batch_on_server(args: argparse.Namespace, grid: Any, settings: Any) -> dict
 
 
 def _finish_batch(args: argparse.Namespace, document: dict[str, Any]) -> int:
-    from phasecore.batch import summary_table, to_csv
+    from phasecore.screening.batch import summary_table, to_csv
 
     output = args.output or Path(f"{document.get('name') or args.grid.stem}.results.json")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,7 @@ def _finish_batch(args: argparse.Namespace, document: dict[str, Any]) -> int:
     print(summary_table(document))
     print(f"results: {output}" + (f", {args.csv}" if args.csv else ""))
     if args.report:
-        from phasecore.report import write_report
+        from phasecore.presentation.report import write_report
 
         paths = write_report(document, args.report)
         print(f"report: {paths[-1]}")
@@ -309,8 +309,8 @@ def _gate_error(args: argparse.Namespace, message: object) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from phasecore.gate import decide, require_policy_model
     from phasecore.settings import EngineSettings
+    from phasecore.study.gate import decide, require_policy_model
     from store.models import jsonable
 
     settings = EngineSettings.model_validate(engine_overrides(args))
@@ -362,7 +362,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], str | None]:
-    from phasecore.pipeline import screen
+    from phasecore.screening.pipeline import screen
     from store.settings import ServiceSettings
 
     service_settings = ServiceSettings()
@@ -387,7 +387,7 @@ def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any
 
 def _local_study(dataset: str | None = None) -> dict[str, Any]:
     from store.db import local_session
-    from store.study import run_study
+    from store.records import run_study
 
     with local_session() as session:
         return run_study(session, dataset=dataset)
@@ -397,8 +397,8 @@ def _local_study(dataset: str | None = None) -> dict[str, Any]:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from phasecore.batch import check_document
-    from phasecore.report import write_report
+    from phasecore.presentation.report import write_report
+    from phasecore.screening.batch import check_document
 
     path = Path(args.batch)
     try:
@@ -451,7 +451,7 @@ def study_summary(study: dict[str, Any]) -> str:
 
     Figures compare only within a stratum (same dataset, settings and metrics version), so each stratum gets
     its own block; a study without strata (no stored version-2 pair, or an older server) prints its top level.
-    A study with a ``shipped_evidence`` key (``store.study.run_study``, ``GET /v1/study``) prints two labelled
+    A study with a ``shipped_evidence`` key (``store.records.run_study``, ``GET /v1/study``) prints two labelled
     parts: the deployment's own stored pairs, then the shipped evidence (or that none is installed)."""
     if "shipped_evidence" not in study:
         return "\n".join([_own_summary(study), *_reported_summary(study)])
@@ -474,7 +474,7 @@ def study_summary(study: dict[str, Any]) -> str:
     if not shipped.get("strata"):
         lines.append("  no stratum of the shipped evidence matches")
     else:
-        from phasecore.evidence import non_default_options
+        from phasecore.study.evidence import non_default_options
 
         for entry in shipped["strata"]:
             options = non_default_options((entry.get("stratum") or {}).get("settings") or {})

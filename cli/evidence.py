@@ -1,4 +1,4 @@
-"""``phasescreen evidence write | check``: the shipped evidence file (phasecore.evidence, docs/evidence.md).
+"""``phasescreen evidence write | check``: the shipped evidence file (phasecore.study.evidence, docs/evidence.md).
 
 ``write`` reads every stored pair of the local database (the embedded store, or ``$PHASESCREEN_DATABASE_URL``),
 computes the study by stratum and writes the evidence file with the records it came from, the time, the git
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "commit, command, settings, study and records.",
     )
     write.add_argument(
-        "--out", type=Path, required=True, help="the file to write, e.g. phasecore/evidence/shipped.json"
+        "--out", type=Path, required=True, help="the file to write, e.g. phasecore/study/evidence/shipped.json"
     )
     write.add_argument("--dataset", help="only pairs screened on this dataset")
     write.add_argument("--grid", type=Path, help="the grid YAML the pairs were screened from (recorded in settings)")
@@ -84,9 +84,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_write(args: argparse.Namespace) -> int:
     from phasecore import ENGINE_VERSION
-    from phasecore.evidence import write_evidence
+    from phasecore.study.evidence import write_evidence
     from store.db import local_session
-    from store.study import study_records
+    from store.records import study_records
 
     try:
         settings: dict[str, Any] = {"engine_version": ENGINE_VERSION, "dataset_filter": args.dataset}
@@ -122,8 +122,8 @@ def run_write(args: argparse.Namespace) -> int:
 
 
 def run_doc(args: argparse.Namespace) -> int:
-    from phasecore.evidence import read_evidence
-    from phasecore.evidence.doc import write_doc
+    from phasecore.presentation.evidence_page import write_doc
+    from phasecore.study.evidence import read_evidence
 
     try:
         evidence = read_evidence(args.evidence)
@@ -139,7 +139,7 @@ def run_doc(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from phasecore.evidence import EvidenceError, evidence_path, read_evidence, verify_evidence
+    from phasecore.study.evidence import EvidenceError, evidence_path, read_evidence, verify_evidence
 
     path = args.path or evidence_path()
     try:

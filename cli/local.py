@@ -22,7 +22,7 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
 
 def profile_cache(args: argparse.Namespace) -> Any:
     """The on-disk profile cache (``--cache-dir``, else ``$PHASESCREEN_HOME/profiles``); None with ``--no-cache``."""
-    from phasecore.pipeline import ProfileCache
+    from phasecore.screening.pipeline import ProfileCache
 
     if getattr(args, "no_cache", False):
         return None

@@ -1,6 +1,6 @@
 """``phasescreen outcome report | list | simulate``: what training runs of screened pairs achieved (the study's
 reported labels); ``simulate`` runs a short real contrastive training of each screened pair (frozen towers, linear
-heads: ``phasecore.contrastive``) and reports what it reached, the loop's demonstration (docs/evidence.md).
+heads: ``phasecore.groundtruth.contrastive``) and reports what it reached, the loop's demonstration (docs/evidence.md).
 
 Locally (the embedded default) the outcome is recorded in the local database next to the screenings
 ``phasescreen screen`` and ``gate`` stored there; with ``--server URL`` (or ``$PHASESCREEN_SERVER``) through

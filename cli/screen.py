@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from cli.engine_flags import add_engine_arguments, engine_overrides
 from cli.local import add_local_arguments, local_device, profile_cache, store_screening
-from phasecore.schema import AgopSummary, RulePrediction, ScreeningResult
+from phasecore.screening.result import AgopSummary, RulePrediction, ScreeningResult
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,7 +78,7 @@ def _with_measured_rules(result: dict[str, Any]) -> dict[str, Any]:
     """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim."""
     try:
         from store.db import local_session
-        from store.study import with_measured_rules
+        from store.records import with_measured_rules
 
         with local_session() as session:
             return with_measured_rules(session, result)
@@ -177,7 +177,7 @@ def summary(result: ScreeningResult | dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from phasecore.errors import PhasescreenError
-    from phasecore.pipeline import screen, validate_request
+    from phasecore.screening.pipeline import screen, validate_request
     from phasecore.sources import resolve_device
 
     try:

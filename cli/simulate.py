@@ -2,10 +2,10 @@
 
 Each pair's two towers are loaded as the screening loaded them (its canonical references), a fresh sample of the
 screening's dataset is drawn (the screening's N, its seed + 1: the training job's data is not the screening's
-sample), and ``phasecore.contrastive.held_out_contrastive`` trains linear heads per held-out group and scores the
-held-out values. Tower outputs are computed once per (reference, sample) and reused across a batch's pairs. The
-value is reported through the same path as ``phasescreen outcome report``: the API with ``--server``, else the
-local database's service functions (the ones the API route calls).
+sample), and ``held_out_contrastive`` (phasecore.groundtruth.contrastive) trains linear heads per held-out group
+and scores the held-out values. Tower outputs are computed once per (reference, sample) and reused across a
+batch's pairs. The value is reported through the same path as ``phasescreen outcome report``: the API with
+``--server``, else the local database's service functions (the ones the API route calls).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class _Towers:
         return self.datasets[key]
 
     def outputs_of(self, model: str, dataset_ref: str, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        from phasecore.contrastive import tower_outputs
+        from phasecore.groundtruth.contrastive import tower_outputs
         from phasecore.sources import load_encoder
 
         key = (model, dataset_ref, n, seed)
@@ -76,7 +76,7 @@ class _Towers:
 
 def simulate_pair(result: dict[str, Any], towers: _Towers, *, steps: int) -> dict[str, Any]:
     """``held_out_contrastive`` of a screened pair on a fresh sample of its dataset; with the sample's name."""
-    from phasecore.contrastive import held_out_contrastive
+    from phasecore.groundtruth.contrastive import held_out_contrastive
 
     settings, described = result["settings"], result["dataset"]
     dataset_ref = (result.get("stratum") or {}).get("dataset") or described.get("ref") or described["name"]

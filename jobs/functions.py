@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from jobs import lifecycle, metrics
+from jobs import lifecycle, prometheus
 from jobs.encoders import EncoderCache
 from jobs.queue import JobRef
 from jobs.runtime import Runtime
@@ -46,7 +46,7 @@ from store.batch_models import BatchPair
 from store.jobstats import record_stage_durations
 from store.models import ModelProfile, Screening, jsonable
 from store.problems import from_domain_error, problem_document
-from store.study import with_measured_rules
+from store.records import with_measured_rules
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def final_write(rt: Runtime, what: str, write: Callable[[Session], T]) -> T:
         except Exception as exc:
             if not _transient_db_error(exc) or time.monotonic() + pause > deadline:
                 raise
-            metrics.FINAL_WRITE_RETRIES.inc()
+            prometheus.FINAL_WRITE_RETRIES.inc()
             log.warning("%s: database unreachable (try %d), trying again in %.2g s: %s", what, tries, pause, exc)
             time.sleep(pause)
             pause = min(pause * 2, _FINAL_WRITE_MAX_PAUSE)
@@ -178,7 +178,7 @@ def run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
 
 
 def _run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
-    from phasecore.pipeline import compute_profile
+    from phasecore.screening.pipeline import compute_profile
 
     rt = runtime
     settings = rt.settings
@@ -284,7 +284,7 @@ def _pair_context(rt: Runtime, screening_id: str) -> dict[str, str | None]:
 
 
 def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
-    from phasecore.pipeline import screen_pair
+    from phasecore.screening.pipeline import screen_pair
 
     rt = runtime
     with rt.session() as session:
@@ -382,7 +382,7 @@ def _stopped(rt: Runtime, lease: lifecycle.Lease, stop: JobStopped) -> None:
 
 
 def _stored(blobs: dict[str, bytes | None], profile_id: str) -> Any:
-    from phasecore.pipeline import ModelProfile as EngineProfile
+    from phasecore.screening.pipeline import ModelProfile as EngineProfile
 
     blob = blobs.get(profile_id)
     if blob is None:  # transient by nature: a profile that succeeded always has its blob
@@ -392,8 +392,8 @@ def _stored(blobs: dict[str, bytes | None], profile_id: str) -> Any:
 
 def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: float) -> str:
     log.info("%s job %s in %.1f s", kind, outcome, time.monotonic() - started, extra={"outcome": outcome})
-    metrics.JOBS.labels(kind, outcome).inc()
-    metrics.JOB_SECONDS.labels(kind, outcome).observe(time.monotonic() - started)
+    prometheus.JOBS.labels(kind, outcome).inc()
+    prometheus.JOB_SECONDS.labels(kind, outcome).observe(time.monotonic() - started)
     try:
         with rt.session() as session:
             record_stage_durations(session, kind, tracker.durations)
@@ -404,7 +404,7 @@ def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: 
 
 
 def _fail(rt: Runtime, lease: lifecycle.Lease, problem: dict[str, Any], kind: str) -> None:
-    metrics.FAILURES.labels(kind, problem["type"].rsplit(":", 1)[-1]).inc()
+    prometheus.FAILURES.labels(kind, problem["type"].rsplit(":", 1)[-1]).inc()
     with rt.session() as session:
         if lease.table is ModelProfile:
             lifecycle.fail_profile(session, lease.row_id, problem, lease)
@@ -423,7 +423,7 @@ def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: Ba
         problem = lifecycle.gave_up_problem(what, attempt, {"detail": detail})
         _fail(rt, lease, problem, "profile" if lease.table is ModelProfile else "pair")
         return
-    metrics.FAILURES.labels("profile" if lease.table is ModelProfile else "pair", "retrying").inc()
+    prometheus.FAILURES.labels("profile" if lease.table is ModelProfile else "pair", "retrying").inc()
     problem = problem_document(
         500,
         "retrying",

@@ -27,7 +27,7 @@ from typing import cast
 from sqlalchemy import and_, select
 from sqlalchemy.orm import aliased
 
-from jobs import lifecycle, metrics
+from jobs import lifecycle, prometheus
 from jobs.queue import JobKind, JobRef
 from jobs.runtime import Runtime
 from store.models import (
@@ -171,9 +171,9 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
         if not runtime.queue.is_pending(job.id):
             runtime.queue.enqueue(job)
             report.enqueued.append(job.id)
-    metrics.RECONCILED.labels("requeued").inc(len(report.requeued))
-    metrics.RECONCILED.labels("enqueued").inc(len(report.enqueued))
-    metrics.RECONCILED.labels("failed").inc(len(report.failed))
+    prometheus.RECONCILED.labels("requeued").inc(len(report.requeued))
+    prometheus.RECONCILED.labels("enqueued").inc(len(report.enqueued))
+    prometheus.RECONCILED.labels("failed").inc(len(report.failed))
     if report:
         log.info(
             "reconciler: %d lost jobs queued again, %d missing jobs enqueued, %d failed",

@@ -17,8 +17,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
-from jobs.metrics import REGISTRY
 from jobs.orphans import die_with_parent
+from jobs.prometheus import REGISTRY
 from jobs.reconcile import PeriodicReconciler, reconcile
 from jobs.runner import open_runtime, set_runtime
 from phasecore.errors import InvalidSettings

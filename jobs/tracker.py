@@ -22,7 +22,7 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session
 
-from jobs import lifecycle, metrics
+from jobs import lifecycle, prometheus
 from jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class JobTracker:
     def _close_stage(self) -> None:
         if self._stage is not None:
             elapsed = time.monotonic() - self._stage_started
-            metrics.STAGE_SECONDS.labels(self._kind, self._stage).observe(elapsed)
+            prometheus.STAGE_SECONDS.labels(self._kind, self._stage).observe(elapsed)
             self.durations[self._stage] = self.durations.get(self._stage, 0.0) + elapsed
             self._stage = None
 
@@ -162,7 +162,7 @@ class JobTracker:
                 if stalled > settings.stall_timeout
                 else f"{overdue:.0f} s past its deadline (PHASESCREEN_JOB_TIMEOUT={settings.job_timeout})"
             )
-            metrics.FAILURES.labels(self._kind, "stalled").inc()
+            prometheus.FAILURES.labels(self._kind, "stalled").inc()
             exit_process = self._runtime.exit_process
             if exit_process is None:
                 log.error("%s job %s is hung: %s; its lease runs out", self._kind, self._lease.row_id, why)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
 from phasecore.errors import ExceedsWorkerBudget, ExceedsWorkerMemory
-from phasecore.refs import ModelRef
+from phasecore.references.refs import ModelRef
 
 #: Where models run: ``auto`` (the first GPU torch sees, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A runtime
 #: choice, not an engine setting: it changes float rounding only, so it is not part of any key.
@@ -161,7 +161,7 @@ def profile_key(
     model_ref: str, modality: str, dataset_ref: str, settings: EngineSettings, *, model_version: str | None = None
 ) -> str:
     """sha256 of the canonical (model, modality, dataset, profile settings, engine version), and of the model's
-    content version where known (``phasecore.registry.model_version``: package version, files, hub revision)."""
+    content version where known (``references.registry.model_version``: package version, files, hub revision)."""
     payload: dict[str, Any] = {
         "model": ModelRef.parse(model_ref).canonical(),
         "modality": modality,

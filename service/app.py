@@ -25,7 +25,7 @@ from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from service import openapi
 from service.deps import bind_path_ids, enforce_rate_limit
-from service.metrics import ApiMetrics, MetricsMiddleware
+from service.prometheus import ApiMetrics, MetricsMiddleware
 from service.proxies import TrustedProxies
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.reports import ReportCache

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from jobs import lifecycle
 from jobs.queue import JobQueue, JobRef
 from phasecore import ENGINE_VERSION
-from phasecore import batch as engine_batch
 from phasecore.errors import PhasescreenError
-from phasecore.refs import ModelRef
+from phasecore.references.refs import ModelRef
+from phasecore.screening import batch as engine_batch
 from service import screenings
 from service.batch_schemas import BatchCell, BatchOut, BatchRequest
 from service.contract import check_dataset_syntax, check_reference_syntax, is_id
@@ -319,7 +319,7 @@ def _counts(states: list[str]) -> dict[str, int]:
 
 
 def batch_document(session: Session, batch: Batch) -> dict[str, Any]:
-    """The batch document of ``phasecore.batch`` (results.json, the input of reports)."""
+    """The batch document of ``phasecore.screening.batch`` (results.json, the input of reports)."""
     request = batch.request
     grid = engine_batch.Grid(
         vision=tuple(request["vision"]),

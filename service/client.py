@@ -216,7 +216,7 @@ class PhasescreenClient:
         )
 
     def batch_results(self, batch_id: str) -> dict[str, Any]:
-        """The batch document (``phasecore.batch``): every pair with its full result."""
+        """The batch document (``phasecore.screening.batch``): every pair with its full result."""
         return cast("dict[str, Any]", self._get_json(f"/v1/batches/{batch_id}/results.json"))  # a JSON object
 
     def batch_results_csv(self, batch_id: str) -> str:

@@ -14,7 +14,7 @@ import re
 
 from phasecore.errors import InvalidReference
 
-# -- model references: source:name[@revision][?key=value&...] (phasecore.refs, stricter where it is lenient)
+# -- model references: source:name[@revision][?key=value&...] (phasecore.references.refs, stricter where it is lenient)
 _NAME = r"[A-Za-z0-9_./-][A-Za-z0-9_./@-]*"
 _BLEND = r"(?:0(?:\.[0-9]+)?|1(?:\.0+)?|\.[0-9]+|[0-9](?:\.[0-9]+)?e-[0-9]*[1-9][0-9]*)"  # a number in [0, 1]
 _OPTION = (

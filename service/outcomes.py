@@ -2,7 +2,7 @@
 
 Plain functions over a session, shared by the API routes and ``phasescreen outcome report`` in local mode. A
 report attaches to a succeeded screening the caller may see; the study reads the reports as its second label
-source (``store.study``, ``phasecore.reported``).
+source (``store.records``, ``phasecore.study.reported``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from phasecore.reported import is_success
+from phasecore.study.reported import is_success
 from service.contract import is_id
 from service.outcome_schemas import OutcomeOut, OutcomeRequest
 from service.screenings import decode_cursor, encode_cursor, get_screening

@@ -57,6 +57,6 @@ class ReportCache:
     def _draw(self, document: Mapping[str, Any]) -> str:
         if self._render is not None:
             return self._render(document)
-        from phasecore.report import inline_html  # matplotlib: imported on the first report only
+        from phasecore.presentation.report import inline_html  # matplotlib: imported on the first report only
 
         return inline_html(document)

@@ -13,7 +13,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.contract import is_id
-from service.metrics import bounded_labels
+from service.prometheus import bounded_labels
 from store import logs
 
 access_log = logging.getLogger("phasescreen.access")

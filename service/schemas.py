@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from phasecore import settings as engine
-from phasecore.schema import ScreeningResult
+from phasecore.screening.result import ScreeningResult
 from service.contract import DATASET_MAX_LENGTH, DATASET_PATTERN, REFERENCE_MAX_LENGTH, REFERENCE_PATTERN
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]

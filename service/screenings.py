@@ -21,8 +21,8 @@ from jobs import lifecycle
 from jobs.queue import JobQueue
 from phasecore import ENGINE_VERSION
 from phasecore.errors import InvalidSettings, PhasescreenError
-from phasecore.refs import ModelRef
-from phasecore.registry import check_reference, model_version
+from phasecore.references.refs import ModelRef
+from phasecore.references.registry import check_reference, model_version
 from phasecore.settings import EngineSettings, check_compute, check_memory, profile_key
 from service.contract import check_dataset_syntax, check_reference_syntax, is_id
 from service.profiles import ProfileSpec, get_or_create_profiles
@@ -123,7 +123,7 @@ def _validate(
     check_reference(
         language, "language", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
     )
-    from phasecore.validation import validate_dataset  # sklearn's bundled digits: imported on first use
+    from phasecore.screening.validation import validate_dataset  # sklearn's bundled digits: imported on first use
 
     validate_dataset(dataset, options, data_root=data_root)
 

@@ -121,7 +121,7 @@ class ModelProfile(_JobColumns, Base):
     __tablename__ = "model_profiles"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    key: Mapped[str] = mapped_column(String(64), unique=True)  # phasecore.pipeline.profile_key
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # phasecore.screening.pipeline.profile_key
     model_ref: Mapped[str] = mapped_column(String(512), index=True)
     modality: Mapped[str] = mapped_column(String(16))
     dataset_ref: Mapped[str] = mapped_column(String(256))
@@ -162,7 +162,7 @@ class Outcome(Base):
 
     ``success_direction`` says how ``value`` is read against ``success_threshold``: ``above`` (success when
     value ≥ threshold) or ``below`` (success when value ≤ threshold). Several runs of one screening are rows of
-    their own; the study takes the latest of a pair (``phasecore.reported``)."""
+    their own; the study takes the latest of a pair (``phasecore.study.reported``)."""
 
     __tablename__ = "outcomes"
     __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_outcomes_owner_idempotency_key"),)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from phasecore.refs import parse_model_patterns
+from phasecore.references.refs import parse_model_patterns
 from phasecore.settings import DEVICE_SPEC
 
 DEFAULT_SOURCES = ("timm", "hf", "file", "pkg", "zoo")

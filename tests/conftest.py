@@ -44,7 +44,7 @@ def option_flags(options: dict | None = None) -> list[str]:
 
 def build_tiny_bert(root: Path) -> Path:
     """``root/tiny-bert``: MiniLM's tokenizer files and a 2-layer, 32-wide BERT config (random init)."""
-    from phasecore.registry import PACKAGES
+    from phasecore.references.registry import PACKAGES
 
     source = Path(importlib.import_module(PACKAGES["all-minilm-l6-v2"].module).get_model_path())
     target = root / "tiny-bert"

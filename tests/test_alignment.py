@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from phasecore.alignment import NullResult, kernel_alignment, permutation_null
+from phasecore.similarity.kernel_alignment import NullResult, kernel_alignment, permutation_null
 
 
 def _gram(n: int, d: int, seed: int) -> np.ndarray:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from phasecore.errors import SourceNotAllowed
-from phasecore.refs import ModelRef, check_allowed_models, parse_model_patterns
-from phasecore.registry import check_reference, timm_model_names
+from phasecore.references.refs import ModelRef, check_allowed_models, parse_model_patterns
+from phasecore.references.registry import check_reference, timm_model_names
 from store.settings import ServiceSettings
 
 PATTERNS = ("hf:sentence-transformers/*", "hf:google/bert_uncased_L-?_H-*", "timm:resnet*")

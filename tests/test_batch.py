@@ -10,9 +10,9 @@ import sqlite3
 import pytest
 
 from cli import main
-from phasecore.batch import CSV_FIELDS, Grid, check_document, load_grid
 from phasecore.errors import InvalidReference, InvalidSettings
-from phasecore.schema import ScreeningResult
+from phasecore.screening.batch import CSV_FIELDS, Grid, check_document, load_grid
+from phasecore.screening.result import ScreeningResult
 from tests.conftest import TINY_LANGUAGE, TINY_VISION, write_grid
 
 
@@ -78,7 +78,7 @@ def test_grid_errors_exit_2_with_what_to_change(tmp_path, capsys) -> None:
 
 
 def test_the_shipped_grids() -> None:
-    from phasecore.registry import check_reference, check_timm_name
+    from phasecore.references.registry import check_reference, check_timm_name
 
     paper = load_grid("grids/paper-144.yaml")
     assert (len(paper.vision), len(paper.language), paper.n_pairs) == (12, 12, 144)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from phasecore.errors import InvalidReference, PhasescreenError
-from phasecore.refs import ModelRef
+from phasecore.references.refs import ModelRef
 from phasecore.settings import EngineSettings
 from service.contract import (
     DATASET_PATTERN,

@@ -1,5 +1,5 @@
-"""The contrastive outcome (phasecore.contrastive): linear heads trained per held-out group on frozen tower outputs,
-scored on the held-out values (what ``phasescreen outcome simulate`` reports)."""
+"""The contrastive outcome (phasecore.groundtruth.contrastive): linear heads trained per held-out group on frozen
+tower outputs, scored on the held-out values (what ``phasescreen outcome simulate`` reports)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phasecore.contrastive import contrastive_outcome, held_out_contrastive
 from phasecore.data import load_dataset
+from phasecore.groundtruth.contrastive import contrastive_outcome, held_out_contrastive
 from phasecore.sources import load_encoder
 
 

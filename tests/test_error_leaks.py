@@ -9,7 +9,7 @@ import pytest
 
 from phasecore.errors import AssetUnavailable, InvalidReference, PhasescreenError, SourceNotAllowed, describe, scrub
 from phasecore.paths import resolve_under
-from phasecore.registry import check_reference
+from phasecore.references.registry import check_reference
 from store.problems import from_domain_error
 
 

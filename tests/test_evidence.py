@@ -1,4 +1,4 @@
-"""The shipped evidence (phasecore.evidence): its file, written by the code from study records, and the lookup
+"""The shipped evidence (phasecore.study.evidence): its file, written by the code from study records, and the lookup
 that shows its figures as ``measured`` in its strata until the deployment's own decided pairs there reach 20,
 never mixing the two sources. Every evidence file here is written by ``write_evidence`` from synthetic records
 into a tmp dir; the package's own file (if any) is checked by recomputing its study."""
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from phasecore.evidence import (
+from phasecore.screening.result import MeasuredRule
+from phasecore.study.evidence import (
     DEFAULT_EVIDENCE_PATH,
     EVIDENCE_PATH_ENV,
     MIN_LABELLED,
@@ -23,8 +24,7 @@ from phasecore.evidence import (
     verify_evidence,
     write_evidence,
 )
-from phasecore.schema import MeasuredRule
-from phasecore.study import RULES, measured_rules, study_by_stratum
+from phasecore.study.quality import RULES, measured_rules, study_by_stratum
 from tests.test_study import STRATUM_A, STRATUM_B, _predictions, hidden_records
 
 NO_LABELS = {"evidence": None, "deployment_n_labelled": None, "shipped_evidence_strata": None}
@@ -177,7 +177,9 @@ def test_no_evidence_file_means_no_shipped_evidence_and_says_so(tmp_path: Path, 
     assert m == {**measured_rules(own["strata"][0])["agop_rule"], **NO_LABELS} and m["source"] == "deployment"
 
     monkeypatch.delenv(EVIDENCE_PATH_ENV)
-    assert evidence_path() == DEFAULT_EVIDENCE_PATH == Path(__file__).parents[1] / "phasecore/evidence/shipped.json"
+    assert evidence_path() == DEFAULT_EVIDENCE_PATH == (
+        Path(__file__).parents[1] / "phasecore/study/evidence/shipped.json"
+    )
 
 
 def test_a_file_this_code_cannot_read_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from phasecore.evidence import EVIDENCE_PATH_ENV
 from phasecore.settings import EngineSettings
+from phasecore.study.evidence import EVIDENCE_PATH_ENV
 from tests.results import planted_pairs
 
 
@@ -85,7 +85,7 @@ def test_evidence_is_written_from_the_local_store_checked_and_shown_beside_the_o
 
 def test_the_screen_output_labels_shipped_figures():
     from cli.screen import _measured
-    from phasecore.schema import RulePrediction
+    from phasecore.screening.result import RulePrediction
 
     base = {"value": 1.0, "threshold": 0.5, "predicts_failure": True, "claimed_accuracy": 0.94, "source": "paper"}
     figures = {"status": "ok", "reason": None, "n_labelled": 36, "failure_base_rate": 0.4, "n": 30, "auroc": 0.8,

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 from cli import main
-from phasecore.evidence import write_evidence
-from phasecore.evidence.doc import BEGIN, END, evidence_markdown, replace_section
+from phasecore.presentation.evidence_page import BEGIN, END, evidence_markdown, replace_section
+from phasecore.study.evidence import write_evidence
 from tests.test_report import _blend_document
 from tests.test_study import hidden_records
 
@@ -51,7 +51,7 @@ def test_evidence_doc_writes_the_study_beside_the_claims_and_every_pair(tmp_path
 
 
 def test_every_pair_is_re_decided_at_each_tau_from_its_stored_group_scores() -> None:
-    from phasecore.evidence.zoo import tau_lines, tau_sensitivity
+    from phasecore.presentation.evidence_zoo import tau_lines, tau_sensitivity
 
     def record(scores: list[float], cka: float, agop: float) -> dict:
         return {

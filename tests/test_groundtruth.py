@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binom
 
 from phasecore.errors import InvalidSettings
-from phasecore.groundtruth import FIGURES, _poisson_binomial_sf, measure_alignment
+from phasecore.groundtruth.mapfit import FIGURES, _poisson_binomial_sf, measure_alignment
 
 FIGURE_KEYS = {
     "status", "reason", "accuracy", "correct", "n", "chance", "p_value", "ci95",

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from phasecore.infoplane import (
+from phasecore.similarity.infoplane import (
     information_plane,
     mutual_information,
     normalised_gram,
@@ -64,8 +64,8 @@ def test_model_information_plane_reads_every_block_then_the_embedding() -> None:
     import torch
     from torch import nn
 
-    from phasecore.infoplane import model_information_plane
-    from phasecore.profile import block_list
+    from phasecore.screening.profile import block_list
+    from phasecore.similarity.infoplane import model_information_plane
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4)).double()

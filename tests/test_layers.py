@@ -112,7 +112,7 @@ from store.settings import ServiceSettings
 from service.schemas import ScreeningRequest
 from service.screenings import normalize_request
 from phasecore.errors import PhasescreenError
-from phasecore.registry import check_reference
+from phasecore.references.registry import check_reference
 
 home = Path(sys.argv[1])
 settings = ServiceSettings(home=home, model_root=home, database_url=None, redis_url=None)
@@ -163,7 +163,7 @@ def test_the_api_process_starts_and_checks_references_without_torch(tmp_path: Pa
 def test_the_timm_names_read_from_source_are_timm_s_registry() -> None:
     import timm
 
-    from phasecore.registry import timm_model_names
+    from phasecore.references.registry import timm_model_names
 
     assert timm_model_names() == frozenset(timm.list_models())
 

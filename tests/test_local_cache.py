@@ -56,7 +56,7 @@ def test_a_changed_file_model_is_profiled_again(local_env, tiny_model_root: Path
 
 @pytest.mark.parametrize("ref", ["timm:test_vit?weights=random"])
 def test_models_without_a_known_version_keep_their_key(ref: str) -> None:
-    from phasecore.pipeline import profile_key, versioned_profile_key
+    from phasecore.screening.pipeline import profile_key, versioned_profile_key
     from phasecore.settings import EngineSettings
 
     settings = EngineSettings(n=20)

@@ -15,7 +15,7 @@ timm = pytest.importorskip("timm")
 from safetensors.torch import save_file  # noqa: E402
 
 from phasecore.errors import InvalidReference, UnsupportedModel  # noqa: E402
-from phasecore.refs import ModelRef  # noqa: E402
+from phasecore.references.refs import ModelRef  # noqa: E402
 from phasecore.sources import load_encoder, size  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from phasecore.errors import InvalidSettings
-from phasecore.groundtruth import measure_alignment, min_groups_for, outcome_groups, outcome_of, sign_flip_test
+from phasecore.groundtruth.mapfit import measure_alignment, min_groups_for, outcome_groups, outcome_of, sign_flip_test
 
 
 def brute_force(scores, tau):

@@ -144,7 +144,7 @@ def test_the_wheel_runs_outside_the_checkout(installed: Path, outside: dict, tmp
     app = "from service.app import create_app; app = create_app(); print(app.title, len(app.routes))"
     assert "phasescreen" in _run([python, "-c", app], **outside).stdout.lower()
 
-    grid = "from phasecore.batch import load_grid; g = load_grid('grids/offline.yaml'); print(g.n_pairs)"
+    grid = "from phasecore.screening.batch import load_grid; g = load_grid('grids/offline.yaml'); print(g.n_pairs)"
     assert int(_run([python, "-c", grid], **outside).stdout) > 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from phasecore.errors import InvalidReference
-from phasecore.refs import ModelRef
+from phasecore.references.refs import ModelRef
 
 
 @pytest.mark.parametrize(

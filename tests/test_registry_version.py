@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phasecore.registry import PACKAGES, _installed_version
+from phasecore.references.registry import PACKAGES, _installed_version
 
 
 def _install(site: Path, version: str) -> None:

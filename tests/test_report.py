@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from phasecore.report import FIGURES, inline_html, rule_counts, write_report
+from phasecore.presentation.report import FIGURES, inline_html, rule_counts, write_report
 from tests.results import full_result
 
 RULES = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
@@ -202,7 +202,7 @@ def _blend_document() -> dict:
 
 
 def test_dose_response_follows_the_blend(tmp_path: Path) -> None:
-    from phasecore.report import blend_of, dose_response_series, figures_of
+    from phasecore.presentation.report import blend_of, dose_response_series, figures_of
 
     assert blend_of("pkg:efficientnet-lite0?blend=0.25&seed=2") == ("pkg:efficientnet-lite0", 0.25)
     assert blend_of("timm:resnet18?weights=random") == ("timm:resnet18", 1.0)

@@ -1,4 +1,4 @@
-"""The study's reported label source (phasecore.reported) and the gate's `reported` policy, without a database:
+"""The study's reported label source (phasecore.study.reported) and the gate's `reported` policy, without a database:
 success by the reporter's own threshold, one label per pair (its latest run), the reported stratum, the
 proxy-against-reported confusion table, and the policy's fallback to `measured`."""
 
@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from phasecore.gate import GateUndecided, decide, require_policy_model
-from phasecore.reported import agreement, is_success, reported_records, reported_study, stratum_reported
 from phasecore.settings import EngineSettings
-from phasecore.study import RULES, study_by_stratum
-from store.study import record_of
+from phasecore.study.gate import GateUndecided, decide, require_policy_model
+from phasecore.study.quality import RULES, study_by_stratum
+from phasecore.study.reported import agreement, is_success, reported_records, reported_study, stratum_reported
+from store.records import record_of
 from tests.results import planted_pairs
 
 

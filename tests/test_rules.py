@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from phasecore.rules import PAPER, pair_rules, phase_of
+from phasecore.study.paper_rules import PAPER, pair_rules, phase_of
 
 RULE_KEYS = {
     "value",
@@ -179,7 +179,7 @@ def test_paper_record_names_the_claims():
 
 def test_an_s_ntk_near_a_phase_edge_is_noted() -> None:
     """Float rounding moves S_NTK by about 0.005 (docs/metrics.md §3): a value that close to 0.5 or 0.9 is noted."""
-    from phasecore.pipeline import _phase_edge_notes
+    from phasecore.screening.pipeline import _phase_edge_notes
 
     assert _phase_edge_notes("vision", 0.8981) and "phase edge 0.9" in _phase_edge_notes("vision", 0.8981)[0]
     assert _phase_edge_notes("language", 0.5031) and not _phase_edge_notes("vision", 0.9809)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cli import main
-from phasecore.pipeline import ProfileCache, compute_profile, profile_key, screen_pair, versioned_profile_key
-from phasecore.schema import SCHEMA_PATH, ScreeningResult, write_schema
+from phasecore.screening.pipeline import ProfileCache, compute_profile, profile_key, screen_pair, versioned_profile_key
+from phasecore.screening.result import SCHEMA_PATH, ScreeningResult, write_schema
 from phasecore.settings import EngineSettings
 
 VISION = "timm:test_vit?weights=random"
@@ -141,12 +141,12 @@ def test_bad_reference_exits_2_with_a_clear_message(capsys) -> None:
 def test_too_few_pairs_per_class_for_ground_truth_fails_before_any_profile(capsys, monkeypatch) -> None:
     """N = 40 over 10 classes gives 4 pairs per class: the 5-fold ground truth cannot run, and the CLI
     says so in seconds instead of after both profiles."""
-    import phasecore.pipeline
+    import phasecore.screening.pipeline
 
     def no_profiles(*args, **kwargs):
         raise AssertionError("a profile was computed before the request was validated")
 
-    monkeypatch.setattr(phasecore.pipeline, "compute_profile", no_profiles)
+    monkeypatch.setattr(phasecore.screening.pipeline, "compute_profile", no_profiles)
     argv = ["screen", "--vision", VISION, "--language", LANGUAGE, "--n", "40", "--quiet", "--no-cache"]
     assert main(argv) == 2
     assert "5-fold ground truth needs ≥ 5 pairs in every class" in capsys.readouterr().err

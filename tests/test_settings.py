@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from phasecore import METRICS_VERSION
-from phasecore.profile import profile_key
+from phasecore.screening.profile import profile_key
 from phasecore.settings import EngineSettings, PairSettings, ProfileSettings
 
 

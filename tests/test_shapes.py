@@ -11,7 +11,7 @@ import pytest
 from phasecore.data import load_dataset
 from phasecore.data.shapes import COLORS, SHAPES, held_out_groups
 from phasecore.errors import InvalidReference
-from phasecore.groundtruth import measure_alignment
+from phasecore.groundtruth.mapfit import measure_alignment
 
 
 def _parse(caption: str, colors: list[str], shapes: list[str]) -> tuple[str | None, str | None]:
@@ -183,7 +183,7 @@ def test_retrieval_runs_on_shapes_captions_that_mostly_differ() -> None:
 
 def test_explicit_groups_fit_without_excluded_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The map of each group never sees a pair whose class holds one of the group's held-out values."""
-    import phasecore.groundtruth as gt
+    import phasecore.groundtruth.mapfit as gt
 
     rng = np.random.default_rng(1)
     V, L, y, P = _planted(rng, per_class=3)

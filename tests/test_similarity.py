@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from phasecore.alignment import kernel_alignment
-from phasecore.similarity import linear_cka, mutual_knn, representation_similarity
+from phasecore.similarity.kernel_alignment import kernel_alignment
+from phasecore.similarity.representation import linear_cka, mutual_knn, representation_similarity
 
 
 def _debiased_cka_reference(X: np.ndarray, Y: np.ndarray) -> float:

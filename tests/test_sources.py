@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
 from phasecore.errors import AssetUnavailable, InvalidReference, SourceNotAllowed
-from phasecore.registry import PACKAGES, package_installed
+from phasecore.references.registry import PACKAGES, package_installed
 from phasecore.sources import SOURCE_LOADERS, TextEncoder, VisionEncoder, describe_sources, load_encoder
 from phasecore.sources.base import SOURCES
 from phasecore.sources.weights import load_timm_state_dict_in_order, read_state_dict

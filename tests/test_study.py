@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from phasecore.study import (
+from phasecore.study.quality import (
     FEATURES,
     RULES,
     _logistic_cv_probabilities,
@@ -371,7 +371,7 @@ def test_unusable_features_are_excluded_or_clipped():
 
 def test_measured_figures_sit_beside_the_claims():
     """A result gets, per rule, the measured figures of its stratum next to the paper's claimed accuracy."""
-    from phasecore.schema import RulePrediction
+    from phasecore.screening.result import RulePrediction
 
     study = study_by_stratum(hidden_records(noise=0.3))
     stratum = study["strata"][0]
@@ -396,7 +396,7 @@ def test_measured_figures_sit_beside_the_claims():
 
 def test_the_study_behind_measured_figures_is_reused_for_a_while(monkeypatch):
     """Pair jobs attach the study's figures; one worker reads the stored results once per minute, not per pair."""
-    import store.study as study
+    import store.records as study
 
     calls = []
     monkeypatch.setattr(study, "run_study", lambda session, **kw: calls.append(kw["tenant"]) or study_by_stratum([]))

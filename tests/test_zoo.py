@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from phasecore.data import load_dataset
 from phasecore.errors import ExceedsWorkerBudget, InvalidReference
-from phasecore.groundtruth import measure_alignment
-from phasecore.profile import class_prototypes
-from phasecore.refs import ModelRef
-from phasecore.registry import check_reference, describe_sources, model_version
+from phasecore.groundtruth.mapfit import measure_alignment
+from phasecore.references.refs import ModelRef
+from phasecore.references.registry import check_reference, describe_sources, model_version
+from phasecore.screening.profile import class_prototypes
 from phasecore.settings import EngineSettings, check_compute, compute_estimate
 from phasecore.sources import load_encoder
 from phasecore.zoo.recipe import ZOO_VERSION
@@ -84,7 +84,7 @@ def test_bad_recipes_are_refused_naming_the_field(text: str, field: str) -> None
 def test_references_parse_and_check_without_torch() -> None:
     code = (
         "import sys\n"
-        "from phasecore.registry import check_reference, model_version\n"
+        "from phasecore.references.registry import check_reference, model_version\n"
         "ref = check_reference('zoo:shapes?tower=text&seed=2&text=gru', 'language', allowed_sources=('zoo',))\n"
         "print(ref.canonical(), model_version(ref), ref.zoo_recipe.run_key())\n"
         "assert 'torch' not in sys.modules\n"

@@ -1,7 +1,7 @@
 """Model sources: a reference string in, a ready encoder (pooled ``(B, d)`` embeddings) out.
 
 ``SOURCE_LOADERS`` maps each source name of a ``ModelRef`` to its loader ``(ref, *, model_root, device) ->
-Encoder``, taken from the source registry (``phasecore.registry``, which also holds each source's cheap check):
+Encoder``, taken from the source registry (``references.registry``, which also holds each source's cheap check):
 
 - ``timm:<name>[@tag]``: image models from the timm registry (``?weights=random`` for random init)
 - ``hf:<org/name>[@revision]``: Hugging Face text models, never with remote code
@@ -19,8 +19,8 @@ import torch
 
 from phasecore.errors import InvalidSettings, PhasescreenError, UnsupportedModel, describe
 from phasecore.paths import default_model_root
-from phasecore.refs import ModelRef, check_allowed
-from phasecore.registry import REGISTRY, Loader, describe_sources
+from phasecore.references.refs import ModelRef, check_allowed
+from phasecore.references.registry import REGISTRY, Loader, describe_sources
 from phasecore.settings import DEVICE_SPEC
 from phasecore.sources.base import Encoder, ModelIdentity
 from phasecore.sources.encoders import TextEncoder, VisionEncoder

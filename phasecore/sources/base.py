@@ -1,4 +1,4 @@
-"""Types shared by every model source: identities and the encoder wrapper (references: ``phasecore.refs``)."""
+"""Types shared by every model source: identities and the encoder wrapper (references: ``references.refs``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from phasecore.refs import RANDOM_INIT_SEED, SOURCES, ModelRef
+from phasecore.references.refs import RANDOM_INIT_SEED, SOURCES, ModelRef
 
 Modality = Literal["vision", "language"]
 __all__ = ["RANDOM_INIT_SEED", "SOURCES", "Encoder", "Inputs", "Modality", "ModelIdentity", "ModelRef"]

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from phasecore.errors import AssetUnavailable, InvalidReference
-from phasecore.refs import ModelRef
-from phasecore.registry import PACKAGES, Package
+from phasecore.references.refs import ModelRef
+from phasecore.references.registry import PACKAGES, Package
 from phasecore.sources.base import Encoder
 from phasecore.sources.encoders import VisionEncoder
 from phasecore.sources.hf_source import build_text_encoder

@@ -22,8 +22,8 @@ from typing import Any
 
 from phasecore.errors import InvalidReference, UnsupportedModel
 from phasecore.paths import resolve_under
-from phasecore.refs import ModelRef
-from phasecore.registry import PACKAGES
+from phasecore.references.refs import ModelRef
+from phasecore.references.registry import PACKAGES
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from phasecore.errors import AssetUnavailable, describe
-from phasecore.refs import ModelRef
-from phasecore.registry import check_timm_name
+from phasecore.references.refs import ModelRef
+from phasecore.references.registry import check_timm_name
 from phasecore.sources.encoders import VisionEncoder
 from phasecore.sources.weights import RANDOM_INIT_SEED, apply_blend, random_init
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phasecore.refs import ModelRef
+from phasecore.references.refs import ModelRef
 from phasecore.sources.base import Encoder, ModelIdentity
 from phasecore.zoo.recipe import EMBED_DIM, ZOO_VERSION, ZooRecipe
 from phasecore.zoo.towers import Tower

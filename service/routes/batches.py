@@ -94,7 +94,7 @@ def results_json(batch_id: str, session: SessionDep, caller: ReaderDep) -> JSONR
 )
 def results_csv(batch_id: str, session: SessionDep, caller: ReaderDep) -> PlainTextResponse:
     """One row per pair: the headline metrics, the measured outcome and each rule's verdict."""
-    from phasecore.batch import to_csv
+    from phasecore.screening.batch import to_csv
 
     document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     return PlainTextResponse(

@@ -10,7 +10,7 @@ from service.batch_schemas import StudyOut
 from service.deps import ReaderDep, SessionDep
 from service.routes.screenings import _TEXT, FilterText
 from service.schemas import PROBLEM
-from store.study import run_study
+from store.records import run_study
 
 router = APIRouter(prefix="/v1/study", tags=["study"])
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from phasecore.agop import agop_spectrum, spectrum_stats
-from phasecore.stability import phase_of, stability_probe
+from phasecore.kernels.agop import agop_spectrum, spectrum_stats
+from phasecore.kernels.stability import phase_of, stability_probe
 from tests.engine.models import brute_force_probe_gram
 
 
@@ -105,7 +105,7 @@ def test_an_agop_ratio_needs_eight_k_distinct_rows() -> None:
 def test_the_probe_subsets_initial_gram_is_a_block_of_the_profiles_kernel(method: str) -> None:
     """The profile hands its own kernel (cross-probe, all N) to the probe; the subset's Θ̂(θ_0) taken from it is
     the one the probe would compute, so S_NTK is unchanged (float rounding aside), and nothing is recomputed."""
-    from phasecore.ntk.engine import probe_gram
+    from phasecore.kernels.engine import probe_gram
 
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from phasecore.ntk import probe_gram, sinks
-from phasecore.ntk.engine import make_probes
-from phasecore.ntk.reps import Dense, Factored, factored_gram
-from phasecore.ntk.rules import _SwappedFactored
+from phasecore.kernels import probe_gram, sinks
+from phasecore.kernels.engine import make_probes
+from phasecore.kernels.grad_rules import _SwappedFactored
+from phasecore.kernels.reps import Dense, Factored, factored_gram
 from tests.engine.models import factored_text_models, short_text_batch
 
 M, N, TOK, A, B, TABLE = 3, 6, 40, 4, 5, 9

@@ -9,10 +9,10 @@ import transformers
 from torch import nn
 
 from phasecore.errors import DeviceOutOfMemory
-from phasecore.ntk import device as devmod
-from phasecore.ntk import probe_gram
-from phasecore.ntk.device import eager_attention, exact_numerics, memory_budget
-from phasecore.stability import stability_probe
+from phasecore.kernels import device as devmod
+from phasecore.kernels import probe_gram
+from phasecore.kernels.device import eager_attention, exact_numerics, memory_budget
+from phasecore.kernels.stability import stability_probe
 
 matmul = torch.backends.cuda.matmul
 cudnn = torch.backends.cudnn
@@ -157,7 +157,7 @@ def test_every_tensor_follows_the_model_device(method, gradients):
 
 def test_stability_and_agop_follow_the_model_device():
     """The same check for the stability probe's training steps and the input-space AGOP."""
-    from phasecore.agop import agop_spectrum
+    from phasecore.kernels.agop import agop_spectrum
 
     model, x = _tiny_bert(), _text()
     kw = dict(probes=2, subset=4, steps=2, chunk_size=4)
@@ -247,7 +247,7 @@ def test_sdpa_models_run_as_built_on_a_cpu_and_match_eager():
 
 
 def test_sdpa_models_run_eager_inside_the_engine_where_asked_and_are_restored(monkeypatch):
-    monkeypatch.setattr("phasecore.ntk.engine.EAGER_ATTENTION_ON", frozenset({"cuda", "cpu"}))
+    monkeypatch.setattr("phasecore.kernels.engine.EAGER_ATTENTION_ON", frozenset({"cuda", "cpu"}))
     model, x = _tiny_bert(), _text()
     assert model.model.config._attn_implementation == "sdpa"
     seen: list[str] = []

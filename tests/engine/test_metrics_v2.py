@@ -8,18 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from phasecore.agop import agop_spectrum, spectrum_of_gram
-from phasecore.alignment import (
+from phasecore.errors import EngineError
+from phasecore.kernels import probe_gram
+from phasecore.kernels.agop import agop_spectrum, spectrum_of_gram
+from phasecore.kernels.distinct import distinct_inputs
+from phasecore.kernels.stability import stability_probe
+from phasecore.kernels.validity import check_gram
+from phasecore.similarity.kernel_alignment import (
     kernel_alignment,
     permutation_null,
     unbiased_alignment,
     within_group_permutations,
 )
-from phasecore.errors import EngineError
-from phasecore.ntk import probe_gram
-from phasecore.ntk.distinct import distinct_inputs
-from phasecore.ntk.validity import check_gram
-from phasecore.stability import stability_probe
 from tests.engine.models import brute_force_probe_gram
 
 

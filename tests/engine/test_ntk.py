@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from phasecore.ntk import ntk_gram, probe_gram
+from phasecore.kernels import ntk_gram, probe_gram
 from tests.engine.models import (
     brute_force_probe_gram,
     image_batch,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from phasecore.ntk.reps import Dense, Factored
-from phasecore.ntk.rules import _SwappedFactored
-from phasecore.ntk.sinks import SketchSink
+from phasecore.kernels.grad_rules import _SwappedFactored
+from phasecore.kernels.reps import Dense, Factored
+from phasecore.kernels.sinks import SketchSink
 
 M, ROWS, A, B = 2, 3, 5, 6
 SEG = torch.tensor([0, 0, 1, 1, 1, 2, 2])

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select
 
 from cli import main
-from phasecore.batch import CSV_FIELDS, check_document
-from phasecore.schema import ScreeningResult
+from phasecore.screening.batch import CSV_FIELDS, check_document
+from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
-from phasecore.study import predict_failure_probability
+from phasecore.study.quality import predict_failure_probability
 from service.screenings import record_local_result
 from store.batch_models import BatchPair
 from store.models import ModelProfile, Screening

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import store.study
+import store.records
 from jobs.functions import _with_measured_rules
-from phasecore.evidence import EVIDENCE_PATH_ENV, write_evidence
 from phasecore.settings import EngineSettings
-from phasecore.study import RULES
+from phasecore.study.evidence import EVIDENCE_PATH_ENV, write_evidence
+from phasecore.study.quality import RULES
 from service.app import create_app
 from service.screenings import record_local_result
 from store.apikeys import create_api_key
 from store.models import Screening
-from store.study import record_of
+from store.records import record_of
 from tests.results import planted_pairs
 from tests.service.conftest import tiny_request, work_burst
 
@@ -54,7 +54,7 @@ def _plant(runtime, tenant: str, pairs: list[tuple[str, str, dict[str, Any]]], s
 
 @pytest.fixture(autouse=True)
 def _fresh_study_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store.study, "_STUDY_CACHE", {})
+    monkeypatch.setattr(store.records, "_STUDY_CACHE", {})
 
 
 @pytest.mark.commits  # the worker's burst reads through its own connections

@@ -11,17 +11,17 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import store.study
+import store.records
 from cli.batch import study_summary
 from cli.screen import summary
-from phasecore.gate import decide
 from phasecore.settings import EngineSettings
-from phasecore.study import RULES
+from phasecore.study.gate import decide
+from phasecore.study.quality import RULES
 from service.app import create_app
 from service.client import PhasescreenClient
 from service.screenings import record_local_result
 from store.apikeys import create_api_key
-from store.study import with_measured_rules
+from store.records import with_measured_rules
 from tests.results import planted_pairs
 from tests.service.conftest import tiny_request
 from tests.service.test_api import _assert_problem
@@ -42,7 +42,7 @@ RUN = {
 
 @pytest.fixture(autouse=True)
 def _fresh_study_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store.study, "_STUDY_CACHE", {})
+    monkeypatch.setattr(store.records, "_STUDY_CACHE", {})
 
 
 def _plant(runtime, pairs: list[tuple[str, str, dict[str, Any]]], tenant: str = "") -> list[str]:

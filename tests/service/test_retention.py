@@ -30,7 +30,7 @@ def test_a_changed_file_model_is_not_served_from_its_old_profile(make_runtime, m
 
 
 def test_the_profile_key_follows_package_versions_and_hub_revisions():
-    from phasecore.registry import model_version
+    from phasecore.references.registry import model_version
 
     assert model_version("hf:org/model@abc123") == "revision=abc123"
     assert model_version("hf:org/model") is None

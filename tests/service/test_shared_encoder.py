@@ -9,11 +9,11 @@ import time
 import pytest
 import torch
 
-import phasecore.pipeline
+import phasecore.screening.pipeline
 import phasecore.sources
 from jobs import functions
 from phasecore.errors import InvalidSettings
-from phasecore.ntk.engine import _prepared
+from phasecore.kernels.engine import _prepared
 from tests.service.conftest import tiny_request
 
 # real commits: job threads
@@ -57,7 +57,7 @@ def test_two_job_threads_on_one_cached_encoder_do_not_share_its_flags(client, ma
         raise InvalidSettings("stop here")
 
     monkeypatch.setattr(phasecore.sources, "load_encoder", load_encoder)
-    monkeypatch.setattr(phasecore.pipeline, "compute_profile", compute_profile)
+    monkeypatch.setattr(phasecore.screening.pipeline, "compute_profile", compute_profile)
     # two profiles of the same vision model (two seeds), run by two threads at once
     ids = [client.post("/v1/screenings", json=tiny_request(seed=s)).json()["profiles"]["vision"]["id"] for s in (1, 2)]
     threads = [

@@ -120,7 +120,7 @@ def test_a_gpu_worker_that_sees_no_gpu_exits_at_start():
 def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, runtime, monkeypatch, error):
     """Memory runs out while a model loads: other jobs held it, so the load is tried again (not an unsupported
     model). It runs out while the job computes: the same job would run out again, so it fails and says why."""
-    import phasecore.pipeline
+    import phasecore.screening.pipeline
     import phasecore.sources
     from jobs import functions as jobs
 
@@ -146,7 +146,7 @@ def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, r
     def compute_out_of_memory(*args, **kwargs):
         raise error("out of memory in the Gram matrix")
 
-    monkeypatch.setattr(phasecore.pipeline, "compute_profile", compute_out_of_memory)
+    monkeypatch.setattr(phasecore.screening.pipeline, "compute_profile", compute_out_of_memory)
     assert jobs.run_profile_job(vision_id, runtime=runtime) == "failed"  # not raised: no retry
     assert len(loads) == 2
     screening = client.get(f"/v1/screenings/{body['id']}").json()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phasecore.data.base import PairedDataset
-from phasecore.groundtruth import _group_score, _kind_means, outcome_groups, outcome_of
+from phasecore.groundtruth.mapfit import _group_score, _kind_means, outcome_groups, outcome_of
 from phasecore.sources.base import Encoder, batch_size, call_encoder, slice_inputs
 from phasecore.threads import single_thread
 

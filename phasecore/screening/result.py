@@ -1,7 +1,7 @@
 """The screening result (the JSON of ``phasescreen screen`` and ``GET /v1/screenings/{id}``).
 
 ``ScreeningResult.model_json_schema()`` is written to ``phasecore/schemas/screening-result.schema.json``
-(``python -m phasecore.schema``); a test keeps the file in step with the models.
+(``python -m phasecore.screening.result``); a test keeps the file in step with the models.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class GroundTruth(_Open):
 
 
 class EvidenceLabel(_Open):
-    """Which shipped evidence file measured figures come from (phasecore.evidence)."""
+    """Which shipped evidence file measured figures come from (phasecore.study.evidence)."""
 
     created_at: str = Field(description="when the evidence file was written (ISO 8601, UTC)")
     commit: str | None = Field(None, description="git commit of the code that produced it ('-dirty': uncommitted)")
@@ -213,7 +213,7 @@ class MeasuredRule(_Open):
     label_source: Literal["measured", "reported"] | None = Field(
         None,
         description="the labels the figures are scored against: the screenings' own proxy outcome (METRICS §7; "
-        "null means the same) or the outcomes training runs reported (`reported`, phasecore.reported)",
+        "null means the same) or the outcomes training runs reported (`reported`, phasecore.study.reported)",
     )
 
 

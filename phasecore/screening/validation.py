@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from phasecore.data import sample_labels
-from phasecore.groundtruth import check_sample
+from phasecore.groundtruth.mapfit import check_sample
 from phasecore.settings import EngineSettings
 
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from phasecore.errors import InvalidReference, InvalidSettings
-from phasecore.refs import ModelRef
-from phasecore.schema import ScreeningResult
+from phasecore.references.refs import ModelRef
+from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
 
 FORMAT = "phasescreen-batch/1"

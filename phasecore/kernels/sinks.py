@@ -20,7 +20,7 @@ import zlib
 
 import torch
 
-from phasecore.ntk.reps import Dense, Factored, concat_factored, dense_gram, factored_gram
+from phasecore.kernels.reps import Dense, Factored, concat_factored, dense_gram, factored_gram
 
 
 class ExactSink:

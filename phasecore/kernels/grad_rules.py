@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phasecore.ntk.reps import Dense, Factored
+from phasecore.kernels.reps import Dense, Factored
 
 
 @dataclass

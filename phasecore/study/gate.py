@@ -9,10 +9,10 @@ Two policies:
   ΔNTK = 0 with an infinite AGOP ratio) the gate falls back to the AGOP rule (``max ratio > 1e6``, claimed
   94 %) and says so; when both are undetermined it cannot decide.
 - ``measured``: the logistic model of METRICS §8 fitted on this deployment's own labelled pairs
-  (``phasecore.study``); failure is predicted when ``P(failed) ≥ 0.5``. Until there are enough labelled pairs
+  (``phasecore.study.quality``); failure is predicted when ``P(failed) ≥ 0.5``. Until there are enough labelled pairs
   with both outcomes there is no such model and the gate cannot decide.
 - ``reported``: the same logistic model fitted on the outcomes training runs reported for the pairs of the
-  result's stratum (``phasecore.reported``: one label per pair, its latest run, by the reporter's own threshold);
+  result's stratum (``phasecore.study.reported``: one label per pair, its latest run, by the reporter's own threshold);
   failure is predicted when ``P(failed) ≥ 0.5``. Of the result's reported strata (one per reported metric and
   dataset) the one with the most labelled pairs decides. Until one holds 20 labelled pairs with both outcomes
   the gate falls back to the ``measured`` policy and says so (which itself cannot decide without its model).
@@ -27,11 +27,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from phasecore.batch import as_result
 from phasecore.errors import PhasescreenError
-from phasecore.reported import strata_of
-from phasecore.schema import ScreeningResult
-from phasecore.study import FEATURES, predict_failure_probability
+from phasecore.screening.batch import as_result
+from phasecore.screening.result import ScreeningResult
+from phasecore.study.quality import FEATURES, predict_failure_probability
+from phasecore.study.reported import strata_of
 
 Policy = Literal["paper", "measured", "reported"]
 ScreenResultLike = ScreeningResult | Mapping[str, Any]
@@ -71,8 +71,8 @@ def decide(
 ) -> GateDecision:
     """The gate's verdict on one screening ``result`` (typed, or its stored JSON).
 
-    ``study`` is the output of ``phasecore.study.prediction_quality`` or ``study_by_stratum`` (needed by
-    ``measured``), or the full study of ``store.study.run_study`` / ``GET /v1/study``, whose ``reported`` block
+    ``study`` is the output of ``phasecore.study.quality.prediction_quality`` or ``study_by_stratum`` (needed by
+    ``measured``), or the full study of ``store.records.run_study`` / ``GET /v1/study``, whose ``reported`` block
     ``reported`` needs. Raises GateUndecided when the policy gives no verdict, ValueError on an unknown policy.
     """
     typed = as_result(result)

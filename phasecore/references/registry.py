@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from phasecore.errors import AssetUnavailable, InvalidReference
 from phasecore.paths import default_model_root, resolve_under
-from phasecore.refs import SOURCES, ModelRef, check_allowed, check_allowed_models
+from phasecore.references.refs import SOURCES, ModelRef, check_allowed, check_allowed_models
 from phasecore.zoo.recipe import KEYS as ZOO_KEYS
 from phasecore.zoo.recipe import ZOO_VERSION
 

@@ -24,20 +24,20 @@ import torch
 from torch import nn
 
 from phasecore import ENGINE_VERSION
-from phasecore.agop import agop_spectrum, spectrum_from_probe_gram
 from phasecore.data import load_dataset
 from phasecore.data.base import PairedDataset
 from phasecore.errors import InvalidSettings
-from phasecore.infoplane import model_information_plane
-from phasecore.ntk import probe_gram
-from phasecore.ntk.distinct import distinct_inputs
-from phasecore.ntk.engine import Probes
-from phasecore.ntk.validity import check_gram
-from phasecore.registry import model_version
+from phasecore.kernels import probe_gram
+from phasecore.kernels.agop import agop_spectrum, spectrum_from_probe_gram
+from phasecore.kernels.distinct import distinct_inputs
+from phasecore.kernels.engine import Probes
+from phasecore.kernels.stability import stability_probe
+from phasecore.kernels.validity import check_gram
+from phasecore.references.registry import model_version
 from phasecore.settings import EngineSettings, profile_key
+from phasecore.similarity.infoplane import model_information_plane
 from phasecore.sources import load_encoder
 from phasecore.sources.base import Encoder
-from phasecore.stability import stability_probe
 
 ProgressFn = Callable[[str, float], None]
 
@@ -298,7 +298,7 @@ def versioned_profile_key(
     *,
     model_root: str | Path | None = None,
 ) -> str:
-    """The profile key with the model's content version (``phasecore.registry.model_version``: package
+    """The profile key with the model's content version (``phasecore.references.registry.model_version``: package
     version, the files of a ``file:`` model, a pinned hub revision), as the service keys its profiles: a changed
     model is never served from the profile of its old bytes. The key local caches use."""
     version = model_version(model_ref, model_root=Path(model_root) if model_root is not None else None)

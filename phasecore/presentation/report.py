@@ -1,6 +1,6 @@
 """Reports of a batch: four figures (PNG and SVG) and an HTML page that shows them with the results table.
 
-Input is the batch document of ``phasecore.batch``. The figures:
+Input is the batch document of ``phasecore.screening.batch``. The figures:
 
 - ``phase_landscape``: each pair at (S_cross centered, measured alignment_score) (METRICS §2, §7), coloured
   by the phases of its two models (§3), marked by the measured outcome; the failure threshold is a line.
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from phasecore.batch import RULES, as_result, pair_row, totals_line
 from phasecore.errors import PhasescreenError
-from phasecore.refs import ModelRef
+from phasecore.references.refs import ModelRef
+from phasecore.screening.batch import RULES, as_result, pair_row, totals_line
 
 #: figure name -> caption
 FIGURES: dict[str, str] = {

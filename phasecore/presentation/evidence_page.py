@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from phasecore.batch import RULES, as_result
-from phasecore.evidence.zoo import rules_against_alignment, zoo_section
-from phasecore.report import blend_of, dose_response_series, log10_of
-from phasecore.study import CLAIMED_ACCURACY, rule_correlations
+from phasecore.presentation.evidence_zoo import rules_against_alignment, zoo_section
+from phasecore.presentation.report import blend_of, dose_response_series, log10_of
+from phasecore.screening.batch import RULES, as_result
+from phasecore.study.quality import CLAIMED_ACCURACY, rule_correlations
 
 BEGIN, END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
 _RULE_NAMES = {
@@ -181,7 +181,7 @@ def replace_section(page: str, section: str) -> str:
 
 def write_doc(page: Path, evidence: Mapping[str, Any], document: Mapping[str, Any], figure_dir: Path) -> list[Path]:
     """Write the batch report's figures into ``figure_dir`` and the numbers section into ``page``."""
-    from phasecore.report import write_report
+    from phasecore.presentation.report import write_report
 
     written = write_report(document, figure_dir)
     if any(str(r.get("vision", "")).startswith("zoo:") for r in evidence.get("records") or []):

@@ -1,5 +1,5 @@
 """Running a grid here, in this process: every model's profile once, then every pair step (the heavy half
-of ``phasecore.batch``, which holds the grid and the batch document and imports no torch)."""
+of ``phasecore.screening.batch``, which holds the grid and the batch document and imports no torch)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from phasecore.batch import Grid, PairCallback, batch_document
 from phasecore.errors import PhasescreenError
-from phasecore.pipeline import screen_pair
-from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
+from phasecore.screening.batch import Grid, PairCallback, batch_document
+from phasecore.screening.pipeline import screen_pair
+from phasecore.screening.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
 from phasecore.settings import EngineSettings
 
 

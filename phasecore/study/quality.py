@@ -60,7 +60,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from phasecore.rules import PAPER
+from phasecore.study.paper_rules import PAPER
 
 FEATURES: tuple[str, ...] = (
     "s_ntk_cross",
@@ -264,7 +264,7 @@ def measured_rules(
     cv_threshold, stratum}``. ``status`` is "insufficient" (with the reason, and null figures) until enough
     decided pairs with both outcomes exist (METRICS §8). ``stratum`` defaults to ``quality["stratum"]`` when it
     has one. ``source`` says whose pairs these are: "deployment" (the stored pairs the study read) or
-    "shipped evidence" (``phasecore.evidence``)."""
+    "shipped evidence" (``phasecore.study.evidence``)."""
     if stratum is None:
         stratum = quality.get("stratum")
     common = {
@@ -405,7 +405,7 @@ def _insufficient(n: int, n_failed: int, min_labelled: int, n_inconclusive: int 
 
 
 def _stratum_description(stratum: Mapping[str, Any]) -> dict[str, Any]:
-    # a reported stratum (phasecore.reported) also names its proxy stratum and the reported metric and dataset
+    # a reported stratum (phasecore.study.reported) also names its proxy stratum and the reported metric and dataset
     extra = {name: stratum[name] for name in _REPORTED_STRATUM if name in stratum}
     return {
         "key": str(stratum.get("key")),

@@ -1,7 +1,7 @@
 """One screening: two model profiles, then the cheap pair step (METRICS §2, §5–§7).
 
 ``compute_profile`` (per model) is the expensive part and is shared between pairs; ``screen_pair``
-turns two profiles into the result JSON (``phasecore.schema.ScreeningResult``) in seconds.
+turns two profiles into the result JSON (``phasecore.screening.result.ScreeningResult``) in seconds.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
-from phasecore.alignment import permutation_null
 from phasecore.errors import InvalidSettings
-from phasecore.groundtruth import measure_alignment
-from phasecore.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
-from phasecore.registry import check_reference
-from phasecore.rules import PAPER, pair_rules
-from phasecore.schema import ScreeningResult
+from phasecore.groundtruth.mapfit import measure_alignment
+from phasecore.references.registry import check_reference
+from phasecore.screening.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
+from phasecore.screening.result import ScreeningResult
+from phasecore.screening.validation import validate_dataset
 from phasecore.settings import EngineSettings, profile_key
-from phasecore.similarity import representation_similarity
-from phasecore.validation import validate_dataset
+from phasecore.similarity.kernel_alignment import permutation_null
+from phasecore.similarity.representation import representation_similarity
+from phasecore.study.paper_rules import PAPER, pair_rules
 
 __all__ = [
     "ModelProfile",

@@ -3,7 +3,7 @@
 The screening's own outcome is a proxy (§7: a ridge map fitted at screening time). A team that then trains the
 pair knows the real answer: what its run reached on its metric, and whether that is a success by its own
 threshold. Those reports are a second label source, ``label_source = "reported"``, beside ``"measured"`` (the
-proxy), and the study runs on them through the same code (``phasecore.study``), so every figure of §8 exists for
+proxy), and the study runs on them through the same code (``phasecore.study.quality``), so every figure of §8 exists for
 both.
 
 Choices:
@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from phasecore.study import (
+from phasecore.study.quality import (
     METRICS_VERSION,
     RULES,
     measured_rules,
@@ -82,7 +82,7 @@ def reported_records(
 ) -> list[dict[str, Any]]:
     """The study records of the reported label source.
 
-    pairs: the proxy study's records (``store.study.record_of``) by screening-request fingerprint.
+    pairs: the proxy study's records (``store.records.record_of``) by screening-request fingerprint.
     outcomes: reported runs, each with ``fingerprint`` (of the screening it reports on), ``metric``,
     ``dataset``, ``value``, ``success_threshold``, ``success_direction``, ``created_at`` (comparable) and
     ``id``; runs of a fingerprint not in ``pairs`` are left out.

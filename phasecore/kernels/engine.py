@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from phasecore.errors import DeviceOutOfMemory, InvalidSettings
-from phasecore.ntk.device import (
+from phasecore.kernels.device import (
     eager_attention,
     exact_numerics,
     free_bytes,
@@ -33,9 +33,9 @@ from phasecore.ntk.device import (
     needed_bytes,
     release,
 )
-from phasecore.ntk.reps import Dense, Factored
-from phasecore.ntk.rules import Call, rule_for
-from phasecore.ntk.sinks import ExactSink, SketchSink
+from phasecore.kernels.grad_rules import Call, rule_for
+from phasecore.kernels.reps import Dense, Factored
+from phasecore.kernels.sinks import ExactSink, SketchSink
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def probe_gram(
     Numerics: the passes run with full float32 precision (no TF32, no reduced-precision reductions) and
     deterministic algorithms where torch has them, and on a GPU transformers models run eager attention
     (``EAGER_ATTENTION_ON``); the caller's settings and the model's attention implementation are restored
-    afterwards (``phasecore.ntk.device``).
+    afterwards (``phasecore.kernels.device``).
     """
     started = time.perf_counter()
     n = batch_size(inputs)

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from phasecore.batch import as_result
 from phasecore.data.shapes import held_out_groups, parse_shapes_options
 from phasecore.errors import PhasescreenError
-from phasecore.refs import ModelRef
-from phasecore.study import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, COMPARATORS, RULE_SCORES, RULES
+from phasecore.references.refs import ModelRef
+from phasecore.screening.batch import as_result
+from phasecore.study.quality import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, COMPARATORS, RULE_SCORES, RULES
 from phasecore.zoo.recipe import ZooRecipe
 
 #: the base tower of the dose series: the joint seed-0 run at 300 steps
@@ -369,7 +369,7 @@ def tau_sensitivity(records: Sequence[Mapping[str, Any]], taus: Sequence[float],
     how the ranking moves with τ, not the held-out figure, which is the study's)."""
     from sklearn.metrics import roc_auc_score
 
-    from phasecore.groundtruth import outcome_of
+    from phasecore.groundtruth.mapfit import outcome_of
 
     rows = []
     for tau in taus:

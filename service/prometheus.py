@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.metrics import REGISTRY as JOB_REGISTRY
+from jobs.prometheus import REGISTRY as JOB_REGISTRY
 from jobs.runtime import Runtime
 from store.jobstats import stage_totals
 from store.models import FAILED, Screening

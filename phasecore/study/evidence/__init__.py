@@ -2,7 +2,7 @@
 
 A fresh install has no decided pairs of its own, so ``predictions.<rule>.measured`` would only ever say
 "insufficient". The evidence run (``make evidence``) screens a grid into a local store and writes its study to
-``phasecore/evidence/shipped.json`` with ``write_evidence``; a result in one of that file's strata then shows the
+``phasecore/study/evidence/shipped.json`` with ``write_evidence``; a result in one of that file's strata then shows the
 shipped figures, labelled as such (``source: "shipped evidence"``, with the file's date, commit and command),
 until the deployment's own decided pairs in that stratum reach ``MIN_LABELLED`` (20); from then on the
 deployment's own figures (``source: "deployment"``). The two sources are never mixed: every count and figure of
@@ -20,7 +20,7 @@ File format (JSON, written only by ``write_evidence``, never by hand)::
       "commit": "0d44cdd…" | null,      # git commit of the code that ran (suffix "-dirty": uncommitted changes)
       "command": "make evidence",       # what produced it
       "settings": {...},                # what the run used (grid: dataset, options, models), free-form
-      "study": {...},                   # phasecore.study.study_by_stratum(records)
+      "study": {...},                   # phasecore.study.quality.study_by_stratum(records)
       "records": [...]                  # the per-pair study records (``evidence_record``), to recompute the study
     }
 
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from phasecore import METRICS_VERSION
-from phasecore.study import COMPARATORS, FEATURES, RULES, measured_rules, stratum_measured, study_by_stratum
+from phasecore.study.quality import COMPARATORS, FEATURES, RULES, measured_rules, stratum_measured, study_by_stratum
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def evidence_path() -> Path:
 
 
 def evidence_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a study record (``store.study.study_records``) that the study reads: model references,
+    """The part of a study record (``store.records.study_records``) that the study reads: model references,
     metrics version, stratum, outcome, ``failed``, ``alignment_score`` and its ``group_scores`` (classes and s_g),
     ``FEATURES`` and ``COMPARATORS``, and each rule's value and verdict."""
     predictions = record.get("predictions") or {}
@@ -136,7 +136,7 @@ def build_evidence(
     commit: str | None = None,
     created_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The evidence document of ``records`` (study records, e.g. ``store.study.study_records``): their study by
+    """The evidence document of ``records`` (study records, e.g. ``store.records.study_records``): their study by
     stratum (``study_by_stratum``, ``MIN_LABELLED``) and the records it was computed from."""
     kept = [evidence_record(record) for record in records]
     return {

@@ -3,18 +3,18 @@
 The records come from stored results: each distinct succeeded screening gives its metrics version, its stratum
 (dataset, profile and outcome settings, metrics version), its metrics, its measured outcome
 (``ground_truth.outcome``: aligned, failed or inconclusive) and ``alignment_score``, and its rule verdicts to
-``phasecore.study.study_by_stratum``; figures are computed within one stratum only, and results without
+``phasecore.study.quality.study_by_stratum``; figures are computed within one stratum only, and results without
 ``metrics_version == 2`` are left out (counted). Screenings served from another's stored result
 (``reused_from``) and repeats of an identical request (same fingerprint) are counted once, so a pair screened
 twice does not weigh twice.
 
 Tenancy: with API keys required (``PHASESCREEN_REQUIRE_API_KEY``) the study of a caller, and the measured
 figures attached to a tenant's result, read only that tenant's stored results (``tenant``); anonymous mode
-reads every stored result. The shipped evidence (``phasecore.evidence``) is shown beside the stored pairs'
+reads every stored result. The shipped evidence (``phasecore.study.evidence``) is shown beside the stored pairs'
 figures, never pooled with them.
 
 Two label sources: ``measured`` (the screening's own proxy outcome, METRICS §7) and ``reported`` (what training
-runs of the pairs achieved, ``outcomes`` reported through the API; ``phasecore.reported``). The study shows both,
+runs of the pairs achieved, ``outcomes`` reported through the API; ``phasecore.study.reported``). The study shows both,
 side by side: the top level and ``strata`` are the measured labels', ``reported`` the reported labels'.
 """
 
@@ -28,16 +28,16 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from phasecore.evidence import (
+from phasecore.screening.result import ScreeningResult
+from phasecore.study.evidence import (
     SOURCE_DEPLOYMENT,
     ShippedEvidence,
     attach_measured_with_evidence,
     evidence_summary,
     shipped_evidence,
 )
-from phasecore.reported import reported_study, stratum_reported
-from phasecore.schema import ScreeningResult
-from phasecore.study import COMPARATORS, FEATURES, prediction_quality, study_by_stratum
+from phasecore.study.quality import COMPARATORS, FEATURES, prediction_quality, study_by_stratum
+from phasecore.study.reported import reported_study, stratum_reported
 from store.models import SUCCEEDED, Outcome, Screening
 
 
@@ -70,7 +70,7 @@ def reported_outcomes(
     session: Session, *, dataset: str | None = None, tenant: str | None = None
 ) -> list[dict[str, Any]]:
     """Every reported run of a succeeded screening (only ``tenant``'s screenings unless it is ``None``), with the
-    fingerprint of the screening's request: the input of ``phasecore.reported.reported_study``."""
+    fingerprint of the screening's request: the input of ``phasecore.study.reported.reported_study``."""
     query = (
         select(
             Outcome.id,
@@ -131,12 +131,12 @@ def run_study(
     Returns ``{**figures, "source", "label_source", "stratum", "strata", "excluded_version_1",
     "excluded_no_stratum", "n_records", "dataset", "shipped_evidence", "reported"}``: the figures are those of
     the measured (proxy) labels, and ``reported`` holds the study of the reported labels
-    (``phasecore.reported.reported_study``; a ``stratum`` filter keeps the reported strata of that key or of that
+    (``phasecore.study.reported.reported_study``; a ``stratum`` filter keeps the reported strata of that key or of that
     proxy key). ``strata`` lists every stratum's figures (most decided pairs
     first); the top level repeats the figures of the requested stratum, or else of the largest one, with
     ``stratum`` describing it (None, with an insufficient status and the reason, when no stratum matches);
     ``source`` is "deployment": all of these come from the stored pairs. ``shipped_evidence`` is
-    ``phasecore.evidence.evidence_summary`` (the shipped study, filtered alike; None without one).
+    ``phasecore.study.evidence.evidence_summary`` (the shipped study, filtered alike; None without one).
     ``evidence``: True reads the installed shipped evidence, False leaves it out (None), or the evidence to
     show.
     """
@@ -186,10 +186,10 @@ def with_measured_rules(
     max_age: float = 60.0,
     evidence: ShippedEvidence | None | bool = True,
 ) -> dict[str, Any]:
-    """``result`` with each rule's measured figures beside its claim (``phasecore.evidence.lookup_measured``):
+    """``result`` with each rule's measured figures beside its claim (``phasecore.study.evidence.lookup_measured``):
     the stored pairs' figures of its own stratum once they hold 20 decided pairs, else the shipped evidence's
     for that stratum where it has one, else "insufficient" with the reason; and beside them its figures on
-    reported labels (``predictions.<rule>.reported``, ``phasecore.reported.stratum_reported``). Only
+    reported labels (``predictions.<rule>.reported``, ``phasecore.study.reported.stratum_reported``). Only
     ``tenant``'s stored results count (pass the result's tenant when keys are required; None: every stored
     result, anonymous mode).
     ``evidence``: True reads the installed shipped evidence, False uses none, or the evidence to use.

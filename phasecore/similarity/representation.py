@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from phasecore.alignment import NullResult, UnbiasedHsic, center_gram, null_distribution
+from phasecore.similarity.kernel_alignment import NullResult, UnbiasedHsic, center_gram, null_distribution
 
 
 def linear_cka(E1: np.ndarray, E2: np.ndarray, *, unbiased: bool = False) -> float:

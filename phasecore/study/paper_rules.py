@@ -1,7 +1,7 @@
 """The paper's pair-level screening rules (METRICS §3 phases, §5 rules).
 
 Every threshold and claimed accuracy here is the paper's, returned as the paper's claim with its source, never
-as a result of phasescreen; the service's own accuracy of each rule is measured in ``phasecore.study`` (§8).
+as a result of phasescreen; the service's own accuracy of each rule is measured in ``phasecore.study.quality`` (§8).
 
 The AGOP rules read ``agop_ratio = λ_1/λ_k`` (METRICS §4, version 2). The paper's thresholds (1e6, 2.5) were set
 on the paper's own, undefined ratio: they are kept as the paper's, labelled "uncalibrated for λ_1/λ_k", and the
