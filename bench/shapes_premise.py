@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phasecore.data import load_dataset  # noqa: E402
 from phasecore.data.base import PairedDataset  # noqa: E402
 from phasecore.data.shapes import COLORS  # noqa: E402
-from phasecore.groundtruth.mapfit import measure_alignment  # noqa: E402
+from phasecore.groundtruth.mapfit import measure_alignment
 from phasecore.screening.profile import class_prototypes  # noqa: E402
 from phasecore.sources import load_encoder  # noqa: E402
 from phasecore.sources.base import call_encoder  # noqa: E402

@@ -3,7 +3,7 @@
 The records come from stored results: each distinct succeeded screening gives its metrics version, its stratum
 (dataset, profile and outcome settings, metrics version), its metrics, its measured outcome
 (``ground_truth.outcome``: aligned, failed or inconclusive) and ``alignment_score``, and its rule verdicts to
-``phasecore.study.quality.study_by_stratum``; figures are computed within one stratum only, and results without
+``phasecore.study.strata.study_by_stratum``; figures are computed within one stratum only, and results without
 ``metrics_version == 2`` are left out (counted). Screenings served from another's stored result
 (``reused_from``) and repeats of an identical request (same fingerprint) are counted once, so a pair screened
 twice does not weigh twice.
@@ -36,8 +36,10 @@ from phasecore.study.evidence import (
     evidence_summary,
     shipped_evidence,
 )
-from phasecore.study.quality import COMPARATORS, FEATURES, prediction_quality, study_by_stratum
+from phasecore.study.failure_model import FEATURES
+from phasecore.study.quality import COMPARATORS, prediction_quality
 from phasecore.study.reported import reported_study, stratum_reported
+from phasecore.study.strata import study_by_stratum
 from store.models import SUCCEEDED, Outcome, Screening
 
 

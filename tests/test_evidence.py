@@ -24,7 +24,8 @@ from phasecore.study.evidence import (
     verify_evidence,
     write_evidence,
 )
-from phasecore.study.quality import RULES, measured_rules, study_by_stratum
+from phasecore.study.quality import RULES
+from phasecore.study.strata import measured_rules, study_by_stratum
 from tests.test_study import STRATUM_A, STRATUM_B, _predictions, hidden_records
 
 NO_LABELS = {"evidence": None, "deployment_n_labelled": None, "shipped_evidence_strata": None}

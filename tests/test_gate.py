@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from cli import main
+from phasecore.study.failure_model import predict_failure_probability
 from phasecore.study.gate import GateUndecided, decide
-from phasecore.study.quality import predict_failure_probability, prediction_quality
+from phasecore.study.quality import prediction_quality
 from service.client import ApiError, PhasescreenClient, ServerUnreachable, retry_after_seconds
 from tests.conftest import TINY_LANGUAGE, TINY_VISION, option_flags
 from tests.results import full_result

@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import binom
 
 from phasecore.errors import InvalidSettings
-from phasecore.groundtruth.mapfit import FIGURES, _poisson_binomial_sf, measure_alignment
+from phasecore.groundtruth.mapfit import FIGURES, measure_alignment
+from phasecore.stats import poisson_binomial_sf
 
 FIGURE_KEYS = {
     "status", "reason", "accuracy", "correct", "n", "chance", "p_value", "ci95",
@@ -158,10 +159,10 @@ def test_odd_classes_give_one_group_of_three_and_the_poisson_binomial_tail():
     assert out["chance"]["unseen"] == pytest.approx((30 / 3 + 60 / 2) / 90)
     probs = np.array([0.25] * 40 + [1 / 3] * 60)
     k = 55
-    dp = _poisson_binomial_sf(k, probs)
+    dp = poisson_binomial_sf(k, probs)
     mc = np.random.default_rng(0).binomial(1, probs, size=(20000, 100)).sum(axis=1)
     assert dp == pytest.approx(np.mean(mc >= k), abs=0.01)
-    assert _poisson_binomial_sf(7, np.full(20, 0.3)) == pytest.approx(binom.sf(6, 20, 0.3), rel=1e-10)
+    assert poisson_binomial_sf(7, np.full(20, 0.3)) == pytest.approx(binom.sf(6, 20, 0.3), rel=1e-10)
 
 
 def test_inputs_that_cannot_support_the_tests_are_refused():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from phasecore.errors import InvalidSettings
-from phasecore.groundtruth.mapfit import measure_alignment, min_groups_for, outcome_groups, outcome_of, sign_flip_test
+from phasecore.groundtruth.mapfit import measure_alignment
+from phasecore.groundtruth.outcome_test import decide_outcome, min_groups_for, outcome_groups, sign_flip_test
 
 
 def brute_force(scores, tau):
@@ -74,37 +75,37 @@ def test_more_than_sixteen_groups_use_seeded_draws_plus_the_identity():
     assert p_above == pytest.approx(np.mean(stats >= d.mean() - 1e-12), abs=0.015)
     assert p_below == pytest.approx(np.mean(stats <= d.mean() + 1e-12), abs=0.015)
     assert sign_flip_test(np.ones(20), 0.03) == (1 / 10_000, 1.0)
-    assert outcome_of(np.ones(20))["sign_flip"] == "monte-carlo (9999 draws + identity)"
-    assert outcome_of(np.ones(16))["sign_flip"] == "exact"
+    assert decide_outcome(np.ones(20))["sign_flip"] == "monte-carlo (9999 draws + identity)"
+    assert decide_outcome(np.ones(16))["sign_flip"] == "exact"
 
 
 def test_outcome_of_is_three_way():
     high, low = np.full(5, 0.8), np.full(5, -0.5)
-    aligned = outcome_of(high, 0.03, 0.05)
+    aligned = decide_outcome(high, 0.03, 0.05)
     assert aligned["outcome"] == "aligned" and aligned["failed"] is False and aligned["outcome_reason"] is None
     assert aligned["p_above"] == 1 / 32 and aligned["p_below"] == 1.0
     assert aligned["n_groups"] == 5 and aligned["alignment_score"] == pytest.approx(0.8)
     assert aligned["failure_threshold"] == 0.03 and aligned["outcome_alpha"] == 0.05
-    failed = outcome_of(low, 0.03, 0.05)
+    failed = decide_outcome(low, 0.03, 0.05)
     assert failed["outcome"] == "failed" and failed["failed"] is True and failed["p_below"] == 1 / 32
-    mixed = outcome_of(np.array([0.8, -0.5, 0.3, -0.2, 0.1, 0.0]), 0.03, 0.05)
+    mixed = decide_outcome(np.array([0.8, -0.5, 0.3, -0.2, 0.1, 0.0]), 0.03, 0.05)
     assert mixed["outcome"] == "inconclusive" and mixed["failed"] is None
     assert mixed["outcome_reason"].startswith("neither p-value ≤ α")
     # τ moves the verdict: the same scores are "failed" against a threshold above them
-    assert outcome_of(np.full(8, 0.2), 0.5, 0.05)["outcome"] == "failed"
+    assert decide_outcome(np.full(8, 0.2), 0.5, 0.05)["outcome"] == "failed"
 
 
 def test_too_few_groups_are_inconclusive_whatever_the_scores():
     assert min_groups_for(0.05) == 5 and min_groups_for(1 / 16) == 4 and min_groups_for(0.01) == 7
     for scores in (np.ones(4), -np.ones(4), np.ones(2)):
-        out = outcome_of(scores, 0.03, 0.05)
+        out = decide_outcome(scores, 0.03, 0.05)
         assert out["outcome"] == "inconclusive" and out["failed"] is None
         assert out["outcome_reason"] == f"too few classes (G = {scores.size} < 5 groups)"
-    assert outcome_of(np.ones(4), 0.03, 0.05)["p_above"] == 1 / 16  # still reported
-    assert outcome_of(np.ones(4), 0.03, 0.1)["outcome"] == "aligned"  # 1/16 ≤ 0.1 is reachable
+    assert decide_outcome(np.ones(4), 0.03, 0.05)["p_above"] == 1 / 16  # still reported
+    assert decide_outcome(np.ones(4), 0.03, 0.1)["outcome"] == "aligned"  # 1/16 ≤ 0.1 is reachable
     for alpha in (0.0, 0.5, 1.2):
         with pytest.raises(InvalidSettings, match="outcome_alpha"):
-            outcome_of(np.ones(6), 0.03, alpha)
+            decide_outcome(np.ones(6), 0.03, alpha)
 
 
 def test_groups_are_pairs_with_one_triple_when_the_class_count_is_odd():

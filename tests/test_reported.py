@@ -10,8 +10,9 @@ import pytest
 
 from phasecore.settings import EngineSettings
 from phasecore.study.gate import GateUndecided, decide, require_policy_model
-from phasecore.study.quality import RULES, study_by_stratum
+from phasecore.study.quality import RULES
 from phasecore.study.reported import agreement, is_success, reported_records, reported_study, stratum_reported
+from phasecore.study.strata import study_by_stratum
 from store.records import record_of
 from tests.results import planted_pairs
 

@@ -11,16 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from phasecore.study.quality import (
-    FEATURES,
-    RULES,
-    _logistic_cv_probabilities,
-    attach_measured,
-    measured_rules,
-    predict_failure_probability,
-    prediction_quality,
-    study_by_stratum,
-)
+from phasecore.study.failure_model import FEATURES, predict_failure_probability
+from phasecore.study.quality import RULES, _logistic_cv_probabilities, prediction_quality
+from phasecore.study.strata import attach_measured, measured_rules, study_by_stratum
 
 STRATUM_A = {"key": "a" * 64, "dataset": "digits", "metrics_version": 2, "settings": {"n": 64, "seed": 0}}
 STRATUM_B = {"key": "b" * 64, "dataset": "digits", "metrics_version": 2, "settings": {"n": 128, "seed": 0}}

@@ -15,7 +15,7 @@ from phasecore.data.sampling import balanced_indices, sample_pairs
 @functools.cache
 def _digit_labels() -> np.ndarray:
     """The 1797 labels (read-only): the bundled file never changes, and parsing it costs milliseconds."""
-    labels = load_digits().target.astype(np.int64)
+    labels: np.ndarray = load_digits().target.astype(np.int64)
     labels.flags.writeable = False
     return labels
 
@@ -25,7 +25,8 @@ def digits_sample_labels(*, n: int, seed: int) -> np.ndarray:
     the same errors for an N the classes cannot carry."""
     labels = _digit_labels()
     rng = np.random.default_rng(seed)  # the first draws of sample_pairs' generator: the same indices
-    return labels[balanced_indices(labels, n, rng, class_names=list(DIGIT_WORDS), dataset="digits")]
+    sample: np.ndarray = labels[balanced_indices(labels, n, rng, class_names=list(DIGIT_WORDS), dataset="digits")]
+    return sample
 
 
 def load_digits_pairs(*, n: int, seed: int) -> PairedDataset:

@@ -326,7 +326,8 @@ def render(
         draw.polygon(_polygon(shape, cx, cy, r, math.radians(angle)), fill=color_rgb)
     small = canvas.resize((size_px, size_px), Image.Resampling.BOX)
     image = np.asarray(small, dtype=np.float32) / np.float32(255) + noise.astype(np.float32)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    clipped: np.ndarray = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def _draw_sample(rng: np.random.Generator, color: str, shape: str, size_px: int) -> tuple[np.ndarray, dict[str, str]]:

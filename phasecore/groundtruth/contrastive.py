@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phasecore.data.base import PairedDataset
-from phasecore.groundtruth.mapfit import _group_score, _kind_means, outcome_groups, outcome_of
+from phasecore.groundtruth.outcome_test import decide_outcome, group_score, kind_means, outcome_groups
 from phasecore.sources.base import Encoder, batch_size, call_encoder, slice_inputs
 from phasecore.threads import single_thread
 
@@ -63,7 +63,7 @@ def train_heads(
         target = torch.arange(len(index))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward has no annotations
         optimiser.step()
         losses.append(float(loss.detach()))
     return head_v, head_l, losses
@@ -126,15 +126,16 @@ def held_out_contrastive(
                 )
                 z_v = F.normalize(head_v((x_v[test] - mu_v) / sd_v), dim=1)
                 predicted = members[(z_v @ F.normalize(prototypes, dim=1).T).argmax(1).numpy()]
-            scores.append({**_group_score(members, labels[test], predicted), "held_out": None})
+            scores.append({**group_score(members, labels[test], predicted), "held_out": None})
     if not scores:
         raise ValueError("no held-out group has ≥ 2 of its classes in the sample and pairs left to fit on")
-    decision = outcome_of(np.array([s["s_g"] for s in scores]), tau=failure_threshold, alpha=outcome_alpha, seed=seed)
+    s_g = np.array([s["s_g"] for s in scores])
+    decision = decide_outcome(s_g, tau=failure_threshold, alpha=outcome_alpha, seed=seed)
     return {
         "method": METHOD,
         "value": decision["alignment_score"],
         "group_scores": scores,
-        "group_means": _kind_means(scores, groups),  # writes each score's held_out kind
+        "group_means": kind_means(scores, groups),  # writes each score's held_out kind
         "n_groups": decision["n_groups"],
         "outcome": decision["outcome"],
         "failed": decision["failed"],

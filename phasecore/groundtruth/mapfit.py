@@ -5,17 +5,8 @@ on training pairs, and a held-out image is classified by ``argmax_c cos(W φ_v(e
 prototypes. A linear classifier already passes the seen-class test; only a map that carries meaning passes
 the unseen-class test, which gives ``alignment_score`` and the three-way ``outcome``.
 
-Outcome, three-way (METRICS v2 §7, binding): the seed splits the C classes into ``G = ⌊C/2⌋`` class-disjoint
-groups of two (one of three when C is odd); for each group g the map is fitted on the other classes and g's
-held-out images are classified among g's classes. ``b_g`` = mean over c ∈ g of the fraction of c's held-out
-images predicted as c, ``s_g = (b_g − 1/|g|) / (1 − 1/|g|)`` and ``alignment_score = mean_g s_g``. It is
-tested against ``τ = failure_threshold`` by a sign-flip test over the groups (``sign_flip_test``): with
-``D = mean_g(s_g − τ)``, ``p_above = P_ε[mean_g ε_g(s_g − τ) ≥ D]`` and
-``p_below = P_ε[mean_g ε_g(s_g − τ) ≤ D]`` over all ``2^G`` sign vectors ε (G ≤ 16), or over 9,999 seeded
-draws plus the identity (G > 16). ``aligned`` when ``p_above ≤ α``, ``failed`` when ``p_below ≤ α``,
-``inconclusive`` otherwise (α = ``outcome_alpha``); ``failed`` is True / False for a decided pair and None when
-inconclusive. The smallest attainable p-value is ``1/2^G``, so with ``G < 5`` (C < 10) no outcome can reach
-α = 0.05 and the pair is inconclusive for "too few classes" whatever its scores (``outcome_of``).
+The outcome (``aligned`` / ``failed`` / ``inconclusive``) is decided from the per-group scores s_g by
+``phasecore.groundtruth.outcome_test`` (§7's sign-flip test).
 
 A dataset may bring its own groups instead (``held_out_groups``; ``shapes`` holds out colours and shapes): each
 group g names its classes and the classes never fitted for it, and g's map is fitted on the remaining classes
@@ -34,11 +25,6 @@ Choices made here (METRICS leaves them open):
   consecutive groups by ``np.array_split``, so the first group holds three classes when C is odd and every
   other group two; ``folds`` plays no part there. The ``unseen`` figure (accuracy, p-values) pools the same
   predictions over pairs (chance ``1/|g|`` per test pair); the outcome uses the per-group ``s_g``.
-- Ties in the sign-flip test (sign vectors whose statistic equals D up to ``1e-9 · (1 + max_g |s_g − τ|)``)
-  count towards both p-values, i.e. in favour of the null. The Monte-Carlo draws (G > 16) come from
-  ``default_rng(seed)``; the identity is always counted, so every p-value lies in ``[1/2^G, 1]`` (exact) or
-  ``[1/10,000, 1]`` (Monte-Carlo). ``α`` must lie in (0, 0.5), where ``p_above + p_below ≥ 1`` keeps
-  ``aligned`` and ``failed`` exclusive.
 - Retrieval (image → caption) runs on the seen folds, among the distinct captions of each fold's held-out
   pairs (identical captions are one candidate, and a hit on it is a hit), ranking their ``φ_l(e_l)`` by cosine
   to the mapped image. With fewer than ``RETRIEVAL_MIN_DISTINCT`` of the captions distinct (class templates) the
@@ -72,7 +58,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.special import betainc
 from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -80,6 +65,14 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from phasecore.errors import InvalidSettings
+from phasecore.groundtruth.outcome_test import (
+    check_outcome_settings,
+    decide_outcome,
+    group_score,
+    kind_means,
+    outcome_groups,
+)
+from phasecore.stats import binomial_sf, design_effect, poisson_binomial_sf, wilson_interval
 
 #: the least share of distinct captions for which retrieval is computed
 RETRIEVAL_MIN_DISTINCT = 0.5
@@ -95,11 +88,6 @@ INFONCE = {"temperature": 0.07, "steps": 300, "lr": 0.02, "weight_decay": 1e-4}
 #: InfoNCE acts on at most this many top principal coordinates of φ_v (bounds the cost per step)
 INFONCE_MAX_DIM = 128
 
-#: sign-flip test: exact enumeration of all 2^G sign vectors up to this many groups, Monte-Carlo above
-SIGN_FLIP_EXACT_MAX_GROUPS = 16
-#: Monte-Carlo sign vectors drawn (the identity is added to them) when G > SIGN_FLIP_EXACT_MAX_GROUPS
-SIGN_FLIP_DRAWS = 9999
-OUTCOMES: tuple[str, ...] = ("aligned", "failed", "inconclusive")
 
 FIGURES = (
     "seen",
@@ -154,7 +142,7 @@ def measure_alignment(
     Outcome, three-way (§7): over the ``G = ⌊C/2⌋`` class-disjoint held-out groups g (pairs, one triple when
     C is odd), ``b_g`` = mean over c ∈ g of the fraction of c's held-out images predicted as c,
     ``s_g = (b_g − 1/|g|) / (1 − 1/|g|)``, ``alignment_score = mean_g s_g``; the sign-flip test of the s_g
-    against ``τ = failure_threshold`` at level ``α = outcome_alpha`` gives ``outcome`` (see ``outcome_of``).
+    against ``τ = failure_threshold`` at level ``α = outcome_alpha`` gives ``outcome`` (``decide_outcome``).
 
     held_out_groups: explicit groups instead of the seeded pairs of classes (a dataset's own construction, e.g.
     ``shapes``, which holds out attribute values): each ``{"classes": [int, ...], "exclude": [int, ...]}``;
@@ -211,7 +199,7 @@ def _measure_alignment(
 ) -> dict[str, Any]:
     if method not in METHODS:
         raise InvalidSettings(f"ground-truth method {method!r} is not one of {', '.join(METHODS)}")
-    _check_outcome_settings(failure_threshold, outcome_alpha)
+    check_outcome_settings(failure_threshold, outcome_alpha)
     X, Y, y, T = _validate(E_v, E_l, labels, prototypes, captions)
     n, n_classes = X.shape[0], T.shape[0]
     check_sample(y, folds)
@@ -286,7 +274,7 @@ def _measure_alignment(
         unseen_correct[test] = predicted == y[test]
         unseen_chance[test] = 1.0 / candidates.size
         tested[test] = True
-        group_scores.append(_group_score(candidates, y[test], predicted))
+        group_scores.append(group_score(candidates, y[test], predicted))
 
     uniform = np.full(n, 1.0 / n_classes)
     figures: dict[str, dict[str, Any]] = {
@@ -308,9 +296,9 @@ def _measure_alignment(
         )
         figures["retrieval_top1"], figures["retrieval_top5"] = _not_applicable(reason), _not_applicable(reason)
 
-    group_means = _kind_means(group_scores, held_out_groups)
+    group_means = kind_means(group_scores, held_out_groups)
     unseen = figures["unseen"]
-    outcome = outcome_of(np.array([g["s_g"] for g in group_scores]), failure_threshold, outcome_alpha, seed)
+    outcome = decide_outcome(np.array([g["s_g"] for g in group_scores]), failure_threshold, outcome_alpha, seed)
     return {
         "method": method,
         "n": n,
@@ -346,36 +334,6 @@ def _measure_alignment(
 # --- outcome, three-way (§7) ----------------------------------------------------------------------------
 
 
-def outcome_groups(classes: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """The §7 groups: the C classes shuffled by ``rng`` and cut into ``G = ⌊C/2⌋`` class-disjoint groups,
-    all of two classes except the first, of three, when C is odd (``np.array_split`` of the permutation)."""
-    classes = np.asarray(classes)
-    if classes.size < 2:
-        raise ValueError(f"the §7 groups need ≥ 2 classes, got {classes.size}")
-    return list(np.array_split(rng.permutation(classes), classes.size // 2))
-
-
-def _kind_means(
-    group_scores: list[dict[str, Any]], groups: Sequence[AbcMapping[str, Any]] | None
-) -> dict[str, float] | None:
-    """Mean s_g per kind of held-out value (``shapes``: "colors" and "shapes"), each group's kind written into its
-    score as ``held_out``; None when the groups name no kind. A pair blind to one kind can pass on the other."""
-    kinds = {
-        tuple(sorted(int(c) for c in g["classes"])): next(iter(g["held_out"]))
-        for g in groups or ()
-        if isinstance(g.get("held_out"), AbcMapping) and g["held_out"]
-    }
-    if not kinds:
-        return None
-    found: dict[str, list[float]] = {}
-    for score in group_scores:
-        kind = kinds.get(tuple(sorted(score["classes"])))
-        score["held_out"] = kind
-        if kind is not None and score["s_g"] is not None:
-            found.setdefault(kind, []).append(float(score["s_g"]))
-    return {kind: float(np.mean(values)) for kind, values in sorted(found.items())}
-
-
 def _explicit_groups(
     groups: Sequence[AbcMapping[str, Any]], present: np.ndarray, n_classes: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
@@ -403,117 +361,6 @@ def _explicit_groups(
             "groups: raise N"
         )
     return classes_of, excluded, skipped
-
-
-def _group_score(classes: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """b_g = mean over c ∈ g of the fraction of c's held-out images predicted as c; s_g its chance-corrected
-    form ``(b_g − 1/|g|) / (1 − 1/|g|)`` (1 perfect, 0 chance, < 0 below chance)."""
-    b = float(np.mean([np.mean(predicted[truth == c] == c) for c in classes]))
-    k = classes.size
-    return {
-        "classes": sorted(int(c) for c in classes),
-        "s_g": (b - 1.0 / k) / (1.0 - 1.0 / k),
-        "b_g": b,
-        "n": int(truth.size),
-    }
-
-
-def _sign_vectors(n_groups: int, *, seed: int, draws: int) -> tuple[np.ndarray, bool]:
-    """(M, G) ±1 sign vectors: all 2^G when G ≤ SIGN_FLIP_EXACT_MAX_GROUPS (exact), else the identity plus
-    ``draws`` rows drawn by ``default_rng(seed)``; and whether the set is exact."""
-    if n_groups <= SIGN_FLIP_EXACT_MAX_GROUPS:
-        bits = (np.arange(2**n_groups)[:, None] >> np.arange(n_groups)[None, :]) & 1
-        return 1.0 - 2.0 * bits, True  # row 0 is the identity
-    drawn = np.random.default_rng(seed).integers(0, 2, size=(draws, n_groups))
-    return np.vstack([np.ones((1, n_groups)), 1.0 - 2.0 * drawn]), False
-
-
-def sign_flip_test(
-    scores: np.ndarray, tau: float, *, seed: int = 0, draws: int = SIGN_FLIP_DRAWS
-) -> tuple[float, float]:
-    """(p_above, p_below) of the sign-flip test of the group scores s_g against τ (METRICS §7).
-
-    With ``d_g = s_g − τ`` and ``D = mean_g d_g``: ``p_above = P_ε[mean_g ε_g d_g ≥ D]`` and
-    ``p_below = P_ε[mean_g ε_g d_g ≤ D]``, ε uniform over all ``2^G`` sign vectors when G ≤ 16 (exact,
-    vectorised), otherwise over ``draws`` vectors drawn by ``default_rng(seed)`` plus the identity. Ties (within
-    ``1e-9 · (1 + max_g |d_g|)`` of D) count in both tails, in favour of the null; the identity always counts,
-    so p ∈ [1/2^G, 1] (exact) or [1/(draws + 1), 1]. Small p_above: the s_g lie above τ; small p_below: below.
-    """
-    d = np.asarray(scores, dtype=np.float64).reshape(-1) - float(tau)
-    if d.size == 0:
-        raise ValueError("the sign-flip test needs at least one group score")
-    if not np.all(np.isfinite(d)):
-        raise ValueError(f"group scores and τ must be finite, got {scores!r} and {tau!r}")
-    if d.size > SIGN_FLIP_EXACT_MAX_GROUPS and draws < 1:
-        raise ValueError(f"the Monte-Carlo sign-flip test needs ≥ 1 draw, got {draws}")
-    signs, _ = _sign_vectors(d.size, seed=seed, draws=draws)
-    stats = signs @ d / d.size
-    observed = float(d.mean())
-    eps = 1e-9 * (1.0 + float(np.max(np.abs(d))))
-    p_above = float(np.count_nonzero(stats >= observed - eps)) / stats.size
-    p_below = float(np.count_nonzero(stats <= observed + eps)) / stats.size
-    return p_above, p_below
-
-
-def min_groups_for(alpha: float) -> int:
-    """Smallest G whose exact sign-flip test can reach α: the least G with ``1/2^G ≤ α`` (5 for α = 0.05)."""
-    return max(1, math.ceil(-math.log2(alpha) - 1e-12))
-
-
-def outcome_of(
-    scores: np.ndarray,
-    tau: float = 0.03,
-    alpha: float = 0.05,
-    seed: int = 0,
-    *,
-    draws: int = SIGN_FLIP_DRAWS,
-) -> dict[str, Any]:
-    """The three-way outcome of METRICS §7 from the group scores s_g (G = len(scores)).
-
-    ``aligned`` if ``p_above ≤ α``, ``failed`` if ``p_below ≤ α``, ``inconclusive`` otherwise; with
-    ``G < min_groups_for(α)`` (G < 5 at α = 0.05) no outcome can reach α and the outcome is ``inconclusive``
-    with reason "too few classes (G = … < … groups)" whatever the scores (the p-values are still reported).
-    Returns {outcome, outcome_reason (None when decided), failed (True / False / None), alignment_score
-    (mean_g s_g), n_groups (G), p_above, p_below, failure_threshold (τ), outcome_alpha (α), sign_flip
-    ("exact" or "monte-carlo (9999 draws + identity)")}.
-    """
-    tau, alpha = _check_outcome_settings(tau, alpha)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    p_above, p_below = sign_flip_test(s, tau, seed=seed, draws=draws)
-    n_groups = int(s.size)
-    needed = min_groups_for(alpha)
-    reason: str | None
-    if n_groups < needed:
-        outcome, reason = "inconclusive", f"too few classes (G = {n_groups} < {needed} groups)"
-    elif p_above <= alpha:
-        outcome, reason = "aligned", None
-    elif p_below <= alpha:
-        outcome, reason = "failed", None
-    else:
-        outcome = "inconclusive"
-        reason = f"neither p-value ≤ α (p_above = {p_above:.4g}, p_below = {p_below:.4g}, α = {alpha:g})"
-    exact = n_groups <= SIGN_FLIP_EXACT_MAX_GROUPS
-    return {
-        "outcome": outcome,
-        "outcome_reason": reason,
-        "failed": None if outcome == "inconclusive" else outcome == "failed",
-        "alignment_score": float(s.mean()),
-        "n_groups": n_groups,
-        "p_above": p_above,
-        "p_below": p_below,
-        "failure_threshold": tau,
-        "outcome_alpha": alpha,
-        "sign_flip": "exact" if exact else f"monte-carlo ({draws} draws + identity)",
-    }
-
-
-def _check_outcome_settings(tau: float, alpha: float) -> tuple[float, float]:
-    tau, alpha = float(tau), float(alpha)
-    if not math.isfinite(tau):
-        raise InvalidSettings(f"failure_threshold τ must be finite, got {tau}")
-    if not 0.0 < alpha < 0.5:
-        raise InvalidSettings(f"outcome_alpha α must lie in (0, 0.5), got {alpha}")
-    return tau, alpha
 
 
 # --- features -------------------------------------------------------------------------------------------
@@ -547,7 +394,8 @@ class _Preprocess:
 
 def _classify(mapped: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     """argmax_c cos(W φ_v(e), t̃_c); both sides unit-norm. (n, d_l), (C, d_l) → (n,) int."""
-    return np.argmax(mapped @ prototypes.T, axis=1)
+    classes: np.ndarray = np.argmax(mapped @ prototypes.T, axis=1)
+    return classes
 
 
 def _rank_of_own(similarity: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -556,13 +404,15 @@ def _rank_of_own(similarity: np.ndarray, own: np.ndarray) -> np.ndarray:
     Ties count against the image, so a constant map never scores.
     """
     mine = similarity[np.arange(similarity.shape[0]), own][:, None]
-    return np.count_nonzero(similarity >= mine, axis=1) - 1
+    ranks: np.ndarray = np.count_nonzero(similarity >= mine, axis=1) - 1
+    return ranks
 
 
 def _linear_probe(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray) -> np.ndarray:
     scaler = StandardScaler().fit(Xtr)
     clf = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(Xtr), ytr)
-    return clf.predict(scaler.transform(Xte))
+    predicted: np.ndarray = clf.predict(scaler.transform(Xte))
+    return predicted
 
 
 def _text_groups(Y: np.ndarray, captions: Sequence[str] | None) -> np.ndarray:
@@ -601,12 +451,12 @@ def _class_disjoint_inner(y: np.ndarray, rng: np.random.Generator) -> Splits:
 # --- maps W ---------------------------------------------------------------------------------------------
 
 Mapping = Callable[[np.ndarray], np.ndarray]
-Fitter = Callable[[np.ndarray, np.ndarray, Splits, np.ndarray, np.random.Generator], tuple[Mapping, dict]]
+Fitter = Callable[[np.ndarray, np.ndarray, Splits, np.ndarray, np.random.Generator], tuple[Mapping, dict[str, Any]]]
 
 
 def _fit_ridge(
     X: np.ndarray, Y: np.ndarray, inner: Splits, groups: np.ndarray, rng: np.random.Generator
-) -> tuple[Mapping, dict]:
+) -> tuple[Mapping, dict[str, Any]]:
     """Ridge ``W_λ = (XᵀX + λI)⁻¹XᵀY = Xᵀ(XXᵀ + λI)⁻¹Y``; λ minimises the inner-CV squared error.
 
     Solved in the dual through one eigendecomposition ``XXᵀ = U diag(μ) Uᵀ`` per (inner) training set, so all
@@ -634,13 +484,13 @@ def _principal_axes(X: np.ndarray, r: int, *, center: bool = True) -> np.ndarray
         return V[:, ::-1][:, :r]
     mu, U = np.linalg.eigh(Z @ Z.T)
     mu, U = mu[::-1][:r], U[:, ::-1][:, :r]
-    axes = Z.T @ U / np.sqrt(np.clip(mu, 1e-300, None))
+    axes: np.ndarray = Z.T @ U / np.sqrt(np.clip(mu, 1e-300, None))
     return axes
 
 
 def _fit_procrustes(
     X: np.ndarray, Y: np.ndarray, inner: Splits, groups: np.ndarray, rng: np.random.Generator
-) -> tuple[Mapping, dict]:
+) -> tuple[Mapping, dict[str, Any]]:
     """Orthogonal Q between the top-r principal coordinates of both sides, r = min(d_v, d_l, n − 1)."""
     r = max(1, min(X.shape[1], Y.shape[1], X.shape[0] - 1))
     Pv, Pl = _principal_axes(X, r), _principal_axes(Y, r)  # (d_v, r), (d_l, r)
@@ -651,7 +501,7 @@ def _fit_procrustes(
 
 def _fit_infonce(
     X: np.ndarray, Y: np.ndarray, inner: Splits, groups: np.ndarray, rng: np.random.Generator
-) -> tuple[Mapping, dict]:
+) -> tuple[Mapping, dict[str, Any]]:
     """Linear map trained on the image → text InfoNCE loss over the distinct training texts.
 
     Loss ``−(1/n) Σ_i log softmax_j(cos(W x_i, t_j)/τ)[g_i]`` with t_j the distinct texts and g_i pair i's
@@ -710,8 +560,8 @@ def _figure(correct: np.ndarray, chance: np.ndarray, classes: np.ndarray) -> dic
     if np.ptp(chance) < 1e-12:
         p_value = binomtest(k, n, float(chance[0]), alternative="greater").pvalue
     else:
-        p_value = _poisson_binomial_sf(k, chance)
-    n_eff = n / _design_effect(correct.astype(np.float64), classes)
+        p_value = poisson_binomial_sf(k, chance)
+    n_eff = n / design_effect(correct.astype(np.float64), classes)
     return {
         "status": "ok",
         "reason": None,
@@ -720,42 +570,11 @@ def _figure(correct: np.ndarray, chance: np.ndarray, classes: np.ndarray) -> dic
         "n": n,
         "chance": mean_chance,
         "p_value": float(min(1.0, p_value)),
-        "ci95": _wilson(accuracy, n),
+        "ci95": wilson_interval(accuracy, n),
         "n_effective": float(n_eff),
-        "p_value_clustered": _binomial_sf(accuracy * n_eff, n_eff, mean_chance),
-        "ci95_clustered": _wilson(accuracy, n_eff),
+        "p_value_clustered": binomial_sf(accuracy * n_eff, n_eff, mean_chance),
+        "ci95_clustered": wilson_interval(accuracy, n_eff),
     }
-
-
-def _design_effect(outcomes: np.ndarray, classes: np.ndarray) -> float:
-    """Kish design effect ``1 + (m₀ − 1) ρ`` of (n,) outcomes clustered by (n,) class ids."""
-    ids, inverse, sizes = np.unique(classes, return_inverse=True, return_counts=True)
-    n, k = outcomes.size, ids.size
-    if k < 2 or k == n:
-        return 1.0
-    means = np.bincount(inverse, weights=outcomes) / sizes
-    between = float(np.sum(sizes * (means - outcomes.mean()) ** 2) / (k - 1))
-    within = float(np.sum((outcomes - means[inverse]) ** 2) / (n - k))
-    m0 = (n - float(np.sum(sizes**2)) / n) / (k - 1)
-    denom = between + (m0 - 1) * within
-    rho = 1.0 if denom <= 0 else float(np.clip((between - within) / denom, 0.0, 1.0))
-    return 1.0 + (m0 - 1) * rho
-
-
-def _binomial_sf(k: float, n: float, p: float) -> float:
-    """P(X ≥ k) for X ~ Binomial(n, p), continued to real k and n through the regularised beta function."""
-    if k <= 0:
-        return 1.0
-    if k > n:
-        return 0.0
-    return float(betainc(k, n - k + 1, p))
-
-
-def _wilson(accuracy: float, n: float, z: float = 1.959963984540054) -> list[float]:
-    """95% Wilson score interval of a proportion observed on n (possibly effective, non-integer) trials."""
-    centre = (accuracy + z**2 / (2 * n)) / (1 + z**2 / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def _not_applicable(reason: str) -> dict[str, Any]:
@@ -772,16 +591,6 @@ def _not_applicable(reason: str) -> dict[str, Any]:
         "p_value_clustered": None,
         "ci95_clustered": None,
     }
-
-
-def _poisson_binomial_sf(k: int, probs: np.ndarray) -> float:
-    """P(X ≥ k) for X a sum of independent Bernoulli(p_i), by dynamic programming over the pmf."""
-    pmf = np.zeros(probs.size + 1)
-    pmf[0] = 1.0
-    for i, p in enumerate(probs, start=1):
-        pmf[1 : i + 1] = pmf[1 : i + 1] * (1 - p) + pmf[:i] * p
-        pmf[0] *= 1 - p
-    return float(pmf[k:].sum())
 
 
 def _validate(

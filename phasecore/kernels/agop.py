@@ -17,7 +17,6 @@ above ``1e-6 λ_max`` is reported beside it for comparison with the paper; no ru
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -25,17 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from phasecore.kernels.config import KernelConfig, Probes, ProgressFn
 from phasecore.kernels.device import exact_numerics
 from phasecore.kernels.distinct import distinct_inputs
-from phasecore.kernels.engine import (
-    Method,
-    ProbeGram,
-    Probes,
-    ProgressFn,
-    make_probes,
-    probe_gram,
-    weighted_probe_gram,
-)
+from phasecore.kernels.engine import ProbeGram, make_probes, probe_gram, weighted_probe_gram
 from phasecore.kernels.validity import check_gram
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
 
@@ -206,43 +198,31 @@ def spectrum_from_probe_gram(
 def agop_spectrum(
     model: nn.Module,
     inputs: Inputs,
+    config: KernelConfig | None = None,
     *,
-    probes: Probes = 4,
     space: Literal["parameters", "inputs"] = "parameters",
-    method: Method = "exact",
-    sketch_dim: int = 8192,
-    seed: int = 0,
     rtol: float = 1e-6,
     k: int = 16,
     censor_below: float = 1e-5,
-    chunk_size: int = 32,
-    params: Iterable[str] | None = None,
     progress: ProgressFn | None = None,
+    **options: Any,
 ) -> AgopSpectrum:
     """AGOP spectrum of ``model`` on ``inputs`` (METRICS §4).
 
     ``space="parameters"``: ``J_i = ∂f(x_i)/∂θ`` (the paper's eq. 4). ``space="inputs"``: ``J_i =
     ∂f(x_i)/∂x`` with x the pixels (tensor inputs) or the input token embeddings (mapping inputs with
     ``input_ids``; padding masked out), as in Radhakrishnan et al. Identical inputs are computed once and
-    weighted by their multiplicity (METRICS §0).
+    weighted by their multiplicity (METRICS §0). ``config`` / ``options``: the kernel options (``KernelConfig``);
+    the input space uses its probes, seed and chunk size.
     """
+    config = KernelConfig.build(config, options)
     distinct = distinct_inputs(inputs)
     if space == "parameters":
-        gram = probe_gram(
-            model,
-            distinct.inputs,
-            probes=probes,
-            method=method,
-            sketch_dim=sketch_dim,
-            seed=seed,
-            chunk_size=chunk_size,
-            params=params,
-            cross_probe=True,
-            progress=progress,
-            stage="spectrum",
-        )
+        gram = probe_gram(model, distinct.inputs, config, cross_probe=True, progress=progress, stage="spectrum")
         return spectrum_from_probe_gram(gram, counts=distinct.counts, k=k, censor_below=censor_below, rtol=rtol)
-    g, scale = input_gradients(model, distinct.inputs, probes=probes, seed=seed, chunk_size=chunk_size)
+    g, scale = input_gradients(
+        model, distinct.inputs, probes=config.probes, seed=config.seed, chunk_size=config.chunk_size
+    )
     m, u, _ = g.shape
     flat = g.reshape(m * u, -1).to(torch.float64)
     input_gram = weighted_probe_gram((flat @ flat.T).numpy() * scale, distinct.counts / distinct.n, m)
@@ -252,7 +232,7 @@ def agop_spectrum(
         k=k,
         censor_below=censor_below,
         rtol=rtol,
-        seed=seed,
+        seed=config.seed,
         space="inputs",
         what="input-space AGOP",
     )

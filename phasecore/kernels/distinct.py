@@ -37,11 +37,13 @@ class Distinct:
 
     def expand_gram(self, gram_u: np.ndarray) -> np.ndarray:
         """(U, U) → (N, N): ``K[i, j] = K_U[inverse[i], inverse[j]]``."""
-        return gram_u[np.ix_(self.inverse, self.inverse)]
+        gram: np.ndarray = gram_u[np.ix_(self.inverse, self.inverse)]
+        return gram
 
     def expand_rows(self, rows_u: np.ndarray) -> np.ndarray:
         """(U, ...) → (N, ...)."""
-        return rows_u[self.inverse]
+        rows: np.ndarray = rows_u[self.inverse]
+        return rows
 
 
 def distinct_inputs(inputs: Inputs) -> Distinct:

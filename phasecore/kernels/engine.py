@@ -15,8 +15,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from phasecore.errors import DeviceOutOfMemory, InvalidSettings
+from phasecore.kernels.config import Gradients, KernelConfig, Probes, ProgressFn
 from phasecore.kernels.device import (
     eager_attention,
     exact_numerics,
@@ -40,16 +41,12 @@ from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_input
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
 #: Device types on which transformers models run eager attention for the engine's passes. On a CPU, SDPA is
 #: handled as it is (it has no parameters: the rules of the linear layers around it are checked exact) and
 #: is cheaper: BERT-base, N = 64, 16 tokens, M = 1 cost 29.4 s CPU under SDPA against 35.7 s switched to eager
 #: (docs/benchmarks.md). On CUDA, eager keeps to plain matmuls under deterministic algorithms (the fused
 #: attention backward kernels are not deterministic); bench/attention.py --device cuda measures both.
 EAGER_ATTENTION_ON: frozenset[str] = frozenset({"cuda"})
-Probes = int | Literal["exact"] | torch.Tensor
-Method = Literal["exact", "sketch", "auto"]
-Gradients = Literal["auto", "rules", "loop"]
 
 
 @dataclass
@@ -214,24 +211,19 @@ def _qualified(mod_name: str, param: str) -> str:
 def probe_gram(
     model: nn.Module,
     inputs: Inputs,
+    config: KernelConfig | None = None,
     *,
-    probes: Probes = 4,
-    method: Method = "exact",
-    sketch_dim: int = 8192,
-    seed: int = 0,
-    chunk_size: int = 32,
-    params: Iterable[str] | None = None,
     cross_probe: bool = False,
-    memory_budget_gb: float = 4.0,
     progress: ProgressFn | None = None,
     stage: str = "kernel",
-    gradients: Gradients = "auto",
+    **options: Any,
 ) -> ProbeGram:
     """Gram of per-(probe, sample) parameter gradients ``g_i^m = ∂(u_m · f(x_i))/∂θ``.
 
     Args:
         model: maps a batch to ``(B, d)``; run in eval mode (restored afterwards).
         inputs: a batch-first tensor or a mapping of them (``input_ids``, ``attention_mask``, ...).
+        config: the kernel options (``KernelConfig``); ``options``, its field names as keywords, replace them.
         probes: M Gaussian probes ``u_m ~ N(0, I_d)`` drawn from ``seed``, ``"exact"`` for the d basis
             outputs, or an explicit ``(M, d)`` tensor.
         method: ``exact`` (per-layer exact products), ``sketch`` (CountSketch of width
@@ -257,6 +249,8 @@ def probe_gram(
     afterwards (``phasecore.kernels.device``).
     """
     started = time.perf_counter()
+    config = KernelConfig.build(config, options)
+    params = config.params
     n = batch_size(inputs)
     if n < 1:
         raise InvalidSettings("probe_gram needs at least one sample")
@@ -271,11 +265,11 @@ def probe_gram(
     param_by_name = dict(model.named_parameters())
 
     device = next(model.parameters()).device
-    budget_gb, budget_info = memory_budget(device, memory_budget_gb)
+    budget_gb, budget_info = memory_budget(device, config.memory_budget_gb)
     notes: dict[str, Any] = dict(budget_info)
     attention = eager_attention(model, notes) if device.type in EAGER_ATTENTION_ON else contextlib.nullcontext()
     with exact_numerics(), attention, _prepared(model, selected):
-        attempt_chunk = chunk_size
+        attempt_chunk = config.chunk_size
         for attempt in (1, 2):
             fitted: dict[str, int] = {}
             recorder = _Recorder({name: mod for name, (mod, _) in owned.items()})
@@ -288,19 +282,13 @@ def probe_gram(
                     recorder,
                     owned,
                     param_by_name,
-                    probes,
-                    method,
-                    sketch_dim,
-                    seed,
-                    attempt_chunk,
+                    replace(config, chunk_size=attempt_chunk, memory_budget_gb=budget_gb),
                     cross_probe,
-                    budget_gb,
                     progress,
                     stage,
                     dtype,
                     n_params,
                     started,
-                    gradients,
                     fitted,
                 )
             except Exception as exc:
@@ -347,21 +335,19 @@ def _run(
     recorder: _Recorder,
     owned: dict[str, tuple[nn.Module, list[str]]],
     param_by_name: dict[str, nn.Parameter],
-    probes: Probes,
-    method: Method,
-    sketch_dim: int,
-    seed: int,
-    chunk_size: int,
+    config: KernelConfig,
     cross_probe: bool,
-    memory_budget_gb: float,
     progress: ProgressFn | None,
     stage: str,
     dtype: torch.dtype,
     n_params: int,
     started: float,
-    gradients: Gradients = "auto",
     fitted: dict[str, int] | None = None,
 ) -> ProbeGram:
+    """One attempt of ``probe_gram`` at ``config.chunk_size``, within ``config.memory_budget_gb`` (already capped
+    by the device)."""
+    probes, method, sketch_dim, seed = config.probes, config.method, config.sketch_dim, config.seed
+    chunk_size, memory_budget_gb, gradients = config.chunk_size, config.memory_budget_gb, config.gradients
     if gradients not in ("auto", "rules", "loop"):
         raise InvalidSettings(f"gradients must be 'auto', 'rules' or 'loop', got {gradients!r}")
     u: torch.Tensor | None = None
@@ -706,16 +692,10 @@ def _prefer_loop(
 def ntk_gram(
     model: nn.Module,
     inputs: Inputs,
+    config: KernelConfig | None = None,
     *,
-    probes: Probes = 4,
-    method: Method = "exact",
-    sketch_dim: int = 8192,
-    seed: int = 0,
-    chunk_size: int = 32,
-    params: Iterable[str] | None = None,
-    memory_budget_gb: float = 4.0,
     progress: ProgressFn | None = None,
-    gradients: Gradients = "auto",
+    **options: Any,
 ) -> np.ndarray:
     """Empirical trace NTK averaged over outputs, ``Θ̂ (N, N) float64`` (METRICS §1).
 
@@ -723,17 +703,4 @@ def ntk_gram(
     with M Gaussian probes as ``Θ̂_ij = (1/(M d)) Σ_m ⟨g_i^m, g_j^m⟩``. See ``probe_gram`` for the
     arguments; ``method="sketch"`` replaces inner products by CountSketch ones (width ``sketch_dim``).
     """
-    result = probe_gram(
-        model,
-        inputs,
-        probes=probes,
-        method=method,
-        sketch_dim=sketch_dim,
-        seed=seed,
-        chunk_size=chunk_size,
-        params=params,
-        memory_budget_gb=memory_budget_gb,
-        progress=progress,
-        gradients=gradients,
-    )
-    return result.ntk()
+    return probe_gram(model, inputs, config, progress=progress, **options).ntk()

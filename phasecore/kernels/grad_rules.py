@@ -271,7 +271,8 @@ def _through_activation(module: nn.Module, z: torch.Tensor, gy: torch.Tensor) ->
 
     try:
         pullback = vjp(forward, z)[1]  # torch types vjp's result as (out, fn) or (out, fn, aux): index, not unpack
-        return vmap(pullback)(gy)[0]
+        pulled: torch.Tensor = vmap(pullback)(gy)[0]
+        return pulled
     except RuntimeError:  # an activation torch.func cannot transform (a custom autograd.Function): per probe
         with torch.enable_grad():
             leaf = z.detach().requires_grad_(True)
@@ -321,12 +322,14 @@ def _vmapped_vjp(
 
         def fwd(p: dict[str, torch.Tensor]) -> torch.Tensor:
             out = functional_call(module, p, tuple(args), kwargs, strict=False)
-            return out[0] if isinstance(out, tuple) else out
+            first: torch.Tensor = out[0] if isinstance(out, tuple) else out
+            return first
 
         pullback = vjp(fwd, own)[1]  # as in _through_activation: (out, fn) without has_aux
         return vmap(lambda g: pullback(g.unsqueeze(0))[0])(gy_i)  # the M probes share one forward
 
-    return vmap(single)(gy, *batched)
+    grads: dict[str, torch.Tensor] = vmap(single)(gy, *batched)
+    return grads
 
 
 class _NotBatchFirst(Exception):

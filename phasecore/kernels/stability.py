@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from phasecore.kernels.config import KernelConfig, ProgressFn
 from phasecore.kernels.device import exact_numerics
 from phasecore.kernels.distinct import Distinct, distinct_inputs
-from phasecore.kernels.engine import Method, Probes, ProgressFn, probe_gram
+from phasecore.kernels.engine import probe_gram
 from phasecore.kernels.validity import check_gram
 from phasecore.similarity.kernel_alignment import kernel_alignment
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
@@ -34,7 +35,7 @@ Precision = Literal["float32", "float64"]
 
 
 @dataclass(frozen=True)
-class StabilityPoint:
+class StabilityStep:
     """S_NTK after T steps at one step size η = lr_scale / λ_max."""
 
     lr_scale: float
@@ -60,7 +61,7 @@ class StabilityResult:
     loss_start: float
     loss_end: float
     seconds: float
-    curve: list[StabilityPoint] = field(default_factory=list)  # one point per lr_scale, ascending
+    curve: list[StabilityStep] = field(default_factory=list)  # one point per lr_scale, ascending
     # seconds per part: gram_0 (Θ̂(θ_0) of the subset; 0 when taken from the profile's kernel), k_0 (the scalar
     # kernel for η), steps (the T gradient steps of every step size), gram_T (Θ̂(θ_T) of every step size)
     timings: dict[str, float] = field(default_factory=dict)
@@ -82,23 +83,20 @@ def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
 def stability_probe(
     model: nn.Module,
     inputs: Inputs,
+    config: KernelConfig | None = None,
     *,
-    probes: Probes = 4,
-    method: Method = "exact",
-    sketch_dim: int = 8192,
-    seed: int = 0,
     steps: int = 10,
     subset: int = 128,
-    chunk_size: int = 32,
-    params: Iterable[str] | None = None,
     progress: ProgressFn | None = None,
     lr_scales: Sequence[float] = (1.0,),
     kernel: np.ndarray | None = None,
     kernel_chunk: int | None = None,
     precision: Precision = "float32",
+    **options: Any,
 ) -> StabilityResult:
     """S_NTK and the phase of one model (METRICS §3), and S_NTK at each step-size scale of ``lr_scales``
-    (1 is always included); see the module docstring for the protocol.
+    (1 is always included); see the module docstring for the protocol. ``config`` / ``options``: the kernel
+    options (``KernelConfig``) of every Gram the probe computes.
 
     ``kernel``: the model's Θ̂(θ_0) over all N inputs, ``(N, N)``, computed with the same probes, method, seed,
     sketch width and parameters (the profile's own kernel stage). Θ̂(θ_0) of the subset is then its
@@ -111,16 +109,16 @@ def stability_probe(
     steps amplify float32 rounding, so S_NTK in float32 differs across thread counts and CPUs; docs/benchmarks.md
     measures by how much); Θ̂(θ_0) stays the model's own (its rounding is not amplified)."""
     started = time.perf_counter()
+    config = KernelConfig.build(config, options)
+    method, seed, chunk_size = config.method, config.seed, config.chunk_size
     timings: dict[str, float] = {}
     scales = sorted(set(float(c) for c in lr_scales) | {1.0})
     idx = subset_indices(batch_size(inputs), subset, seed)
     first_input = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
     distinct = distinct_inputs(slice_inputs(inputs, torch.as_tensor(idx, device=first_input.device)))
     n_s = len(idx)
-    selected = set(params) if params is not None else {name for name, _ in model.named_parameters()}
-    kw: dict[str, Any] = dict(
-        method=method, sketch_dim=sketch_dim, seed=seed, chunk_size=chunk_size, params=selected
-    )
+    selected = set(config.params) if config.params is not None else {name for name, _ in model.named_parameters()}
+    kw = config.with_params(selected)
 
     def report(stage_fraction: float) -> None:
         if progress:
@@ -133,7 +131,7 @@ def stability_probe(
         gram0 = np.asarray(kernel, dtype=np.float64)[np.ix_(idx, idx)]
         loss_chunk = kernel_chunk or chunk_size
     else:
-        first = probe_gram(model, distinct.inputs, probes=probes, **kw)
+        first = probe_gram(model, distinct.inputs, kw)
         gram0 = distinct.expand_gram(first.ntk())
         # the loss passes use the chunk the engine fitted to the memory budget: on a CPU, small batches of
         # large images also run faster per sample (they stay in cache)
@@ -156,7 +154,7 @@ def stability_probe(
     # ⟨∇u0·f, ∇u0·f⟩, exact; a model whose kernel needed the sketch (its gradients exceed the memory budget, as
     # MiniLM's 128 distinct shapes captions do) gets it exactly where it fits, else from the sketch ("auto")
     k0_method = "exact" if method == "exact" else "auto"
-    k0 = probe_gram(model, distinct.inputs, probes=u0[None], **{**kw, "method": k0_method}).ntk()
+    k0 = probe_gram(model, distinct.inputs, kw, probes=u0[None], method=k0_method).ntk()
     lambda_max = float(check_gram(distinct.expand_gram(k0) / n_s, "stability K_0")[-1])
     timings["k_0"] = time.perf_counter() - tick
     timings["steps"] = timings["gram_T"] = 0.0
@@ -167,7 +165,7 @@ def stability_probe(
         eta = c / lambda_max if lambda_max > 0 else 0.0
         span = (0.3 + 0.7 * i / len(scales), 0.7 / len(scales))
         point = _train_and_compare(
-            model, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, probes, kw, report, span,
+            model, distinct, gram0, u0, targets, selected, eta, c, steps, loss_chunk, kw, report, span,
             timings,
         )
         curve.append(point)
@@ -211,12 +209,11 @@ def _train_and_compare(
     lr_scale: float,
     steps: int,
     loss_chunk: int,
-    probes: Probes,
-    kw: dict[str, Any],
+    kw: KernelConfig,
     report: Callable[[float], None],
     span: tuple[float, float],
     timings: dict[str, float],
-) -> StabilityPoint:
+) -> StabilityStep:
     """T steps of gradient descent at ``eta`` on a deep copy, then S_NTK = A(Θ̂_0, Θ̂_T) (seconds added to
     ``timings["steps"]`` and ``timings["gram_T"]``)."""
     tick = time.perf_counter()
@@ -246,11 +243,11 @@ def _train_and_compare(
         report(span[0] + span[1] * 0.8 * (step + 1) / steps)
     timings["steps"] += time.perf_counter() - tick
     tick = time.perf_counter()
-    gram_t = distinct.expand_gram(probe_gram(work, distinct.inputs, probes=probes, **kw).ntk())
+    gram_t = distinct.expand_gram(probe_gram(work, distinct.inputs, kw).ntk())
     timings["gram_T"] += time.perf_counter() - tick
     report(span[0] + span[1])
     s = kernel_alignment(gram0, gram_t)
-    return StabilityPoint(
+    return StabilityStep(
         lr_scale=lr_scale,
         eta=eta,
         s_ntk=s,

@@ -34,6 +34,7 @@ from phasecore.data.shapes import held_out_groups, parse_shapes_options
 from phasecore.errors import PhasescreenError
 from phasecore.references.refs import ModelRef
 from phasecore.screening.batch import as_result
+from phasecore.stats import auroc, wilson_interval
 from phasecore.study.quality import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, COMPARATORS, RULE_SCORES, RULES
 from phasecore.zoo.recipe import ZooRecipe
 
@@ -308,7 +309,7 @@ def calibration(records: Sequence[Mapping[str, Any]], definition: str, alpha: fl
         "failed": sum(r.get("outcome") == "failed" for r in null),
         "alpha": alpha,
         "rate": float(aligned.mean()) if n else None,
-        "wilson95": _wilson(float(aligned.sum()), n) if n else None,
+        "wilson95": wilson_interval(float(aligned.sum()) / n, n) if n else None,
         "bootstrap95": None,
     }
     if n:
@@ -324,13 +325,6 @@ def calibration(records: Sequence[Mapping[str, Any]], definition: str, alpha: fl
                 rates.append(float((w * aligned).sum() / w.sum()))
         out["bootstrap95"] = [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
     return out
-
-
-def _wilson(k: float, n: int, z: float = 1.959963984540054) -> list[float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def calibration_lines(records: Sequence[Mapping[str, Any]], alpha: float) -> list[str]:
@@ -364,12 +358,10 @@ def _failure_score(record: Mapping[str, Any], name: str) -> float | None:
 
 
 def tau_sensitivity(records: Sequence[Mapping[str, Any]], taus: Sequence[float], alpha: float) -> list[dict[str, Any]]:
-    """Per τ: every record re-decided from its stored group scores (``outcome_of`` at τ, α), the counts, and each
+    """Per τ: every record re-decided from its stored group scores (``decide_outcome`` at τ, α), the counts, and each
     rule's and comparator's in-sample AUROC for failure over the decided pairs (no cross-validation: the point is
     how the ranking moves with τ, not the held-out figure, which is the study's)."""
-    from sklearn.metrics import roc_auc_score
-
-    from phasecore.groundtruth.mapfit import outcome_of
+    from phasecore.groundtruth.outcome_test import decide_outcome
 
     rows = []
     for tau in taus:
@@ -379,7 +371,7 @@ def tau_sensitivity(records: Sequence[Mapping[str, Any]], taus: Sequence[float],
             scores = [g["s_g"] for g in record.get("group_scores") or [] if g.get("s_g") is not None]
             if not scores:
                 continue
-            outcome = outcome_of(np.array(scores), tau=tau, alpha=alpha)["outcome"]
+            outcome = decide_outcome(np.array(scores), tau=tau, alpha=alpha)["outcome"]
             counts[outcome] += 1
             if outcome != "inconclusive":
                 decided.append((record, outcome == "failed"))
@@ -387,10 +379,7 @@ def tau_sensitivity(records: Sequence[Mapping[str, Any]], taus: Sequence[float],
         for name in (*RULES, *COMPARATORS):
             pairs = [(_failure_score(r, name), failed) for r, failed in decided]
             usable = [(s, f) for s, f in pairs if s is not None]
-            labels = {f for _, f in usable}
-            aurocs[name] = (
-                float(roc_auc_score([f for _, f in usable], [s for s, _ in usable])) if len(labels) == 2 else None
-            )
+            aurocs[name] = auroc(np.array([f for _, f in usable], dtype=bool), np.array([s for s, _ in usable]))
         rows.append({"tau": tau, **counts, "auroc": aurocs})
     return rows
 

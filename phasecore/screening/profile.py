@@ -29,8 +29,8 @@ from phasecore.data.base import PairedDataset
 from phasecore.errors import InvalidSettings
 from phasecore.kernels import probe_gram
 from phasecore.kernels.agop import agop_spectrum, spectrum_from_probe_gram
+from phasecore.kernels.config import KernelConfig
 from phasecore.kernels.distinct import distinct_inputs
-from phasecore.kernels.engine import Probes
 from phasecore.kernels.stability import stability_probe
 from phasecore.kernels.validity import check_gram
 from phasecore.references.registry import model_version
@@ -40,16 +40,6 @@ from phasecore.sources import load_encoder
 from phasecore.sources.base import Encoder
 
 ProgressFn = Callable[[str, float], None]
-
-
-class _EngineArgs(TypedDict):
-    """The engine settings shared by the kernel and the stability probe."""
-
-    probes: Probes
-    sketch_dim: int
-    seed: int
-    chunk_size: int
-    params: list[str] | None
 
 
 class _AgopArgs(TypedDict):
@@ -181,24 +171,17 @@ def compute_profile(
     timings["loading"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    engine = _EngineArgs(
+    kernel_config = KernelConfig(
         probes=settings.probes,
+        method=settings.method,
         sketch_dim=settings.sketch_dim,
         seed=settings.seed,
         chunk_size=settings.chunk_size,
-        params=params,
+        params=None if params is None else frozenset(params),
+        memory_budget_gb=settings.memory_budget_gb,
     )
     distinct = distinct_inputs(inputs)  # METRICS §0: kernels over the U distinct inputs, expanded to N
-    gram = probe_gram(
-        encoder,
-        distinct.inputs,
-        method=settings.method,
-        cross_probe=True,
-        memory_budget_gb=settings.memory_budget_gb,
-        progress=progress,
-        stage="kernel",
-        **engine,
-    )
+    gram = probe_gram(encoder, distinct.inputs, kernel_config, cross_probe=True, progress=progress, stage="kernel")
     ntk_distinct = gram.ntk()
     check_gram(ntk_distinct, f"{modality} NTK")
     ntk = distinct.expand_gram(ntk_distinct)
@@ -208,6 +191,7 @@ def compute_profile(
     stability = stability_probe(
         encoder,
         inputs,
+        kernel_config,
         method=gram.method,
         steps=settings.stability_steps,
         subset=settings.stability_subset,
@@ -215,7 +199,6 @@ def compute_profile(
         progress=progress,
         kernel=ntk,  # Θ̂(θ_0) of the probe subset is a block of this kernel: same probes, method and seed
         kernel_chunk=int(gram.info.get("chunk_size", settings.chunk_size)),
-        **engine,
     )
     timings["stability"] = time.perf_counter() - tick
 
@@ -227,15 +210,7 @@ def compute_profile(
     )
     meta_input: dict[str, Any] | None = None
     if settings.agop_input_space:
-        meta_input = agop_spectrum(
-            encoder,
-            inputs,
-            probes=settings.probes,
-            space="inputs",
-            seed=settings.seed,
-            chunk_size=settings.chunk_size,
-            **agop,
-        ).to_dict()
+        meta_input = agop_spectrum(encoder, inputs, kernel_config, space="inputs", **agop).to_dict()
     report("spectrum", 1.0)
     timings["spectrum"] = time.perf_counter() - tick
 

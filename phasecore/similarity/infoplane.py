@@ -32,7 +32,8 @@ def normalised_gram(K: np.ndarray) -> np.ndarray:
     if not np.all(diag > 0) or not np.all(np.isfinite(K)):
         raise ValueError("a Gram for the matrix entropy needs finite entries and a positive diagonal")
     scale = np.sqrt(diag)
-    return K / np.outer(scale, scale) / K.shape[0]
+    normalised: np.ndarray = K / np.outer(scale, scale) / K.shape[0]
+    return normalised
 
 
 def renyi_entropy(A: np.ndarray, *, alpha: float = ALPHA) -> float:
@@ -65,7 +66,8 @@ def rbf_gram(X: np.ndarray, *, sigma: float | None = None) -> np.ndarray:
         off_diagonal = d2[~np.eye(len(Z), dtype=bool)]
         median = float(np.sqrt(np.median(off_diagonal))) if off_diagonal.size else 0.0
         sigma = median if median > 0 else 1.0
-    return np.exp(-d2 / (2.0 * sigma**2))
+    gram: np.ndarray = np.exp(-d2 / (2.0 * sigma**2))
+    return gram
 
 
 def information_plane(

@@ -60,7 +60,8 @@ def center_gram(K: np.ndarray) -> np.ndarray:
     K: (N, N) Gram. Returns (N, N) float64: ``K − row means − column means + grand mean``.
     """
     K = np.asarray(K, dtype=np.float64)
-    return K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
+    centred: np.ndarray = K - K.mean(axis=0, keepdims=True) - K.mean(axis=1, keepdims=True) + K.mean()
+    return centred
 
 
 def kernel_alignment(K1: np.ndarray, K2: np.ndarray, *, centered: bool = False) -> float:
@@ -219,7 +220,7 @@ class UnbiasedHsic:
     − 2/(N−2)·1ᵀK̃L̃1] / (N(N−3))``; ``alignment(p) = HSIC_u(K, PLPᵀ) / sqrt(HSIC_u(K, K) HSIC_u(L, L))``."""
 
     def __init__(self, K: np.ndarray, L: np.ndarray) -> None:
-        n = K.shape[0]
+        n: int = K.shape[0]
         if n < 4:
             raise ValueError(f"the unbiased HSIC needs N ≥ 4 samples, got {n}")
         self.n = n

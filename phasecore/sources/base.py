@@ -59,9 +59,8 @@ class Encoder(nn.Module):
 
 def call_encoder(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     """Run ``model`` on a batch given as a tensor or a mapping of keyword tensors."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    return model(inputs)
+    out: torch.Tensor = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    return out
 
 
 def batch_size(inputs: Inputs) -> int:

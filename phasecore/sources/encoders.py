@@ -81,7 +81,7 @@ class VisionEncoder(Encoder):
         super().__init__()
         self.model = model
         self.to(device).eval()  # BatchNorm running stats, no dropout: samples stay independent (METRICS §0)
-        config = timm.data.resolve_data_config({}, model=model)
+        config = timm.data.resolve_data_config({}, model=model)  # type: ignore[no-untyped-call]  # timm: untyped
         self.input_size: tuple[int, int] = tuple(config["input_size"][1:])
         self.mean: tuple[float, ...] = tuple(config["mean"])
         self.std: tuple[float, ...] = tuple(config["std"])
@@ -112,7 +112,8 @@ class VisionEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (B, 3, H, W)`` normalised -> ``(B, d)``."""
-        return self.model(x)
+        out: torch.Tensor = self.model(x)
+        return out
 
     def preprocess(self, items: Sequence[np.ndarray]) -> torch.Tensor:
         """Images ``(H, W, 3) float32 in [0, 1]`` (any sizes) -> ``(B, 3, H', W')`` at the model's input size.

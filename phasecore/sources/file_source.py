@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ _HF_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 def _timm_encoder(weights: Path, arch: str, ref: ModelRef, device: str | torch.device) -> VisionEncoder:
     model = create_timm_model(arch, pretrained=False)
     load_timm_state_dict(model, read_state_dict(weights), source=f"file:{ref.name}")
-    extra: dict = {"weight_files": [weights.name]}
+    extra: dict[str, Any] = {"weight_files": [weights.name]}
     if ref.blend is not None:
         extra["blend"] = apply_blend(model, ref, lambda: random_timm_model(arch))
     return VisionEncoder(

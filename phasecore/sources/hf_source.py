@@ -37,12 +37,12 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 def _quiet_loading() -> Iterator[None]:
     """transformers draws its own "Loading weights" bar; phasescreen reports loading as a stage of its own."""
     enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers: no annotations
     try:
         yield
     finally:
         if enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]  # transformers: no annotations
 
 
 @contextmanager
@@ -118,7 +118,9 @@ def build_text_encoder(
         config = AutoConfig.from_pretrained(location, **options)
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
         def from_config() -> Any:
-            return AutoModel.from_config(config, attn_implementation="eager", trust_remote_code=False)
+            return AutoModel.from_config(  # type: ignore[no-untyped-call]  # transformers: from_config is untyped
+                config, attn_implementation="eager", trust_remote_code=False
+            )
 
         if ref.weights == "random":
             with random_init(ref.init_seed):

@@ -81,7 +81,7 @@ def transformers_params(config_source: str, revision: str | None = None) -> int 
         from transformers import AutoConfig, AutoModel
 
         config = AutoConfig.from_pretrained(config_source, revision=revision)
-        return _meta_params(lambda: AutoModel.from_config(config))
+        return _meta_params(lambda: AutoModel.from_config(config))  # type: ignore[no-untyped-call]  # untyped
     except Exception:  # no config here, offline, remote code: the loader reports it properly
         return None
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from phasecore.errors import AssetUnavailable, describe
-from phasecore.references.refs import ModelRef
+from phasecore.references.refs import RANDOM_INIT_SEED, ModelRef
 from phasecore.references.registry import check_timm_name
 from phasecore.sources.encoders import VisionEncoder
-from phasecore.sources.weights import RANDOM_INIT_SEED, apply_blend, random_init
+from phasecore.sources.weights import apply_blend, random_init
 
 
 def random_timm_model(name: str) -> nn.Module:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from phasecore.errors import PhasescreenError
 from phasecore.screening.batch import as_result
 from phasecore.screening.result import ScreeningResult
-from phasecore.study.quality import FEATURES, predict_failure_probability
+from phasecore.study.failure_model import FEATURES, predict_failure_probability
 from phasecore.study.reported import strata_of
 
 Policy = Literal["paper", "measured", "reported"]
@@ -150,6 +150,7 @@ def stratum_study(study: Mapping[str, Any] | None, result: ScreenResultLike) -> 
         return study
     typed = as_result(result)
     key = typed.stratum.key if typed is not None and typed.stratum is not None else None
+    entry: Mapping[str, Any]
     for entry in study.get("strata") or []:
         if (entry.get("stratum") or {}).get("key") == key:
             return entry

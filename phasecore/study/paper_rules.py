@@ -199,7 +199,7 @@ def _rule(
     blocker: str | None = None,
     lower_bound: bool = False,
     threshold_note: str = "the paper's threshold",
-) -> dict:
+) -> dict[str, Any]:
     note = None
     verdict: bool | None
     if value is None:

@@ -55,21 +55,13 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from phasecore import stats
+from phasecore.groundtruth.outcome_test import DECIDED, record_outcome
+from phasecore.study.failure_model import FEATURES, design_matrix, fit_failure_model, fit_or_base_rate
 from phasecore.study.paper_rules import PAPER
 
-FEATURES: tuple[str, ...] = (
-    "s_ntk_cross",
-    "s_ntk_cross_centered",
-    "delta_ntk",
-    "log_agop",
-    "cka",
-    "mutual_knn",
-)
 RULES: tuple[str, ...] = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
 #: the pair metrics scored as single-feature predictors beside the rules (METRICS §8, 2026-12-07)
 COMPARATORS: tuple[str, ...] = ("s_ntk_cross_centered", "s_ntk_cross_unbiased", "cka", "mutual_knn")
@@ -90,10 +82,8 @@ _CV = (
     "leave-one-model-out: each pair is predicted by a model fitted without every pair that shares "
     "its vision or its language model"
 )
-_STATE_VERSION = 1
 #: the METRICS version whose results the study reads; results of another version are left out (counted)
 METRICS_VERSION = 2
-_DECIDED = ("aligned", "failed")
 #: what each rule's continuous score is, in words (larger predicts failure)
 RULE_SCORE_TEXT: dict[str, str] = {
     "agop_rule": "log_agop (log10 of the rule's value)",
@@ -102,18 +92,6 @@ RULE_SCORE_TEXT: dict[str, str] = {
     "cross_phase_rule": "−s_ntk_cross (the rule's value, negated: low cross alignment predicts failure)",
 }
 _BRIER_FORM = "the rule's verdict as a 0/1 forecast (no probability): equals 1 − accuracy"
-
-
-def outcome_of(record: Mapping[str, Any]) -> str | None:
-    """A record's §7 outcome: "aligned", "failed", "inconclusive", or None (no ground truth). A record without
-    ``outcome`` but with a bool ``failed`` (the form before METRICS version 2) counts as decided."""
-    outcome = record.get("outcome")
-    if outcome in ("aligned", "failed", "inconclusive"):
-        return str(outcome)
-    failed = record.get("failed")
-    if outcome is None and failed is not None:
-        return "failed" if failed else "aligned"
-    return None
 
 
 def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: int = 20) -> dict[str, Any]:
@@ -140,10 +118,10 @@ def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: in
     both a rule score and an ``alignment_score`` (inconclusive ones included). ``cv_threshold`` is ``{score,
     threshold, training_accuracy, held_out_accuracy, n, no_threshold, fold_thresholds}``.
     """
-    outcomes = [outcome_of(r) for r in records]
-    decided = [r for r, o in zip(records, outcomes, strict=True) if o in _DECIDED]
+    outcomes = [record_outcome(r) for r in records]
+    decided = [r for r, o in zip(records, outcomes, strict=True) if o in DECIDED]
     inconclusive = [r for r, o in zip(records, outcomes, strict=True) if o == "inconclusive"]
-    y = np.array([o == "failed" for o in outcomes if o in _DECIDED], dtype=bool)
+    y = np.array([o == "failed" for o in outcomes if o in DECIDED], dtype=bool)
     n, n_failed, n_inconclusive = len(decided), int(y.sum()), len(inconclusive)
     out: dict[str, Any] = {
         "status": "ok",
@@ -217,176 +195,6 @@ def prediction_quality(records: Sequence[Mapping[str, Any]], *, min_labelled: in
     return out
 
 
-def study_by_stratum(records: Sequence[Mapping[str, Any]], *, min_labelled: int = 20) -> dict[str, Any]:
-    """``prediction_quality`` per stratum: pairs compare only within one ``stratum.key`` (METRICS §8).
-
-    records: as for ``prediction_quality``, each with ``metrics_version`` and ``stratum`` ({key, dataset,
-    metrics_version, settings}). A record without ``metrics_version == 2`` is left out of every stratum and
-    counted in ``excluded_version_1``; a version-2 record without a stratum key in ``excluded_no_stratum``.
-
-    Returns ``{"strata": [{"stratum": {key, dataset, metrics_version, settings}, **prediction_quality(...)},
-    ...], "excluded_version_1", "excluded_no_stratum", "n_records"}``, strata with the most decided pairs
-    first (then the most pairs, then by key).
-    """
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    described: dict[str, dict[str, Any]] = {}
-    excluded_version_1 = excluded_no_stratum = 0
-    for record in records:
-        if record.get("metrics_version") != METRICS_VERSION:
-            excluded_version_1 += 1
-            continue
-        stratum = record.get("stratum")
-        key = stratum.get("key") if isinstance(stratum, Mapping) else None
-        if not isinstance(stratum, Mapping) or not key:
-            excluded_no_stratum += 1
-            continue
-        groups.setdefault(str(key), []).append(record)
-        described.setdefault(str(key), _stratum_description(stratum))
-    strata = [
-        {"stratum": described[key], **prediction_quality(group, min_labelled=min_labelled)}
-        for key, group in groups.items()
-    ]
-    strata.sort(key=lambda s: (-s["n"], -s["n_pairs"], s["stratum"]["key"]))
-    return {
-        "strata": strata,
-        "excluded_version_1": excluded_version_1,
-        "excluded_no_stratum": excluded_no_stratum,
-        "n_records": len(records),
-    }
-
-
-def measured_rules(
-    quality: Mapping[str, Any], *, stratum: Mapping[str, Any] | None = None, source: str = "deployment"
-) -> dict[str, dict[str, Any]]:
-    """Each rule's measured figures from a ``prediction_quality`` result (one stratum), in the form a
-    screening result carries next to the paper's claim: ``{status, reason, source, n_labelled,
-    failure_base_rate, n, accuracy, auroc, brier, n_inconclusive, range_if_inconclusive, spearman_rho,
-    cv_threshold, stratum}``. ``status`` is "insufficient" (with the reason, and null figures) until enough
-    decided pairs with both outcomes exist (METRICS §8). ``stratum`` defaults to ``quality["stratum"]`` when it
-    has one. ``source`` says whose pairs these are: "deployment" (the stored pairs the study read) or
-    "shipped evidence" (``phasecore.study.evidence``)."""
-    if stratum is None:
-        stratum = quality.get("stratum")
-    common = {
-        "source": source,
-        "n_labelled": quality["n"],
-        "failure_base_rate": quality["failure_base_rate"],
-        "n_inconclusive": quality.get("n_inconclusive", 0),
-        "stratum": None if stratum is None else dict(stratum),
-    }
-    if quality["status"] != "ok" or not quality.get("rules"):
-        empty = {
-            "n": 0, "accuracy": None, "auroc": None, "brier": None, "interval95": None,
-            "range_if_inconclusive": None, "spearman_rho": None, "cv_threshold": None,
-        }  # fmt: skip
-        return {rule: {"status": "insufficient", "reason": quality["reason"], **common, **empty} for rule in RULES}
-    keys = ("n", "accuracy", "auroc", "brier", "interval95", "range_if_inconclusive", "spearman_rho", "cv_threshold")
-    return {
-        rule: {
-            "status": "ok",
-            "reason": None,
-            **common,
-            **{key: quality["rules"][rule].get(key) for key in keys},
-        }
-        for rule in RULES
-    }
-
-
-def stratum_measured(result: Mapping[str, Any], study: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The measured figures of ``result``'s own stratum in a ``study_by_stratum`` study (by
-    ``result["stratum"]["key"]``), or "insufficient" with a reason naming the stratum and its decided pairs.
-    A plain ``prediction_quality`` result (no ``strata``) is taken as it is."""
-    if "strata" not in study:
-        return measured_rules(study)
-    stratum = result.get("stratum")
-    key = stratum.get("key") if isinstance(stratum, Mapping) else None
-    if result.get("metrics_version") != METRICS_VERSION or not isinstance(stratum, Mapping) or not key:
-        empty = prediction_quality([])
-        reason = (
-            f"this result carries no METRICS version {METRICS_VERSION} stratum; measured figures compare only "
-            "within one stratum (same dataset, settings and metrics version)"
-        )
-        return measured_rules({**empty, "reason": reason}, stratum=None)
-    for entry in study["strata"]:
-        if entry["stratum"]["key"] == key:
-            if entry["status"] == "ok":
-                return measured_rules(entry)
-            reason = f"{_name(entry['stratum'])} holds {entry['n']} decided pairs: {entry['reason']}"
-            return measured_rules({**entry, "reason": reason})
-    empty = prediction_quality([])
-    described = _stratum_description(stratum)
-    reason = (
-        f"{_name(described)} holds 0 decided pairs among the stored results; measured prediction quality "
-        f"needs at least {empty['min_labelled']} with both outcomes in the same stratum"
-    )
-    return measured_rules({**empty, "reason": reason}, stratum=described)
-
-
-def attach_measured(result: Mapping[str, Any], study: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``result`` whose ``predictions[rule]["measured"]`` holds the rule's measured figures over
-    the stored pairs of the result's own stratum (``stratum_measured``; a snapshot taken when the result was
-    made; ``/v1/study`` has the live ones). ``study`` is a ``study_by_stratum`` study (or one stratum's
-    ``prediction_quality``)."""
-    measured = stratum_measured(result, study)
-    predictions = {
-        rule: {**prediction, "measured": measured.get(rule)}
-        for rule, prediction in (result.get("predictions") or {}).items()
-    }
-    return {**result, "predictions": predictions}
-
-
-def fit_failure_model(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Fit the logistic failure model on every record with a decided outcome (``outcome_of``: aligned or
-    failed) and usable features.
-
-    Returns a JSON-able state with keys ``kind`` ("logistic"), ``version``, ``features``, ``mean``, ``scale``,
-    ``coef``, ``intercept``, ``clip_min``, ``clip_max``, ``n``, ``failure_base_rate``; None when the usable
-    records do not hold both outcomes.
-    """
-    decided = [r for r in records if outcome_of(r) in _DECIDED]
-    X, y, _ = _design_matrix(decided, np.array([outcome_of(r) == "failed" for r in decided], dtype=bool))
-    if y.size == 0 or y.min() == y.max():
-        return None
-    finite_min, finite_max = _finite_extremes(X)
-    X = np.clip(X, finite_min, finite_max)
-    scaler = StandardScaler().fit(X)
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(X), y)
-    return {
-        "kind": "logistic",
-        "version": _STATE_VERSION,
-        "features": list(FEATURES),
-        "mean": scaler.mean_.tolist(),
-        "scale": scaler.scale_.tolist(),
-        "coef": model.coef_[0].tolist(),
-        "intercept": float(model.intercept_[0]),
-        "clip_min": finite_min.tolist(),
-        "clip_max": finite_max.tolist(),
-        "n": int(y.size),
-        "failure_base_rate": float(y.mean()),
-    }
-
-
-def predict_failure_probability(model_state: Mapping[str, Any], features: Mapping[str, Any]) -> float:
-    """P(failed) of one pair from a state of ``fit_failure_model`` and the pair's ``FEATURES``.
-
-    ±inf features are clipped to the training range (as in fitting); a missing or NaN feature raises
-    ValueError naming it.
-    """
-    if model_state.get("kind") != "logistic" or model_state.get("version") != _STATE_VERSION:
-        raise ValueError(f"not a logistic failure-model state of version {_STATE_VERSION}")
-    names = model_state["features"]
-    values = []
-    for name in names:
-        value = features.get(name)
-        if value is None or math.isnan(float(value)):
-            raise ValueError(f"feature {name!r} is missing or NaN; the failure model needs {', '.join(names)}")
-        values.append(float(value))
-    x = np.clip(np.array(values), model_state["clip_min"], model_state["clip_max"])
-    z = (x - np.array(model_state["mean"])) / np.array(model_state["scale"])
-    logit = float(z @ np.array(model_state["coef"]) + model_state["intercept"])
-    return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
-
-
 def _insufficient(n: int, n_failed: int, min_labelled: int, n_inconclusive: int = 0) -> str | None:
     left_out = f" ({n_inconclusive} inconclusive left out)" if n_inconclusive else ""
     if n < min_labelled:
@@ -404,25 +212,6 @@ def _insufficient(n: int, n_failed: int, min_labelled: int, n_inconclusive: int 
     return None
 
 
-def _stratum_description(stratum: Mapping[str, Any]) -> dict[str, Any]:
-    # a reported stratum (phasecore.study.reported) also names its proxy stratum and the reported metric and dataset
-    extra = {name: stratum[name] for name in _REPORTED_STRATUM if name in stratum}
-    return {
-        "key": str(stratum.get("key")),
-        "dataset": stratum.get("dataset"),
-        "metrics_version": stratum.get("metrics_version"),
-        "settings": stratum.get("settings"),
-        **extra,
-    }
-
-
-_REPORTED_STRATUM = ("proxy_key", "reported_metric", "reported_dataset")
-
-
-def _name(stratum: Mapping[str, Any]) -> str:
-    return f"stratum {str(stratum.get('key'))[:12]} (dataset {stratum.get('dataset')})"
-
-
 def _figures(figures: Mapping[str, Any]) -> dict[str, Any]:
     return {key: figures[key] for key in ("n", "accuracy", "auroc", "brier")}
 
@@ -434,7 +223,7 @@ def _score_rule(rule: str, records: Sequence[Mapping[str, Any]], outcomes: np.nd
     accuracy = float(correct.mean()) if correct.size else None
     scores = np.array([_rule_score(rule, r) for r in records])
     usable = ~np.isnan(scores)
-    auroc = _auroc(outcomes[usable], _finite_ranks(scores[usable]))
+    auroc = stats.auroc(outcomes[usable], stats.finite_ranks(scores[usable]))
     return {
         "n": int(given.sum()),
         "accuracy": accuracy,
@@ -482,7 +271,7 @@ def _spearman(rule: str, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     out: dict[str, Any] = {"rho": None, "p": None, "n": len(scores), "score": RULE_SCORE_TEXT[rule]}
     if len(scores) < 3:
         return out
-    ranked, measured = _finite_ranks(np.array(scores)), np.array(alignment)
+    ranked, measured = stats.finite_ranks(np.array(scores)), np.array(alignment)
     if np.ptp(ranked) == 0 or np.ptp(measured) == 0:  # a constant input: ρ is undefined
         return out
     result = spearmanr(ranked, measured)
@@ -552,7 +341,7 @@ def _logistic_cv_probabilities(
 ) -> tuple[np.ndarray, np.ndarray, list[int], int]:
     """(held-out P(failed), 0/1 outcomes, kept record indices, fallback count) under leave-one-model-out CV.
     Clipping bounds and scaling come from each training fold only."""
-    X, y, keep = _design_matrix(records, outcomes, features)
+    X, y, keep = design_matrix(records, outcomes, features)
     vision = np.array([str(records[i]["vision"]) for i in keep])
     language = np.array([str(records[i]["language"]) for i in keep])
     probabilities = np.zeros(y.size)
@@ -562,7 +351,7 @@ def _logistic_cv_probabilities(
         key = (vision[i], language[i])
         if key not in fits:
             train = (vision != key[0]) & (language != key[1])
-            fits[key] = _fit_or_base_rate(X[train], y[train])
+            fits[key] = fit_or_base_rate(X[train], y[train])
         predict, is_fallback = fits[key]
         fallback += int(is_fallback)
         probabilities[i] = predict(X[i : i + 1])[0]
@@ -578,7 +367,7 @@ def _cross_validate_logistic(
         "excluded": len(records) - int(y.size),
         "fallback_predictions": fallback,
         "accuracy": float(np.mean((probabilities >= 0.5) == y)) if y.size else None,
-        "auroc": _auroc(y.astype(bool), probabilities),
+        "auroc": stats.auroc(y.astype(bool), probabilities),
         "brier": float(np.mean((probabilities - y) ** 2)) if y.size else None,
         "features": list(features),
         "_held_out": (keep, probabilities),
@@ -629,7 +418,7 @@ def _add_intervals(
         verdicts = [_verdict(r, rule) for r in records]
         has = np.array([v is not None for v in verdicts])
         correct = np.array([v == o if v is not None else False for v, o in zip(verdicts, y, strict=True)])
-        scores = _finite_ranks(np.array([_rule_score(rule, r) for r in records]))
+        scores = stats.finite_ranks(np.array([_rule_score(rule, r) for r in records]))
         figures["interval95"] = _bootstrap(weights, y, has, correct, ~np.isnan(scores), scores, None)
     for figures in (logistic, *comparators.values(), base_rate):
         keep, forecast = figures.pop("_held_out")
@@ -686,50 +475,3 @@ def _bootstrap(
     }
 
 
-def _fit_or_base_rate(X: np.ndarray, y: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
-    """(predict, is_fallback): the fitted P(failed), or the constant training base rate. The ±inf clipping
-    bounds and the scaler are fitted on ``X`` (the training fold) and applied to what is predicted."""
-    if y.size == 0 or y.min() == y.max():
-        rate = float(y.mean()) if y.size else 0.5
-        return (lambda Z: np.full(len(Z), rate)), True
-    lo, hi = _finite_extremes(X)
-    scaler = StandardScaler().fit(np.clip(X, lo, hi))
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(np.clip(X, lo, hi)), y)
-    return (lambda Z: model.predict_proba(scaler.transform(np.clip(Z, lo, hi)))[:, 1]), False
-
-
-def _design_matrix(
-    records: Sequence[Mapping[str, Any]], outcomes: np.ndarray, features: Sequence[str] = FEATURES
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(n, F) features, (n,) 0/1 outcomes, kept record indices; rows with a None/NaN feature dropped."""
-    rows, kept_outcomes, keep = [], [], []
-    for i, record in enumerate(records):
-        values = [math.nan if record.get(name) is None else float(record[name]) for name in features]
-        if any(math.isnan(v) for v in values):
-            continue
-        rows.append(values)
-        kept_outcomes.append(int(bool(outcomes[i])))
-        keep.append(i)
-    X = np.array(rows, dtype=np.float64).reshape(-1, len(features))
-    return X, np.array(kept_outcomes, dtype=np.int64), keep
-
-
-def _finite_extremes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    finite = np.where(np.isfinite(X), X, np.nan)
-    with np.errstate(all="ignore"):
-        lo, hi = np.nanmin(finite, axis=0, initial=np.inf), np.nanmax(finite, axis=0, initial=-np.inf)
-    # a column with no finite value at all cannot be clipped into a range: use 0
-    return np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 0.0)
-
-
-def _finite_ranks(scores: np.ndarray) -> np.ndarray:
-    """Replace ±inf by values beyond the finite range, keeping the order (for AUROC)."""
-    finite = scores[np.isfinite(scores)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    return np.where(np.isposinf(scores), hi + 1.0, np.where(np.isneginf(scores), lo - 1.0, scores))
-
-
-def _auroc(outcomes: np.ndarray, scores: np.ndarray) -> float | None:
-    if outcomes.size == 0 or outcomes.min() == outcomes.max():
-        return None
-    return float(roc_auc_score(outcomes, scores))

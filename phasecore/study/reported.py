@@ -32,14 +32,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from phasecore.study.quality import (
-    METRICS_VERSION,
-    RULES,
-    measured_rules,
-    outcome_of,
-    prediction_quality,
-    study_by_stratum,
-)
+from phasecore.groundtruth.outcome_test import record_outcome
+from phasecore.study.quality import METRICS_VERSION, RULES, prediction_quality
+from phasecore.study.strata import measured_rules, study_by_stratum
 
 LABEL_SOURCES: tuple[str, ...] = ("measured", "reported")
 DIRECTIONS: tuple[str, ...] = ("above", "below")
@@ -118,7 +113,7 @@ def reported_records(
                 "outcome": "aligned" if success else "failed",
                 "failed": not success,
                 "alignment_score": value if direction == "above" else -value,
-                "proxy_outcome": outcome_of(proxy) or "none",
+                "proxy_outcome": record_outcome(proxy) or "none",
                 "reported": {
                     "outcome_id": str(outcome["id"]),
                     "metric": metric,

@@ -33,11 +33,13 @@ class ConvTower(nn.Module):
         self.width = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(x))
+        out: torch.Tensor = self.head(self.pooled(x))
+        return out
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features ``(B, 4w)`` before the head (what a unimodal head reads too)."""
-        return self.features(x).mean(dim=(2, 3))
+        pooled: torch.Tensor = self.features(x).mean(dim=(2, 3))
+        return pooled
 
 
 def _groups(channels: int) -> int:
@@ -61,7 +63,8 @@ class _Attention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(w // h)
         scores = scores.masked_fill(~mask[:, None, None, :].bool(), float("-inf"))
         out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, w)
-        return self.o(out)
+        projected: torch.Tensor = self.o(out)
+        return projected
 
 
 class _Block(nn.Module):
@@ -73,7 +76,8 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), mask)
-        return x + self.down(F.gelu(self.up(self.norm2(x))))
+        out: torch.Tensor = x + self.down(F.gelu(self.up(self.norm2(x))))
+        return out
 
 
 class TransformerTower(nn.Module):
@@ -96,14 +100,16 @@ class TransformerTower(nn.Module):
         x = self.tokens(input_ids) + self.positions(positions)
         for block in self.blocks:
             x = block(x, attention_mask)
-        return self.norm(x)
+        normed: torch.Tensor = self.norm(x)
+        return normed
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1).to(torch.float32)
         return (self.states(input_ids, attention_mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(input_ids, attention_mask))
+        out: torch.Tensor = self.head(self.pooled(input_ids, attention_mask))
+        return out
 
 
 class GRUTower(nn.Module):
@@ -137,7 +143,8 @@ class GRUTower(nn.Module):
         return self.states(input_ids, attention_mask)[:, -1]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(input_ids, attention_mask))
+        out: torch.Tensor = self.head(self.pooled(input_ids, attention_mask))
+        return out
 
 
 Tower = ConvTower | TransformerTower | GRUTower

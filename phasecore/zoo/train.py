@@ -124,7 +124,7 @@ def _optimiser(parameters: list[nn.Parameter], run: ZooRecipe) -> tuple[torch.op
 
 def _step(loss: torch.Tensor, parameters: list[nn.Parameter], optimiser: torch.optim.Optimizer, schedule: Any) -> None:
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward has no annotations
     nn.utils.clip_grad_norm_(parameters, 1.0)
     optimiser.step()
     schedule.step()

@@ -20,7 +20,7 @@ File format (JSON, written only by ``write_evidence``, never by hand)::
       "commit": "0d44cdd…" | null,      # git commit of the code that ran (suffix "-dirty": uncommitted changes)
       "command": "make evidence",       # what produced it
       "settings": {...},                # what the run used (grid: dataset, options, models), free-form
-      "study": {...},                   # phasecore.study.quality.study_by_stratum(records)
+      "study": {...},                   # phasecore.study.strata.study_by_stratum(records)
       "records": [...]                  # the per-pair study records (``evidence_record``), to recompute the study
     }
 
@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from phasecore import METRICS_VERSION
-from phasecore.study.quality import COMPARATORS, FEATURES, RULES, measured_rules, stratum_measured, study_by_stratum
+from phasecore.study.failure_model import FEATURES
+from phasecore.study.quality import COMPARATORS, RULES
+from phasecore.study.strata import measured_rules, stratum_measured, study_by_stratum
 
 log = logging.getLogger(__name__)
 
