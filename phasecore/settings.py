@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -199,15 +199,23 @@ def memory_estimate(settings: ProfileSettings, *, output_width: int | None = Non
     return parts
 
 
+def _over_limit(parts: Mapping[str, float], limit: float) -> tuple[float, str] | None:
+    """(total, the largest part's name) of an estimate above ``limit``; None within it."""
+    total = sum(parts.values())
+    if total <= limit:
+        return None
+    return total, max(parts, key=lambda name: parts[name])
+
+
 def check_memory(
     settings: ProfileSettings, limit_gb: float, *, limit_name: str, output_width: int | None = None
 ) -> None:
     """Raise :class:`ExceedsWorkerMemory` when :func:`memory_estimate` exceeds ``limit_gb``."""
     parts = memory_estimate(settings, output_width=output_width)
-    total = sum(parts.values())
-    if total <= limit_gb * _GB:
+    over = _over_limit(parts, limit_gb * _GB)
+    if over is None:
         return
-    largest = max(parts, key=lambda name: parts[name])
+    total, largest = over
     m = "d" if settings.probes == "exact" else settings.probes
     raise ExceedsWorkerMemory(
         f"this request would need about {total / _GB:,.1f} GB (M={m}, N={settings.n}), mostly the {largest}: "
@@ -286,10 +294,10 @@ def check_compute(
 ) -> None:
     """Raise :class:`ExceedsWorkerBudget` when :func:`compute_estimate` exceeds ``limit_seconds``."""
     parts = compute_estimate(settings, output_width=output_width, models=models)
-    total = sum(parts.values())
-    if total <= limit_seconds:
+    over = _over_limit(parts, limit_seconds)
+    if over is None:
         return
-    largest = max(parts, key=lambda name: parts[name])
+    total, largest = over
     m = "d" if settings.probes == "exact" else settings.probes
     raise ExceedsWorkerBudget(
         f"this request would take about {_duration(total)} of a worker (M={m}, N={settings.n}, "

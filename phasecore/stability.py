@@ -1,5 +1,5 @@
-"""Import alias of releases before 0.4: ``from phasecore.stability import stability_probe``. The stability probe
-lives in ``phasecore.kernels.stability``."""
+"""Import alias kept from before the engine was split by concept (the README's form then):
+``from phasecore.stability import stability_probe``. The stability probe lives in ``phasecore.kernels.stability``."""
 
 from phasecore.kernels.stability import StabilityResult, stability_probe
 

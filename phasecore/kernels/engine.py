@@ -178,7 +178,7 @@ class _Recorder:
                     call.gy.append(None)
                 call.gy[self.probe] = g.detach()
 
-            out.register_hook(grad_hook)
+            out.register_hook(grad_hook)  # type: ignore[no-untyped-call]  # torch: untyped
 
         return hook
 

@@ -1,5 +1,5 @@
-"""Import alias of releases before 0.4: ``from phasecore.ntk import ntk_gram, probe_gram`` (the README's form until
-then). The kernels live in ``phasecore.kernels``."""
+"""Import alias kept from before the engine was split by concept (the README's form then):
+``from phasecore.ntk import ntk_gram, probe_gram``. The kernels live in ``phasecore.kernels``."""
 
 from phasecore.kernels.engine import ProbeGram, make_probes, ntk_gram, probe_gram
 
