@@ -33,23 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from text_models import MeanPooled
 from torch import nn
 
 import phasecore.kernels.engine as engine
 from phasecore.kernels import probe_gram
-
-
-class MeanPooled(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        b, t = input_ids.shape
-        position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
-        h = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        w = attention_mask.unsqueeze(-1).to(h.dtype)
-        return (h * w).sum(1) / w.sum(1).clamp(min=1)
 
 
 def build(attn: str | None, seed: int) -> nn.Module:

@@ -63,7 +63,6 @@ RESULT_TAG = "BENCH-RESULT "
 def _build(name: str, n: int, seed: int, device: str) -> tuple[Any, Any]:
     """The random-init model (eval mode) and its N inputs, identical in every child for the same seed."""
     import torch
-    from torch import nn
 
     torch.manual_seed(seed)
     if name in TIMM_NAMES:
@@ -84,19 +83,7 @@ def _build(name: str, n: int, seed: int, device: str) -> tuple[Any, Any]:
             config = transformers.GPT2Config(attn_implementation="eager", use_cache=False)
             backbone = transformers.GPT2Model(config)
 
-        class MeanPooled(nn.Module):
-            def __init__(self, model: nn.Module) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                b, t = input_ids.shape
-                position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
-                h = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-                ).last_hidden_state
-                w = attention_mask.unsqueeze(-1).to(h.dtype)
-                return (h * w).sum(1) / w.sum(1).clamp(min=1)
+        from text_models import MeanPooled
 
         model = MeanPooled(backbone)
         gen = torch.Generator().manual_seed(seed + 1)

@@ -62,6 +62,35 @@ def _count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
 
 
+def _identity(
+    model: nn.Module,
+    ref: ModelRef,
+    *,
+    modality: Literal["vision", "language"],
+    architecture: str,
+    embed_dim: int,
+    revision: str | None,
+    weights_sha256: str | None,
+    extra: dict[str, Any],
+    pooling: str | None = None,
+) -> ModelIdentity:
+    """What an encoder loaded: its reference's parts, its size, and where its weights came from."""
+    return ModelIdentity(
+        ref=ref.canonical(),
+        source=ref.source,
+        name=ref.name,
+        modality=modality,
+        architecture=architecture,
+        n_params=_count_parameters(model),
+        embed_dim=embed_dim,
+        revision=revision,
+        weights_sha256=weights_sha256,
+        weights="blend" if ref.blend is not None else ref.weights,
+        pooling=pooling,
+        extra=extra,
+    )
+
+
 class VisionEncoder(Encoder):
     """A timm model built with ``num_classes=0``: images ``(B, 3, H, W)`` -> pooled pre-logits ``(B, d)``."""
 
@@ -91,17 +120,14 @@ class VisionEncoder(Encoder):
             raise UnsupportedModel(
                 f"timm model {architecture} returns shape {tuple(probe.shape)} with num_classes=0, not (B, d)"
             )
-        self.identity = ModelIdentity(
-            ref=ref.canonical(),
-            source=ref.source,
-            name=ref.name,
+        self.identity = _identity(
+            self.model,
+            ref,
             modality="vision",
             architecture=architecture,
-            n_params=_count_parameters(self.model),
             embed_dim=int(probe.shape[1]),
             revision=revision,
             weights_sha256=weights_sha256,
-            weights="blend" if ref.blend is not None else ref.weights,
             extra={"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
             | (extra or {}),
         )
@@ -182,17 +208,14 @@ class TextEncoder(Encoder):
                 f"{type(model).__name__} does not map input_ids and attention_mask to a last hidden state "
                 f"({describe(error)}); use a text encoder or decoder model"
             ) from error
-        self.identity = ModelIdentity(
-            ref=ref.canonical(),
-            source=ref.source,
-            name=ref.name,
+        self.identity = _identity(
+            self.model,
+            ref,
             modality="language",
             architecture=type(model).__name__,
-            n_params=_count_parameters(self.model),
             embed_dim=int(probe.shape[1]),
             revision=revision,
             weights_sha256=weights_sha256,
-            weights="blend" if ref.blend is not None else ref.weights,
             pooling=pooling,
             extra={"model_type": model.config.model_type, "max_tokens": MAX_TOKENS} | (extra or {}),
         )
