@@ -150,7 +150,7 @@ def _references(value: Any, role: str, origin: str) -> tuple[str, ...]:
 def shipped_grids_dir() -> Path:
     """The grids that ship with phasescreen: ``phasecore/grids`` in an installed distribution, the checkout's
     top-level ``grids/`` otherwise (pyproject maps one onto the other)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # phasecore/
     packaged = here / "grids"
     return packaged if packaged.is_dir() else here.parent / "grids"
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "screening-result.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "screening-result.schema.json"
 
 
 class _Open(BaseModel):
