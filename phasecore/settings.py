@@ -1,4 +1,4 @@
-"""Engine settings of one screening (METRICS.md defaults). Stored with every result.
+"""Engine settings of one screening (the defaults of docs/metrics.md). Stored with every result.
 
 Two groups, two models: ``ProfileSettings`` (everything a model profile depends on: its fields are the
 profile key) and ``PairSettings`` (what only the pair step reads). ``EngineSettings`` is both at once, flat,

@@ -275,7 +275,9 @@ class ScreeningResult(BaseModel):
     paper: dict[str, Any] = Field(description="the source paper and its claims, labelled as claims")
     timings: dict[str, float] = Field(description="seconds per stage")
     engine_version: str
-    metrics_version: int = Field(1, description="the METRICS.md version the numbers follow (absent: 1)")
+    metrics_version: int = Field(
+        1, description="the version of the metric definitions (docs/metrics.md) the numbers follow (absent: 1)"
+    )
     stratum: Stratum | None = Field(None, description="the study's stratum of this pair (version 2)")
 
 
