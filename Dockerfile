@@ -6,6 +6,7 @@ FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY phasecore phasecore
+COPY problems problems
 COPY store store
 COPY jobs jobs
 COPY service service

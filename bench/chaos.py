@@ -45,8 +45,8 @@ def main() -> int:
 
     from jobs.runner import open_runtime
     from service.app import create_app
-    from store.models import ModelProfile, Screening
-    from store.settings import ServiceSettings
+    from service.settings import ApiSettings
+    from store.models import Screening, StoredProfile
     from tests.conftest import build_tiny_bert
     from tests.service.conftest import reset_scratch, worker_env
 
@@ -54,7 +54,7 @@ def main() -> int:
     reset_scratch(args.database_url, args.redis_url)
 
     workdir = Path(tempfile.mkdtemp(prefix="phasescreen-chaos-"))
-    settings = ServiceSettings(
+    settings = ApiSettings(
         home=workdir,
         model_root=build_tiny_bert(workdir / "models"),
         database_url=args.database_url,
@@ -112,7 +112,7 @@ def main() -> int:
                     with runtime.session() as session:
                         busy = {
                             worker
-                            for table in (ModelProfile, Screening)
+                            for table in (StoredProfile, Screening)
                             for worker in session.scalars(
                                 select(table.worker).where(table.state == "running", table.lease_token.is_not(None))
                             )
@@ -138,11 +138,11 @@ def main() -> int:
                     worker.kill()
         elapsed = time.monotonic() - started
         with runtime.session() as session:
-            profiles = session.execute(select(ModelProfile.state, ModelProfile.attempts)).all()
+            profiles = session.execute(select(StoredProfile.state, StoredProfile.attempts)).all()
             screenings = session.execute(
                 select(Screening.state, Screening.attempts, Screening.problem).where(Screening.id.in_(ids))
             ).all()
-            keys = session.scalar(select(func.count(func.distinct(ModelProfile.key))))
+            keys = session.scalar(select(func.count(func.distinct(StoredProfile.key))))
     runtime.close()
     report = {
         "screenings": len(ids),

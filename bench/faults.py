@@ -51,13 +51,13 @@ class Harness:
 
         from jobs.runner import open_runtime
         from service.app import create_app
-        from store.settings import ServiceSettings
+        from service.settings import ApiSettings
         from tests.conftest import build_tiny_bert
         from tests.service.conftest import reset_scratch, worker_env
 
         reset_scratch(args.database_url, args.redis_url)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"phasescreen-{name}-"))
-        self.settings = ServiceSettings(
+        self.settings = ApiSettings(
             home=self.workdir,
             model_root=build_tiny_bert(self.workdir / "models"),
             database_url=database_url or args.database_url,
@@ -108,10 +108,10 @@ class Harness:
     def profile_attempts(self) -> dict[int, int]:
         from sqlalchemy import select
 
-        from store.models import ModelProfile
+        from store.models import StoredProfile
 
         with self.runtime.session() as session:
-            return dict(sorted(Counter(session.scalars(select(ModelProfile.attempts))).items()))
+            return dict(sorted(Counter(session.scalars(select(StoredProfile.attempts))).items()))
 
     def wait_terminal(self, ids: list[str], limit: float) -> float:
         started = time.monotonic()
@@ -172,7 +172,7 @@ def idempotency(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     from sqlalchemy import func, select
 
-    from store.models import ModelProfile, Screening
+    from store.models import Screening, StoredProfile
 
     h = Harness(args, "idem")
     barrier = threading.Barrier(100)
@@ -198,7 +198,7 @@ def idempotency(args: argparse.Namespace) -> dict[str, Any]:
         thread.join(timeout=120)
     with h.runtime.session() as session:
         rows = session.scalar(select(func.count()).select_from(Screening))
-        profiles = session.scalar(select(func.count()).select_from(ModelProfile))
+        profiles = session.scalar(select(func.count()).select_from(StoredProfile))
     depth = h.runtime.queue.depth()
     h.close()
     statuses = Counter(status for status, _ in answers)

@@ -33,26 +33,26 @@ def main() -> None:
     from phasecore.presentation.report import inline_html
     from service.app import create_app
     from service.batch_schemas import BatchRequest
-    from service.batches import batch_document, create_batch, get_batch
+    from service.batches import batch_results, create_batch, get_batch
+    from service.settings import ApiSettings
     from store.models import SUCCEEDED, Screening
-    from store.settings import ServiceSettings
     from tests.results import full_result
 
     home = tempfile.mkdtemp(prefix="bench-report-")
-    app = create_app(ServiceSettings(home=home, rate_limit_per_minute=0))
+    app = create_app(ApiSettings(home=home, rate_limit_per_minute=0))
     vision = [f"hf:org/vision-{i}" for i in range(args.models)]
     language = [f"hf:org/language-{j}" for j in range(args.models)]
     with TestClient(app) as client:
         runtime = app.state.runtime
         with runtime.session() as session:  # stored directly (nothing queued), every pair planted as succeeded
             request = BatchRequest(vision=vision, language=language, dataset="digits", options={"n": 64})
-            stored = create_batch(session, request, settings=runtime.settings)
+            stored = create_batch(session, request, settings=app.state.settings)
             for screening in session.scalars(select(Screening)):
                 screening.state, screening.progress = SUCCEEDED, 1.0
                 screening.result = full_result(metrics={"s_ntk_cross_centered": 0.01 * len(screening.id) % 0.3})
             session.commit()
             batch = {"id": stored.id}
-            document = batch_document(session, get_batch(session, stored.id))
+            document = batch_results(session, get_batch(session, stored.id))
         url = f"/v1/batches/{batch['id']}/report"
         started = time.perf_counter()
         first = client.get(url)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli.engine_flags import add_engine_arguments, engine_overrides
-from cli.local import add_local_arguments, local_device, profile_cache, store_screening
+from cli.local import add_local_arguments, local_device, profile_cache, screen_here, store_screening
 
 if TYPE_CHECKING:  # imported lazily, where a command talks to a server
     from service.client import PhasescreenClient
@@ -226,7 +226,7 @@ def _batch_here(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str,
 def _store_locally(document: dict[str, Any]) -> None:
     """Record every succeeded pair in the local database, so that `phasescreen study` counts it."""
     try:
-        from service.screenings import record_local_result
+        from jobs.screenings import record_local_result
         from store.db import local_session
 
         with local_session() as session:
@@ -246,11 +246,13 @@ def _store_locally(document: dict[str, Any]) -> None:
 
 
 def _batch_on_server(args: argparse.Namespace, grid: Any, settings: Any) -> dict[str, Any]:
-    from service.batch_schemas import BatchRequest
-
-    request = BatchRequest(
-        vision=list(grid.vision), language=list(grid.language), dataset=grid.dataset, options=settings, name=grid.name
-    )
+    request = {
+        "vision": list(grid.vision),
+        "language": list(grid.language),
+        "dataset": grid.dataset,
+        "options": settings,
+        "name": grid.name,
+    }
     with _client(args) as client:
         batch = client.submit_batch(request)
         print(f"batch {batch.id} on {client.base_url}{batch.href}", file=sys.stderr, flush=True)
@@ -336,7 +338,8 @@ def _gate(args: argparse.Namespace) -> int:
         if args.policy in ("measured", "reported"):
             study = _local_study()
             require_policy_model(study, args.policy)
-        result, screening_id = _screen_here(args, settings)
+        result = screen_here(args, settings, device=local_device(args)).model_dump(mode="json")
+        screening_id = store_screening(args, settings, result)  # the verdict does not depend on storing
     decision = decide(result, args.policy, study=study)
     verdict = "FAIL" if decision.predicts_failure else "PASS"
     line = f"{verdict}: {decision.reason} [{args.vision} × {args.language} on {args.dataset}]"
@@ -359,30 +362,6 @@ def _gate(args: argparse.Namespace) -> int:
     else:
         print(line)
     return decision.exit_code
-
-
-def _screen_here(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], str | None]:
-    from phasecore.screening.pipeline import screen
-    from store.settings import ServiceSettings
-
-    service_settings = ServiceSettings()
-    result = screen(
-        args.vision,
-        args.language,
-        args.dataset,
-        settings,
-        cache=profile_cache(args),
-        model_root=service_settings.model_root,
-        data_root=service_settings.data_root,
-        device=local_device(args),
-    ).model_dump(mode="json")
-    if args.no_store:
-        return result, None
-    try:
-        return result, store_screening(args, settings, result)
-    except Exception as exc:  # the verdict does not depend on storing
-        print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
-        return result, None
 
 
 def _local_study(dataset: str | None = None) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """What the local (embedded) runs of ``screen``, ``batch`` and ``gate`` share: their flags, where profiles are
-cached, which device the models run on, and how one screening is recorded in the local database."""
+cached, which device the models run on, how one pair is screened, and how its screening and a training run's
+outcome are recorded in the local database."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +39,53 @@ def local_device(args: argparse.Namespace) -> str:
     return args.device or ServiceSettings().device
 
 
-def store_screening(args: argparse.Namespace, settings: Any, result: dict[str, Any]) -> str:
-    """Record the result of ``--vision``/``--language``/``--dataset`` with ``settings`` locally; its id."""
-    from service.screenings import store_local_result
+def screen_here(args: argparse.Namespace, settings: Any, *, device: str, progress: Any = None) -> Any:
+    """The pair of ``--vision`` and ``--language`` on ``--dataset`` screened on this machine with the engine
+    ``settings`` on ``device``: the ``ScreeningResult``. Profiles come from the local cache when there
+    (:func:`profile_cache`); models and data from the engine's roots (PHASESCREEN_MODEL_ROOT, PHASESCREEN_DATA_ROOT)."""
+    from phasecore.screening.pipeline import screen
 
+    return screen(
+        args.vision,
+        args.language,
+        args.dataset,
+        settings,
+        cache=profile_cache(args),
+        progress=progress,
+        device=device,
+    )
+
+
+def store_screening(args: argparse.Namespace, settings: Any, result: dict[str, Any]) -> str | None:
+    """Record the result of ``--vision``/``--language``/``--dataset`` with ``settings`` in the local database:
+    its screening id; ``None`` with ``--no-store``, or when it could not be stored (a warning on stderr says
+    why: the result stands without it)."""
+    from jobs.screenings import store_local_result
+
+    if args.no_store:
+        return None
     request = {
         "vision": args.vision,
         "language": args.language,
         "dataset": args.dataset,
         "options": settings.model_dump(mode="json"),
     }
-    return store_local_result(request, result)
+    try:
+        return store_local_result(request, result)
+    except Exception as exc:  # the result is printed or written already; storing it is a convenience
+        print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
+        return None
+
+
+def report_locally(
+    session: Any, screening_id: str, request: dict[str, Any], *, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Record ``request`` (the body ``POST /v1/screenings/{id}/outcomes`` takes, checked as the API checks it)
+    in the local database, as the route does; commits. The outcome as the API answers it (JSON)."""
+    from jobs.outcomes import report_outcome
+    from service.outcome_schemas import OutcomeRequest
+    from service.views import outcome_out
+
+    checked = OutcomeRequest.model_validate(request)
+    outcome, screening, _ = report_outcome(session, screening_id, checked.model_dump(), idempotency_key=idempotency_key)
+    return dict(outcome_out(outcome, screening).model_dump(mode="json"))

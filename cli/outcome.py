@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 from cli.batch import _client, _error, _expected_errors, _server_arguments
-from store.problems import Problem
+from cli.local import report_locally
+from problems import Problem
 
 PASS, ERROR = 0, 2
 
@@ -143,14 +144,10 @@ def run_report_outcome(args: argparse.Namespace) -> int:
 
 
 def _report_here(args: argparse.Namespace) -> dict[str, Any]:
-    from service.outcome_schemas import OutcomeRequest
-    from service.outcomes import report_outcome
     from store.db import local_session
 
-    request = OutcomeRequest.model_validate(_request(args))
     with local_session() as session:
-        out, _ = report_outcome(session, args.screening_id, request, idempotency_key=args.idempotency_key)
-    return out.model_dump(mode="json")
+        return report_locally(session, args.screening_id, _request(args), idempotency_key=args.idempotency_key)
 
 
 def run_list_outcomes(args: argparse.Namespace) -> int:
@@ -172,15 +169,16 @@ def run_list_outcomes(args: argparse.Namespace) -> int:
 
 
 def _list_here(screening_id: str) -> list[dict[str, Any]]:
-    from service.outcomes import list_outcomes
+    from jobs.outcomes import list_outcomes
+    from service.views import outcome_out
     from store.db import local_session
 
     items: list[dict[str, Any]] = []
     cursor = None
     with local_session() as session:
         while True:
-            page, cursor = list_outcomes(session, screening_id, limit=100, cursor=cursor)
-            items.extend(item.model_dump(mode="json") for item in page)
+            page, screening, cursor = list_outcomes(session, screening_id, limit=100, cursor=cursor)
+            items.extend(outcome_out(row, screening).model_dump(mode="json") for row in page)
             if cursor is None:
                 return items
 

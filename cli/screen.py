@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cli.engine_flags import add_engine_arguments, engine_overrides
-from cli.local import add_local_arguments, local_device, profile_cache, store_screening
+from cli.local import add_local_arguments, local_device, screen_here, store_screening
 from phasecore.screening.result import AgopSummary, RulePrediction, ScreeningResult
 
 
@@ -177,7 +177,7 @@ def summary(result: ScreeningResult | dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from phasecore.errors import PhasescreenError
-    from phasecore.screening.pipeline import screen, validate_request
+    from phasecore.screening.pipeline import validate_request
     from phasecore.sources import resolve_device
 
     try:
@@ -190,15 +190,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         resolve_device(device)  # an unusable device is a usage error, said before any work
         validate_request(args.vision, args.language, args.dataset, settings)  # seconds, before minutes of work
-        result = screen(
-            args.vision,
-            args.language,
-            args.dataset,
-            settings,
-            cache=profile_cache(args),
-            progress=bars,
-            device=device,
-        )
+        result = screen_here(args, settings, device=device, progress=bars)
     except PhasescreenError as exc:
         bars.close()
         print(f"phasescreen screen: {exc}", file=sys.stderr)
@@ -209,11 +201,9 @@ def run(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     print(summary(document))
-    if not args.no_store:
-        try:
-            print(f"stored as screening {store_screening(args, settings, document)}")
-        except Exception as exc:  # the result is on disk already; storing is a convenience
-            print(f"warning: result not stored in the local database: {exc}", file=sys.stderr)
+    screening_id = store_screening(args, settings, document)
+    if screening_id is not None:
+        print(f"stored as screening {screening_id}")
     if args.output:
         print(f"full result: {args.output}")
     return 0

@@ -94,8 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.settings import ApiSettings
 
-    settings = ServiceSettings()
+    settings = ApiSettings()
     _configure_logging(settings)
     # the app resolves X-Forwarded-For itself against PHASESCREEN_TRUSTED_PROXIES; uvicorn's own handling
     # (which trusts 127.0.0.1 by default) stays off so there is one rule, not two
@@ -151,8 +152,9 @@ def _serve_processes(workers: int, settings: ServiceSettings, options: dict[str,
 def app_factory() -> Any:
     """The app of one ``serve --workers N`` process, from the environment (uvicorn imports and calls this)."""
     from service.app import create_app
+    from service.settings import ApiSettings
 
-    settings = ServiceSettings()
+    settings = ApiSettings()
     _configure_logging(settings)
     return create_app(settings, freeze_after_startup=True)
 

@@ -5,7 +5,7 @@ screening's dataset is drawn (the screening's N, its seed + 1: the training job'
 sample), and ``held_out_contrastive`` (phasecore.groundtruth.contrastive) trains linear heads per held-out group
 and scores the held-out values. Tower outputs are computed once per (reference, sample) and reused across a
 batch's pairs. The value is reported through the same path as ``phasescreen outcome report``: the API with
-``--server``, else the local database's service functions (the ones the API route calls).
+``--server``, else the local database through the application functions the API route calls (jobs.outcomes).
 """
 
 from __future__ import annotations
@@ -40,13 +40,16 @@ def _pairs(args: argparse.Namespace, client: Any, session: Any) -> list[tuple[st
 def _result_of(client: Any, session: Any, screening_id: str) -> dict[str, Any]:
     if client is not None:
         out = client.get_screening(screening_id)
+        state, result = out.state, out.result
     else:
-        from service.screenings import read_screening
+        from jobs.screenings import get_screening
+        from phasecore.screening.result import ScreeningResult
 
-        out = read_screening(session, screening_id)
-    if out.result is None:
-        raise ValueError(f"screening {screening_id} has no result (state {out.state}): only succeeded pairs train")
-    return dict(out.result.model_dump(mode="json"))
+        row = get_screening(session, screening_id)
+        state, result = row.state, None if row.result is None else ScreeningResult.model_validate(row.result)
+    if result is None:
+        raise ValueError(f"screening {screening_id} has no result (state {state}): only succeeded pairs train")
+    return dict(result.model_dump(mode="json"))
 
 
 class _Towers:
@@ -151,8 +154,6 @@ def simulate_outcomes(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _report(client: Any, session: Any, screening_id: str, request: dict[str, Any]) -> dict[str, Any]:
     if client is not None:
         return dict(client.report_outcome(screening_id, **request).model_dump(mode="json"))
-    from service.outcome_schemas import OutcomeRequest
-    from service.outcomes import report_outcome
+    from cli.local import report_locally
 
-    out, _ = report_outcome(session, screening_id, OutcomeRequest.model_validate(request))  # commits the run
-    return dict(out.model_dump(mode="json"))
+    return report_locally(session, screening_id, request)  # commits the run

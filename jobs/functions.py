@@ -41,11 +41,11 @@ from jobs.runtime import Runtime
 from jobs.tracker import JobStopped, JobTimedOut, JobTracker
 from phasecore.errors import PhasescreenError, UnsupportedModel
 from phasecore.settings import EngineSettings
+from problems import from_domain_error, problem_document
 from store import logs
 from store.batch_models import BatchPair
 from store.jobstats import record_stage_durations
-from store.models import ModelProfile, Screening, jsonable
-from store.problems import from_domain_error, problem_document
+from store.models import Screening, StoredProfile, jsonable
 from store.records import with_measured_rules
 
 log = logging.getLogger(__name__)
@@ -231,26 +231,8 @@ def _run_profile_job(profile_id: str, *, runtime: Runtime) -> str:
             )
             tracker.check()
             blob = profile.to_bytes()
-    except JobStopped as stop:
-        _stopped(rt, claim.lease, stop)
-        return _finish(rt, tracker, "profile", "cancelled", started)
-    except _hard_timeouts() as exc:
-        _fail(rt, claim.lease, _timeout_problem(exc), "profile")
-        return _finish(rt, tracker, "profile", "failed", started)
-    except _LoadOutOfMemory as exc:
-        _release_memory(rt)
-        _retry_or_give_up(rt, claim.lease, claim.attempt, exc.__cause__ or exc, "profile computation")
-        return _finish(rt, tracker, "profile", "failed", started)
-    except PhasescreenError as exc:
-        _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "profile")
-        return _finish(rt, tracker, "profile", "failed", started)
     except Exception as exc:
-        if _out_of_memory(exc) is not None:
-            _release_memory(rt)
-            _fail(rt, claim.lease, _out_of_memory_problem("profile", exc), "profile")
-        else:
-            _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "profile computation")
-        return _finish(rt, tracker, "profile", "failed", started)
+        return _finish(rt, tracker, "profile", _after(rt, claim.lease, claim.attempt, "profile", exc), started)
     values = {
         "data": blob,
         "identity": jsonable(profile.identity),
@@ -307,8 +289,8 @@ def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
             with rt.session() as session:
                 blobs = dict(
                     session.execute(
-                        select(ModelProfile.id, ModelProfile.data).where(
-                            ModelProfile.id.in_([claim.vision_profile_id, claim.language_profile_id])
+                        select(StoredProfile.id, StoredProfile.data).where(
+                            StoredProfile.id.in_([claim.vision_profile_id, claim.language_profile_id])
                         )
                     ).all()
                 )
@@ -321,21 +303,8 @@ def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
                 progress=tracker,
             )
             tracker.check()
-    except JobStopped as stop:
-        _stopped(rt, claim.lease, stop)
-        return _finish(rt, tracker, "pair", "cancelled", started)
-    except _hard_timeouts() as exc:
-        _fail(rt, claim.lease, _timeout_problem(exc), "pair")
-        return _finish(rt, tracker, "pair", "failed", started)
-    except PhasescreenError as exc:
-        _fail(rt, claim.lease, from_domain_error(exc).to_dict(), "pair")
-        return _finish(rt, tracker, "pair", "failed", started)
     except Exception as exc:
-        if _out_of_memory(exc) is not None:
-            _fail(rt, claim.lease, _out_of_memory_problem("pair", exc), "pair")
-        else:
-            _retry_or_give_up(rt, claim.lease, claim.attempt, exc, "pair step")
-        return _finish(rt, tracker, "pair", "failed", started)
+        return _finish(rt, tracker, "pair", _after(rt, claim.lease, claim.attempt, "pair", exc), started)
     # stored in the form the API serves it (the result's schema, every field): a figure added beside the rules
     # later (measured, reported) is stored with the same keys as it is read back
     stored_result = _with_measured_rules(rt, result.model_dump(mode="json"), screening_id)
@@ -344,6 +313,30 @@ def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
         rt, f"screening {screening_id}", lambda session: lifecycle.complete_pair(session, claim.lease, document)
     )
     return _finish(rt, tracker, "pair", "succeeded" if stored else "cancelled", started)
+
+
+def _after(rt: Runtime, lease: lifecycle.Lease, attempt: int, kind: str, exc: Exception) -> str:
+    """What becomes of a ``kind`` job (profile or pair) that raised ``exc``, as this module's docstring lists:
+    its outcome, ``cancelled`` or ``failed``; ``exc`` is raised again when the row goes back to the queue for
+    a retry."""
+    what = "profile computation" if kind == "profile" else "pair step"
+    if isinstance(exc, JobStopped):
+        _stopped(rt, lease, exc)
+        return "cancelled"
+    if isinstance(exc, _hard_timeouts()):
+        _fail(rt, lease, _timeout_problem(exc), kind)
+    elif isinstance(exc, _LoadOutOfMemory):
+        _release_memory(rt)
+        _retry_or_give_up(rt, lease, attempt, exc.__cause__ or exc, what)
+    elif isinstance(exc, PhasescreenError):
+        _fail(rt, lease, from_domain_error(exc).to_dict(), kind)
+    elif _out_of_memory(exc) is not None:
+        if kind == "profile":  # the models this process keeps loaded let go too (a pair step loads none)
+            _release_memory(rt)
+        _fail(rt, lease, _out_of_memory_problem(kind, exc), kind)
+    else:
+        _retry_or_give_up(rt, lease, attempt, exc, what)
+    return "failed"
 
 
 def run_job(runtime: Runtime, job: JobRef) -> None:
@@ -376,18 +369,18 @@ def _stopped(rt: Runtime, lease: lifecycle.Lease, stop: JobStopped) -> None:
         if stop.shutting_down:
             interrupted = problem_document(500, "interrupted", "Interrupted", "the process running it shut down")
             lifecycle.release_for_retry(session, lease, interrupted, refund_attempt=True)
-        elif lease.table is ModelProfile:
+        elif lease.table is StoredProfile:
             lifecycle.cancel_profile(session, lease)
         session.commit()
 
 
 def _stored(blobs: dict[str, bytes | None], profile_id: str) -> Any:
-    from phasecore.screening.pipeline import ModelProfile as EngineProfile
+    from phasecore.screening.pipeline import ModelProfile
 
     blob = blobs.get(profile_id)
     if blob is None:  # transient by nature: a profile that succeeded always has its blob
         raise LookupError(f"model profile {profile_id} has no stored arrays")
-    return EngineProfile.from_bytes(blob)
+    return ModelProfile.from_bytes(blob)
 
 
 def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: float) -> str:
@@ -406,10 +399,7 @@ def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: 
 def _fail(rt: Runtime, lease: lifecycle.Lease, problem: dict[str, Any], kind: str) -> None:
     prometheus.FAILURES.labels(kind, problem["type"].rsplit(":", 1)[-1]).inc()
     with rt.session() as session:
-        if lease.table is ModelProfile:
-            lifecycle.fail_profile(session, lease.row_id, problem, lease)
-        else:
-            lifecycle.fail_screening(session, lease.row_id, problem, lease)
+        lifecycle.fail_job(session, lease, problem)
         session.commit()
 
 
@@ -421,9 +411,9 @@ def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: Ba
     if attempt >= rt.settings.max_attempts:
         log.error("%s %s failed on its last attempt", what, lease.row_id, exc_info=exc)
         problem = lifecycle.gave_up_problem(what, attempt, {"detail": detail})
-        _fail(rt, lease, problem, "profile" if lease.table is ModelProfile else "pair")
+        _fail(rt, lease, problem, "profile" if lease.table is StoredProfile else "pair")
         return
-    prometheus.FAILURES.labels("profile" if lease.table is ModelProfile else "pair", "retrying").inc()
+    prometheus.FAILURES.labels("profile" if lease.table is StoredProfile else "pair", "retrying").inc()
     problem = problem_document(
         500,
         "retrying",

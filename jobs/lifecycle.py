@@ -21,20 +21,10 @@ from sqlalchemy import CursorResult, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobs.queue import JobRef
-from store.models import (
-    ACTIVE_STATES,
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    ModelProfile,
-    Screening,
-    db_now,
-)
-from store.problems import problem_document
+from problems import Problem, problem_document
+from store.models import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Screening, StoredProfile, db_now
 
-JobRow = type[ModelProfile] | type[Screening]
+JobRow = type[StoredProfile] | type[Screening]
 
 
 @dataclass(frozen=True)
@@ -95,6 +85,11 @@ def _changed(session: Session, statement: Any) -> int:
     return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
+def _won(session: Session, statement: Any) -> bool:
+    """Whether an UPDATE of one row by its id matched it (the transition's conditions held)."""
+    return _changed(session, statement) == 1
+
+
 def waiting_on_profile(profile_id: Any) -> Any:
     """Condition: the screening uses ``profile_id`` (an id, or a column in a correlated subquery)."""
     return or_(Screening.vision_profile_id == profile_id, Screening.language_profile_id == profile_id)
@@ -117,13 +112,13 @@ def profile_needed(session: Session, profile_id: str) -> bool:
 POISON_KINDS = frozenset({"attempts-exhausted", "worker-lost", "out-of-memory", "timeout"})
 
 
-def poisoned(profile: ModelProfile) -> bool:
+def poisoned(profile: StoredProfile) -> bool:
     """Whether ``profile`` failed in a way that resubmitting the same request would repeat."""
     kind = str((profile.problem or {}).get("type", "")).rsplit(":", 1)[-1]
     return profile.state == FAILED and kind in POISON_KINDS
 
 
-def poisoned_detail(profile: ModelProfile) -> str:
+def poisoned_detail(profile: StoredProfile) -> str:
     last = str((profile.problem or {}).get("detail", "")).rstrip(".")
     return (
         f"the {profile.modality} model profile of this request ({profile.model_ref}) with these settings already "
@@ -133,15 +128,23 @@ def poisoned_detail(profile: ModelProfile) -> str:
     )
 
 
-def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> bool:
+def admit_profile(session: Session, profile: StoredProfile) -> None:
+    """An existing profile a new screening asks for (``store.profiles.get_or_create_profiles``' ``admit``): a
+    poisoned one refuses the request (422 ``poisoned-request``), a failed or cancelled one is queued again."""
+    if poisoned(profile):
+        raise Problem(422, "poisoned-request", "Request known to fail", poisoned_detail(profile), profile_id=profile.id)
+    reset_profile_if_finished_badly(session, profile)
+
+
+def reset_profile_if_finished_badly(session: Session, profile: StoredProfile) -> bool:
     """Give a failed or cancelled profile another chance when a new screening asks for it; never a poisoned
     one (see :func:`poisoned`): its attempts are not reset."""
     if poisoned(profile):
         return False
     changed = _changed(
         session,
-        update(ModelProfile)
-        .where(ModelProfile.id == profile.id, ModelProfile.state.in_((FAILED, CANCELLED)))
+        update(StoredProfile)
+        .where(StoredProfile.id == profile.id, StoredProfile.state.in_((FAILED, CANCELLED)))
         .values(state=QUEUED, attempts=0, problem=None, stage=None, progress=0.0, finished_at=None)
         .execution_options(synchronize_session=False),
     )
@@ -152,7 +155,7 @@ def reset_profile_if_finished_badly(session: Session, profile: ModelProfile) -> 
 
 def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempts: int) -> ProfileClaim | None:
     """Take a queued profile; ``None`` when it is gone, taken, finished or no longer wanted."""
-    row = session.get(ModelProfile, profile_id)
+    row = session.get(StoredProfile, profile_id)
     if row is None or row.state != QUEUED:
         return None
     if row.attempts >= max_attempts:
@@ -160,30 +163,30 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
         return None
     if not profile_needed(session, profile_id):
         session.execute(
-            update(ModelProfile)
-            .where(ModelProfile.id == profile_id, ModelProfile.state == QUEUED)
+            update(StoredProfile)
+            .where(StoredProfile.id == profile_id, StoredProfile.state == QUEUED)
             .values(state=CANCELLED, finished_at=db_now())
         )
         return None
     # read before the UPDATE: the session may synchronise row.attempts to the incremented value
     attempt = row.attempts + 1
     token, now = str(uuid.uuid4()), db_now()
-    claimed = _changed(
+    claimed = _won(
         session,
-        update(ModelProfile)
-        .where(ModelProfile.id == profile_id, ModelProfile.state == QUEUED)
+        update(StoredProfile)
+        .where(StoredProfile.id == profile_id, StoredProfile.state == QUEUED)
         .values(
             state=RUNNING,
             lease_token=token,
             worker=worker,
             heartbeat_at=now,
-            attempts=ModelProfile.attempts + 1,
+            attempts=StoredProfile.attempts + 1,
             started_at=now,
             stage="starting",
             progress=0.0,
         ),
     )
-    if claimed != 1:
+    if not claimed:
         return None
     # the screenings waiting for it are visibly running from now on
     session.execute(
@@ -192,7 +195,7 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
         .values(state=RUNNING, started_at=now)
     )
     return ProfileClaim(
-        Lease(ModelProfile, profile_id, token),
+        Lease(StoredProfile, profile_id, token),
         row.model_ref,
         row.modality,
         row.dataset_ref,
@@ -203,10 +206,14 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
 
 def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> list[JobRef]:
     """Store a computed profile; returns the pair jobs that became ready (enqueue them after commit)."""
-    done = _changed(
+    done = _won(
         session,
-        update(ModelProfile)
-        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token, ModelProfile.state == RUNNING)
+        update(StoredProfile)
+        .where(
+            StoredProfile.id == lease.row_id,
+            StoredProfile.lease_token == lease.token,
+            StoredProfile.state == RUNNING,
+        )
         .values(
             state=SUCCEEDED,
             lease_token=None,
@@ -217,7 +224,7 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
             **values,
         ),
     )
-    if done != 1:
+    if not done:
         return []
     # Two profiles of one screening finishing at once: each transaction would read the other profile as still
     # running (its update is not committed) and neither would start the pair. Locking the waiting screenings
@@ -234,7 +241,7 @@ def complete_profile(session: Session, lease: Lease, values: dict[str, Any]) -> 
 
 def ready_pairs(session: Session, profile_id: str) -> list[str]:
     """Active screenings using ``profile_id`` whose profiles are both computed and whose pair step is free."""
-    vision, language = ModelProfile.__table__.alias("v"), ModelProfile.__table__.alias("l")
+    vision, language = StoredProfile.__table__.alias("v"), StoredProfile.__table__.alias("l")
     query = (
         select(Screening.id)
         .join(vision, vision.c.id == Screening.vision_profile_id)
@@ -253,14 +260,14 @@ def ready_pairs(session: Session, profile_id: str) -> list[str]:
 
 def fail_profile(session: Session, profile_id: str, problem: dict[str, Any], lease: Lease | None = None) -> None:
     """Mark a profile failed, and with it every screening still waiting for it."""
-    condition = [ModelProfile.id == profile_id, ModelProfile.state.in_(ACTIVE_STATES)]
+    condition = [StoredProfile.id == profile_id, StoredProfile.state.in_(ACTIVE_STATES)]
     if lease is not None:
-        condition.append(ModelProfile.lease_token == lease.token)
+        condition.append(StoredProfile.lease_token == lease.token)
     row = session.execute(
-        update(ModelProfile)
+        update(StoredProfile)
         .where(*condition)
         .values(state=FAILED, lease_token=None, problem=problem, finished_at=db_now())
-        .returning(ModelProfile.modality)
+        .returning(StoredProfile.modality)
     ).first()
     if row is not None:
         fail_waiting_screenings(session, profile_id, row.modality, problem)
@@ -280,10 +287,19 @@ def fail_waiting_screenings(session: Session, profile_id: str, modality: str, pr
     )
 
 
+def fail_job(session: Session, lease: Lease, problem: dict[str, Any]) -> None:
+    """Fail the row ``lease`` holds: a profile (and with it every screening still waiting for it) or a
+    screening's pair step."""
+    if lease.table is StoredProfile:
+        fail_profile(session, lease.row_id, problem, lease)
+    else:
+        fail_screening(session, lease.row_id, problem, lease)
+
+
 def cancel_profile(session: Session, lease: Lease) -> None:
     session.execute(
-        update(ModelProfile)
-        .where(ModelProfile.id == lease.row_id, ModelProfile.lease_token == lease.token)
+        update(StoredProfile)
+        .where(StoredProfile.id == lease.row_id, StoredProfile.lease_token == lease.token)
         .values(state=CANCELLED, lease_token=None, stage=None, finished_at=db_now())
     )
 
@@ -291,15 +307,12 @@ def cancel_profile(session: Session, lease: Lease) -> None:
 def cancel_screening(session: Session, screening_id: str) -> bool:
     """Cancel a screening that is still queued or running; ``False`` when it had already finished (a worker
     completed or failed it since the caller read it): a terminal state never changes."""
-    return (
-        _changed(
-            session,
-            update(Screening)
-            .where(Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES))
-            .values(state=CANCELLED, cancel_requested=True, lease_token=None, finished_at=db_now())
-            .execution_options(synchronize_session=False),
-        )
-        == 1
+    return _won(
+        session,
+        update(Screening)
+        .where(Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES))
+        .values(state=CANCELLED, cancel_requested=True, lease_token=None, finished_at=db_now())
+        .execution_options(synchronize_session=False),
     )
 
 
@@ -311,9 +324,9 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
     row = session.get(Screening, screening_id)
     if row is None or row.state not in ACTIVE_STATES or row.cancel_requested or row.lease_token is not None:
         return None
-    profiles: list[ModelProfile] = []
+    profiles: list[StoredProfile] = []
     for profile_id in (row.vision_profile_id, row.language_profile_id):
-        profile = session.get(ModelProfile, profile_id) if profile_id else None
+        profile = session.get(StoredProfile, profile_id) if profile_id else None
         if profile is None or profile.state == FAILED:
             problem = (profile.problem if profile else None) or problem_document(
                 500, "profile-missing", "Model profile missing", "a model profile of this screening is gone"
@@ -328,7 +341,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
         return None
     attempt = row.attempts + 1  # before the UPDATE, as in claim_profile
     token, now = str(uuid.uuid4()), db_now()
-    claimed = _changed(
+    claimed = _won(
         session,
         update(Screening)
         .where(
@@ -348,7 +361,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
             progress=0.0,
         ),
     )
-    if claimed != 1:
+    if not claimed:
         return None
     return PairClaim(
         Lease(Screening, screening_id, token),
@@ -360,27 +373,24 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
 
 
 def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
-    return (
-        _changed(
-            session,
-            update(Screening)
-            .where(
-                Screening.id == lease.row_id,
-                Screening.lease_token == lease.token,
-                Screening.state == RUNNING,
-                Screening.cancel_requested.is_(False),
-            )
-            .values(
-                state=SUCCEEDED,
-                result=result,
-                lease_token=None,
-                stage=None,
-                progress=1.0,
-                problem=None,
-                finished_at=db_now(),
-            ),
+    return _won(
+        session,
+        update(Screening)
+        .where(
+            Screening.id == lease.row_id,
+            Screening.lease_token == lease.token,
+            Screening.state == RUNNING,
+            Screening.cancel_requested.is_(False),
         )
-        == 1
+        .values(
+            state=SUCCEEDED,
+            result=result,
+            lease_token=None,
+            stage=None,
+            progress=1.0,
+            problem=None,
+            finished_at=db_now(),
+        ),
     )
 
 
@@ -401,27 +411,21 @@ def fail_screening(session: Session, screening_id: str, problem: dict[str, Any],
 def renew_lease(session: Session, lease: Lease) -> bool:
     """Heartbeat; ``False`` when the lease is gone (cancelled, or given to another worker)."""
     table = lease.table
-    return (
-        _changed(
-            session,
-            update(table)
-            .where(table.id == lease.row_id, table.lease_token == lease.token, table.state == RUNNING)
-            .values(heartbeat_at=db_now()),
-        )
-        == 1
+    return _won(
+        session,
+        update(table)
+        .where(table.id == lease.row_id, table.lease_token == lease.token, table.state == RUNNING)
+        .values(heartbeat_at=db_now()),
     )
 
 
 def record_progress(session: Session, lease: Lease, stage: str, progress: float) -> bool:
     table = lease.table
-    return (
-        _changed(
-            session,
-            update(table)
-            .where(table.id == lease.row_id, table.lease_token == lease.token)
-            .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=db_now()),
-        )
-        == 1
+    return _won(
+        session,
+        update(table)
+        .where(table.id == lease.row_id, table.lease_token == lease.token)
+        .values(stage=stage[:64], progress=min(max(progress, 0.0), 1.0), heartbeat_at=db_now()),
     )
 
 
@@ -434,20 +438,20 @@ def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any], *
     if refund_attempt:
         values["attempts"] = table.attempts - 1
     condition = [table.id == lease.row_id, table.lease_token == lease.token]
-    if table is ModelProfile:
+    if table is StoredProfile:
         values["state"] = QUEUED
     else:
         condition.append(table.state == RUNNING)  # a screening waits in running; its profiles are done
-    return _changed(session, update(table).where(*condition).values(**values)) == 1
+    return _won(session, update(table).where(*condition).values(**values))
 
 
-def active_profiles_of(session: Session, screening: Screening) -> list[ModelProfile]:
+def active_profiles_of(session: Session, screening: Screening) -> list[StoredProfile]:
     ids = [pid for pid in (screening.vision_profile_id, screening.language_profile_id) if pid]
-    return list(session.scalars(select(ModelProfile).where(ModelProfile.id.in_(ids))))
+    return list(session.scalars(select(StoredProfile).where(StoredProfile.id.in_(ids))))
 
 
 def jobs_to_start(
-    session: Session, screening: Screening, profiles: list[ModelProfile] | None = None
+    session: Session, screening: Screening, profiles: list[StoredProfile] | None = None
 ) -> list[JobRef]:
     """The jobs a just-committed screening needs: its queued profiles, or its pair step if both are done.
     ``profiles``: the screening's profiles as just read after the commit (read here when ``None``)."""

@@ -30,17 +30,7 @@ from sqlalchemy.orm import aliased
 from jobs import lifecycle, prometheus
 from jobs.queue import JobKind, JobRef
 from jobs.runtime import Runtime
-from store.models import (
-    ACTIVE_STATES,
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    ModelProfile,
-    Screening,
-    db_now,
-)
+from store.models import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Screening, StoredProfile, db_now
 
 log = logging.getLogger(__name__)
 _BATCH = 500
@@ -68,10 +58,10 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
 
     with runtime.session() as session:
         # 1. lost workers
-        tables: tuple[tuple[lifecycle.JobRow, JobKind], ...] = ((ModelProfile, "profile"), (Screening, "pair"))
+        tables: tuple[tuple[lifecycle.JobRow, JobKind], ...] = ((StoredProfile, "profile"), (Screening, "pair"))
         for table, kind in tables:
             stale = cast(
-                Sequence[ModelProfile | Screening],
+                Sequence[StoredProfile | Screening],
                 session.scalars(
                     select(table)
                     .where(table.state == RUNNING, table.lease_token.is_not(None), table.heartbeat_at < stale_before)
@@ -83,11 +73,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
                 what = "profile computation" if kind == "profile" else "pair step"
                 lost = lifecycle.worker_lost_problem(what, row.worker, row.heartbeat_at)
                 if row.attempts >= settings.max_attempts:
-                    gave_up = lifecycle.gave_up_problem(what, row.attempts, lost)
-                    if kind == "profile":
-                        lifecycle.fail_profile(session, row.id, gave_up, lease)
-                    else:
-                        lifecycle.fail_screening(session, row.id, gave_up, lease)
+                    lifecycle.fail_job(session, lease, lifecycle.gave_up_problem(what, row.attempts, lost))
                     report.failed.append(row.id)
                 elif lifecycle.release_for_retry(session, lease, lost):
                     forced.append(JobRef(kind, row.id))
@@ -95,28 +81,28 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
 
         # 2a. queued profiles the queue may have lost
         queued_profiles = session.scalars(
-            select(ModelProfile.id)
-            .where(ModelProfile.state == QUEUED, ModelProfile.updated_at < settled_before)
+            select(StoredProfile.id)
+            .where(StoredProfile.state == QUEUED, StoredProfile.updated_at < settled_before)
             .limit(_BATCH)
         ).all()
         maybe_lost += [JobRef("profile", pid) for pid in queued_profiles]
         overdue += [
             JobRef("profile", pid)
             for pid in session.scalars(
-                select(ModelProfile.id)
-                .where(ModelProfile.state == QUEUED, ModelProfile.updated_at < stale_before)
+                select(StoredProfile.id)
+                .where(StoredProfile.state == QUEUED, StoredProfile.updated_at < stale_before)
                 .limit(_BATCH)
             ).all()
         ]
 
         # 3. finished-badly profiles that active screenings still wait for
         awaited = session.scalars(
-            select(ModelProfile)
+            select(StoredProfile)
             .where(
-                ModelProfile.state.in_((FAILED, CANCELLED)),
+                StoredProfile.state.in_((FAILED, CANCELLED)),
                 select(Screening.id)
                 .where(
-                    lifecycle.waiting_on_profile(ModelProfile.id),
+                    lifecycle.waiting_on_profile(StoredProfile.id),
                     Screening.state.in_(ACTIVE_STATES),
                     Screening.cancel_requested.is_(False),
                     Screening.lease_token.is_(None),
@@ -133,7 +119,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
                 maybe_lost.append(JobRef("profile", profile.id))
 
         # 2b. screenings whose pair step is ready but not running
-        vision, language = aliased(ModelProfile), aliased(ModelProfile)
+        vision, language = aliased(StoredProfile), aliased(StoredProfile)
         ready = session.execute(
             select(
                 Screening.id,

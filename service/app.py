@@ -23,6 +23,7 @@ from jobs.runner import open_runtime
 from jobs.runtime import Runtime
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
+from problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from service import openapi
 from service.deps import bind_path_ids, enforce_rate_limit
 from service.prometheus import ApiMetrics, MetricsMiddleware
@@ -32,8 +33,8 @@ from service.reports import ReportCache
 from service.requestlog import RequestContext
 from service.routes import batches, health, outcomes, profiles, screenings, study
 from service.screenings import warm_request_checks
+from service.settings import ApiSettings
 from store import logs
-from store.problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
 from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,12 @@ def create_app(
     settings: ServiceSettings | None = None, *, runtime: Runtime | None = None, freeze_after_startup: bool = False
 ) -> FastAPI:
     """The API. Without a runtime it makes one from ``settings`` (creating the embedded SQLite file and the
-    in-process executor when no database or Redis is configured). ``freeze_after_startup``: the server process
-    (``phasescreen serve``) moves what start-up built out of the garbage collector's sight (``gc.freeze``); not
-    for a process that builds apps and throws them away, such as the tests."""
-    settings = settings or (runtime.settings if runtime else ServiceSettings())
+    in-process executor when no database or Redis is configured). The API's own settings (rate limits, proxies,
+    ...: :class:`~service.settings.ApiSettings`) are ``settings``' when it has them, else read from the
+    environment. ``freeze_after_startup``: the server process (``phasescreen serve``) moves what start-up built
+    out of the garbage collector's sight (``gc.freeze``); not for a process that builds apps and throws them away,
+    such as the tests."""
+    settings = ApiSettings.of(settings or (runtime.settings if runtime else None))
     runtime = runtime or open_runtime(settings)
 
     @contextlib.asynccontextmanager
@@ -96,6 +99,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.settings = settings
     app.state.metrics = ApiMetrics(runtime)
     app.state.rate_limiter = _rate_limiter(settings)
     app.state.report_cache = ReportCache()
@@ -106,7 +110,7 @@ def create_app(
     app.add_middleware(RequestContext)
     # outermost: every layer below (metrics, rate limits, logs) sees the client behind trusted proxies
     app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
-    _install_problem_handlers(app)
+    _install_problem_handlers(app, settings)
 
     limited = [Depends(enforce_rate_limit), Depends(bind_path_ids)]
     app.include_router(screenings.router, dependencies=limited)
@@ -139,7 +143,7 @@ def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = 
     return JSONResponse(problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-def _install_problem_handlers(app: FastAPI) -> None:
+def _install_problem_handlers(app: FastAPI, settings: ApiSettings) -> None:
     """Every error leaves as application/problem+json; this is the one place that decides how."""
 
     @app.exception_handler(Problem)
@@ -205,7 +209,7 @@ def _install_problem_handlers(app: FastAPI) -> None:
                 "the database did not answer; the request was not completed, retry shortly",
                 request.url.path,
             )
-            return _problem_response(doc, {"Retry-After": str(app.state.runtime.settings.retry_after)})
+            return _problem_response(doc, {"Retry-After": str(settings.retry_after)})
         return _internal(request)
 
     @app.exception_handler(PoolTimeoutError)
@@ -218,7 +222,7 @@ def _install_problem_handlers(app: FastAPI) -> None:
             "every database connection of this server is in use; the request was not completed, retry shortly",
             request.url.path,
         )
-        return _problem_response(doc, {"Retry-After": str(app.state.runtime.settings.retry_after)})
+        return _problem_response(doc, {"Retry-After": str(settings.retry_after)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from service.contract import NO_NUL_PATTERN, REFERENCE_MAX_LENGTH, REFERENCE_PATTERN
-from service.schemas import EngineSettings, State, _check_text, _dataset
+from service.schemas import EngineSettingsBody, RequestBody, State, _dataset
 
 BatchState = Literal["queued", "running", "succeeded", "failed", "partial"]
 ModelReference = Annotated[
@@ -21,12 +21,10 @@ ModelReference = Annotated[
 MAX_MODELS_PER_SIDE = 64
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(RequestBody):
     """Every (vision, language) pair of two model lists, on one paired dataset, with one set of settings."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -46,7 +44,7 @@ class BatchRequest(BaseModel):
         min_length=1, max_length=MAX_MODELS_PER_SIDE, description="language model references (columns)"
     )
     dataset: str = _dataset("paired dataset reference, e.g. digits")
-    options: EngineSettings = Field(default_factory=EngineSettings, description="engine settings of every pair")
+    options: EngineSettingsBody = Field(default_factory=EngineSettingsBody, description="engine settings of every pair")
     name: str | None = Field(
         None,
         max_length=200,
@@ -56,12 +54,6 @@ class BatchRequest(BaseModel):
     reuse: bool | None = Field(
         None, description="serve pairs already screened with identical settings from their stored results"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable_text(cls, data: Any) -> Any:
-        _check_text(data)
-        return data
 
 
 class BatchCell(BaseModel):

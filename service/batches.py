@@ -3,7 +3,7 @@
 A V × L batch inserts V · L screenings through :func:`service.screenings.create_screening`; screenings of
 the same model on the same data and settings get the same profile row, so the queue receives V + L profile
 jobs, and each pair job is enqueued by the last of its two profiles to finish. Plain functions over a
-session, shared by the routes and the CLI.
+session, called by the routes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs import lifecycle
@@ -24,15 +23,17 @@ from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from phasecore.references.refs import ModelRef
 from phasecore.screening import batch as engine_batch
+from problems import Problem, from_domain_error, not_found
 from service import screenings
 from service.batch_schemas import BatchCell, BatchOut, BatchRequest
-from service.contract import check_dataset_syntax, check_reference_syntax, is_id
+from service.contract import check_dataset_syntax, check_reference_syntax
 from service.schemas import ScreeningRequest
+from service.settings import ApiSettings
 from service.views import load_profiles, screening_href, screening_out
+from store import idempotency
+from store.apikeys import ANONYMOUS, Caller
 from store.batch_models import Batch, BatchPair
-from store.models import Screening
-from store.problems import Problem, from_domain_error, not_found
-from store.settings import ServiceSettings
+from store.models import Screening, is_id
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,8 @@ def create_batch(
     session: Session,
     request: BatchRequest,
     *,
-    settings: ServiceSettings,
-    owner: str = "",
-    tenant: str = "",
-    isolated: bool = False,
+    settings: ApiSettings,
+    caller: Caller = ANONYMOUS,
     idempotency_key: str | None = None,
 ) -> Batch:
     """Insert a batch, one screening per pair (and the profiles they need). Flushes, does not commit.
@@ -62,26 +61,11 @@ def create_batch(
     Raises :class:`Problem`: 422 on an invalid pair (the whole batch is refused), 503 when the pairs would
     take the deployment above its limit of active screenings.
     """
-    return _create(
-        session,
-        request,
-        settings=settings,
-        owner=owner,
-        tenant=tenant,
-        isolated=isolated,
-        idempotency_key=idempotency_key,
-    ).batch
+    return _create(session, request, settings, caller, idempotency_key).batch
 
 
 def _create(
-    session: Session,
-    request: BatchRequest,
-    *,
-    settings: ServiceSettings,
-    owner: str,
-    tenant: str,
-    isolated: bool,
-    idempotency_key: str | None,
+    session: Session, request: BatchRequest, settings: ApiSettings, caller: Caller, idempotency_key: str | None
 ) -> BatchSubmission:
     vision = _canonical(request.vision, "vision")
     language = _canonical(request.language, "language")
@@ -90,13 +74,14 @@ def _create(
     except PhasescreenError as exc:
         raise from_domain_error(exc) from exc
     # a whole grid or nothing: the tenant's (keys required) or the deployment's limit of active screenings
-    screenings.check_capacity(session, settings, tenant if isolated else None, adding=len(vision) * len(language))
+    screenings.check_capacity(session, settings, caller.visible_tenant, adding=len(vision) * len(language))
     dataset = request.dataset.strip()
+    fingerprint = _fingerprint(request)
     batch = Batch(
-        owner=owner,
-        tenant=tenant,
+        owner=caller.owner,
+        tenant=caller.tenant,
         idempotency_key=idempotency_key,
-        fingerprint=_fingerprint(request),
+        fingerprint=fingerprint,
         name=request.name,
         dataset_ref=dataset,
         request={
@@ -106,15 +91,9 @@ def _create(
             "options": request.options.model_dump(mode="json"),
         },
     )
-    try:
-        with session.begin_nested():
-            session.add(batch)
-    except IntegrityError:
-        # a concurrent request with the same Idempotency-Key won the insert
-        existing = _find_by_idempotency_key(session, owner, idempotency_key or "")
-        if existing is None:
-            raise
-        return BatchSubmission(_replay(existing, request), created=False)
+    batch, created = idempotency.insert_once(session, batch, lambda existing: _replay(existing, fingerprint))
+    if not created:
+        return BatchSubmission(batch, created=False)
     for i, vision_ref in enumerate(vision):
         for j, language_ref in enumerate(language):
             pair = ScreeningRequest(
@@ -124,9 +103,7 @@ def _create(
                 options=request.options,
                 reuse=request.reuse,
             )
-            screening = screenings.create_screening(
-                session, pair, settings=settings, owner=owner, tenant=tenant, isolated=isolated
-            )
+            screening = screenings.create_screening(session, pair, settings=settings, caller=caller)
             session.add(BatchPair(batch_id=batch.id, vision_index=i, language_index=j, screening_id=screening.id))
     session.flush()
     return BatchSubmission(batch, created=True)
@@ -146,21 +123,8 @@ def _fingerprint(request: BatchRequest) -> str:
     return hashlib.sha256(f"{canonical}\n{ENGINE_VERSION}".encode()).hexdigest()
 
 
-def _find_by_idempotency_key(session: Session, owner: str, key: str) -> Batch | None:
-    return session.scalar(select(Batch).where(Batch.owner == owner, Batch.idempotency_key == key))
-
-
-def _replay(existing: Batch, request: BatchRequest) -> Batch:
-    if existing.fingerprint != _fingerprint(request):
-        raise Problem(
-            422,
-            "idempotency-key-reused",
-            "Idempotency-Key reused",
-            "this Idempotency-Key was already used with a different request body; use a new key for a new "
-            f"request (the key belongs to batch {existing.id})",
-            batch_id=existing.id,
-        )
-    return existing
+def _replay(existing: Batch, fingerprint: str) -> Batch:
+    return idempotency.replay(existing, fingerprint, f"batch {existing.id}", batch_id=existing.id)
 
 
 def _canonical(references: list[str], role: str) -> list[str]:
@@ -187,28 +151,18 @@ def submit_batch(
     queue: JobQueue,
     request: BatchRequest,
     *,
-    settings: ServiceSettings,
-    owner: str = "",
-    tenant: str = "",
-    isolated: bool = False,
+    settings: ApiSettings,
+    caller: Caller = ANONYMOUS,
     idempotency_key: str | None = None,
 ) -> BatchSubmission:
     """Create (or replay) a batch, commit, then enqueue each job once: the profiles, or pair steps whose
     profiles exist. The same ``idempotency_key`` with the same body answers the first batch; with another
     body, 422."""
-    existing = _find_by_idempotency_key(session, owner, idempotency_key) if idempotency_key is not None else None
+    existing = idempotency.find_by_idempotency_key(session, Batch, caller.owner, idempotency_key)
     if existing is not None:
-        submission = BatchSubmission(_replay(existing, request), created=False)
+        submission = BatchSubmission(_replay(existing, _fingerprint(request)), created=False)
     else:
-        submission = _create(
-            session,
-            request,
-            settings=settings,
-            owner=owner,
-            tenant=tenant,
-            isolated=isolated,
-            idempotency_key=idempotency_key,
-        )
+        submission = _create(session, request, settings, caller, idempotency_key)
     session.commit()
     # on a replay too: harmless for queued jobs, and recovers a submission whose enqueue failed
     _enqueue_jobs(session, queue, submission.batch)
@@ -229,14 +183,10 @@ def _enqueue_jobs(session: Session, queue: JobQueue, batch: Batch) -> None:
 
 def get_batch(session: Session, batch_id: str, tenant: str | None = None) -> Batch:
     """The batch, if ``tenant`` may see it (``None``: anyone); else 404, as for one that does not exist."""
-    batch = session.get(Batch, batch_id) if _looks_like_id(batch_id) else None
+    batch = session.get(Batch, batch_id) if is_id(batch_id) else None
     if batch is None or (tenant is not None and batch.tenant != tenant):
         raise not_found("batch", batch_id)
     return batch
-
-
-def _looks_like_id(value: str) -> bool:
-    return is_id(value)
 
 
 def pairs_of(session: Session, batch: Batch) -> list[tuple[BatchPair, Screening]]:
@@ -318,8 +268,9 @@ def _counts(states: list[str]) -> dict[str, int]:
     return counts
 
 
-def batch_document(session: Session, batch: Batch) -> dict[str, Any]:
-    """The batch document of ``phasecore.screening.batch`` (results.json, the input of reports)."""
+def batch_results(session: Session, batch: Batch) -> dict[str, Any]:
+    """The results of a stored batch (``results.json``, the input of reports): the batch document of
+    ``phasecore.screening.batch`` built from its rows."""
     request = batch.request
     grid = engine_batch.Grid(
         vision=tuple(request["vision"]),

@@ -53,8 +53,7 @@ DATASET_PATTERN = (
 )
 DATASET_MAX_LENGTH = 256
 
-#: ids of screenings, batches and profiles (store.models.new_id), and the list cursor (the last id of a page)
-ID_PATTERN = r"^[0-9a-f-]{36}$"
+# ids and the list cursor: store.models.ID_PATTERN (ids are made there)
 #: the Idempotency-Key header: 1 to 255 printable ASCII characters (HTTP drops spaces at either end)
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
 #: free-text filters of the list and study operations: anything but NUL (no database stores it)
@@ -62,11 +61,6 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 
 _REFERENCE = re.compile(REFERENCE_PATTERN)
 _DATASET = re.compile(DATASET_PATTERN)
-_ID = re.compile(ID_PATTERN)
-
-
-def is_id(value: str) -> bool:
-    return _ID.fullmatch(value) is not None
 
 
 def check_reference_syntax(value: str, role: str) -> None:

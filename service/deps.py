@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 import anyio
@@ -15,12 +14,12 @@ from sqlalchemy.orm import Session
 
 from jobs.queue import JobQueue
 from jobs.runtime import Runtime
-from service.contract import is_id
+from problems import Problem
 from service.ratelimit import RateLimiter
+from service.settings import ApiSettings
 from store import logs
-from store.apikeys import KeyIdentity, authenticate, identity_of
-from store.problems import Problem
-from store.settings import ServiceSettings
+from store.apikeys import ANONYMOUS, Caller, KeyIdentity, authenticate, identity_of
+from store.models import is_id
 
 
 def checked_idempotency_key(value: str | None) -> str | None:
@@ -56,7 +55,7 @@ async def in_request_thread(request: Request, function: Callable[..., T], *args:
     slow routes (reports, the study, batches) keep the default pool, so they never hold these up."""
     limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "request_threads", None)
     if limiter is None:  # created in the running event loop, once per application start
-        limiter = anyio.CapacityLimiter(request.app.state.runtime.settings.api_db_threads)
+        limiter = anyio.CapacityLimiter(request.app.state.settings.api_db_threads)
         request.app.state.request_threads = limiter
     return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
 
@@ -67,8 +66,8 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-async def get_settings(request: Request) -> ServiceSettings:
-    settings: ServiceSettings = request.app.state.runtime.settings
+async def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
     return settings
 
 
@@ -88,7 +87,7 @@ async def get_rate_limiter(request: Request) -> RateLimiter:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -190,28 +189,6 @@ async def enforce_rate_limit(
         raise _too_many(limit, wait, "requests")
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: the key (``None``: anonymous) and whether its view is limited to its tenant."""
-
-    key: KeyIdentity | None
-    scoped: bool  # PHASESCREEN_REQUIRE_API_KEY: every object access is limited to the key's tenant
-
-    @property
-    def owner(self) -> str:
-        """Recorded on what the caller creates: the key id, "" when anonymous (Idempotency-Keys are per key)."""
-        return self.key.id if self.key else ""
-
-    @property
-    def tenant(self) -> str:
-        return self.key.tenant if self.key else ""
-
-    @property
-    def visible_tenant(self) -> str | None:
-        """The tenant whose objects the caller may see; ``None``: all (anonymous single-user mode)."""
-        return self.tenant if self.scoped else None
-
-
 def _key_required(what: str) -> Problem:
     return Problem(
         401,
@@ -231,7 +208,7 @@ def require_scope(scope: str) -> Callable[..., Coroutine[None, None, Caller]]:
         if api_key is None:
             if settings.require_api_key:
                 raise _key_required("for every /v1 request")
-            return Caller(None, scoped=False)
+            return ANONYMOUS
         if scope not in api_key.scopes:
             raise Problem(
                 403,

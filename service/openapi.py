@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from store.problems import PROBLEM_MEDIA_TYPE
+from problems import PROBLEM_MEDIA_TYPE
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemOut"}
 _DESCRIPTIONS = {

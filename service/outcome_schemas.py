@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.contract import NO_NUL_PATTERN
-from service.schemas import _check_text
+from service.schemas import RequestBody, _check_text
 
 #: a metric or method name: ``zero_shot_top1``, ``retrieval_r1``, ``linear-probe``, or a team's own
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/+@-]{0,63}$"
@@ -22,12 +22,10 @@ _COUNTS = ("examples", "steps")
 COUNT_MAX = 2**53
 
 
-class OutcomeRequest(BaseModel):
+class OutcomeRequest(RequestBody):
     """What one training run of the screened pair achieved, and the team's own definition of success."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -84,7 +82,7 @@ class OutcomeRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _storable_text(cls, data: Any) -> Any:
+    def _storable_text(cls, data: Any) -> Any:  # RequestBody's, and whole counts written with a fraction
         _check_text(data)
         if isinstance(data, dict):
             # JSON Schema's integer is a number without a fraction: 12000.0 is one (pydantic's strict int is not)

@@ -12,9 +12,9 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.contract import is_id
 from service.prometheus import bounded_labels
 from store import logs
+from store.models import is_id
 
 access_log = logging.getLogger("phasescreen.access")
 

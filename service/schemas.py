@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from phasecore import settings as engine
 from phasecore.screening.result import ScreeningResult
+from problems import PROBLEM_MEDIA_TYPE
 from service.contract import DATASET_MAX_LENGTH, DATASET_PATTERN, REFERENCE_MAX_LENGTH, REFERENCE_PATTERN
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -19,8 +21,24 @@ def _described(field: str) -> str | None:
     return engine.EngineSettings.model_fields[field].description
 
 
-class EngineSettings(engine.EngineSettings):
-    """Every knob that changes a number, flat (METRICS.md defaults, version 2). Strict as JSON is typed: an
+_Model = TypeVar("_Model", bound=type[BaseModel])
+
+
+def _published_as(name: str) -> Callable[[_Model], _Model]:
+    """A class decorator: the body is published as ``name`` (its OpenAPI component and title, and the class
+    validation errors name), whatever the class is called in code."""
+
+    def rename(model: _Model) -> _Model:
+        model.__name__ = model.__qualname__ = name
+        model.model_rebuild(force=True)
+        return model
+
+    return rename
+
+
+@_published_as("EngineSettings")  # named apart from the engine's class in code, published under its name
+class EngineSettingsBody(engine.EngineSettings):
+    """Every knob that changes a number, flat (the defaults of docs/metrics.md, version 2). Strict as JSON is typed: an
     integer is not a string or a boolean, a boolean is not 0 or "true". The API turns it into the engine's own
     ``phasecore.settings.EngineSettings`` (see :func:`engine_settings`)."""
 
@@ -69,22 +87,17 @@ def engine_settings(options: engine.EngineSettings) -> engine.EngineSettings:
     return engine.EngineSettings.model_validate(options.model_dump())
 
 
+def _written_as(pattern: str, max_length: int, description: str) -> Any:
+    """A text field of ``pattern`` (service.contract), which the schema publishes and the API checks after it."""
+    return Field(min_length=1, max_length=max_length, description=description, json_schema_extra={"pattern": pattern})
+
+
 def _reference(description: str) -> Any:
-    return Field(
-        min_length=1,
-        max_length=REFERENCE_MAX_LENGTH,
-        description=description,
-        json_schema_extra={"pattern": REFERENCE_PATTERN},
-    )
+    return _written_as(REFERENCE_PATTERN, REFERENCE_MAX_LENGTH, description)
 
 
 def _dataset(description: str) -> Any:
-    return Field(
-        min_length=1,
-        max_length=DATASET_MAX_LENGTH,
-        description=description,
-        json_schema_extra={"pattern": DATASET_PATTERN},
-    )
+    return _written_as(DATASET_PATTERN, DATASET_MAX_LENGTH, description)
 
 
 def _check_text(value: Any, path: str = "body") -> None:
@@ -105,12 +118,23 @@ def _check_text(value: Any, path: str = "body") -> None:
             _check_text(item, f"{path}[{index}]")
 
 
-class ScreeningRequest(BaseModel):
+class RequestBody(BaseModel):
+    """A JSON request body: typed strictly (an integer is not a string), no field outside the schema, and only
+    text a database can store."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        _check_text(data)
+        return data
+
+
+class ScreeningRequest(RequestBody):
     """What to screen: two model references, a paired dataset and the engine settings."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -126,17 +150,11 @@ class ScreeningRequest(BaseModel):
     vision: str = _reference("vision model reference, source:name[@rev][?weights=..] (timm:, hf:, file:, pkg:)")
     language: str = _reference("language model reference")
     dataset: str = _dataset("paired dataset reference, e.g. digits")
-    options: EngineSettings = Field(default_factory=EngineSettings, description="engine settings")
+    options: EngineSettingsBody = Field(default_factory=EngineSettingsBody, description="engine settings")
     reuse: bool | None = Field(
         None,
         description="serve an identical finished request from its stored result; null = deployment default",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable_text(cls, data: Any) -> Any:
-        _check_text(data)
-        return data
 
 
 class ProfileSummary(BaseModel):
@@ -220,6 +238,6 @@ class ProblemOut(BaseModel):
 
 
 #: a route's ``responses`` entry for a status answered with a problem document (``{404: PROBLEM}``)
-PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {"application/problem+json": {}}}
+PROBLEM: dict[str, Any] = {"model": ProblemOut, "content": {PROBLEM_MEDIA_TYPE: {}}}
 #: the problem statuses of a submission (a screening or a batch): bad request, auth, size, validation, rate, capacity
 SUBMIT_PROBLEMS: dict[int | str, dict[str, Any]] = {status: PROBLEM for status in (400, 401, 403, 413, 422, 429, 503)}

@@ -1,77 +1,56 @@
-"""Screenings: create, find, list, cancel, and store a result computed elsewhere (``phasescreen screen``).
+"""Screenings through the API: check and submit a request, read, list and cancel screenings, read a profile.
 
-Plain functions over a session, shared by the API routes, the CLI and the worker.
+Plain functions over a session that the routes call; what the CLI's local mode shares with them (a request's
+fingerprint, finding a screening, recording a result computed elsewhere) is ``jobs.screenings``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs import lifecycle
 from jobs.queue import JobQueue
-from phasecore import ENGINE_VERSION
+from jobs.screenings import NormalizedRequest, decode_cursor, encode_cursor, get_screening
 from phasecore.errors import InvalidSettings, PhasescreenError
 from phasecore.references.refs import ModelRef
 from phasecore.references.registry import check_reference, model_version
 from phasecore.settings import EngineSettings, check_compute, check_memory, profile_key
-from service.contract import check_dataset_syntax, check_reference_syntax, is_id
-from service.profiles import ProfileSpec, get_or_create_profiles
+from problems import Problem, from_domain_error, not_found
+from service.contract import check_dataset_syntax, check_reference_syntax
 from service.schemas import ScreeningOut, ScreeningRequest, engine_settings
+from service.settings import ApiSettings
 from service.views import screening_out
+from store import idempotency
+from store.apikeys import ANONYMOUS, Caller
 from store.models import (
     ACTIVE_STATES,
     CANCELLED,
     QUEUED,
     SUCCEEDED,
     TERMINAL_STATES,
-    ModelProfile,
     Screening,
-    jsonable,
+    StoredProfile,
+    is_id,
     utcnow,
 )
-from store.problems import Problem, from_domain_error, not_found
+from store.profiles import ProfileSpec, get_or_create_profiles
 from store.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class NormalizedRequest:
-    vision: str
-    language: str
-    dataset: str
-    options: EngineSettings
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "vision": self.vision,
-            "language": self.language,
-            "dataset": self.dataset,
-            "options": self.options.model_dump(mode="json"),
-        }
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the request and the engine version."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(f"{canonical}\n{ENGINE_VERSION}".encode()).hexdigest()
-
-
-@dataclass(frozen=True)
 class Submission:
     screening: Screening
     created: bool  # False: an Idempotency-Key replay of an earlier submission
-    profiles: dict[str, ModelProfile]  # the screening's profiles by id, as read after the commit
+    profiles: dict[str, StoredProfile]  # the screening's profiles by id, as read after the commit
 
 
 def normalize_request(request: ScreeningRequest, settings: ServiceSettings) -> NormalizedRequest:
@@ -136,21 +115,16 @@ def warm_request_checks() -> None:
     sample_labels("digits", n=10, seed=0)
 
 
-def find_by_idempotency_key(session: Session, owner: str, key: str) -> Screening | None:
-    return session.scalar(select(Screening).where(Screening.owner == owner, Screening.idempotency_key == key))
+def _checked(request: ScreeningRequest, settings: ServiceSettings) -> NormalizedRequest:
+    """:func:`normalize_request`, a domain error raised as its problem."""
+    try:
+        return normalize_request(request, settings)
+    except PhasescreenError as exc:
+        raise from_domain_error(exc) from exc
 
 
 def _replay(existing: Screening, normalized: NormalizedRequest) -> Screening:
-    if existing.fingerprint != normalized.fingerprint:
-        raise Problem(
-            422,
-            "idempotency-key-reused",
-            "Idempotency-Key reused",
-            "this Idempotency-Key was already used with a different request body; use a new key for a new "
-            f"request (the key belongs to screening {existing.id})",
-            screening_id=existing.id,
-        )
-    return existing
+    return idempotency.replay(existing, normalized.fingerprint, f"screening {existing.id}", screening_id=existing.id)
 
 
 def create_screening(
@@ -158,27 +132,17 @@ def create_screening(
     request: ScreeningRequest,
     *,
     settings: ServiceSettings,
-    owner: str = "",
-    tenant: str = "",
-    isolated: bool = False,
+    caller: Caller = ANONYMOUS,
     idempotency_key: str | None = None,
 ) -> Screening:
     """Insert a screening (and get-or-create its two profiles). Flushes, does not commit.
 
     With reuse on, an identical request that already succeeded is answered by a new screening that is
-    born ``succeeded`` and carries the stored result. ``isolated`` (keys required): only a result of the
-    same ``tenant`` is reused and the profiles are the tenant's own, so nothing of another tenant is served
-    or named. Raises :class:`Problem` on invalid input.
+    born ``succeeded`` and carries the stored result. A ``caller`` whose view is its tenant's (keys required)
+    reuses only a result of that tenant and gets the tenant's own profiles, so nothing of another tenant is
+    served or named. Raises :class:`Problem` on invalid input.
     """
-    return _create(
-        session,
-        request,
-        settings=settings,
-        owner=owner,
-        tenant=tenant,
-        isolated=isolated,
-        idempotency_key=idempotency_key,
-    )[0]
+    return _create(session, request, settings, caller, idempotency_key)[0]
 
 
 def tenant_profile_key(key: str, tenant: str | None) -> str:
@@ -186,7 +150,7 @@ def tenant_profile_key(key: str, tenant: str | None) -> str:
     return key if tenant is None else hashlib.sha256(f"tenant:{tenant}\n{key}".encode()).hexdigest()
 
 
-def check_capacity(session: Session, settings: ServiceSettings, tenant: str | None, adding: int = 1) -> None:
+def check_capacity(session: Session, settings: ApiSettings, tenant: str | None, adding: int = 1) -> None:
     """503 ``busy`` when ``adding`` more screenings would pass PHASESCREEN_MAX_ACTIVE_SCREENINGS, counted over
     ``tenant``'s screenings (keys required) or the whole deployment (``None``)."""
     query = select(func.count()).select_from(Screening).where(Screening.state.in_(ACTIVE_STATES))
@@ -208,36 +172,24 @@ def check_capacity(session: Session, settings: ServiceSettings, tenant: str | No
 def _create(
     session: Session,
     request: ScreeningRequest,
-    *,
     settings: ServiceSettings,
-    owner: str,
-    tenant: str = "",
-    isolated: bool = False,
+    caller: Caller,
     idempotency_key: str | None,
 ) -> tuple[Screening, bool, frozenset[str]]:
     """(the screening, whether it is new (not an Idempotency-Key replay), the ids of the profiles this call
     inserted)."""
-    try:
-        normalized = normalize_request(request, settings)
-    except PhasescreenError as exc:
-        raise from_domain_error(exc) from exc
+    normalized = _checked(request, settings)
     reuse = settings.reuse_results if request.reuse is None else request.reuse
     fresh: set[str] = set()
-    scope = tenant if isolated else None
+    scope = caller.visible_tenant
     source = _finished_twin(session, normalized.fingerprint, scope) if reuse else None
-    screening = Screening(
-        owner=owner,
-        tenant=tenant,
+    screening = normalized.screening(
+        owner=caller.owner,
+        tenant=caller.tenant,
         idempotency_key=idempotency_key,
-        fingerprint=normalized.fingerprint,
-        request=normalized.to_dict(),
-        vision_ref=normalized.vision,
-        language_ref=normalized.language,
-        dataset_ref=normalized.dataset,
         state=QUEUED,
         progress=0.0,
         attempts=0,
-        cancel_requested=False,
     )
     if source is not None:
         now = utcnow()
@@ -255,22 +207,10 @@ def _create(
             )
             specs.append(ProfileSpec(key, ref, modality, normalized.dataset, settings_json))
         screening.vision_profile_id, screening.language_profile_id = get_or_create_profiles(
-            session, specs, inserted=fresh
+            session, specs, admit=lifecycle.admit_profile, inserted=fresh
         )
-    if idempotency_key is None:  # nothing unique to collide on: no savepoint (two round trips) needed
-        session.add(screening)
-        session.flush()
-        return screening, True, frozenset(fresh)
-    try:
-        with session.begin_nested():
-            session.add(screening)
-    except IntegrityError:
-        # a concurrent request with the same Idempotency-Key won the insert
-        existing = find_by_idempotency_key(session, owner, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, normalized), False, frozenset()
-    return screening, True, frozenset(fresh)
+    screening, created = idempotency.insert_once(session, screening, lambda existing: _replay(existing, normalized))
+    return screening, created, frozenset(fresh) if created else frozenset()
 
 
 def _finished_twin(session: Session, fingerprint: str, tenant: str | None) -> Screening | None:
@@ -287,40 +227,25 @@ def submit_screening(
     queue: JobQueue,
     request: ScreeningRequest,
     *,
-    settings: ServiceSettings,
-    owner: str = "",
-    tenant: str = "",
-    isolated: bool = False,
+    settings: ApiSettings,
+    caller: Caller = ANONYMOUS,
     idempotency_key: str | None = None,
 ) -> Submission:
     """Create (or replay) a screening, commit, then enqueue its jobs: the queue never sees uncommitted ids."""
-    if idempotency_key is not None:
-        existing = find_by_idempotency_key(session, owner, idempotency_key)
-        if existing is not None:
-            try:
-                normalized = normalize_request(request, settings)
-            except PhasescreenError as exc:
-                raise from_domain_error(exc) from exc
-            screening = _replay(existing, normalized)
-            # harmless if queued; recovers a submission whose enqueue failed
-            return Submission(screening, False, _enqueue(session, queue, screening))
-    check_capacity(session, settings, tenant if isolated else None)
-    screening, created, fresh = _create(
-        session,
-        request,
-        settings=settings,
-        owner=owner,
-        tenant=tenant,
-        isolated=isolated,
-        idempotency_key=idempotency_key,
-    )
+    existing = idempotency.find_by_idempotency_key(session, Screening, caller.owner, idempotency_key)
+    if existing is not None:
+        screening = _replay(existing, _checked(request, settings))
+        # harmless if queued; recovers a submission whose enqueue failed
+        return Submission(screening, False, _enqueue(session, queue, screening))
+    check_capacity(session, settings, caller.visible_tenant)
+    screening, created, fresh = _create(session, request, settings, caller, idempotency_key)
     session.commit()
     return Submission(screening, created, _enqueue(session, queue, screening, fresh))
 
 
 def _enqueue(
     session: Session, queue: JobQueue, screening: Screening, fresh: frozenset[str] = frozenset()
-) -> dict[str, ModelProfile]:
+) -> dict[str, StoredProfile]:
     """Enqueue what the committed ``screening`` needs; returns its profiles by id, read once after the commit
     for both the decision and the response. ``fresh``: ids of profiles this request inserted. When both are,
     they were ``queued`` at the commit and nothing is read: the response says so, and their jobs are enqueued
@@ -328,7 +253,7 @@ def _enqueue(
     ids = [pid for pid in (screening.vision_profile_id, screening.language_profile_id) if pid]
     if ids and fresh.issuperset(ids):
         # values as they were committed, for the response and the decision only: never added to the session
-        profiles = [ModelProfile(id=pid, state=QUEUED, stage=None, progress=0.0) for pid in ids]
+        profiles = [StoredProfile(id=pid, state=QUEUED, stage=None, progress=0.0) for pid in ids]
     else:
         profiles = lifecycle.active_profiles_of(session, screening)
     try:
@@ -339,17 +264,9 @@ def _enqueue(
     return {profile.id: profile for profile in profiles}
 
 
-def get_screening(session: Session, screening_id: str, tenant: str | None = None) -> Screening:
-    """The screening, if ``tenant`` may see it (``None``: anyone); else 404, as for one that does not exist."""
-    screening = session.get(Screening, screening_id) if _looks_like_id(screening_id) else None
-    if screening is None or (tenant is not None and screening.tenant != tenant):
-        raise not_found("screening", screening_id)
-    return screening
-
-
 _SCREENINGS = Screening.__table__
-_VISION = ModelProfile.__table__.alias("vision_profile")
-_LANGUAGE = ModelProfile.__table__.alias("language_profile")
+_VISION = StoredProfile.__table__.alias("vision_profile")
+_LANGUAGE = StoredProfile.__table__.alias("language_profile")
 _SUMMARY = ("id", "state", "stage", "progress")  # what a screening shows of each of its profiles
 _READ_ONE = (
     select(
@@ -367,7 +284,7 @@ def read_screening(session: Session, screening_id: str, tenant: str | None = Non
     read in one Core statement (the screening joined to its two profiles' summaries; no ORM objects loaded
     into the session), 404 alike."""
     row = None
-    if _looks_like_id(screening_id):
+    if is_id(screening_id):
         row = session.execute(_READ_ONE.where(_SCREENINGS.c.id == screening_id)).mappings().first()
     if row is None or (tenant is not None and row["tenant"] != tenant):
         raise not_found("screening", screening_id)
@@ -376,7 +293,7 @@ def read_screening(session: Session, screening_id: str, tenant: str | None = Non
     for modality in ("vision", "language"):
         values = {name: row[f"{modality}_profile__{name}"] for name in _SUMMARY}
         if values["id"] is not None:
-            profiles[values["id"]] = ModelProfile(**values)
+            profiles[values["id"]] = StoredProfile(**values)
     return screening_out(screening, profiles)
 
 
@@ -399,19 +316,6 @@ def cancel_screening(session: Session, screening_id: str, tenant: str | None = N
         "Screening already finished",
         f"screening {screening_id} is {screening.state}; only queued or running ones can be cancelled",
     )
-
-
-def encode_cursor(screening_id: str) -> str:
-    """The cursor of the page after ``screening_id``: the id itself (ids sort by creation)."""
-    return screening_id
-
-
-def decode_cursor(cursor: str) -> str:
-    """Any text of the id pattern is a position in the newest-first order (what follows it), so every cursor
-    the schema allows is answered; anything else is 400."""
-    if not is_id(cursor):
-        raise Problem(400, "invalid-cursor", "Invalid cursor", "the cursor is not one this API returned")
-    return cursor
 
 
 def list_screenings(
@@ -446,9 +350,9 @@ def list_screenings(
     return rows[:limit], next_cursor
 
 
-def get_profile(session: Session, profile_id: str, tenant: str | None = None) -> ModelProfile:
+def get_profile(session: Session, profile_id: str, tenant: str | None = None) -> StoredProfile:
     """The profile, if ``tenant`` (``None``: anyone) has a screening that uses it; else 404."""
-    profile = session.get(ModelProfile, profile_id) if _looks_like_id(profile_id) else None
+    profile = session.get(StoredProfile, profile_id) if is_id(profile_id) else None
     if profile is not None and tenant is not None:
         used = session.scalar(
             select(Screening.id)
@@ -462,59 +366,3 @@ def get_profile(session: Session, profile_id: str, tenant: str | None = None) ->
     if profile is None:
         raise not_found("model profile", profile_id)
     return profile
-
-
-def _looks_like_id(value: str) -> bool:
-    return is_id(value)
-
-
-def record_local_result(session: Session, request: dict[str, Any], result: dict[str, Any]) -> Screening:
-    """Store a result computed outside the queue (``phasescreen screen``) as a succeeded screening.
-
-    ``request`` is ``{vision, language, dataset, options}``; the references are stored as given when they do
-    not parse, since the result was computed already. Flushes, does not commit.
-    """
-
-    def canonical(text: Any) -> str:
-        try:
-            return ModelRef.parse(text).canonical()
-        except PhasescreenError:
-            return str(text)
-
-    options = EngineSettings.model_validate(request.get("options") or {})
-    normalized = NormalizedRequest(
-        canonical(request.get("vision", "")),
-        canonical(request.get("language", "")),
-        str(request.get("dataset", "")).strip(),
-        options,
-    )
-    now = utcnow()
-    screening = Screening(
-        owner="local",
-        fingerprint=normalized.fingerprint,
-        request=normalized.to_dict(),
-        vision_ref=normalized.vision,
-        language_ref=normalized.language,
-        dataset_ref=normalized.dataset,
-        state=SUCCEEDED,
-        stage=None,
-        progress=1.0,
-        attempts=1,
-        cancel_requested=False,
-        result=jsonable(result),
-        started_at=now,
-        finished_at=now,
-    )
-    session.add(screening)
-    session.flush()
-    return screening
-
-
-def store_local_result(request: dict[str, Any], result: dict[str, Any], settings: ServiceSettings | None = None) -> str:
-    """One call for the CLI: open the configured store (migrating the embedded file), record, commit."""
-    from store.db import local_session
-
-    with local_session(settings) as session:
-        screening = record_local_result(session, request, result)
-        session.commit()
-        return screening.id

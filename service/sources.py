@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from service.schemas import SourcesOut
-from store.settings import ServiceSettings
+from service.settings import ApiSettings
 
 
-def describe_deployment(settings: ServiceSettings) -> SourcesOut:
+def describe_deployment(settings: ApiSettings) -> SourcesOut:
     from phasecore.data import list_datasets
     from phasecore.sources import describe_sources
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from phasecore.study.reported import is_success
+from service.outcome_schemas import OutcomeOut
 from service.schemas import ProfileOut, ProfileSummary, ScreeningOut
-from store.models import ACTIVE_STATES, RUNNING, SUCCEEDED, ModelProfile, Screening
+from store.models import ACTIVE_STATES, RUNNING, SUCCEEDED, Outcome, Screening, StoredProfile
 
 # share of a screening's progress spent in each profile and in the pair step
 _PROFILE_SHARE, _PAIR_SHARE = 0.45, 0.10
@@ -22,14 +25,18 @@ def profile_href(profile_id: str) -> str:
     return f"/v1/profiles/{profile_id}"
 
 
-def load_profiles(session: Session, screenings: Iterable[Screening]) -> dict[str, ModelProfile]:
+def outcome_href(screening_id: str, outcome_id: str) -> str:
+    return f"/v1/screenings/{screening_id}/outcomes/{outcome_id}"
+
+
+def load_profiles(session: Session, screenings: Iterable[Screening]) -> dict[str, StoredProfile]:
     ids = {pid for s in screenings for pid in (s.vision_profile_id, s.language_profile_id) if pid}
     if not ids:
         return {}
-    return {p.id: p for p in session.scalars(select(ModelProfile).where(ModelProfile.id.in_(ids)))}
+    return {p.id: p for p in session.scalars(select(StoredProfile).where(StoredProfile.id.in_(ids)))}
 
 
-def _stage_and_progress(screening: Screening, profiles: dict[str, ModelProfile]) -> tuple[str | None, float]:
+def _stage_and_progress(screening: Screening, profiles: dict[str, StoredProfile]) -> tuple[str | None, float]:
     if screening.state not in ACTIVE_STATES:
         return screening.stage, 1.0 if screening.state == SUCCEEDED else screening.progress
     if screening.lease_token is not None:  # the pair step runs
@@ -53,7 +60,7 @@ def _stage_and_progress(screening: Screening, profiles: dict[str, ModelProfile])
 
 
 def screening_out(
-    screening: Screening, profiles: dict[str, ModelProfile], *, include_result: bool = True
+    screening: Screening, profiles: dict[str, StoredProfile], *, include_result: bool = True
 ) -> ScreeningOut:
     stage, progress = _stage_and_progress(screening, profiles)
     summaries = {}
@@ -90,7 +97,7 @@ def screening_out(
     )
 
 
-def profile_out(profile: ModelProfile) -> ProfileOut:
+def profile_out(profile: StoredProfile) -> ProfileOut:
     return ProfileOut(
         id=profile.id,
         key=profile.key,
@@ -112,3 +119,30 @@ def profile_out(profile: ModelProfile) -> ProfileOut:
         finished_at=profile.finished_at,
         href=profile_href(profile.id),
     )
+
+
+def outcome_out(outcome: Outcome, screening: Screening) -> OutcomeOut:
+    return OutcomeOut(
+        id=outcome.id,
+        screening_id=outcome.screening_id,
+        metric=outcome.metric,
+        value=outcome.value,
+        success_threshold=outcome.success_threshold,
+        success_direction=outcome.success_direction,  # checked on the way in
+        success=is_success(outcome.value, outcome.success_threshold, outcome.success_direction),
+        dataset=outcome.dataset,
+        examples=outcome.examples,
+        steps=outcome.steps,
+        method=outcome.method,
+        run_url=outcome.run_url,
+        notes=outcome.notes,
+        proxy_outcome=_proxy_outcome(screening.result),
+        created_at=outcome.created_at,
+        href=outcome_href(outcome.screening_id, outcome.id),
+    )
+
+
+def _proxy_outcome(result: dict[str, Any] | None) -> Any:
+    ground_truth = (result or {}).get("ground_truth") or {}
+    outcome = ground_truth.get("outcome")
+    return outcome if outcome in ("aligned", "failed", "inconclusive") else None

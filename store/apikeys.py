@@ -36,6 +36,32 @@ class KeyIdentity:
     rate_limit_per_minute: int | None
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the key (``None``: anonymous) and whether its view is limited to its tenant."""
+
+    key: KeyIdentity | None
+    scoped: bool  # PHASESCREEN_REQUIRE_API_KEY: every object access is limited to the key's tenant
+
+    @property
+    def owner(self) -> str:
+        """Recorded on what the caller creates: the key id, "" when anonymous (Idempotency-Keys are per key)."""
+        return self.key.id if self.key else ""
+
+    @property
+    def tenant(self) -> str:
+        return self.key.tenant if self.key else ""
+
+    @property
+    def visible_tenant(self) -> str | None:
+        """The tenant whose objects the caller may see; ``None``: all (anonymous single-user mode)."""
+        return self.tenant if self.scoped else None
+
+
+#: a caller without a key in a deployment that requires none (the CLI's local mode, scripts)
+ANONYMOUS = Caller(None, scoped=False)
+
+
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

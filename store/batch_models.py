@@ -9,22 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from store.models import Base, JSONType, UTCDateTime, new_id, utcnow
+from store.models import Base, JSONType, Submitted, UTCDateTime, utcnow
 
 
-class Batch(Base):
+class Batch(Submitted, Base):
     """A request for every (vision, language) pair of two lists of models on one dataset."""
 
     __tablename__ = "batches"
-    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_batches_owner_idempotency_key"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
-    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)  # the key's tenant, "" anonymous
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     fingerprint: Mapped[str | None] = mapped_column(String(64))  # of the request body, to tell a replay
     name: Mapped[str | None] = mapped_column(String(200))
     dataset_ref: Mapped[str] = mapped_column(String(256))

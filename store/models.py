@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, deferred, mapped_column
 from sqlalchemy.sql.expression import FunctionElement, literal
 
 # None is stored as SQL NULL (not JSON 'null'), so "IS NULL" means "absent" on both backends
@@ -73,6 +74,17 @@ def new_id() -> str:
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
+#: ids of screenings, batches, profiles and outcomes (:func:`new_id`), and the list cursor (the last id of a
+#: page); the API publishes it as the pattern of its id parameters
+ID_PATTERN = r"^[0-9a-f-]{36}$"
+_ID = re.compile(ID_PATTERN)
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` has the form of an id (looked up before it is sent to the database)."""
+    return _ID.fullmatch(value) is not None
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
 
@@ -115,8 +127,26 @@ class _JobColumns:
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class ModelProfile(_JobColumns, Base):
-    """Per-model work on one dataset sample under one set of engine settings, shared by every pair."""
+class Submitted:
+    """Columns of what a caller submits (a screening, a batch, a reported outcome): its id, who submitted it (the
+    API key and its tenant) and the Idempotency-Key it came with, unique per key (``store.idempotency``)."""
+
+    # first in each table (a mixin's columns otherwise follow the model's own)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id, sort_order=-1)
+    owner: Mapped[str] = mapped_column(String(64), default="", sort_order=-1)  # API key id, "" when anonymous
+    tenant: Mapped[str] = mapped_column(String(64), default="", index=True, sort_order=-1)  # "" anonymous
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), sort_order=-1)
+
+    @declared_attr.directive
+    @classmethod
+    def __table_args__(cls) -> tuple[UniqueConstraint]:
+        table = cls.__tablename__  # type: ignore[attr-defined]  # set by each model
+        return (UniqueConstraint("owner", "idempotency_key", name=f"uq_{table}_owner_idempotency_key"),)
+
+
+class StoredProfile(_JobColumns, Base):
+    """Per-model work on one dataset sample under one set of engine settings, shared by every pair: the row of
+    a model profile (``phasecore.screening.profile.ModelProfile``, stored as ``data``) and of its job."""
 
     __tablename__ = "model_profiles"
 
@@ -130,20 +160,15 @@ class ModelProfile(_JobColumns, Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     arrays: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # name -> {shape, dtype}
     size_bytes: Mapped[int | None] = mapped_column(Integer)
-    # the ModelProfile.to_bytes() blob; deferred so listing profiles never drags megabytes along
+    # the engine's ModelProfile.to_bytes() blob; deferred so listing profiles never drags megabytes along
     data: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
 
 
-class Screening(_JobColumns, Base):
+class Screening(Submitted, _JobColumns, Base):
     """One request to screen a (vision, language) pair; its pair step runs once both profiles exist."""
 
     __tablename__ = "screenings"
-    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_screenings_owner_idempotency_key"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
-    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)  # the key's tenant, "" anonymous
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)
     vision_ref: Mapped[str] = mapped_column(String(512), index=True)
@@ -156,7 +181,7 @@ class Screening(_JobColumns, Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class Outcome(Base):
+class Outcome(Submitted, Base):
     """What a training run of a screened pair achieved, reported by the team that ran it (``POST
     /v1/screenings/{id}/outcomes``): the real answer beside the screening's own proxy (METRICS §7).
 
@@ -165,13 +190,8 @@ class Outcome(Base):
     their own; the study takes the latest of a pair (``phasecore.study.reported``)."""
 
     __tablename__ = "outcomes"
-    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_outcomes_owner_idempotency_key"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     screening_id: Mapped[str] = mapped_column(ForeignKey("screenings.id", ondelete="CASCADE"), index=True)
-    owner: Mapped[str] = mapped_column(String(64), default="")  # API key id, "" when anonymous
-    tenant: Mapped[str] = mapped_column(String(64), default="", index=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the reported body (Idempotency-Key replays)
     metric: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)

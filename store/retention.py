@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import ACTIVE_STATES, CANCELLED, FAILED, SUCCEEDED, ModelProfile, Screening, utcnow
-from store.problems import problem_document
+from problems import problem_document
+from store.models import ACTIVE_STATES, CANCELLED, FAILED, SUCCEEDED, Screening, StoredProfile, utcnow
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PruneReport:
 
 
 def _used_since(cutoff: datetime) -> ColumnElement[bool]:
-    uses = or_(Screening.vision_profile_id == ModelProfile.id, Screening.language_profile_id == ModelProfile.id)
+    uses = or_(Screening.vision_profile_id == StoredProfile.id, Screening.language_profile_id == StoredProfile.id)
     return exists().where(uses, or_(Screening.created_at >= cutoff, Screening.state.in_(ACTIVE_STATES)))
 
 
@@ -35,12 +35,12 @@ def prune_profiles(session: Session, *, older_than_days: float, dry_run: bool = 
     and no active screening, uses. The caller commits."""
     cutoff = utcnow() - timedelta(days=older_than_days)
     condition = and_(
-        ModelProfile.state.in_((SUCCEEDED, FAILED)),
-        ModelProfile.finished_at < cutoff,
+        StoredProfile.state.in_((SUCCEEDED, FAILED)),
+        StoredProfile.finished_at < cutoff,
         ~_used_since(cutoff),
     )
     count, size = session.execute(
-        select(func.count(), func.coalesce(func.sum(ModelProfile.size_bytes), 0)).where(condition)
+        select(func.count(), func.coalesce(func.sum(StoredProfile.size_bytes), 0)).where(condition)
     ).one()
     if dry_run or not count:
         return PruneReport(int(count or 0), int(size or 0))
@@ -52,7 +52,7 @@ def prune_profiles(session: Session, *, older_than_days: float, dry_run: bool = 
         "a new request computes the profile again",
     )
     session.execute(
-        update(ModelProfile)
+        update(StoredProfile)
         .where(condition)
         .values(state=CANCELLED, data=None, size_bytes=None, attempts=0, problem=pruned, stage=None)
         .execution_options(synchronize_session=False)
@@ -63,6 +63,8 @@ def prune_profiles(session: Session, *, older_than_days: float, dry_run: bool = 
 def blob_totals(session: Session) -> tuple[int, int]:
     """(profiles holding a blob, their total size in bytes)."""
     count, size = session.execute(
-        select(func.count(), func.coalesce(func.sum(ModelProfile.size_bytes), 0)).where(ModelProfile.data.is_not(None))
+        select(func.count(), func.coalesce(func.sum(StoredProfile.size_bytes), 0)).where(
+            StoredProfile.data.is_not(None)
+        )
     ).one()
     return int(count or 0), int(size or 0)

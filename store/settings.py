@@ -1,11 +1,11 @@
-"""Deployment settings: one class, read from ``PHASESCREEN_*`` environment variables.
+"""Deployment settings, read from ``PHASESCREEN_*`` environment variables: what the API, the workers and the CLI's
+embedded store share. The settings only the HTTP API reads extend them in ``service.settings.ApiSettings``.
 
 Every field is documented in docs/configuration.md; keep the two in step.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -70,7 +70,8 @@ def _cgroup_limit_files(cgroup_root: Path, proc_cgroup: Path) -> list[Path]:
 
 
 class ServiceSettings(BaseSettings):
-    """Settings of one deployment (API, workers and the CLI's embedded store)."""
+    """Settings of one deployment that the API, the workers and the CLI's embedded store share (the API's own:
+    ``service.settings.ApiSettings``)."""
 
     model_config = SettingsConfigDict(env_prefix="PHASESCREEN_", extra="ignore", frozen=True)
 
@@ -95,13 +96,6 @@ class ServiceSettings(BaseSettings):
     )
     db_keepalives_interval: int = Field(10, ge=1, description="seconds between TCP keepalive probes")
     db_keepalives_count: int = Field(3, ge=1, description="unanswered keepalive probes before the connection is dead")
-    api_db_threads: int = Field(
-        2,
-        ge=1,
-        le=256,
-        description="threads of each API process that run the short database and Redis work of submitting and "
-        "reading screenings and of checking keys and rate limits (slower routes use the default thread pool)",
-    )
 
     # engine inputs
     model_root: Path | None = Field(None, description="root of file: model references")
@@ -119,19 +113,6 @@ class ServiceSettings(BaseSettings):
     require_api_key: bool = Field(
         False, description="every /v1 request needs an API key and sees only its tenant's objects"
     )
-    rate_limit_per_minute: int = Field(
-        120, ge=0, description="requests per minute per tenant (or client address when anonymous); 0 = off"
-    )
-    auth_failures_per_minute: int = Field(
-        10, ge=1, description="wrong API keys per minute per client address before 429"
-    )
-    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="addresses/networks of reverse proxies whose X-Forwarded-For is believed (comma-separated)"
-    )
-    metrics_public: bool = Field(
-        False, description="serve /metrics without an admin key even when keys are required"
-    )
-    max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body accepted")
 
     # limits
     max_n: int = Field(4096, ge=8, description="largest number of paired samples N")
@@ -178,7 +159,6 @@ class ServiceSettings(BaseSettings):
         description="where workers and local runs put models: auto (the first GPU if torch sees one, else the "
         "CPU), cpu, cuda or cuda:N (one worker process per GPU)",
     )
-    retry_after: int = Field(5, ge=1, description="seconds clients are told to wait before polling")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="port of a worker's /metrics; 0 = off")
     log_level: str = Field("INFO", description="logging level of serve and worker")
     log_format: Literal["json", "text"] = Field(
@@ -198,16 +178,6 @@ class ServiceSettings(BaseSettings):
         parts = value.split(",") if isinstance(value, str) else value
         if isinstance(parts, list | tuple):
             return parse_model_patterns([str(p) for p in parts if str(p).strip()])
-        return value
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _split_proxies(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(part.strip() for part in value.split(",") if part.strip())
-        if isinstance(value, list | tuple):
-            for entry in value:
-                ipaddress.ip_network(str(entry), strict=False)  # ValueError names the bad entry
         return value
 
     @field_validator("retry_backoff", mode="before")

@@ -11,9 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from jobs.screenings import decode_cursor, encode_cursor
 from phasecore.errors import InvalidReference, PhasescreenError
 from phasecore.references.refs import ModelRef
 from phasecore.settings import EngineSettings
+from problems import Problem
 from service.contract import (
     DATASET_PATTERN,
     DATASET_SETS,
@@ -24,9 +26,7 @@ from service.contract import (
 )
 from service.deps import checked_idempotency_key
 from service.schemas import ScreeningRequest
-from service.screenings import decode_cursor, encode_cursor
 from store.models import new_id
-from store.problems import Problem
 
 #: what ModelRef.parse may still refuse in a reference the pattern allows: option combinations
 _COMBINATIONS = re.compile(

@@ -10,7 +10,7 @@ import pytest
 from phasecore.errors import AssetUnavailable, InvalidReference, PhasescreenError, SourceNotAllowed, describe, scrub
 from phasecore.paths import resolve_under
 from phasecore.references.registry import check_reference
-from store.problems import from_domain_error
+from problems import from_domain_error
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tests.results import planted_pairs
 
 
 def _store(pairs, settings: EngineSettings) -> None:
-    from service.screenings import record_local_result
+    from jobs.screenings import record_local_result
     from store.db import local_session
 
     with local_session() as session:

@@ -17,8 +17,9 @@ from phasecore.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
-# bottom to top; a module may import its own layer or any layer below it
-LAYERS = {"phasecore": 0, "store": 1, "jobs": 2, "service": 3, "worker": 3, "cli": 4}
+# bottom to top; a module may import its own layer or any layer below it. ``problems`` (RFC 9457 documents) is the
+# lowest layer above the engine: it turns the engine's domain errors into problems, and every layer above builds them
+LAYERS = {"phasecore": 0, "problems": 1, "store": 2, "jobs": 3, "service": 4, "worker": 4, "cli": 5}
 
 
 def _module_name(path: Path) -> str:

@@ -169,7 +169,7 @@ def test_phasescreen_outcome_report_and_study_locally(local_env, capsys) -> None
     import json
 
     from cli import main
-    from service.screenings import store_local_result
+    from jobs.screenings import store_local_result
 
     vision, language, result = planted_pairs(1, 1, settings=EngineSettings(n=20))[0]
     screening = store_local_result(

@@ -11,8 +11,8 @@ from service import batches
 from service.batch_schemas import BatchOut, BatchRequest
 from service.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, WriterDep, checked_idempotency_key
 from service.reports import document_etag
-from service.routes.screenings import IdempotencyKey
-from service.schemas import PROBLEM, SUBMIT_PROBLEMS
+from service.routes.screenings import IdempotencyKey, submission
+from service.schemas import PROBLEM
 from store import logs
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -20,16 +20,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 _READ: dict[int | str, dict[str, Any]] = {401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 429: PROBLEM}
 
 
-@router.post(
-    "",
-    status_code=202,
-    response_model=BatchOut,
-    responses={
-        201: {"model": BatchOut, "description": "every pair was served from stored results"},
-        **SUBMIT_PROBLEMS,
-    },
-    summary="Submit a batch",
-)
+@submission(router, BatchOut, served="every pair was served from stored results", summary="Submit a batch")
 def submit_batch(
     body: BatchRequest,
     response: Response,
@@ -43,14 +34,7 @@ def submit_batch(
     each pair is a screening of its own (see the matrix). Answers 202 with `Location` and `Retry-After`.
     The same `Idempotency-Key` with the same body returns the same batch; with another body, 422."""
     submission = batches.submit_batch(
-        session,
-        queue,
-        body,
-        settings=settings,
-        owner=caller.owner,
-        tenant=caller.tenant,
-        isolated=caller.scoped,
-        idempotency_key=checked_idempotency_key(idempotency_key),
+        session, queue, body, settings=settings, caller=caller, idempotency_key=checked_idempotency_key(idempotency_key)
     )
     out = batches.batch_out(session, submission.batch)
     logs.set_context(batch_id=out.id)
@@ -82,7 +66,7 @@ def get_batch(
 )
 def results_json(batch_id: str, session: SessionDep, caller: ReaderDep) -> JSONResponse:
     """The batch document: every pair with its full result JSON (or its problem); `phasescreen report` reads it."""
-    document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
+    document = batches.batch_results(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     return JSONResponse(document)
 
 
@@ -96,7 +80,7 @@ def results_csv(batch_id: str, session: SessionDep, caller: ReaderDep) -> PlainT
     """One row per pair: the headline metrics, the measured outcome and each rule's verdict."""
     from phasecore.screening.batch import to_csv
 
-    document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
+    document = batches.batch_results(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     return PlainTextResponse(
         to_csv(document),
         media_type="text/csv; charset=utf-8",
@@ -124,7 +108,7 @@ def report(
     """A self-contained HTML page: phase landscape, S_cross heatmap, AGOP spectra per model, the rules'
     verdicts against measured outcomes, and the table of pairs (images inlined as data URIs). Drawn once per
     distinct state of the batch and kept (ETag: the state's hash; If-None-Match answers 304)."""
-    document = batches.batch_document(session, batches.get_batch(session, batch_id, caller.visible_tenant))
+    document = batches.batch_results(session, batches.get_batch(session, batch_id, caller.visible_tenant))
     etag = document_etag(document)
     if if_none_match and etag in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=304, headers={"ETag": etag})

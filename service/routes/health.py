@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from phasecore import ENGINE_VERSION
-from service.deps import RuntimeDep, require_metrics_access
+from problems import PROBLEM_MEDIA_TYPE, problem_document
+from service.deps import RuntimeDep, SettingsDep, require_metrics_access
 from store.db import ping
-from store.problems import PROBLEM_MEDIA_TYPE, problem_document
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +28,7 @@ def healthz() -> dict[str, str]:
     "/readyz",
     responses={503: {"description": "database or queue unreachable", "content": {PROBLEM_MEDIA_TYPE: {}}}},
 )
-def readyz(runtime: RuntimeDep) -> Any:
+def readyz(runtime: RuntimeDep, settings: SettingsDep) -> Any:
     """Ready to serve: the database and the queue answer; otherwise 503 with what failed."""
     checks: dict[str, str] = {}
     probes: tuple[tuple[str, Callable[[], None]], ...] = (
@@ -48,7 +48,7 @@ def readyz(runtime: RuntimeDep) -> Any:
         problem_document(503, "not-ready", "Not ready", f"unreachable: {failing}", checks=checks),
         status_code=503,
         media_type=PROBLEM_MEDIA_TYPE,
-        headers={"Retry-After": str(runtime.settings.retry_after)},
+        headers={"Retry-After": str(settings.retry_after)},
     )
 
 

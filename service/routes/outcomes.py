@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from jobs import outcomes
 from jobs.runtime import Runtime
-from service import outcomes
+from jobs.screenings import decode_cursor
 from service.deps import (
-    Caller,
     ReaderDep,
     ReporterDep,
     RuntimeDep,
@@ -21,7 +21,8 @@ from service.deps import (
 from service.outcome_schemas import OutcomeOut, OutcomePage, OutcomeRequest
 from service.routes.screenings import IdempotencyKey, PageCursor
 from service.schemas import PROBLEM
-from service.screenings import decode_cursor
+from service.views import outcome_out
+from store.apikeys import Caller
 
 router = APIRouter(prefix="/v1/screenings", tags=["outcomes"])
 
@@ -65,15 +66,10 @@ def _report(
     runtime: Runtime, screening_id: str, body: OutcomeRequest, caller: Caller, idempotency_key: str | None
 ) -> Response:
     with runtime.session() as session:
-        out, created = outcomes.report_outcome(
-            session,
-            screening_id,
-            body,
-            owner=caller.owner,
-            tenant=caller.tenant,
-            visible_tenant=caller.visible_tenant,
-            idempotency_key=idempotency_key,
+        outcome, screening, created = outcomes.report_outcome(
+            session, screening_id, body.model_dump(), caller=caller, idempotency_key=idempotency_key
         )
+        out = outcome_out(outcome, screening)
     headers = {"Location": out.href}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -95,10 +91,10 @@ def list_outcomes(
     """The training-run outcomes reported for this screening, newest first; cursor pagination."""
     if cursor is not None:
         decode_cursor(cursor)  # 400 for anything but an id, the empty text included
-    items, next_cursor = outcomes.list_outcomes(
+    rows, screening, next_cursor = outcomes.list_outcomes(
         session, screening_id, tenant=caller.visible_tenant, limit=limit, cursor=cursor
     )
-    return OutcomePage(items=items, next_cursor=next_cursor)
+    return OutcomePage(items=[outcome_out(row, screening) for row in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -108,4 +104,4 @@ def list_outcomes(
 )
 def get_outcome(screening_id: str, outcome_id: str, session: SessionDep, caller: ReaderDep) -> OutcomeOut:
     """One reported outcome of this screening."""
-    return outcomes.get_outcome(session, screening_id, outcome_id, caller.visible_tenant)
+    return outcome_out(*outcomes.get_outcome(session, screening_id, outcome_id, caller.visible_tenant))

@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 
 from jobs.runtime import Runtime
+from jobs.screenings import decode_cursor
 from service import screenings
-from service.contract import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, NO_NUL_PATTERN
+from service.contract import IDEMPOTENCY_KEY_PATTERN, NO_NUL_PATTERN
 from service.deps import (
-    Caller,
     ReaderDep,
     RuntimeDep,
     SessionDep,
+    SettingsDep,
     WriterDep,
     checked_idempotency_key,
     in_request_thread,
     json_response,
 )
 from service.schemas import PROBLEM, SUBMIT_PROBLEMS, ScreeningOut, ScreeningPage, ScreeningRequest, State
+from service.settings import ApiSettings
 from service.views import load_profiles, screening_href, screening_out
 from store import logs
-from store.models import ACTIVE_STATES
+from store.apikeys import Caller
+from store.models import ACTIVE_STATES, ID_PATTERN
 
 router = APIRouter(prefix="/v1/screenings", tags=["screenings"])
+_Route = TypeVar("_Route", bound=Callable[..., Any])
 
 #: the ``cursor`` query parameter of a paged list (the ``next_cursor`` of the previous page)
 PageCursor = Annotated[
@@ -56,20 +61,19 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post(
-    "",
-    status_code=202,
-    response_model=ScreeningOut,
-    responses={
-        201: {"model": ScreeningOut, "description": "served from an identical finished screening"},
-        **SUBMIT_PROBLEMS,
-    },
-    summary="Submit a screening",
-)
+def submission(router: APIRouter, model: type[BaseModel], *, served: str, summary: str) -> Callable[[_Route], _Route]:
+    """The ``POST ""`` route of ``router`` that submits something (a screening, a batch): 202 with ``model``
+    when it is queued, 201 when it was ``served`` from stored results at once, and SUBMIT_PROBLEMS."""
+    responses: dict[int | str, dict[str, Any]] = {201: {"model": model, "description": served}, **SUBMIT_PROBLEMS}
+    return router.post("", status_code=202, response_model=model, responses=responses, summary=summary)
+
+
+@submission(router, ScreeningOut, served="served from an identical finished screening", summary="Submit a screening")
 async def submit_screening(
     request: Request,
     body: ScreeningRequest,
     runtime: RuntimeDep,
+    settings: SettingsDep,
     caller: WriterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -78,21 +82,15 @@ async def submit_screening(
     screening; with another body, 422."""
     key = checked_idempotency_key(idempotency_key)
     # one trip to the thread pool for the whole request (session, queue, body), not one per step
-    return await in_request_thread(request, _submit, runtime, body, caller, key)
+    return await in_request_thread(request, _submit, runtime, settings, body, caller, key)
 
 
-def _submit(runtime: Runtime, body: ScreeningRequest, caller: Caller, idempotency_key: str | None) -> Response:
-    settings = runtime.settings
+def _submit(
+    runtime: Runtime, settings: ApiSettings, body: ScreeningRequest, caller: Caller, idempotency_key: str | None
+) -> Response:
     with runtime.session() as session:
         submission = screenings.submit_screening(
-            session,
-            runtime.queue,
-            body,
-            settings=settings,
-            owner=caller.owner,
-            tenant=caller.tenant,
-            isolated=caller.scoped,
-            idempotency_key=idempotency_key,
+            session, runtime.queue, body, settings=settings, caller=caller, idempotency_key=idempotency_key
         )
         screening = submission.screening
         logs.set_context(screening_id=screening.id)
@@ -124,7 +122,7 @@ def list_screenings(
     """Screenings, newest first, filtered by state, model and dataset; cursor pagination. With keys required,
     only the caller's tenant's."""
     if cursor is not None:
-        screenings.decode_cursor(cursor)  # 400 for anything but an id, the empty text included
+        decode_cursor(cursor)  # 400 for anything but an id, the empty text included
     rows, next_cursor = screenings.list_screenings(
         session,
         state=state,
@@ -145,16 +143,18 @@ def list_screenings(
     response_model=ScreeningOut,
     responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 429: PROBLEM},
 )
-async def get_screening(request: Request, screening_id: str, runtime: RuntimeDep, caller: ReaderDep) -> Response:
+async def get_screening(
+    request: Request, screening_id: str, runtime: RuntimeDep, settings: SettingsDep, caller: ReaderDep
+) -> Response:
     """State, stage and progress, the request, and the result (succeeded) or a problem document (failed)."""
-    return await in_request_thread(request, _read, runtime, screening_id, caller.visible_tenant)
+    return await in_request_thread(request, _read, runtime, settings, screening_id, caller.visible_tenant)
 
 
-def _read(runtime: Runtime, screening_id: str, tenant: str | None) -> Response:
+def _read(runtime: Runtime, settings: ApiSettings, screening_id: str, tenant: str | None) -> Response:
     with runtime.session() as session:
         out = screenings.read_screening(session, screening_id, tenant)
     active = out.state in ACTIVE_STATES
-    return json_response(out, headers={"Retry-After": str(runtime.settings.retry_after)} if active else None)
+    return json_response(out, headers={"Retry-After": str(settings.retry_after)} if active else None)
 
 
 @router.post(

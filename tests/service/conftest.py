@@ -30,6 +30,7 @@ from sqlalchemy.orm import sessionmaker
 
 from jobs.runner import open_runtime
 from jobs.runtime import Runtime
+from service.settings import ApiSettings
 from store.db import downgrade, upgrade
 from store.models import Base
 from store.settings import ServiceSettings
@@ -170,7 +171,7 @@ def make_settings(
 ) -> Callable[..., ServiceSettings]:
     queue = f"test-{uuid.uuid4().hex[:8]}"
 
-    def make(**overrides: Any) -> ServiceSettings:
+    def make(**overrides: Any) -> ApiSettings:
         values: dict[str, Any] = {
             "home": tmp_path,
             "model_root": model_root,
@@ -185,7 +186,7 @@ def make_settings(
             "rate_limit_per_minute": 0,
         }
         values.update(overrides)
-        return ServiceSettings(**values)
+        return ApiSettings(**values)
 
     return make
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from store.models import ModelProfile, Screening
+from store.models import Screening, StoredProfile
 from tests.service.conftest import DATASET, LANGUAGE, VISION, tiny_request
 
 PROBLEM = "application/problem+json"
@@ -66,7 +66,7 @@ def test_concurrent_submissions_share_one_profile_row_and_job(client, runtime):
     profile_ids = {p["id"] for r in responses for p in r.json()["profiles"].values()}
     assert len(profile_ids) == 2
     with runtime.session() as session:
-        assert session.scalar(select(func.count()).select_from(ModelProfile)) == 2
+        assert session.scalar(select(func.count()).select_from(StoredProfile)) == 2
     assert sorted(runtime.queue.queue.job_ids) == sorted(profile_ids)
 
 

@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import func, select
 
 from cli import main
+from jobs.screenings import record_local_result
 from phasecore.screening.batch import CSV_FIELDS, check_document
 from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
-from phasecore.study.quality import predict_failure_probability
-from service.screenings import record_local_result
+from phasecore.study.failure_model import predict_failure_probability
 from store.batch_models import BatchPair
-from store.models import ModelProfile, Screening
+from store.models import Screening, StoredProfile
 from tests.conftest import TINY_LANGUAGE, TINY_OPTIONS, TINY_VISION, option_flags, write_grid
 from tests.results import full_result
 from tests.service.conftest import work_burst
@@ -55,7 +55,7 @@ def test_batch_end_to_end_through_the_worker_and_the_cli(client, runtime, live_s
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(Screening)) == 4
         assert session.scalar(select(func.count()).select_from(BatchPair)) == 4
-        profile_ids = set(session.scalars(select(ModelProfile.id)))
+        profile_ids = set(session.scalars(select(StoredProfile.id)))
     assert len(profile_ids) == 4 and set(runtime.queue.queue.job_ids) == profile_ids
     matrix = body["matrix"]
     assert [[cell["vision"], cell["language"]] for row in matrix for cell in row] == [
@@ -74,7 +74,7 @@ def test_batch_end_to_end_through_the_worker_and_the_cli(client, runtime, live_s
             assert cell["failed"] is (None if cell["outcome"] == "inconclusive" else cell["outcome"] == "failed")
             assert cell["combined_rule"] in (True, False, None)
     with runtime.session() as session:
-        assert {p.attempts for p in session.scalars(select(ModelProfile))} == {1}  # each profile computed once
+        assert {p.attempts for p in session.scalars(select(StoredProfile))} == {1}  # each profile computed once
         rows = session.scalars(select(Screening)).all()
         by_vision = {(s.vision_ref, s.vision_profile_id) for s in rows}
         by_language = {(s.language_ref, s.language_profile_id) for s in rows}

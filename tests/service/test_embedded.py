@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from jobs.runner import open_runtime
+from jobs.screenings import store_local_result
 from service.app import create_app
-from service.screenings import store_local_result
 from store.db import downgrade, upgrade
 from store.models import Base, Screening
 from store.settings import ServiceSettings
@@ -88,7 +88,7 @@ def test_embedded_restart_hands_running_jobs_back_and_finishes_them(tmp_path, mo
     """Stopping `phasescreen serve` mid-job loses nothing: the next start picks the screening up again."""
     from sqlalchemy import select
 
-    from store.models import ModelProfile
+    from store.models import StoredProfile
 
     first = open_runtime(_embedded(tmp_path, model_root))
     with TestClient(create_app(runtime=first)) as client:
@@ -98,12 +98,12 @@ def test_embedded_restart_hands_running_jobs_back_and_finishes_them(tmp_path, mo
 
     def handed_back() -> bool:
         with first.session() as session:
-            states = set(session.scalars(select(ModelProfile.state)))
+            states = set(session.scalars(select(StoredProfile.state)))
         return "running" not in states
 
     wait_for(handed_back, timeout=120, what="the interrupted job to hand its row back")
     with first.session() as session:
-        assert all(p.attempts == 0 for p in session.scalars(select(ModelProfile)) if p.state == "queued")
+        assert all(p.attempts == 0 for p in session.scalars(select(StoredProfile)) if p.state == "queued")
 
     second = open_runtime(_embedded(tmp_path, model_root))
     try:

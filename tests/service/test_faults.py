@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from jobs import lifecycle
 from jobs.reconcile import reconcile
-from store.models import ModelProfile, utcnow
+from store.models import StoredProfile, utcnow
 from tests.service.conftest import tiny_request
 
 # real commits: job and heartbeat threads, concurrent completions, reconciler cut-offs on the database clock,
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.commits
 def _age_queued_profiles(runtime, seconds: float) -> None:
     with runtime.session() as session:
         session.execute(
-            update(ModelProfile)
-            .where(ModelProfile.state == "queued")
+            update(StoredProfile)
+            .where(StoredProfile.state == "queued")
             .values(updated_at=utcnow() - timedelta(seconds=seconds))
         )
         session.commit()
@@ -57,7 +57,7 @@ def test_dequeued_but_never_claimed_is_requeued_after_the_lease_timeout(client, 
         second.commit()
     assert won is not None and lost is None
     with runtime.session() as session:
-        row = session.scalars(select(ModelProfile).where(ModelProfile.id == profile_id)).one()
+        row = session.scalars(select(StoredProfile).where(StoredProfile.id == profile_id)).one()
         assert (row.state, row.worker, row.attempts) == ("running", "a:1", 1)
 
 
@@ -100,7 +100,7 @@ def test_a_hung_job_loses_its_lease_and_the_watchdog_ends_it(client, make_runtim
         )
         assert profile_id in report.requeued
         with runtime.session() as session:
-            assert session.get(ModelProfile, profile_id).state == "queued"
+            assert session.get(StoredProfile, profile_id).state == "queued"
         wait_for(lambda: exits, timeout=10, what="the watchdog")
         assert exits and exits[0] != 0
     finally:
@@ -210,7 +210,7 @@ def test_a_finished_profile_and_result_land_across_a_database_cut(client, make_r
         assert run_profile_job(language, runtime=through_proxy) == "succeeded"
         with through_proxy.session() as session:
             for profile_id in (vision, language):
-                row = session.get(ModelProfile, profile_id)
+                row = session.get(StoredProfile, profile_id)
                 assert (row.state, row.attempts, row.lease_token) == ("succeeded", 1, None)
                 assert row.data
 

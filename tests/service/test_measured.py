@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 
 import store.records
 from jobs.functions import _with_measured_rules
+from jobs.screenings import record_local_result
 from phasecore.settings import EngineSettings
 from phasecore.study.evidence import EVIDENCE_PATH_ENV, write_evidence
 from phasecore.study.quality import RULES
 from service.app import create_app
-from service.screenings import record_local_result
 from store.apikeys import create_api_key
 from store.models import Screening
 from store.records import record_of

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 import store.records
 from cli.batch import study_summary
 from cli.screen import summary
+from jobs.screenings import record_local_result
 from phasecore.settings import EngineSettings
 from phasecore.study.gate import decide
 from phasecore.study.quality import RULES
 from service.app import create_app
 from service.client import PhasescreenClient
-from service.screenings import record_local_result
 from store.apikeys import create_api_key
 from store.records import with_measured_rules
 from tests.results import planted_pairs

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import update
 
 from jobs.lifecycle import gave_up_problem
-from store.models import ModelProfile
+from store.models import StoredProfile
 from tests.service.conftest import tiny_request
 
 
@@ -98,8 +98,8 @@ def test_resubmitting_a_poisoned_request_does_not_reset_its_attempts(client, run
     worn_out = gave_up_problem("profile computation", 3, {"detail": "the worker ... stopped sending heartbeats"})
     with runtime.session() as session:  # three workers died on it (killed by the OOM killer, say)
         session.execute(
-            update(ModelProfile)
-            .where(ModelProfile.id == profile_id)
+            update(StoredProfile)
+            .where(StoredProfile.id == profile_id)
             .values(state="failed", attempts=3, problem=worn_out, lease_token=None)
         )
         session.commit()
@@ -109,7 +109,7 @@ def test_resubmitting_a_poisoned_request_does_not_reset_its_attempts(client, run
     assert again.json()["type"].endswith(":poisoned-request")
     assert "3 times" in again.json()["detail"]
     with runtime.session() as session:
-        row = session.get(ModelProfile, profile_id)
+        row = session.get(StoredProfile, profile_id)
         assert (row.state, row.attempts) == ("failed", 3)  # not queued again with a fresh count
     # other settings are another profile, and another chance
     assert client.post("/v1/screenings", json=tiny_request(seed=7)).status_code == 202
@@ -117,17 +117,17 @@ def test_resubmitting_a_poisoned_request_does_not_reset_its_attempts(client, run
 
 def test_a_request_that_failed_on_its_input_is_still_queued_again(client, runtime):
     """Failures that cost no worker (a missing asset, since fixed) do not poison the request."""
-    from store.problems import problem_document
+    from problems import problem_document
 
     profile_id = client.post("/v1/screenings", json=tiny_request()).json()["profiles"]["vision"]["id"]
     missing = problem_document(422, "asset-unavailable", "Weights or data unavailable", "no weights")
     with runtime.session() as session:
         session.execute(
-            update(ModelProfile)
-            .where(ModelProfile.id == profile_id)
+            update(StoredProfile)
+            .where(StoredProfile.id == profile_id)
             .values(state="failed", attempts=1, problem=missing, lease_token=None)
         )
         session.commit()
     assert client.post("/v1/screenings", json=tiny_request()).status_code == 202
     with runtime.session() as session:
-        assert session.get(ModelProfile, profile_id).state == "queued"
+        assert session.get(StoredProfile, profile_id).state == "queued"

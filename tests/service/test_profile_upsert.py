@@ -1,4 +1,4 @@
-"""get_or_create_profiles: one row per key, one SELECT and one INSERT, on PostgreSQL and SQLite alike."""
+"""store.profiles.get_or_create_profiles: one row per key, one SELECT and one INSERT, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, select
 
-from service import profiles
-from service.profiles import ProfileSpec
-from store.models import ModelProfile
+from jobs.lifecycle import admit_profile
+from store import profiles
+from store.models import StoredProfile
+from store.profiles import ProfileSpec
 
 SETTINGS = {"n": 20, "seed": 0}
 
 
 def _spec(key: str, ref: str = "timm:x", modality: str = "vision") -> ProfileSpec:
     return ProfileSpec(key * 64, ref, modality, "digits", SETTINGS)
+
+
+def _get_or_create(session, specs: list[ProfileSpec]) -> list[str]:
+    return profiles.get_or_create_profiles(session, specs, admit=admit_profile)
 
 
 def _session(backend: str, make_runtime, tmp_path: Path):
@@ -38,9 +43,9 @@ def test_a_key_inserted_between_lookup_and_insert_is_read_not_duplicated(backend
 
     monkeypatch.setattr(profiles, "_insert_unless_present", other_submission_first)
     with _session(backend, make_runtime, tmp_path) as session:
-        vision, language = profiles.get_or_create_profiles(session, [_spec("k"), _spec("l", "hf:y", "language")])
+        vision, language = _get_or_create(session, [_spec("k"), _spec("l", "hf:y", "language")])
         assert vision == winners["k" * 64] and language not in winners.values()
-        rows = {p.key: p for p in session.scalars(select(ModelProfile))}
+        rows = {p.key: p for p in session.scalars(select(StoredProfile))}
         assert len(rows) == 2 and rows["k" * 64].model_ref == "timm:the-winner" and rows["l" * 64].id == language
         assert rows["l" * 64].state == "queued" and rows["l" * 64].settings == SETTINGS
         assert rows["l" * 64].created_at is not None and len(language) == 36
@@ -55,16 +60,16 @@ def test_a_screenings_two_profiles_cost_one_lookup_and_one_insert(backend, make_
         listen = lambda *args: statements.append(args[2].split()[0].upper())  # noqa: E731
         event.listen(session.get_bind(), "before_cursor_execute", listen)
         try:
-            ids = profiles.get_or_create_profiles(session, [_spec("a"), _spec("b", "hf:y", "language")])
+            ids = _get_or_create(session, [_spec("a"), _spec("b", "hf:y", "language")])
         finally:
             event.remove(session.get_bind(), "before_cursor_execute", listen)
         assert statements == ["SELECT", "INSERT"]  # no SAVEPOINT and RELEASE around each INSERT
         assert len(set(ids)) == 2
-        assert profiles.get_or_create_profiles(session, [_spec("b", "hf:y", "language"), _spec("a")]) == ids[::-1]
-        assert session.scalar(select(func.count()).select_from(ModelProfile)) == 2
+        assert _get_or_create(session, [_spec("b", "hf:y", "language"), _spec("a")]) == ids[::-1]
+        assert session.scalar(select(func.count()).select_from(StoredProfile)) == 2
         # a batch names one profile twice: one row
-        twice = profiles.get_or_create_profiles(session, [_spec("c"), _spec("c")])
-        assert twice[0] == twice[1] and session.scalar(select(func.count()).select_from(ModelProfile)) == 3
+        twice = _get_or_create(session, [_spec("c"), _spec("c")])
+        assert twice[0] == twice[1] and session.scalar(select(func.count()).select_from(StoredProfile)) == 3
 
 
 def test_other_databases_insert_a_row_at_a_time_under_savepoints(make_runtime, tmp_path, monkeypatch):
@@ -74,4 +79,4 @@ def test_other_databases_insert_a_row_at_a_time_under_savepoints(make_runtime, t
         first = profiles._insert_unless_present(session, [_spec("a"), _spec("b")])
         again = profiles._insert_unless_present(session, [_spec("a"), _spec("c")])
         assert set(first) == {"a" * 64, "b" * 64} and set(again) == {"c" * 64}
-        assert profiles.get_or_create_profiles(session, [_spec("a"), _spec("c")]) == [first["a" * 64], again["c" * 64]]
+        assert _get_or_create(session, [_spec("a"), _spec("c")]) == [first["a" * 64], again["c" * 64]]

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from jobs import lifecycle
 from service import screenings
-from store.models import ModelProfile, Screening
+from store.models import Screening, StoredProfile
 from tests.service.conftest import tiny_request
 
 # real commits: races between transactions and the database clock moving
@@ -21,8 +21,8 @@ def _claimed_pair(client, runtime) -> tuple[str, lifecycle.Lease]:
     body = client.post("/v1/screenings", json=tiny_request()).json()
     with runtime.session() as session:
         session.execute(
-            update(ModelProfile)
-            .where(ModelProfile.id.in_([p["id"] for p in body["profiles"].values()]))
+            update(StoredProfile)
+            .where(StoredProfile.id.in_([p["id"] for p in body["profiles"].values()]))
             .values(state="succeeded")
         )
         claim = lifecycle.claim_pair(session, body["id"], worker="test:1", max_attempts=3)
@@ -92,7 +92,7 @@ def test_leases_are_judged_by_the_database_clock_not_a_skewed_worker_clock(clien
     report = reconcile(runtime)
     assert profile_id not in report.requeued + report.failed
     with runtime.session() as session:
-        row = session.get(ModelProfile, profile_id)
+        row = session.get(StoredProfile, profile_id)
         assert (row.state, row.lease_token) == ("running", claim.lease.token)
         db_now = session.scalar(select(func.now()))
         assert abs((row.heartbeat_at - db_now).total_seconds()) < 60

@@ -13,19 +13,20 @@ from fastapi.testclient import TestClient
 
 from jobs.runner import open_runtime
 from jobs.runtime import Runtime
+from jobs.screenings import get_screening
+from problems import Problem
 from service.app import create_app
-from service.screenings import get_screening, read_screening
+from service.screenings import read_screening
+from service.settings import ApiSettings
 from service.views import load_profiles, screening_out
-from store.models import ModelProfile, Screening
-from store.problems import Problem
-from store.settings import ServiceSettings
+from store.models import Screening, StoredProfile
 from tests.results import full_result
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 
 
-def _profile(key: str, state: str, stage: str | None, progress: float) -> ModelProfile:
-    return ModelProfile(
+def _profile(key: str, state: str, stage: str | None, progress: float) -> StoredProfile:
+    return StoredProfile(
         key=key, model_ref="pkg:x", modality="vision", dataset_ref="digits", settings={"n": 20}, state=state,
         stage=stage, progress=progress, attempts=1, meta={"big": list(range(50))}, created_at=T0, updated_at=T0,
     )
@@ -86,7 +87,7 @@ def any_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runt
         yield request.getfixturevalue("runtime")
         return
     # the SQLite file with a Redis queue nobody works: no in-process executor to pick up the queued rows
-    settings = ServiceSettings(
+    settings = ApiSettings(
         home=tmp_path,
         database_url=None,
         redis_url=request.getfixturevalue("redis_url"),

@@ -13,7 +13,7 @@ from sqlalchemy import make_url, select, update
 
 from jobs.reconcile import reconcile
 from service.app import create_app
-from store.models import ModelProfile, Screening, utcnow
+from store.models import Screening, StoredProfile, utcnow
 from tests.service.conftest import start_worker_process, tiny_request, wait_for, work_burst
 from tests.service.proxy import TcpProxy
 
@@ -28,7 +28,7 @@ def _state(runtime, table, row_id):
 
 def _running_profile(runtime):
     with runtime.session() as session:
-        return session.scalars(select(ModelProfile).where(ModelProfile.state == "running")).first()
+        return session.scalars(select(StoredProfile).where(StoredProfile.state == "running")).first()
 
 
 def _wait_until_computing(runtime, process, log):
@@ -54,7 +54,7 @@ def test_worker_sigkilled_mid_job_is_retried_and_the_screening_succeeds(client, 
     victim = _wait_until_computing(runtime, first, tmp_path / "killed.log")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    assert _state(runtime, ModelProfile, victim.id).state == "running"  # what the dead worker left behind
+    assert _state(runtime, StoredProfile, victim.id).state == "running"  # what the dead worker left behind
 
     time.sleep(settings.lease_timeout + 0.5)  # its lease runs out
     second = start_worker_process(settings, "--burst", log=tmp_path / "second.log")
@@ -62,7 +62,7 @@ def test_worker_sigkilled_mid_job_is_retried_and_the_screening_succeeds(client, 
 
     screening = client.get(f"/v1/screenings/{screening_id}").json()
     assert screening["state"] == "succeeded", screening["problem"]
-    assert _state(runtime, ModelProfile, victim.id).attempts == 2
+    assert _state(runtime, StoredProfile, victim.id).attempts == 2
 
 
 def test_redis_flushed_while_queued_the_reconciler_enqueues_again(client, runtime, redis_url):
@@ -85,8 +85,8 @@ def test_reconciler_requeues_or_fails_rows_of_lost_workers(client, runtime, make
     with runtime.session() as session:
         for screening, attempts in ((first, 1), (second, 3)):
             session.execute(
-                update(ModelProfile)
-                .where(ModelProfile.id == screening["profiles"]["vision"]["id"])
+                update(StoredProfile)
+                .where(StoredProfile.id == screening["profiles"]["vision"]["id"])
                 .values(
                     state="running",
                     lease_token="dead",
@@ -101,7 +101,7 @@ def test_reconciler_requeues_or_fails_rows_of_lost_workers(client, runtime, make
     report = reconcile(runtime)
     retried, lost = first["profiles"]["vision"]["id"], second["profiles"]["vision"]["id"]
     assert retried in report.requeued and lost in report.failed
-    assert _state(runtime, ModelProfile, retried).state == "queued"
+    assert _state(runtime, StoredProfile, retried).state == "queued"
     assert runtime.queue.is_pending(retried)
     failed = client.get(f"/v1/screenings/{second['id']}").json()
     assert failed["state"] == "failed"
@@ -127,7 +127,7 @@ def test_cancel_stops_a_running_job(client, make_settings, runtime, tmp_path):
         assert worker.wait(timeout=300) == 0, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
         worker.kill()
-    assert _state(runtime, ModelProfile, victim.id).state == "cancelled"
+    assert _state(runtime, StoredProfile, victim.id).state == "cancelled"
     screening = _state(runtime, Screening, screening_id)
     assert screening.state == "cancelled" and screening.result is None
 

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.app import create_app
-from store.models import ModelProfile, Screening, utcnow
+from store.models import Screening, StoredProfile, utcnow
 from store.retention import prune_profiles
 from tests.service.conftest import tiny_request
 
@@ -44,8 +44,8 @@ def _finish(runtime, screening, *, days_ago: float, blob: bytes = b"x" * 1000) -
     with runtime.session() as session:
         for modality in ("vision", "language"):
             session.execute(
-                update(ModelProfile)
-                .where(ModelProfile.id == screening["profiles"][modality]["id"])
+                update(StoredProfile)
+                .where(StoredProfile.id == screening["profiles"][modality]["id"])
                 .values(state="succeeded", data=blob, size_bytes=len(blob), finished_at=then)
             )
         session.execute(
@@ -75,10 +75,10 @@ def test_prune_drops_old_blobs_keeps_results_and_recent_profiles(client, runtime
     assert (report.profiles, report.bytes) == (2, 2000)
     with runtime.session() as session:
         for modality in ("vision", "language"):
-            pruned = session.get(ModelProfile, old["profiles"][modality]["id"])
+            pruned = session.get(StoredProfile, old["profiles"][modality]["id"])
             assert pruned.data is None and pruned.state == "cancelled"
             assert pruned.problem["type"].endswith(":pruned")
-            assert session.get(ModelProfile, recent["profiles"][modality]["id"]).data is not None
+            assert session.get(StoredProfile, recent["profiles"][modality]["id"]).data is not None
         assert session.get(Screening, old["id"]).result == {"kept": True}
     assert "phasescreen_profile_blob_bytes 2000.0" in client.get("/metrics").text
     # the old request again: its profiles are computed afresh, not served without arrays

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from store.models import ModelProfile, Screening
+from store.models import Screening, StoredProfile
 from tests.service.conftest import tiny_request, work_burst
 
 # real commits: work_burst runs the worker with a runtime of its own
@@ -41,7 +41,7 @@ def test_submit_work_result_stored_and_served(client, runtime):
     with runtime.session() as session:  # stored in PostgreSQL, not only served
         row = session.get(Screening, screening_id)
         assert row.result == body["result"] and row.attempts == 1
-        profiles = session.scalars(select(ModelProfile)).all()
+        profiles = session.scalars(select(StoredProfile)).all()
         assert {p.state for p in profiles} == {"succeeded"} and all(p.data for p in profiles)
     vision = client.get(body["profiles"]["vision"]["href"]).json()
     assert vision["state"] == "succeeded" and vision["arrays"] and vision["identity"]
@@ -139,7 +139,7 @@ def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, r
     with pytest.raises(error):  # raised so the queue retries it
         jobs.run_profile_job(vision_id, runtime=runtime)
     with runtime.session() as session:
-        row = session.get(ModelProfile, vision_id)
+        row = session.get(StoredProfile, vision_id)
         assert (row.state, row.attempts) == ("queued", 1), row.problem
         assert row.problem["type"].endswith(":retrying") and error.__name__ in row.problem["detail"]
 

@@ -1,4 +1,9 @@
-"""RFC 9457 problem documents: the one shape of every error the service returns or stores."""
+"""RFC 9457 problem documents: the one shape of every error the service returns or stores.
+
+A layer of its own, under the store, the jobs and the API, which all build or raise problems (a failed job stores
+one, a refused request answers one); above the engine only, whose domain errors become problems here
+(:func:`from_domain_error`). Nothing here knows HTTP beyond the status code a problem carries.
+"""
 
 from __future__ import annotations
 
