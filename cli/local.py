@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from phasecore.screening.result import ScreeningResult
+
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="local profile cache (default $PHASESCREEN_HOME/profiles)")
@@ -56,7 +58,7 @@ def screen_here(args: argparse.Namespace, settings: Any, *, device: str, progres
     )
 
 
-def store_screening(args: argparse.Namespace, settings: Any, result: dict[str, Any]) -> str | None:
+def store_screening(args: argparse.Namespace, settings: Any, result: ScreeningResult) -> str | None:
     """Record the result of ``--vision``/``--language``/``--dataset`` with ``settings`` in the local database:
     its screening id; ``None`` with ``--no-store``, or when it could not be stored (a warning on stderr says
     why: the result stands without it)."""

@@ -74,7 +74,7 @@ class _Bars:
             self.bar = None
 
 
-def _with_measured_rules(result: dict[str, Any]) -> dict[str, Any]:
+def _with_measured_rules(result: ScreeningResult) -> ScreeningResult:
     """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim."""
     try:
         from store.db import local_session
@@ -196,12 +196,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasescreen screen: {exc}", file=sys.stderr)
         return 2
     bars.close()
-    document = _with_measured_rules(result.model_dump(mode="json"))
+    typed = _with_measured_rules(result)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-    print(summary(document))
-    screening_id = store_screening(args, settings, document)
+        args.output.write_text(json.dumps(typed.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")
+    print(summary(typed))
+    screening_id = store_screening(args, settings, typed)
     if screening_id is not None:
         print(f"stored as screening {screening_id}")
     if args.output:

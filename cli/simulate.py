@@ -43,10 +43,9 @@ def _result_of(client: Any, session: Any, screening_id: str) -> dict[str, Any]:
         state, result = out.state, out.result
     else:
         from jobs.screenings import get_screening
-        from phasecore.screening.result import ScreeningResult
 
         row = get_screening(session, screening_id)
-        state, result = row.state, None if row.result is None else ScreeningResult.model_validate(row.result)
+        state, result = row.state, row.result
     if result is None:
         raise ValueError(f"screening {screening_id} has no result (state {state}): only succeeded pairs train")
     return dict(result.model_dump(mode="json"))

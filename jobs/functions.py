@@ -40,6 +40,7 @@ from jobs.queue import JobRef
 from jobs.runtime import Runtime
 from jobs.tracker import JobStopped, JobTimedOut, JobTracker
 from phasecore.errors import PhasescreenError, UnsupportedModel
+from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
 from problems import from_domain_error, problem_document
 from store import logs
@@ -305,12 +306,10 @@ def _run_pair_job(screening_id: str, *, runtime: Runtime) -> str:
             tracker.check()
     except Exception as exc:
         return _finish(rt, tracker, "pair", _after(rt, claim.lease, claim.attempt, "pair", exc), started)
-    # stored in the form the API serves it (the result's schema, every field): a figure added beside the rules
-    # later (measured, reported) is stored with the same keys as it is read back
-    stored_result = _with_measured_rules(rt, result.model_dump(mode="json"), screening_id)
-    document = jsonable(type(result).model_validate(stored_result).model_dump(mode="json"))
+    # the typed result, with each rule's measured figures beside its claim; the column stores its JSON form
+    stored_result = _with_measured_rules(rt, result, screening_id)
     stored = final_write(
-        rt, f"screening {screening_id}", lambda session: lifecycle.complete_pair(session, claim.lease, document)
+        rt, f"screening {screening_id}", lambda session: lifecycle.complete_pair(session, claim.lease, stored_result)
     )
     return _finish(rt, tracker, "pair", "succeeded" if stored else "cancelled", started)
 
@@ -345,7 +344,7 @@ def run_job(runtime: Runtime, job: JobRef) -> None:
     run(job.id, runtime=runtime)
 
 
-def _with_measured_rules(rt: Runtime, result: dict[str, Any], screening_id: str) -> dict[str, Any]:
+def _with_measured_rules(rt: Runtime, result: ScreeningResult, screening_id: str) -> ScreeningResult:
     """Each rule's measured accuracy beside the paper's claim: over the stored pairs the screening's owner may
     see (its tenant's when keys are required, every one in anonymous mode), or the shipped evidence; a result
     stands without it."""

@@ -21,6 +21,7 @@ from sqlalchemy import CursorResult, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobs.queue import JobRef
+from phasecore.screening.result import ScreeningResult
 from problems import Problem, problem_document
 from store.models import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Screening, StoredProfile, db_now
 
@@ -372,7 +373,9 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
     )
 
 
-def complete_pair(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
+def complete_pair(session: Session, lease: Lease, result: ScreeningResult) -> bool:
+    """Store ``result`` and mark the screening succeeded, if ``lease`` still holds it (else False: another
+    worker took it over, or it was cancelled)."""
     return _won(
         session,
         update(Screening)

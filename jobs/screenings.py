@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from phasecore.references.refs import ModelRef
+from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
 from problems import Problem, not_found
 from store.db import local_session
-from store.models import SUCCEEDED, Screening, is_id, jsonable, utcnow
+from store.models import SUCCEEDED, Screening, is_id, utcnow
 from store.settings import ServiceSettings
 
 
@@ -81,7 +82,7 @@ def decode_cursor(cursor: str) -> str:
     return cursor
 
 
-def record_local_result(session: Session, request: dict[str, Any], result: dict[str, Any]) -> Screening:
+def record_local_result(session: Session, request: dict[str, Any], result: ScreeningResult) -> Screening:
     """Store a result computed outside the queue (``phasescreen screen``) as a succeeded screening.
 
     ``request`` is ``{vision, language, dataset, options}``; the references are stored as given when they do
@@ -108,7 +109,7 @@ def record_local_result(session: Session, request: dict[str, Any], result: dict[
         stage=None,
         progress=1.0,
         attempts=1,
-        result=jsonable(result),
+        result=result,
         started_at=now,
         finished_at=now,
     )
@@ -117,7 +118,9 @@ def record_local_result(session: Session, request: dict[str, Any], result: dict[
     return screening
 
 
-def store_local_result(request: dict[str, Any], result: dict[str, Any], settings: ServiceSettings | None = None) -> str:
+def store_local_result(
+    request: dict[str, Any], result: ScreeningResult, settings: ServiceSettings | None = None
+) -> str:
     """One call for the CLI: open the configured store (migrating the embedded file), record, commit."""
     with local_session(settings) as session:
         screening = record_local_result(session, request, result)

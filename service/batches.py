@@ -23,6 +23,7 @@ from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
 from phasecore.references.refs import ModelRef
 from phasecore.screening import batch as engine_batch
+from phasecore.screening.result import ScreeningResult
 from problems import Problem, from_domain_error, not_found
 from service import screenings
 from service.batch_schemas import BatchCell, BatchOut, BatchRequest
@@ -200,7 +201,7 @@ def pairs_of(session: Session, batch: Batch) -> list[tuple[BatchPair, Screening]
     return [(pair, screening) for pair, screening in session.execute(query).tuples()]
 
 
-def _figures(result: dict[str, Any] | None) -> dict[str, Any]:
+def _figures(result: ScreeningResult | None) -> dict[str, Any]:
     """The matrix cell's headline figures, read from the typed result."""
     row = engine_batch.pair_row({"vision": "", "language": "", "result": result})
     return {
@@ -287,7 +288,7 @@ def batch_results(session: Session, batch: Batch) -> dict[str, Any]:
             "language_index": pair.language_index,
             "state": screening.state,
             "screening_id": screening.id,
-            "result": screening.result,
+            "result": None if screening.result is None else screening.result.model_dump(mode="json"),
             "problem": screening.problem,
         }
         for pair, screening in pairs_of(session, batch)

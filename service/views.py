@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from phasecore.screening.result import ScreeningResult
 from phasecore.study.reported import is_success
 from service.outcome_schemas import OutcomeOut
 from service.schemas import ProfileOut, ProfileSummary, ScreeningOut
@@ -142,7 +142,6 @@ def outcome_out(outcome: Outcome, screening: Screening) -> OutcomeOut:
     )
 
 
-def _proxy_outcome(result: dict[str, Any] | None) -> Any:
-    ground_truth = (result or {}).get("ground_truth") or {}
-    outcome = ground_truth.get("outcome")
+def _proxy_outcome(result: ScreeningResult | None) -> str | None:
+    outcome = None if result is None or result.ground_truth is None else result.ground_truth.outcome
     return outcome if outcome in ("aligned", "failed", "inconclusive") else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import secrets
@@ -9,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -24,9 +26,15 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, deferred, mapped_column
 from sqlalchemy.sql.expression import FunctionElement, literal
+from sqlalchemy.types import TypeEngine
+
+from phasecore.screening.result import ScreeningResult
+
+log = logging.getLogger(__name__)
 
 # None is stored as SQL NULL (not JSON 'null'), so "IS NULL" means "absent" on both backends
 JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -103,6 +111,41 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class TypedJSON(TypeDecorator[Any]):
+    """A JSON column holding one pydantic model: a model (or a mapping it validates) in, the model out.
+
+    Written as the model's JSON form (``model_dump(mode="json")``, non-finite floats as null, as jsonb requires),
+    so the stored document is exactly what the API serves. A stored document that no longer validates (written
+    by an older release under another schema) reads as None, with a warning; the row is left as it is."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        super().__init__()
+        self.model = model
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        typed = value if isinstance(value, self.model) else self.model.model_validate(value)
+        return jsonable(typed.model_dump(mode="json"))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        try:
+            return self.model.model_validate(value)
+        except ValidationError:
+            log.warning("a stored %s no longer validates; read as absent", self.model.__name__, exc_info=True)
+            return None
+
+
 class Base(DeclarativeBase):
     # names the migrations use too, so autogenerate finds no difference between the two
     metadata = MetaData(
@@ -176,7 +219,7 @@ class Screening(Submitted, _JobColumns, Base):
     dataset_ref: Mapped[str] = mapped_column(String(256), index=True)
     vision_profile_id: Mapped[str | None] = mapped_column(ForeignKey("model_profiles.id"), index=True)
     language_profile_id: Mapped[str | None] = mapped_column(ForeignKey("model_profiles.id"), index=True)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    result: Mapped[ScreeningResult | None] = mapped_column(TypedJSON(ScreeningResult))
     reused_from: Mapped[str | None] = mapped_column(String(36))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -94,14 +95,16 @@ def reported_outcomes(
     return [dict(row) for row in session.execute(query).mappings()]
 
 
-def record_of(vision: str, language: str, result: dict[str, Any]) -> dict[str, Any]:
+def record_of(vision: str, language: str, result: ScreeningResult | Mapping[str, Any] | None) -> dict[str, Any]:
     """The study record of one stored result, read through the typed ``ScreeningResult``: model references,
     metrics version, stratum, features and the comparators' metrics, ``outcome`` (None: no ground truth),
     ``failed``, ``alignment_score`` and the ``group_scores`` it is the mean of. A stored result that no longer
-    parses counts as version 1 (left out of every stratum)."""
+    parses (read back as None) counts as version 1 (left out of every stratum)."""
     try:
-        typed = ScreeningResult.model_validate(result)
+        typed = result if isinstance(result, ScreeningResult) else ScreeningResult.model_validate(result)
     except ValidationError:
+        typed = None
+    if typed is None:
         return {"vision": vision, "language": language, "metrics_version": None, "stratum": None}
     gt = typed.ground_truth
     return {
@@ -182,12 +185,12 @@ _STUDY_CACHE_LOCK = threading.Lock()
 
 def with_measured_rules(
     session: Session,
-    result: dict[str, Any],
+    result: ScreeningResult,
     *,
     tenant: str | None = None,
     max_age: float = 60.0,
     evidence: ShippedEvidence | None | bool = True,
-) -> dict[str, Any]:
+) -> ScreeningResult:
     """``result`` with each rule's measured figures beside its claim (``phasecore.study.evidence.lookup_measured``):
     the stored pairs' figures of its own stratum once they hold 20 decided pairs, else the shipped evidence's
     for that stratum where it has one, else "insufficient" with the reason; and beside them its figures on
@@ -210,10 +213,11 @@ def with_measured_rules(
                 del _STUDY_CACHE[stale]  # tenants whose work stopped do not keep their study here
             _STUDY_CACHE[key] = cached
     shipped = shipped_evidence() if evidence is True else (evidence or None)
-    measured = attach_measured_with_evidence(result, cached[1], shipped)
-    reported = stratum_reported(result, cached[1].get("reported"))
+    document = result.model_dump(mode="json")
+    measured = attach_measured_with_evidence(document, cached[1], shipped)
+    reported = stratum_reported(document, cached[1].get("reported"))
     predictions = {
         rule: {**prediction, "reported": reported.get(rule)}
         for rule, prediction in (measured.get("predictions") or {}).items()
     }
-    return {**measured, "predictions": predictions}
+    return ScreeningResult.model_validate({**measured, "predictions": predictions})

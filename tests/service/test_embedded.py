@@ -9,10 +9,12 @@ from sqlalchemy import create_engine
 
 from jobs.runner import open_runtime
 from jobs.screenings import store_local_result
+from phasecore.screening.result import ScreeningResult
 from service.app import create_app
 from store.db import downgrade, upgrade
 from store.models import Base, Screening
 from store.settings import ServiceSettings
+from tests.results import full_result
 from tests.service.conftest import tiny_request, wait_for
 
 
@@ -68,7 +70,7 @@ def test_serve_with_nothing_configured_runs_jobs_in_process(tmp_path, model_root
 
 def test_local_results_are_stored_in_the_embedded_file(tmp_path, model_root):
     request = tiny_request()
-    result = {"metrics": {"cka": 0.5, "undefined": float("nan")}, "engine_version": "0.1.0"}
+    result = ScreeningResult.model_validate(full_result(metrics={"cka": 0.5, "undefined": float("nan")}))
     screening_id = store_local_result(request, result, _embedded(tmp_path, model_root))
 
     runtime = open_runtime(_embedded(tmp_path, model_root))
@@ -76,7 +78,8 @@ def test_local_results_are_stored_in_the_embedded_file(tmp_path, model_root):
         with runtime.session() as session:
             row = session.get(Screening, screening_id)
             assert row.state == "succeeded" and row.owner == "local"
-            assert row.result["metrics"] == {"cka": 0.5, "undefined": None}  # JSON has no NaN
+            metrics = row.result.metrics.model_dump()
+            assert (metrics["cka"], metrics["undefined"]) == (0.5, None)  # JSON has no NaN
         with TestClient(create_app(runtime=runtime)) as client:
             listed = client.get("/v1/screenings", params={"state": "succeeded"}).json()["items"]
             assert [item["id"] for item in listed] == [screening_id]

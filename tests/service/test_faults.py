@@ -221,6 +221,6 @@ def test_a_finished_profile_and_result_land_across_a_database_cut(client, make_r
         with through_proxy.session() as session:
             row = session.get(Screening, screening["id"])
             assert (row.state, row.attempts) == ("succeeded", 1)
-            assert row.result["engine_version"]
+            assert row.result.engine_version
     finally:
         proxy.stop()

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 import store.records
 from jobs.functions import _with_measured_rules
 from jobs.screenings import record_local_result
+from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.study.evidence import EVIDENCE_PATH_ENV, write_evidence
 from phasecore.study.quality import RULES
@@ -94,12 +95,12 @@ def test_a_tenants_result_counts_only_its_own_tenants_pairs(make_runtime, monkey
 
     # anonymous mode (as before keys were required): every stored pair counts, whoever stored it
     anonymous = make_runtime(require_api_key=False)
-    result = done["globex"]["result"]
-    measured = _with_measured_rules(anonymous, result, theirs["id"])["predictions"]["agop_rule"]["measured"]
-    assert measured["n_labelled"] >= 24 and measured["status"] == "ok"
+    result = ScreeningResult.model_validate(done["globex"]["result"])
+    measured = _with_measured_rules(anonymous, result, theirs["id"]).predictions["agop_rule"].measured
+    assert measured is not None and measured.n_labelled >= 24 and measured.status == "ok"
     # and keyed again (a fresh cache: per tenant, never shared): globex's own count, not acme's
-    keyed = _with_measured_rules(runtime, result, theirs["id"])["predictions"]["agop_rule"]["measured"]
-    assert keyed["n_labelled"] < 24 and keyed["status"] == "insufficient"
+    keyed = _with_measured_rules(runtime, result, theirs["id"]).predictions["agop_rule"].measured
+    assert keyed is not None and keyed.n_labelled < 24 and keyed.status == "insufficient"
 
 
 @pytest.mark.commits  # the worker's burst reads through its own connections

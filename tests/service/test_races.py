@@ -8,9 +8,13 @@ import pytest
 from sqlalchemy import func, select, update
 
 from jobs import lifecycle
+from phasecore.screening.result import ScreeningResult
 from service import screenings
 from store.models import Screening, StoredProfile
+from tests.results import full_result
 from tests.service.conftest import tiny_request
+
+DONE = ScreeningResult.model_validate(full_result(metrics={"cka": 0.25}))
 
 # real commits: races between transactions and the database clock moving
 pytestmark = pytest.mark.commits
@@ -38,7 +42,7 @@ def test_a_screening_completed_between_the_read_and_the_cancel_stays_succeeded(c
     def read_then_the_worker_finishes(session, ident, *tenant):
         row = read(session, ident, *tenant)  # the canceller sees it running ...
         with runtime.session() as worker_session:  # ... and the worker stores its result right then
-            assert lifecycle.complete_pair(worker_session, lease, {"verdict": "done"})
+            assert lifecycle.complete_pair(worker_session, lease, DONE)
             worker_session.commit()
         return row
 
@@ -48,7 +52,7 @@ def test_a_screening_completed_between_the_read_and_the_cancel_stays_succeeded(c
     assert response.json()["type"].endswith(":not-cancellable")
     with runtime.session() as session:
         row = session.get(Screening, screening_id)
-        assert (row.state, row.result, row.cancel_requested) == ("succeeded", {"verdict": "done"}, False)
+        assert (row.state, row.result, row.cancel_requested) == ("succeeded", DONE, False)
 
 
 def test_a_cancelled_screening_cannot_be_completed_afterwards(client, runtime):
@@ -56,7 +60,7 @@ def test_a_cancelled_screening_cannot_be_completed_afterwards(client, runtime):
     cancelled = client.post(f"/v1/screenings/{screening_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     with runtime.session() as session:
-        assert not lifecycle.complete_pair(session, lease, {"verdict": "late"})
+        assert not lifecycle.complete_pair(session, lease, DONE)
         assert not lifecycle.release_for_retry(session, lease, {"detail": "late"})
         lifecycle.fail_screening(session, screening_id, {"detail": "late"}, lease)
         session.commit()

@@ -9,10 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from phasecore.screening.result import ScreeningResult
 from service.app import create_app
 from store.models import Screening, StoredProfile, utcnow
 from store.retention import prune_profiles
+from tests.results import full_result
 from tests.service.conftest import tiny_request
+
+KEPT = ScreeningResult.model_validate(full_result(metrics={"cka": 0.75}))
 
 
 def test_a_changed_file_model_is_not_served_from_its_old_profile(make_runtime, model_root, tmp_path):
@@ -51,7 +55,7 @@ def _finish(runtime, screening, *, days_ago: float, blob: bytes = b"x" * 1000) -
         session.execute(
             update(Screening)
             .where(Screening.id == screening["id"])
-            .values(state="succeeded", result={"kept": True}, created_at=then, finished_at=then)
+            .values(state="succeeded", result=KEPT, created_at=then, finished_at=then)
         )
         session.commit()
 
@@ -79,7 +83,7 @@ def test_prune_drops_old_blobs_keeps_results_and_recent_profiles(client, runtime
             assert pruned.data is None and pruned.state == "cancelled"
             assert pruned.problem["type"].endswith(":pruned")
             assert session.get(StoredProfile, recent["profiles"][modality]["id"]).data is not None
-        assert session.get(Screening, old["id"]).result == {"kept": True}
+        assert session.get(Screening, old["id"]).result == KEPT
     assert "phasescreen_profile_blob_bytes 2000.0" in client.get("/metrics").text
     # the old request again: its profiles are computed afresh, not served without arrays
     resubmitted = client.post("/v1/screenings", json={**tiny_request(seed=1), "reuse": False}).json()

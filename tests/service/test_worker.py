@@ -40,7 +40,7 @@ def test_submit_work_result_stored_and_served(client, runtime):
         assert rule["measured"]["status"] == "insufficient" and rule["measured"]["reason"]
     with runtime.session() as session:  # stored in PostgreSQL, not only served
         row = session.get(Screening, screening_id)
-        assert row.result == body["result"] and row.attempts == 1
+        assert row.result is not None and row.result.model_dump(mode="json") == body["result"] and row.attempts == 1
         profiles = session.scalars(select(StoredProfile)).all()
         assert {p.state for p in profiles} == {"succeeded"} and all(p.data for p in profiles)
     vision = client.get(body["profiles"]["vision"]["href"]).json()
