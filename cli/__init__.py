@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # modules that add subcommands; each defines register(subparsers) and sets args.func
-_COMMAND_MODULES = ("cli.screen", "cli.server", "cli.batch", "cli.outcome", "cli.evidence")
+_COMMAND_MODULES = ("cli.screen", "cli.server", "cli.batch", "cli.outcome", "cli.evidence", "cli.align")
 
 
 def build_parser() -> argparse.ArgumentParser:

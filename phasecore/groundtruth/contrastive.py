@@ -39,6 +39,43 @@ def _standardise(fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fit.mean(0), fit.std(0).clamp_min(1e-6)
 
 
+def symmetric_info_nce(z_v: torch.Tensor, z_l: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """The symmetric InfoNCE loss of paired rows (CLIP's): row i of ``z_v`` and of ``z_l`` (both L2-normalised,
+    ``(B, k)``) are a pair, every other row of the batch a negative; the mean of the image→text and text→image
+    cross-entropies of the logits ``z_v z_lᵀ / temperature``."""
+    logits = z_v @ z_l.T / temperature
+    target = torch.arange(len(z_v), device=z_v.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def resolve_groups(
+    groups: Sequence[Mapping[str, Any]] | None, labels: np.ndarray, seed: int
+) -> Sequence[Mapping[str, Any]]:
+    """The held-out groups of §7: the dataset's own (``{"classes", "exclude", "held_out"}``), else the seeded
+    pairs of classes of ``outcome_groups`` over the classes present in ``labels``."""
+    if groups is not None:
+        return groups
+    rng = np.random.default_rng(seed)
+    return [{"classes": [int(c) for c in g]} for g in outcome_groups(np.unique(labels), rng)]
+
+
+def unseen_classes(group: Mapping[str, Any]) -> set[int]:
+    """The classes a held-out group keeps out of every fit: its own and those of its ``exclude`` list (the classes
+    holding one of its held-out values)."""
+    return {int(c) for c in group["classes"]} | {int(c) for c in group.get("exclude", ())}
+
+
+def classify_by_prototypes(
+    image_z: torch.Tensor, template_z: Sequence[torch.Tensor], members: np.ndarray
+) -> np.ndarray:
+    """§7's classification in a shared space: image rows ``image_z`` (L2-normalised, ``(n, k)``) against one
+    prototype per class of ``members``, the mean of that class's L2-normalised template rows ``template_z[i]``
+    (re-normalised); the predicted class id of each image (cosine argmax)."""
+    prototypes = torch.stack([t.mean(0) for t in template_z])
+    predicted: np.ndarray = members[(image_z @ F.normalize(prototypes, dim=1).T).argmax(1).numpy()]
+    return predicted
+
+
 def train_heads(
     E_v: torch.Tensor, E_l: torch.Tensor, *, steps: int = STEPS, lr: float = LR, dim: int = HEAD_DIM, seed: int = 0
 ) -> tuple[nn.Linear, nn.Linear, list[float]]:
@@ -59,9 +96,7 @@ def train_heads(
         index = torch.randperm(n, generator=generator)[: min(BATCH, n)]
         z_v = F.normalize(head_v(E_v[index]), dim=1)
         z_l = F.normalize(head_l(E_l[index]), dim=1)
-        logits = z_v @ z_l.T / TEMPERATURE
-        target = torch.arange(len(index))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        loss = symmetric_info_nce(z_v, z_l, TEMPERATURE)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward has no annotations
         optimiser.step()
@@ -96,9 +131,7 @@ def held_out_contrastive(
     n_classes = len(templates)
     if E_v.shape[0] != labels.size or E_l.shape[0] != labels.size:
         raise ValueError("E_v, E_l and labels must have one row per pair")
-    if groups is None:
-        rng = np.random.default_rng(seed)
-        groups = [{"classes": [int(c) for c in g]} for g in outcome_groups(np.unique(labels), rng)]
+    groups = resolve_groups(groups, labels, seed)
     x_v = torch.as_tensor(np.asarray(E_v, dtype=np.float32))
     x_l = torch.as_tensor(np.asarray(E_l, dtype=np.float32))
     t_l = [torch.as_tensor(np.asarray(t, dtype=np.float32)) for t in templates]
@@ -109,8 +142,7 @@ def held_out_contrastive(
             members = np.array(sorted(int(c) for c in group["classes"]), dtype=np.int64)
             if any(not 0 <= c < n_classes for c in members):
                 raise ValueError(f"held-out group {index} names a class outside [0, {n_classes})")
-            unseen = set(members.tolist()) | {int(c) for c in group.get("exclude", ())}
-            fit = ~np.isin(labels, sorted(unseen))
+            fit = ~np.isin(labels, sorted(unseen_classes(group)))
             test = np.isin(labels, members)
             if fit.sum() < 2 or len(np.unique(labels[test])) < 2:
                 continue
@@ -121,11 +153,9 @@ def held_out_contrastive(
             )
             final_losses.append(float(np.mean(losses[-10:])))
             with torch.no_grad():
-                prototypes = torch.stack(
-                    [F.normalize(head_l((t_l[c] - mu_l) / sd_l), dim=1).mean(0) for c in members.tolist()]
-                )
+                template_z = [F.normalize(head_l((t_l[c] - mu_l) / sd_l), dim=1) for c in members.tolist()]
                 z_v = F.normalize(head_v((x_v[test] - mu_v) / sd_v), dim=1)
-                predicted = members[(z_v @ F.normalize(prototypes, dim=1).T).argmax(1).numpy()]
+                predicted = classify_by_prototypes(z_v, template_z, members)
             scores.append({**group_score(members, labels[test], predicted), "held_out": None})
     if not scores:
         raise ValueError("no held-out group has ≥ 2 of its classes in the sample and pairs left to fit on")

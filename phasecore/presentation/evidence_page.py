@@ -170,13 +170,13 @@ def evidence_markdown(
     return "\n".join(out)
 
 
-def replace_section(page: str, section: str) -> str:
-    """``page`` with the text between the markers (markers included) replaced by ``section``; appended at the
-    end when the page has no markers."""
-    start, end = page.find(BEGIN), page.find(END)
-    if start == -1 or end == -1 or end < start:
+def replace_section(page: str, section: str, *, begin: str = BEGIN, end: str = END) -> str:
+    """``page`` with the text between the markers ``begin`` and ``end`` (markers included; the evidence page's by
+    default) replaced by ``section``; appended at the end when the page has no markers."""
+    start, stop = page.find(begin), page.find(end)
+    if start == -1 or stop == -1 or stop < start:
         return page.rstrip("\n") + "\n\n" + section + "\n"
-    return page[:start] + section + page[end + len(END) :]
+    return page[:start] + section + page[stop + len(end) :]
 
 
 def write_doc(page: Path, evidence: Mapping[str, Any], document: Mapping[str, Any], figure_dir: Path) -> list[Path]:

@@ -92,8 +92,16 @@ def select_params(model: nn.Module, spec: str) -> list[str] | None:
         raise InvalidSettings("params='last:K' needs a model with a list of blocks; use params='all'")
     name, blocks = found
     names = [n for n, _ in model.named_parameters()]
-    first_kept = f"{name}.{max(0, len(blocks) - k)}." if name else f"{max(0, len(blocks) - k)}."
-    start = next(i for i, n in enumerate(names) if n.startswith(first_kept))
+    prefix, cut = f"{name}." if name else "", max(0, len(blocks) - k)
+
+    def block_of(parameter: str) -> int | None:
+        head = parameter[len(prefix) :].split(".", 1)[0] if parameter.startswith(prefix) else ""
+        return int(head) if head.isdigit() else None
+
+    inside = [i for i, n in enumerate(names) if block_of(n) is not None]
+    # the first parameter of a kept block; when the kept blocks hold none (a trailing ReLU of a Sequential), the
+    # first parameter after the block list
+    start = next((i for i in inside if (block_of(names[i]) or 0) >= cut), inside[-1] + 1 if inside else len(names))
     return names[start:]
 
 
