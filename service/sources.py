@@ -8,7 +8,7 @@ from service.settings import ApiSettings
 
 def describe_deployment(settings: ApiSettings) -> SourcesOut:
     from phasecore.data import list_datasets
-    from phasecore.sources import describe_sources
+    from phasecore.references.registry import describe_sources
 
     return SourcesOut(
         allowed_sources=list(settings.allowed_sources),

@@ -194,7 +194,7 @@ class StoredProfile(_JobColumns, Base):
     __tablename__ = "model_profiles"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    key: Mapped[str] = mapped_column(String(64), unique=True)  # phasecore.screening.pipeline.profile_key
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # phasecore.settings.profile_key
     model_ref: Mapped[str] = mapped_column(String(512), index=True)
     modality: Mapped[str] = mapped_column(String(16))
     dataset_ref: Mapped[str] = mapped_column(String(256))

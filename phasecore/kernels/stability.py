@@ -27,9 +27,9 @@ from phasecore.kernels.device import exact_numerics
 from phasecore.kernels.distinct import Distinct, distinct_inputs
 from phasecore.kernels.engine import probe_gram
 from phasecore.kernels.validity import check_gram
+from phasecore.paper import phase_of
 from phasecore.similarity.kernel_alignment import kernel_alignment
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
-from phasecore.study.paper_rules import phase_of
 
 Precision = Literal["float32", "float64"]
 

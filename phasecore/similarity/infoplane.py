@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from phasecore.paper import PAPER_TITLE
 from phasecore.sources.base import Inputs, batch_size, call_encoder, slice_inputs
-from phasecore.study.paper_rules import PAPER_TITLE
 
 ALPHA = 1.01
 INFO_RATIO_THRESHOLD = 3.0

@@ -18,55 +18,22 @@ raises on a number.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
-Phase = Literal["chaotic", "optimal", "lazy", "undetermined"]
-
-PAPER_TITLE = "Phase Incompatibility Explains Cross-Modal Alignment Failure: Evidence from 144 Model Pairs"
-_CLAIM_SOURCE = f"paper claim ({PAPER_TITLE}, 144 pairs); not verified by phasescreen"
-#: how the paper's AGOP thresholds relate to the ratio phasescreen measures
-UNCALIBRATED = (
-    "the paper's threshold, set on its own undefined AGOP ratio; uncalibrated for λ_1/λ_k (see the study's "
-    "cross-validated threshold)"
+from phasecore.paper import (
+    AGOP_THRESHOLD,
+    CLAIM_SOURCE,
+    COMBINED_THRESHOLD,
+    CROSS_CHAOTIC_BELOW,
+    NTK_DIFFERENCE_THRESHOLD,
+    PAPER,
+    PAPER_TITLE,
+    UNCALIBRATED,
+    Phase,
+    phase_of,
 )
 
-#: The source paper and the claims phasescreen reproduces as rules. Thresholds are the paper's.
-PAPER: dict[str, Any] = {
-    "title": PAPER_TITLE,
-    "claims": {
-        "phases": "S_NTK < 0.5 chaotic, 0.5 ≤ S_NTK < 0.9 optimal, S_NTK ≥ 0.9 lazy",
-        "agop_rule": {"rule": "max agop_ratio > 1e6 predicts alignment failure", "accuracy": 0.94},
-        "combined_rule": {
-            "rule": "ΔNTK × log10(max agop_ratio) > 2.5 predicts alignment failure",
-            "accuracy": 0.96,
-        },
-        "ntk_difference_rule": {"rule": "ΔNTK = |S_NTK^V − S_NTK^L| > 0.5 predicts alignment failure"},
-        "cross_phase_rule": {"rule": "S_NTK^cross < 0.25: the pair is in the chaotic cross-modal phase"},
-        "information_plane": "I(Y;T)/I(X;T) < 3.0 predicts failure",
-        "failure": "alignment below 3% is a failure",
-    },
-}
-
-CHAOTIC_BELOW = 0.5
-LAZY_FROM = 0.9
-AGOP_THRESHOLD = 1e6
-COMBINED_THRESHOLD = 2.5
-NTK_DIFFERENCE_THRESHOLD = 0.5
-CROSS_CHAOTIC_BELOW = 0.25
-
-
-def phase_of(s_ntk: float | None) -> Phase:
-    """Phase of a model from its NTK stability S_NTK (METRICS §3, the paper's bands).
-
-    ``S < 0.5`` chaotic, ``0.5 ≤ S < 0.9`` optimal, ``S ≥ 0.9`` lazy; ``"undetermined"`` for None, NaN or
-    ±inf (no measured stability), rather than a band picked by a failed comparison.
-    """
-    s = _as_float(s_ntk)
-    if not math.isfinite(s):
-        return "undetermined"
-    if s < CHAOTIC_BELOW:
-        return "chaotic"
-    return "optimal" if s < LAZY_FROM else "lazy"
+__all__ = ["PAPER", "PAPER_TITLE", "Phase", "pair_rules", "phase_of"]
 
 
 def pair_rules(
@@ -223,7 +190,7 @@ def _rule(
         "threshold": threshold,
         "predicts_failure": verdict,
         "claimed_accuracy": claimed,
-        "source": _CLAIM_SOURCE,
+        "source": CLAIM_SOURCE,
         "rule": rule,
         "note": note,
     }

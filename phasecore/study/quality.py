@@ -59,8 +59,8 @@ from threadpoolctl import threadpool_limits
 
 from phasecore import stats
 from phasecore.groundtruth.outcome_test import DECIDED, record_outcome
+from phasecore.paper import PAPER
 from phasecore.study.failure_model import FEATURES, design_matrix, fit_failure_model, fit_or_base_rate
-from phasecore.study.paper_rules import PAPER
 
 RULES: tuple[str, ...] = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
 #: the pair metrics scored as single-feature predictors beside the rules (METRICS §8, 2026-12-07)
@@ -82,8 +82,6 @@ _CV = (
     "leave-one-model-out: each pair is predicted by a model fitted without every pair that shares "
     "its vision or its language model"
 )
-#: the METRICS version whose results the study reads; results of another version are left out (counted)
-METRICS_VERSION = 2
 #: what each rule's continuous score is, in words (larger predicts failure)
 RULE_SCORE_TEXT: dict[str, str] = {
     "agop_rule": "log_agop (log10 of the rule's value)",

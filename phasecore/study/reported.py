@@ -32,8 +32,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from phasecore import METRICS_VERSION
 from phasecore.groundtruth.outcome_test import record_outcome
-from phasecore.study.quality import METRICS_VERSION, RULES, prediction_quality
+from phasecore.study.quality import RULES, prediction_quality
 from phasecore.study.strata import measured_rules, study_by_stratum
 
 LABEL_SOURCES: tuple[str, ...] = ("measured", "reported")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from phasecore.study.quality import METRICS_VERSION, RULES, prediction_quality
+from phasecore import METRICS_VERSION
+from phasecore.study.quality import RULES, prediction_quality
 
 _REPORTED_STRATUM = ("proxy_key", "reported_metric", "reported_dataset")
 
