@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from cli.engine_flags import add_engine_arguments, engine_overrides
 from cli.local import add_local_arguments, local_device, profile_cache, screen_here, store_screening
 
-if TYPE_CHECKING:  # imported lazily, where a command talks to a server
+if TYPE_CHECKING:  # imported lazily, where a command talks to a server or reads the study
+    from phasecore.study.report_schema import StudyOut
     from service.client import PhasescreenClient
 
 # the CI gate's exit codes
@@ -336,10 +337,11 @@ def _gate(args: argparse.Namespace) -> int:
             result = screening.result.model_dump(mode="json")
     else:
         if args.policy in ("measured", "reported"):
-            study = _local_study()
+            study = _local_study().model_dump(mode="json")
             require_policy_model(study, args.policy)
-        result = screen_here(args, settings, device=local_device(args)).model_dump(mode="json")
-        screening_id = store_screening(args, settings, result)  # the verdict does not depend on storing
+        typed = screen_here(args, settings, device=local_device(args))
+        result = typed.model_dump(mode="json")
+        screening_id = store_screening(args, settings, typed)  # the verdict does not depend on storing
     decision = decide(result, args.policy, study=study)
     verdict = "FAIL" if decision.predicts_failure else "PASS"
     line = f"{verdict}: {decision.reason} [{args.vision} × {args.language} on {args.dataset}]"
@@ -364,7 +366,8 @@ def _gate(args: argparse.Namespace) -> int:
     return decision.exit_code
 
 
-def _local_study(dataset: str | None = None) -> dict[str, Any]:
+def _local_study(dataset: str | None = None) -> StudyOut:
+    """The study of the local database, typed as ``GET /v1/study`` serves it."""
     from store.db import local_session
     from store.records import run_study
 
@@ -411,7 +414,7 @@ def run_study(args: argparse.Namespace) -> int:
             with _client(args) as client:
                 study = client.study(args.dataset).model_dump(mode="json")
         else:
-            study = _local_study(args.dataset)
+            study = _local_study(args.dataset).model_dump(mode="json")
     except _expected_errors() as exc:
         return _error("study", exc)
     if args.json:

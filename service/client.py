@@ -31,7 +31,8 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from service.batch_schemas import BatchOut, BatchRequest, StudyOut
+from phasecore.study.report_schema import StudyOut
+from service.batch_schemas import BatchOut, BatchRequest
 from service.outcome_schemas import OutcomeOut, OutcomePage, OutcomeRequest
 from service.schemas import ScreeningOut, ScreeningRequest
 

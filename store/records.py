@@ -39,6 +39,7 @@ from phasecore.study.evidence import (
 )
 from phasecore.study.failure_model import FEATURES
 from phasecore.study.quality import COMPARATORS, prediction_quality
+from phasecore.study.report_schema import StudyOut
 from phasecore.study.reported import reported_study, stratum_reported
 from phasecore.study.strata import study_by_stratum
 from store.models import SUCCEEDED, Outcome, Screening
@@ -129,7 +130,7 @@ def run_study(
     min_labelled: int = 20,
     tenant: str | None = None,
     evidence: ShippedEvidence | None | bool = True,
-) -> dict[str, Any]:
+) -> StudyOut:
     """The study per stratum over the stored records (``study_by_stratum``; only ``tenant``'s unless None),
     optionally of one dataset and of one stratum key, with the shipped evidence beside it.
 
@@ -167,16 +168,18 @@ def run_study(
         reason = f"no stored METRICS version 2 pair{where}: {empty['reason']}"
         top = {**empty, "reason": reason, "stratum": None}
     shipped = shipped_evidence() if evidence is True else (evidence or None)
-    return {
-        **top,
-        **study,
-        "source": SOURCE_DEPLOYMENT,
-        "label_source": "measured",
-        "strata": strata,
-        "dataset": dataset,
-        "shipped_evidence": evidence_summary(shipped, dataset=dataset, stratum=stratum),
-        "reported": reported,
-    }
+    return StudyOut.model_validate(
+        {
+            **top,
+            **study,
+            "source": SOURCE_DEPLOYMENT,
+            "label_source": "measured",
+            "strata": strata,
+            "dataset": dataset,
+            "shipped_evidence": evidence_summary(shipped, dataset=dataset, stratum=stratum),
+            "reported": reported,
+        }
+    )
 
 
 _STUDY_CACHE: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
@@ -207,7 +210,7 @@ def with_measured_rules(
     with _STUDY_CACHE_LOCK:
         cached = _STUDY_CACHE.get(key)
     if cached is None or now - cached[0] > max_age:
-        cached = (now, run_study(session, tenant=tenant, evidence=False))
+        cached = (now, run_study(session, tenant=tenant, evidence=False).model_dump(mode="json"))
         with _STUDY_CACHE_LOCK:
             for stale in [k for k, (when, _) in _STUDY_CACHE.items() if now - when > max_age]:
                 del _STUDY_CACHE[stale]  # tenants whose work stopped do not keep their study here

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.batch_schemas import StudyOut
+from phasecore.study.report_schema import StudyOut
 from service.deps import ReaderDep, SessionDep
 from service.routes.screenings import _TEXT, FilterText
 from service.schemas import PROBLEM
@@ -39,4 +39,4 @@ def get_study(
     for the pairs (POST /v1/screenings/{id}/outcomes; one label per pair, its latest run, by the reporter's own
     threshold), one stratum per proxy stratum, reported metric and dataset, each with the confusion table of the
     proxy's outcome against the reported one (`agreement`); `label_source` says which labels each block uses."""
-    return StudyOut.model_validate(run_study(session, dataset=dataset, stratum=stratum, tenant=caller.visible_tenant))
+    return run_study(session, dataset=dataset, stratum=stratum, tenant=caller.visible_tenant)
