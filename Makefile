@@ -95,8 +95,8 @@ test-latest:
 	$(LATEST_VENV)/bin/python .ci/drift.py $(DEV_LOCK)
 	$(MAKE) lint test VENV=$(LATEST_VENV)
 
-# The distribution: a wheel that carries the migrations and the shipped grids (tests/test_packaging.py installs
-# it into a clean venv from the lock).
+# The distribution: a wheel that carries the migrations and the shipped grids (tests/project/test_packaging.py
+# installs it into a clean venv from the lock).
 wheel: $(STAMP)
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
 

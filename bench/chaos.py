@@ -47,8 +47,8 @@ def main() -> int:
     from service.app import create_app
     from service.settings import ApiSettings
     from store.models import Screening, StoredProfile
-    from tests.conftest import build_tiny_bert
-    from tests.service.conftest import reset_scratch, worker_env
+    from tests.helpers.services import reset_scratch, worker_env
+    from tests.helpers.tiny import build_tiny_bert
 
     rng = random.Random(args.seed)
     reset_scratch(args.database_url, args.redis_url)

@@ -52,8 +52,8 @@ class Harness:
         from jobs.runner import open_runtime
         from service.app import create_app
         from service.settings import ApiSettings
-        from tests.conftest import build_tiny_bert
-        from tests.service.conftest import reset_scratch, worker_env
+        from tests.helpers.services import reset_scratch, worker_env
+        from tests.helpers.tiny import build_tiny_bert
 
         reset_scratch(args.database_url, args.redis_url)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"phasescreen-{name}-"))
@@ -329,7 +329,7 @@ def pg_cut(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
     from sqlalchemy.engine import make_url
 
-    from tests.service.proxy import TcpProxy
+    from tests.helpers.proxy import TcpProxy
 
     target = make_url(args.database_url)
     proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()

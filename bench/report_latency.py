@@ -4,7 +4,7 @@
     PYTHONPATH=. python bench/report_latency.py [--models 3] [--repeat 20]
 
 A batch of ``--models`` vision × ``--models`` language models is stored with planted, schema-valid results
-(tests/results.py), so the report has every figure to draw. It prints the wall time of the first GET, the
+(tests/helpers/results.py), so the report has every figure to draw. It prints the wall time of the first GET, the
 median and p99 of ``--repeat`` more GETs, their ratio, the cost of drawing the page without the cache
 (phasecore.presentation.report.inline_html), and a 304 answer to If-None-Match.
 """
@@ -36,7 +36,7 @@ def main() -> None:
     from service.batches import batch_results, create_batch, get_batch
     from service.settings import ApiSettings
     from store.models import SUCCEEDED, Screening
-    from tests.results import full_result
+    from tests.helpers.results import full_result
 
     home = tempfile.mkdtemp(prefix="bench-report-")
     app = create_app(ApiSettings(home=home, rate_limit_per_minute=0))

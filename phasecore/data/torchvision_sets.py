@@ -36,7 +36,8 @@ class TorchvisionSet:
 
 # torchvision's folder and file names (CIFAR10.base_folder, .train_list, .test_list, .meta, .url;
 # SVHN.split_list), written out so that naming them (GET /v1/sources, the API's request check) imports no
-# torch; tests/test_data.py checks them against torchvision's. torchvision is imported when a set is opened.
+# torch; tests/phasecore/data/test_data.py checks them against torchvision's. torchvision is imported when a set is
+# opened.
 def _open_cifar10(root: Path, split: str, download: bool) -> Any:
     from torchvision.datasets import CIFAR10
 

@@ -4,7 +4,8 @@ Words are lower-case runs of letters, hyphenated words kept whole (``medium-size
 The vocabulary is every word a ``shapes`` sample caption can hold (its templates filled with every colour, shape,
 size, position and background word), sorted, after three special tokens: ``[PAD]`` (0), ``[UNK]`` (1, any word
 outside it) and ``[MASK]`` (2, the masked-word objective). A word only the class prototypes use would be an
-untrained token, so the prototype templates use sample-caption words only (tests/test_shapes.py checks it).
+untrained token, so the prototype templates use sample-caption words only (tests/phasecore/data/test_shapes.py
+checks it).
 """
 
 from __future__ import annotations

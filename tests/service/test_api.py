@@ -9,19 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from store.models import Screening, StoredProfile
-from tests.service.conftest import DATASET, LANGUAGE, VISION, tiny_request
-
-PROBLEM = "application/problem+json"
-
-
-def _assert_problem(response, status: int, kind: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    doc = response.json()
-    assert doc["status"] == status and doc["title"] and doc["detail"]
-    if kind:
-        assert doc["type"].endswith(":" + kind), doc
-    return doc
+from tests.helpers.services import DATASET, LANGUAGE, VISION, assert_problem, tiny_request
 
 
 def test_submit_answers_202_with_location_and_enqueues_profile_jobs_by_id(client, runtime):
@@ -50,7 +38,7 @@ def test_idempotency_key_same_body_same_screening_other_body_422(client, runtime
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
     other = client.post("/v1/screenings", json=tiny_request(seed=1), headers=headers)
-    doc = _assert_problem(other, 422, "idempotency-key-reused")
+    doc = assert_problem(other, 422, "idempotency-key-reused")
     assert doc["screening_id"] == first.json()["id"]
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(Screening)) == 1
@@ -72,40 +60,40 @@ def test_concurrent_submissions_share_one_profile_row_and_job(client, runtime):
 
 def test_a_bad_zoo_recipe_is_a_problem_naming_the_field(client):
     post = lambda vision: client.post("/v1/screenings", json={**tiny_request(), "vision": vision})  # noqa: E731
-    doc = _assert_problem(post("zoo:shapes?tower=vision&steps=0"), 422, "invalid-reference")
+    doc = assert_problem(post("zoo:shapes?tower=vision&steps=0"), 422, "invalid-reference")
     assert "steps" in doc["detail"]
-    doc = _assert_problem(post("zoo:shapes?tower=vision&mode=random&caption_noise=0.3"), 422, "invalid-reference")
+    doc = assert_problem(post("zoo:shapes?tower=vision&mode=random&caption_noise=0.3"), 422, "invalid-reference")
     assert "caption_noise" in doc["detail"]
-    doc = _assert_problem(post("zoo:shapes?tower=text"), 422, "invalid-reference")  # a text tower as vision
+    doc = assert_problem(post("zoo:shapes?tower=text"), 422, "invalid-reference")  # a text tower as vision
     assert "tower=vision" in doc["detail"]
     # the training counts against a worker's compute budget
-    doc = _assert_problem(post("zoo:shapes?tower=vision&steps=20000&width=128"), 422, "exceeds-worker-budget")
+    doc = assert_problem(post("zoo:shapes?tower=vision&steps=20000&width=128"), 422, "exceeds-worker-budget")
     assert "training of zoo:shapes" in doc["detail"]
 
 
 def test_bad_input_is_a_problem_never_a_500(client):
     post = lambda **kw: client.post("/v1/screenings", **kw)  # noqa: E731
     json_headers = {"content-type": "application/json"}
-    _assert_problem(post(content=b'{"vision": ', headers=json_headers), 400, "malformed-json")
-    _assert_problem(post(content=b'{"vision": 1' + b"1" * 5000 + b"}", headers=json_headers), 400)
-    _assert_problem(post(json={**tiny_request(), "dataset": "dig\x00its"}), 422, "validation-error")
-    _assert_problem(post(json={**tiny_request(), "vision": 12}), 422, "validation-error")
-    _assert_problem(post(json=[1, 2]), 422, "validation-error")
-    _assert_problem(post(json=tiny_request(n=10**40)), 422, "validation-error")
-    _assert_problem(post(json=tiny_request(n=2)), 422, "validation-error")
-    _assert_problem(post(json={**tiny_request(), "extra": 1}), 422, "validation-error")
-    _assert_problem(post(json={**tiny_request(), "vision": "nosuchsource:x"}), 422, "invalid-reference")
-    _assert_problem(post(json={**tiny_request(), "dataset": "no-such-dataset"}), 422)
-    _assert_problem(post(json={**tiny_request(), "vision": "pkg:no-such-package-model"}), 422)
-    _assert_problem(post(json=tiny_request(n=4000)), 422)  # more than the digits data set holds per class
-    _assert_problem(post(content=b"x" * 100_000, headers=json_headers), 413, "body-too-large")
-    _assert_problem(post(json=tiny_request(), headers={"Idempotency-Key": "é".encode("latin-1") * 3}), 400)
-    _assert_problem(client.get("/v1/screenings/not-an-id"), 404, "not-found")
-    _assert_problem(client.get("/v1/screenings", params={"model": "a\x00b"}), 422)
-    _assert_problem(client.get("/v1/screenings", params={"limit": 10**30}), 422)
-    _assert_problem(client.get("/v1/screenings", params={"cursor": "garbage"}), 400, "invalid-cursor")
-    _assert_problem(client.get("/v1/profiles/00000000-0000-0000-0000-000000000000"), 404)
-    _assert_problem(client.delete("/v1/screenings"), 405)
+    assert_problem(post(content=b'{"vision": ', headers=json_headers), 400, "malformed-json")
+    assert_problem(post(content=b'{"vision": 1' + b"1" * 5000 + b"}", headers=json_headers), 400)
+    assert_problem(post(json={**tiny_request(), "dataset": "dig\x00its"}), 422, "validation-error")
+    assert_problem(post(json={**tiny_request(), "vision": 12}), 422, "validation-error")
+    assert_problem(post(json=[1, 2]), 422, "validation-error")
+    assert_problem(post(json=tiny_request(n=10**40)), 422, "validation-error")
+    assert_problem(post(json=tiny_request(n=2)), 422, "validation-error")
+    assert_problem(post(json={**tiny_request(), "extra": 1}), 422, "validation-error")
+    assert_problem(post(json={**tiny_request(), "vision": "nosuchsource:x"}), 422, "invalid-reference")
+    assert_problem(post(json={**tiny_request(), "dataset": "no-such-dataset"}), 422)
+    assert_problem(post(json={**tiny_request(), "vision": "pkg:no-such-package-model"}), 422)
+    assert_problem(post(json=tiny_request(n=4000)), 422)  # more than the digits data set holds per class
+    assert_problem(post(content=b"x" * 100_000, headers=json_headers), 413, "body-too-large")
+    assert_problem(post(json=tiny_request(), headers={"Idempotency-Key": "é".encode("latin-1") * 3}), 400)
+    assert_problem(client.get("/v1/screenings/not-an-id"), 404, "not-found")
+    assert_problem(client.get("/v1/screenings", params={"model": "a\x00b"}), 422)
+    assert_problem(client.get("/v1/screenings", params={"limit": 10**30}), 422)
+    assert_problem(client.get("/v1/screenings", params={"cursor": "garbage"}), 400, "invalid-cursor")
+    assert_problem(client.get("/v1/profiles/00000000-0000-0000-0000-000000000000"), 404)
+    assert_problem(client.delete("/v1/screenings"), 405)
 
 
 def test_source_outside_the_allow_list_is_refused(make_runtime):
@@ -117,7 +105,7 @@ def test_source_outside_the_allow_list_is_refused(make_runtime):
         ok = client.post("/v1/screenings", json=tiny_request())
         assert ok.status_code == 202
         refused = client.post("/v1/screenings", json={**tiny_request(), "language": "hf:bert-base-uncased"})
-        _assert_problem(refused, 403, "source-not-allowed")
+        assert_problem(refused, 403, "source-not-allowed")
         assert client.get("/v1/sources").json()["allowed_sources"] == ["timm", "file"]
 
 
@@ -142,7 +130,7 @@ def test_list_filters_and_cursor_pagination(client):
     assert len(client.get("/v1/screenings", params={"model": LANGUAGE}).json()["items"]) == 5
     assert client.get("/v1/screenings", params={"model": "timm:resnet18"}).json()["items"] == []
     assert len(client.get("/v1/screenings", params={"dataset": DATASET}).json()["items"]) == 5
-    _assert_problem(client.get("/v1/screenings", params={"state": "sleeping"}), 422)
+    assert_problem(client.get("/v1/screenings", params={"state": "sleeping"}), 422)
 
 
 def test_cancel_queued_then_finished_is_409(client, runtime):
@@ -154,8 +142,8 @@ def test_cancel_queued_then_finished_is_409(client, runtime):
         row = session.get(Screening, screening["id"])
         row.state = "succeeded"
         session.commit()
-    _assert_problem(client.post(f"/v1/screenings/{screening['id']}/cancel"), 409, "not-cancellable")
-    _assert_problem(client.post("/v1/screenings/00000000-0000-0000-0000-000000000000/cancel"), 404)
+    assert_problem(client.post(f"/v1/screenings/{screening['id']}/cancel"), 409, "not-cancellable")
+    assert_problem(client.post("/v1/screenings/00000000-0000-0000-0000-000000000000/cancel"), 404)
 
 
 def test_health_ready_sources_metrics(client):
@@ -201,7 +189,7 @@ def test_a_manifest_that_is_a_folder_or_not_utf8_answers_422(make_runtime, tmp_p
     with TestClient(create_app(runtime=make_runtime(data_root=data_root)), raise_server_exceptions=False) as client:
         for dataset in ("manifest:.", "manifest:folder", "manifest:latin1.jsonl"):
             response = client.post("/v1/screenings", json={**tiny_request(), "dataset": dataset})
-            doc = _assert_problem(response, 422, "invalid-reference")
+            doc = assert_problem(response, 422, "invalid-reference")
             assert "folder" in doc["detail"] or "UTF-8" in doc["detail"], doc
 
 
@@ -216,9 +204,9 @@ def test_models_outside_the_name_patterns_are_refused(make_runtime):
         ok = client.post("/v1/screenings", json=tiny_request())
         assert ok.status_code == 202, ok.text
         refused = client.post("/v1/screenings", json={**tiny_request(), "language": "hf:bert-base-uncased"})
-        _assert_problem(refused, 403, "source-not-allowed")
+        assert_problem(refused, 403, "source-not-allowed")
         refused = client.post("/v1/screenings", json={**tiny_request(), "vision": "timm:resnet18?weights=random"})
-        _assert_problem(refused, 403, "source-not-allowed")
+        assert_problem(refused, 403, "source-not-allowed")
         assert client.get("/v1/sources").json()["allowed_models"] == list(patterns)
 
 

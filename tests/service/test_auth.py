@@ -12,7 +12,7 @@ from sqlalchemy import select
 from service.app import create_app
 from store.apikeys import create_api_key
 from store.models import ApiKey
-from tests.service.conftest import REPO, tiny_request, worker_env
+from tests.helpers.services import REPO, tiny_request, worker_env
 
 
 def _key(runtime, **kwargs) -> str:

@@ -1,5 +1,5 @@
 """Batches, the CLI against a server, the gate's exit codes on a server, and /v1/study, against PostgreSQL, Redis
-and the real worker (tiny models, as in tests/conftest.py)."""
+and the real worker (tiny models, as in tests/helpers/tiny.py)."""
 
 from __future__ import annotations
 
@@ -20,20 +20,9 @@ from phasecore.settings import EngineSettings
 from phasecore.study.failure_model import predict_failure_probability
 from store.batch_models import BatchPair
 from store.models import Screening, StoredProfile
-from tests.conftest import TINY_LANGUAGE, TINY_OPTIONS, TINY_VISION, option_flags, write_grid
-from tests.results import full_result
-from tests.service.conftest import work_burst
-
-
-def batch_request(**overrides: object) -> dict:
-    return {
-        "vision": TINY_VISION,
-        "language": TINY_LANGUAGE,
-        "dataset": "digits",
-        "options": TINY_OPTIONS,
-        "name": "tiny",
-        **overrides,
-    }
+from tests.helpers.results import full_result
+from tests.helpers.services import work_burst
+from tests.helpers.tiny import TINY_LANGUAGE, TINY_OPTIONS, TINY_VISION, batch_request, option_flags, write_grid
 
 
 def gate(server: str, *extra: str, vision: str = TINY_VISION[0]) -> list[str]:

@@ -3,16 +3,15 @@ large): strict types, every method in Allow, problem documents documented as suc
 
 from __future__ import annotations
 
-from tests.service.conftest import tiny_request
-from tests.service.test_api import _assert_problem
-from tests.service.test_batches import batch_request
+from tests.helpers.services import assert_problem, tiny_request
+from tests.helpers.tiny import batch_request
 
 PROBLEM = "application/problem+json"
 
 
 def test_a_405_names_every_method_the_path_serves(client):
     response = client.request("OPTIONS", "/v1/screenings")
-    _assert_problem(response, 405)
+    assert_problem(response, 405)
     assert {m.strip() for m in response.headers["allow"].split(",")} == {"GET", "HEAD", "POST"}
     response = client.delete("/v1/screenings/00000000-0000-0000-0000-000000000000")
     assert {m.strip() for m in _allow(response)} == {"GET", "HEAD"}
@@ -20,7 +19,7 @@ def test_a_405_names_every_method_the_path_serves(client):
 
 
 def _allow(response) -> list[str]:
-    _assert_problem(response, 405)
+    assert_problem(response, 405)
     return response.headers["allow"].split(",")
 
 
@@ -33,7 +32,7 @@ def test_request_bodies_are_strictly_typed(client):
         {**tiny_request(), "options": {"ground_truth": 0}},
     ):
         path = "/v1/batches" if isinstance(body["vision"], list) else "/v1/screenings"
-        _assert_problem(client.post(path, json=body), 422, "validation-error")
+        assert_problem(client.post(path, json=body), 422, "validation-error")
     # a JSON integer written with a zero fraction is an integer
     assert client.post("/v1/screenings", json=tiny_request(n=20.0)).status_code == 202
 
@@ -41,7 +40,7 @@ def test_request_bodies_are_strictly_typed(client):
 def test_malformed_json_is_400_and_documented_wherever_a_body_is_read(client):
     for path in ("/v1/screenings", "/v1/batches"):
         response = client.post(path, content=b'{"vision": [', headers={"content-type": "application/json"})
-        _assert_problem(response, 400, "malformed-json")
+        assert_problem(response, 400, "malformed-json")
     document = client.get("/openapi.json").json()
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -70,9 +69,9 @@ def test_the_schema_carries_the_patterns_the_api_enforces(client):
     header = {p["name"]: p for p in document["paths"]["/v1/screenings"]["post"]["parameters"]}["Idempotency-Key"]
     assert header["schema"]["maxLength"] == 255 and header["schema"]["pattern"]
     # and enforces them
-    _assert_problem(client.post("/v1/screenings", json={**tiny_request(), "vision": " hf:x"}), 422, "invalid-reference")
-    _assert_problem(client.post("/v1/batches", json=batch_request(vision=["hf:x?foo=1"])), 422, "invalid-reference")
-    _assert_problem(client.get("/v1/screenings", params={"cursor": ""}), 400, "invalid-cursor")
+    assert_problem(client.post("/v1/screenings", json={**tiny_request(), "vision": " hf:x"}), 422, "invalid-reference")
+    assert_problem(client.post("/v1/batches", json=batch_request(vision=["hf:x?foo=1"])), 422, "invalid-reference")
+    assert_problem(client.get("/v1/screenings", params={"cursor": ""}), 400, "invalid-cursor")
     first = client.post("/v1/screenings", json=tiny_request()).json()
     page = client.get("/v1/screenings", params={"cursor": "ffffffff-ffff-ffff-ffff-ffffffffffff"}).json()
     assert [item["id"] for item in page["items"]] == [first["id"]]

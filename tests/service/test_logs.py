@@ -21,9 +21,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from store import logs
 from store.apikeys import create_api_key
-from tests.service.conftest import REPO, tiny_request, wait_for, work_burst
-from tests.service.test_batches import batch_request
-from tests.service.test_schemathesis import _free_port
+from tests.helpers.services import REPO, free_port, tiny_request, wait_for, work_burst
+from tests.helpers.tiny import batch_request
 
 #: a model reference that tries to forge a log line of its own
 FORGED = 'hf:x\n{"ts": "2020-01-01T00:00:00.000Z", "level": "INFO", "logger": "forged", "msg": "forged"}\r\x1b[2J'
@@ -156,7 +155,7 @@ def test_worker_lines_carry_the_screening_its_tenant_and_batch(client, runtime, 
 
 
 def test_phasescreen_serve_writes_json_lines_only(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PHASESCREEN_HOME": str(tmp_path),

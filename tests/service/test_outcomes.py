@@ -22,9 +22,8 @@ from service.app import create_app
 from service.client import PhasescreenClient
 from store.apikeys import create_api_key
 from store.records import with_measured_rules
-from tests.results import planted_pairs
-from tests.service.conftest import tiny_request
-from tests.service.test_api import _assert_problem
+from tests.helpers.results import planted_pairs
+from tests.helpers.services import assert_problem, tiny_request
 
 RUN = {
     "metric": "zero_shot_top1",
@@ -79,7 +78,7 @@ def test_a_run_is_reported_listed_and_replayed_by_its_idempotency_key(client, ru
     assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
     assert replay.json()["id"] == body["id"]
     reused = client.post(path, json={**RUN, "value": 0.2}, headers={"Idempotency-Key": "run-1"})
-    assert _assert_problem(reused, 422, "idempotency-key-reused")["outcome_id"] == body["id"]
+    assert assert_problem(reused, 422, "idempotency-key-reused")["outcome_id"] == body["id"]
 
     below = {**RUN, "metric": "eval_loss", "value": 0.9, "success_threshold": 0.5, "success_direction": "below"}
     second = client.post(path, json=below).json()
@@ -95,27 +94,27 @@ def test_a_run_is_reported_listed_and_replayed_by_its_idempotency_key(client, ru
 
 def test_an_unfinished_screening_an_unknown_one_and_a_value_that_is_not_finite_are_refused(client, runtime):
     queued = client.post("/v1/screenings", json=tiny_request()).json()
-    problem = _assert_problem(client.post(f"/v1/screenings/{queued['id']}/outcomes", json=RUN), 409)
+    problem = assert_problem(client.post(f"/v1/screenings/{queued['id']}/outcomes", json=RUN), 409)
     assert problem["type"].endswith(":screening-not-succeeded") and problem["state"] == "queued"
     assert "succeeded" in problem["detail"]
     unknown = "00000000-0000-0000-0000-000000000000"
-    _assert_problem(client.post(f"/v1/screenings/{unknown}/outcomes", json=RUN), 404, "not-found")
-    _assert_problem(client.get(f"/v1/screenings/{unknown}/outcomes"), 404, "not-found")
+    assert_problem(client.post(f"/v1/screenings/{unknown}/outcomes", json=RUN), 404, "not-found")
+    assert_problem(client.get(f"/v1/screenings/{unknown}/outcomes"), 404, "not-found")
 
     [done] = _plant(runtime, planted_pairs(1, 1))
     path = f"/v1/screenings/{done}/outcomes"
     headers = {"content-type": "application/json"}
     for field, token in (("value", "NaN"), ("value", "Infinity"), ("success_threshold", "-Infinity")):
         raw = "{" + ", ".join(f'"{k}": {token if k == field else repr_json(v)}' for k, v in RUN.items()) + "}"
-        problem = _assert_problem(client.post(path, content=raw, headers=headers), 422, "validation-error")
+        problem = assert_problem(client.post(path, content=raw, headers=headers), 422, "validation-error")
         assert field in problem["detail"] and "finite" in problem["detail"]
     for bad in ({"success_direction": "up"}, {"run_url": "javascript:alert(1)"}, {"notes": "x" * 2001}):
-        _assert_problem(client.post(path, json={**RUN, **bad}), 422, "validation-error")
+        assert_problem(client.post(path, json={**RUN, **bad}), 422, "validation-error")
     assert client.get(path).json()["items"] == []
     # a JSON integer written with a zero fraction is an integer (JSON Schema's reading), as for screenings
     assert client.post(path, json={**RUN, "steps": 60.0}).json()["steps"] == 60
-    _assert_problem(client.post(path, json={**RUN, "steps": 60.5}), 422, "validation-error")
-    _assert_problem(client.post(path, json={**RUN, "examples": 2**53 + 1}), 422, "validation-error")
+    assert_problem(client.post(path, json={**RUN, "steps": 60.5}), 422, "validation-error")
+    assert_problem(client.post(path, json={**RUN, "examples": 2**53 + 1}), 422, "validation-error")
 
 
 def repr_json(value: Any) -> str:
@@ -131,16 +130,16 @@ def test_outcomes_are_per_tenant_and_need_the_report_scope(make_runtime):
     [screening] = _plant(runtime, planted_pairs(1, 1), tenant="acme")
     path = f"/v1/screenings/{screening}/outcomes"
     with TestClient(create_app(runtime=runtime)) as client:
-        _assert_problem(client.post(path, json=RUN), 401, "api-key-required")
-        _assert_problem(client.post(path, json=RUN, headers=reader), 403, "insufficient-scope")
+        assert_problem(client.post(path, json=RUN), 401, "api-key-required")
+        assert_problem(client.post(path, json=RUN, headers=reader), 403, "insufficient-scope")
         assert client.post(path, json=RUN, headers=reporter).status_code == 201
         mine = client.post(path, json=RUN, headers=acme).json()
         # another tenant learns nothing: the screening, its outcomes and one outcome are "not found"
-        _assert_problem(client.post(path, json=RUN, headers=globex), 404, "not-found")
-        _assert_problem(client.get(path, headers=globex), 404, "not-found")
-        _assert_problem(client.get(mine["href"], headers=globex), 404, "not-found")
+        assert_problem(client.post(path, json=RUN, headers=globex), 404, "not-found")
+        assert_problem(client.get(path, headers=globex), 404, "not-found")
+        assert_problem(client.get(mine["href"], headers=globex), 404, "not-found")
         assert len(client.get(path, headers=acme).json()["items"]) == 2
-        _assert_problem(client.get(path, headers=reporter), 403, "insufficient-scope")  # report is not read
+        assert_problem(client.get(path, headers=reporter), 403, "insufficient-scope")  # report is not read
         # the study of each tenant counts its own reported runs only
         assert client.get("/v1/study", headers=acme).json()["reported"]["n_outcomes"] == 2
         assert client.get("/v1/study", headers=globex).json()["reported"]["n_outcomes"] == 0

@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from jobs.lifecycle import gave_up_problem
 from store.models import StoredProfile
-from tests.service.conftest import tiny_request
+from tests.helpers.services import tiny_request
 
 
 @pytest.mark.parametrize(

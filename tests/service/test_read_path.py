@@ -20,7 +20,7 @@ from service.screenings import read_screening
 from service.settings import ApiSettings
 from service.views import load_profiles, screening_out
 from store.models import Screening, StoredProfile
-from tests.results import full_result
+from tests.helpers.results import full_result
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 

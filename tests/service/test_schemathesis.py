@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,8 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from service.app import create_app
-from tests.service import st_hooks
+from tests.helpers import st_hooks
+from tests.helpers.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = 15
@@ -73,12 +73,6 @@ def test_every_check_holds_on_generated_requests(make_runtime):
     assert sent >= 5 * len(operations)  # the cases really reached the app (few for parameterless ones)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _st() -> str:
     local = Path(sys.executable).with_name("st")
     found = str(local) if local.exists() else shutil.which("st")
@@ -92,7 +86,7 @@ def test_st_run_with_all_checks_passes_against_a_live_server(make_runtime, tmp_p
     import uvicorn
 
     app = create_app(runtime=make_runtime())
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -14,8 +14,8 @@ from service.app import create_app
 from service.proxies import client_address, parse_networks
 from store.apikeys import create_api_key, revoke_api_key
 from store.models import SUCCEEDED, Screening, utcnow
-from tests.results import full_result
-from tests.service.conftest import tiny_request
+from tests.helpers.results import full_result
+from tests.helpers.services import tiny_request
 
 
 def _key(runtime, tenant: str | None = None, **kwargs) -> str:
