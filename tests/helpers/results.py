@@ -33,6 +33,12 @@ _METRICS: dict[str, Any] = {
 _RULE = {"value": None, "threshold": 1.0, "predicts_failure": None, "claimed_accuracy": None, "source": PAPER["title"]}
 
 
+#: the keys every stored or printed result has at least
+RESULT_KEYS = frozenset(
+    {"vision", "language", "dataset", "settings", "metrics", "ground_truth", "predictions", "timings", "engine_version"}
+)
+
+
 def full_result(
     *,
     metrics: dict[str, Any] | None = None,

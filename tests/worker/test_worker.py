@@ -7,22 +7,12 @@ import torch
 from sqlalchemy import select
 
 from store.models import Screening, StoredProfile
+from tests.helpers.results import RESULT_KEYS
 from tests.helpers.services import tiny_request, work_burst
 
 # real commits: work_burst runs the worker with a runtime of its own
 pytestmark = pytest.mark.commits
 
-RESULT_KEYS = {
-    "vision",
-    "language",
-    "dataset",
-    "settings",
-    "metrics",
-    "ground_truth",
-    "predictions",
-    "timings",
-    "engine_version",
-}
 
 
 def test_submit_work_result_stored_and_served(client, runtime):

@@ -13,6 +13,7 @@ from cli import main
 from phasecore.screening.pipeline import ProfileCache, compute_profile, profile_key, screen_pair, versioned_profile_key
 from phasecore.screening.result import SCHEMA_PATH, ScreeningResult, write_schema
 from phasecore.settings import EngineSettings
+from tests.helpers.results import RESULT_KEYS
 
 VISION = "timm:test_vit?weights=random"
 LANGUAGE = "pkg:all-minilm-l6-v2"
@@ -99,17 +100,7 @@ def test_screen_command_writes_a_valid_result(screened, cache_dir: Path, monkeyp
     assert measured["status"] == "insufficient" and measured["n_labelled"] == 0 and measured["accuracy"] is None
     assert "claimed 94%; measured: not yet (0 labelled pairs in this stratum)" in printed
     ScreeningResult.model_validate(result)
-    assert set(result) >= {
-        "vision",
-        "language",
-        "dataset",
-        "settings",
-        "metrics",
-        "ground_truth",
-        "predictions",
-        "timings",
-        "engine_version",
-    }
+    assert set(result) >= RESULT_KEYS
     m = result["metrics"]
     for key in ("s_ntk_cross", "s_ntk_cross_centered", "s_ntk_vision", "s_ntk_language", "cka", "mutual_knn"):
         assert m[key] is not None and math.isfinite(m[key]) and -1 <= m[key] <= 1, key
