@@ -15,6 +15,7 @@ import store.records
 from cli.batch import study_summary
 from cli.screen import summary
 from jobs.screenings import record_local_result
+from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.study.gate import decide
 from phasecore.study.quality import RULES
@@ -283,7 +284,9 @@ def test_reported_runs_fill_the_study_and_switch_the_gate_from_its_fallback(clie
 
     # a finished pair's predictions carry the reported figures beside the measured ones
     with runtime.session() as session:
-        attached = with_measured_rules(session, result, evidence=False)
+        attached = with_measured_rules(session, ScreeningResult.model_validate(result), evidence=False).model_dump(
+            mode="json"
+        )
     assert set(attached["predictions"]) == {"ntk_difference_rule", "combined_rule"}  # the planted ones
     for rule, prediction in attached["predictions"].items():
         reported = prediction["reported"]
