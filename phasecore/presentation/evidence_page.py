@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,20 @@ def evidence_markdown(
 
 def replace_section(page: str, section: str, *, begin: str = BEGIN, end: str = END) -> str:
     """``page`` with the text between the markers ``begin`` and ``end`` (markers included; the evidence page's by
-    default) replaced by ``section``; appended at the end when the page has no markers."""
-    start, stop = page.find(begin), page.find(end)
-    if start == -1 or stop == -1 or stop < start:
+    default) replaced by ``section``; appended at the end when the page has no markers. A marker counts only at
+    the start of a line, so prose that names it (in backticks, say) is left alone."""
+    start = next((m.start() for m in re.finditer(re.escape(begin), page) if _at_line_start(page, m.start())), -1)
+    stop = next(
+        (m.start() for m in re.finditer(re.escape(end), page) if m.start() > start and _at_line_start(page, m.start())),
+        -1,
+    )
+    if start == -1 or stop == -1:
         return page.rstrip("\n") + "\n\n" + section + "\n"
     return page[:start] + section + page[stop + len(end) :]
+
+
+def _at_line_start(page: str, index: int) -> bool:
+    return index == 0 or page[index - 1] == "\n"
 
 
 def write_doc(page: Path, evidence: Mapping[str, Any], document: Mapping[str, Any], figure_dir: Path) -> list[Path]:

@@ -73,3 +73,16 @@ def test_every_pair_is_re_decided_at_each_tau_from_its_stored_group_scores() -> 
     assert rows[0.8]["auroc"]["cka"] is None  # one outcome only: no AUROC
     text = "\n".join(tau_lines(high + low, 0.05, 0.2))
     assert "| 0.2 (this run) |" in text and "| 0.15 |" in text
+
+
+def test_a_marker_named_in_prose_is_not_the_section() -> None:
+    """Only a marker at the start of a line opens or closes the generated section: a page whose prose names the
+    markers (in backticks) keeps that sentence, and the section lands between the real markers."""
+    from phasecore.presentation.evidence_page import replace_section
+
+    begin, end = "<!-- x:begin -->", "<!-- x:end -->"
+    page = f"written between `{begin}` and `{end}`.\n\n## Results\n\n{begin}\nold\n{end}\n\ntail\n"
+    out = replace_section(page, f"{begin}\nnew\n{end}", begin=begin, end=end)
+    assert out == f"written between `{begin}` and `{end}`.\n\n## Results\n\n{begin}\nnew\n{end}\n\ntail\n"
+    # without markers on their own lines, the section is appended
+    assert replace_section("prose only\n", "S", begin=begin, end=end) == "prose only\n\nS\n"
