@@ -223,8 +223,8 @@ def experiment_config(args: argparse.Namespace) -> Any:
 def run_phase_aware(args: argparse.Namespace) -> int:
     from cli.evidence import git_commit
     from phasecore.errors import PhasescreenError
+    from phasecore.presentation.phase_aware_page import write_doc, write_figure
     from phasecore.training.experiment import estimate_seconds, plan, run_experiment, run_key
-    from phasecore.training.report import write_doc, write_figure
 
     try:
         config = experiment_config(args)
@@ -288,7 +288,7 @@ def _median(summary: Mapping[str, Any]) -> str:
 
 
 def _summary_lines(document: Mapping[str, Any]) -> list[str]:
-    from phasecore.training.report import ordering_lines
+    from phasecore.presentation.phase_aware_page import ordering_lines
 
     lines = []
     for cell in document["summary"]["cells"]:

@@ -29,7 +29,8 @@ _RULE_NAMES = {
 }
 
 
-def _num(value: Any, spec: str = ".3f") -> str:
+def num(value: Any, spec: str = ".3f") -> str:
+    """A table cell: "—" for None or a non-finite float, yes / no for a bool, a number in ``spec``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     if isinstance(value, bool):
@@ -63,15 +64,15 @@ def rules_table(entry: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
         rho = figures.get("spearman_rho") or correlations.get(rule) or {}
         lines.append(
             f"| {_RULE_NAMES[rule]} | {'claim: ' + _pct(claim) if claim is not None else '—'} "
-            f"| {_pct(figures.get('accuracy'))} ({figures.get('n', entry.get('n', 0))}) | {_num(figures.get('auroc'))} "
-            f"| {_num(figures.get('brier'))} | {_num(rho.get('rho'), '+.2f')} ({_num(rho.get('p'), '.2g')}, "
-            f"{rho.get('n')}) | {_num(threshold)} | {spread} |"
+            f"| {_pct(figures.get('accuracy'))} ({figures.get('n', entry.get('n', 0))}) | {num(figures.get('auroc'))} "
+            f"| {num(figures.get('brier'))} | {num(rho.get('rho'), '+.2f')} ({num(rho.get('p'), '.2g')}, "
+            f"{rho.get('n')}) | {num(threshold)} | {spread} |"
         )
     logistic = entry.get("logistic") or {}
     lines.append(
         f"| logistic model (6 features) | — | {_pct(logistic.get('accuracy'))} "
         f"({logistic.get('n', entry.get('n', 0))}) "
-        f"| {_num(logistic.get('auroc'))} | {_num(logistic.get('brier'))} | — | — | — |"
+        f"| {num(logistic.get('auroc'))} | {num(logistic.get('brier'))} | — | — | — |"
     )
     return lines
 
@@ -88,7 +89,7 @@ def dose_table(document: Mapping[str, Any]) -> list[str]:
             "|---:|" + "---:|" * len(curve["values"]),
         ]
         for k, t in enumerate(curve["t"]):
-            cells = [_num(values[k]) for values in curve["values"].values()]
+            cells = [num(values[k]) for values in curve["values"].values()]
             lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -111,13 +112,13 @@ def pairs_table(document: Mapping[str, Any]) -> list[str]:
         p = result.predictions
         lines.append(
             f"| {v_base} | {v_t:g} | {l_base} | {l_t:g} "
-            f"| {_num(None if gt is None else gt.alignment_score, '+.3f')} | {'—' if gt is None else gt.outcome} "
-            f"| {_num(None if gt is None else gt.p_above)} | {_num(None if gt is None else gt.p_below)} "
-            f"| {_num(None if gt is None else gt.seen_accuracy, '.2f')} "
-            f"| {_num(log10_of(m.agop_ratio_vision), '.2f')} / {_num(log10_of(m.agop_ratio_language), '.2f')} "
-            f"| {_num(m.delta_ntk)} | {_num(m.combined)} "
-            f"| {_num(m.s_ntk_cross_centered)} ({_num(m.s_ntk_cross_centered_null.p_value)}) "
-            f"| {' / '.join(_num(p[r].predicts_failure if r in p else None) for r in ('agop_rule', 'combined_rule'))} |"
+            f"| {num(None if gt is None else gt.alignment_score, '+.3f')} | {'—' if gt is None else gt.outcome} "
+            f"| {num(None if gt is None else gt.p_above)} | {num(None if gt is None else gt.p_below)} "
+            f"| {num(None if gt is None else gt.seen_accuracy, '.2f')} "
+            f"| {num(log10_of(m.agop_ratio_vision), '.2f')} / {num(log10_of(m.agop_ratio_language), '.2f')} "
+            f"| {num(m.delta_ntk)} | {num(m.combined)} "
+            f"| {num(m.s_ntk_cross_centered)} ({num(m.s_ntk_cross_centered_null.p_value)}) "
+            f"| {' / '.join(num(p[r].predicts_failure if r in p else None) for r in ('agop_rule', 'combined_rule'))} |"
         )
     return lines
 

@@ -6,5 +6,5 @@
   regulariser, compatible initialisation), the S_NTK measurement and the output-scale search;
 - ``experiment``: the Table 2 experiment on zoo towers (unimodal and random starting pairs, seeds, the joint
   pair as the ceiling, the screening beforehand), cached per run, with its tables and figure
-  (``phasecore.training.report``).
+  (``phasecore.presentation.phase_aware_page``).
 """

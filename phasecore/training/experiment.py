@@ -11,7 +11,7 @@ Every run and every screening is cached as one JSON file under the cache folder 
 ``screens/<key>.json``, profiles under ``profiles/``), the key a hash of everything that changes its numbers
 (``run_key``): a second invocation skips what is done, an interrupted one resumes. Zoo towers are trained into
 the zoo's own cache (``$PHASESCREEN_HOME/zoo``) on first use. ``run_experiment`` returns the results document
-(``summarise`` adds the tables' figures); ``phasecore.training.report`` writes its markdown and figure.
+(``summarise`` adds the tables' figures); ``phasecore.presentation.phase_aware_page`` writes its markdown and figure.
 """
 
 from __future__ import annotations

@@ -18,6 +18,14 @@ from torch import nn
 from cli import build_parser, main
 from phasecore.data.shapes import COLORS, SHAPES, held_out_groups
 from phasecore.groundtruth.contrastive import unseen_classes
+from phasecore.presentation.phase_aware_page import (
+    BEGIN,
+    END,
+    PLACEHOLDER,
+    placeholder_section,
+    results_markdown,
+    write_doc,
+)
 from phasecore.sources import load_encoder
 from phasecore.threads import single_thread
 from phasecore.training.align import (
@@ -36,7 +44,6 @@ from phasecore.training.methods import (
     measure_s_ntk,
     search_output_scale,
 )
-from phasecore.training.report import BEGIN, END, PLACEHOLDER, placeholder_section, results_markdown, write_doc
 
 TINY_DATA = "shapes?colors=4&shapes=4&size=16"
 VISION, TEXT = "zoo:shapes?tower=vision&mode=random&width=4", "zoo:shapes?tower=text&mode=random&width=4"

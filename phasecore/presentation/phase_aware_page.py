@@ -8,13 +8,12 @@ typed by hand: rerunning the command on the same cache gives the same text.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from phasecore.presentation.evidence_page import replace_section
+from phasecore.presentation.evidence_page import num, replace_section
 from phasecore.training.experiment import CEILING, PAPER_TABLE2
 from phasecore.training.methods import PAPER_ORDER
 
@@ -29,12 +28,6 @@ _LABEL = {
 }
 _COLOUR = {"fixed": "#444444", "adaptive": "#1f77b4", "regulariser": "#2ca02c", "compatible": "#d62728"}
 _RULES = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
-
-
-def _num(value: Any, spec: str = ".3f") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return format(value, spec)
 
 
 def _count(value: float | None) -> str:
@@ -60,8 +53,8 @@ def _interval_cell(interval: Mapping[str, Any] | None, spec: str = "+.3f") -> st
     if interval is None:
         return "—"
     if interval["low"] is None:
-        return _num(interval["mean"], spec)
-    return f"{_num(interval['mean'], spec)} [{_num(interval['low'], spec)}, {_num(interval['high'], spec)}]"
+        return num(interval["mean"], spec)
+    return f"{num(interval['mean'], spec)} [{num(interval['low'], spec)}, {num(interval['high'], spec)}]"
 
 
 def _factor(base: float | None, value: float | None) -> str:
@@ -163,11 +156,11 @@ def screening_table(document: Mapping[str, Any]) -> list[str]:
                 "—" if run is None else f"{run['final']['alignment_score']:+.2f} ({_count(run['reached'][first])})"
             )
         lines.append(
-            f"| {s['start']} | {s['seed']} | {_num(s['s_ntk_vision'])} / {_num(s['s_ntk_language'])} "
-            f"({s['phase_vision']} / {s['phase_language']}) | {_num(s['delta_ntk'])} "
-            f"| {_num(s['s_ntk_cross'])} / {_num(s['s_ntk_cross_centered'])} ({_num(s['s_ntk_cross_centered_p'])}) "
-            f"| {_num(s['cka'])} | {', '.join(flagged) or 'none'} "
-            f"| {_num(s['proxy_alignment_score'], '+.3f')} ({s['proxy_outcome']}) | " + " | ".join(cells) + " |"
+            f"| {s['start']} | {s['seed']} | {num(s['s_ntk_vision'])} / {num(s['s_ntk_language'])} "
+            f"({s['phase_vision']} / {s['phase_language']}) | {num(s['delta_ntk'])} "
+            f"| {num(s['s_ntk_cross'])} / {num(s['s_ntk_cross_centered'])} ({num(s['s_ntk_cross_centered_p'])}) "
+            f"| {num(s['cka'])} | {', '.join(flagged) or 'none'} "
+            f"| {num(s['proxy_alignment_score'], '+.3f')} ({s['proxy_outcome']}) | " + " | ".join(cells) + " |"
         )
     return lines
 
