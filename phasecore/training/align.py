@@ -63,6 +63,7 @@ from phasecore.screening.profile import select_params
 from phasecore.sources.base import Encoder, Inputs, batch_size, call_encoder, slice_inputs
 from phasecore.training.methods import SIDES, Method, MethodSpec, ProbeSettings, measure_s_ntk
 from phasecore.zoo.recipe import TRAIN_DATASET
+from phasecore.zoo.train import epoch_batches
 
 #: the default dataset: the zoo's training dataset (its 32-px renders), 80 classes, G = 9 held-out groups
 DATASET = TRAIN_DATASET
@@ -226,17 +227,6 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _batches(rows: np.ndarray, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Batches of ``batch`` rows: epochs of seeded permutations of ``rows``, cut in order (forever)."""
-    pool = torch.as_tensor(rows, dtype=torch.int64)
-    order = torch.empty(0, dtype=torch.int64)
-    while True:
-        while len(order) < batch:
-            order = torch.cat([order, pool[torch.randperm(len(pool), generator=generator)]])
-        yield order[:batch]
-        order = order[batch:]
-
-
 class _Fold:
     """One fold's training: its own copies of the towers, heads, optimiser, batches and method."""
 
@@ -289,7 +279,7 @@ class _Fold:
         groups.append({"params": list(self.heads.parameters()), "side": "heads"})
         self.optimiser = torch.optim.Adam(groups, lr=settings.lr)
         self.parameters = [p for g in groups for p in g["params"]]
-        self.batches = _batches(self.rows, settings.batch, torch.Generator().manual_seed(seed))
+        self.batches = epoch_batches(self.rows, settings.batch, torch.Generator().manual_seed(seed))
         probe_rows = np.sort(np.random.default_rng([seed, 3]).permutation(self.rows)[: settings.probe.subset])
         self.probe_inputs = {
             side: slice_inputs(data.train[side], torch.as_tensor(probe_rows)) for side in SIDES

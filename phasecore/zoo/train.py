@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -105,14 +106,21 @@ def _run_seed(run: ZooRecipe) -> int:
     return int(np.random.SeedSequence([run.seed, run.partner_seed, 17]).generate_state(1)[0])
 
 
-def _batches(n: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """``steps`` batches of ``BATCH`` indices: epochs of seeded permutations, cut in order."""
+def epoch_batches(rows: int | np.ndarray, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Batches of ``batch`` rows, forever: epochs of seeded permutations of ``rows`` (``range(rows)`` for an
+    int), cut in order. The zoo's training and the alignment trainer (``phasecore.training``) both draw so."""
+    pool = torch.arange(rows) if isinstance(rows, int) else torch.as_tensor(rows, dtype=torch.int64)
     order = torch.empty(0, dtype=torch.int64)
-    for _ in range(steps):
-        while len(order) < BATCH:
-            order = torch.cat([order, torch.randperm(n, generator=generator)])
-        yield order[:BATCH]
-        order = order[BATCH:]
+    while True:
+        while len(order) < batch:
+            order = torch.cat([order, pool[torch.randperm(len(pool), generator=generator)]])
+        yield order[:batch]
+        order = order[batch:]
+
+
+def _batches(n: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """``steps`` batches of ``BATCH`` indices into ``range(n)``."""
+    return itertools.islice(epoch_batches(n, BATCH, generator), steps)
 
 
 def _optimiser(parameters: list[nn.Parameter], run: ZooRecipe) -> tuple[torch.optim.Optimizer, Any]:
