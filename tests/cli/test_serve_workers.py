@@ -21,14 +21,18 @@ from tests.helpers.services import REPO, child_pids, exited, free_port, tiny_req
 SERVE = [sys.executable, "-c", "import sys; from cli import main; sys.exit(main())", "serve", "--host", "127.0.0.1"]
 
 
-def _accepted(pid: int, port: int) -> int:
-    """Established connections to ``port`` that process ``pid`` holds (Linux /proc)."""
+ESTABLISHED, LISTEN = "01", "0A"  # /proc/net/tcp socket states
+
+
+def _accepted(pid: int, port: int, state: str = ESTABLISHED) -> int:
+    """Sockets on ``port`` in ``state`` (established connections by default) that process ``pid`` holds (Linux
+    /proc)."""
     inodes = set()
     for table in ("tcp", "tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # local port, ESTABLISHED
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:  # local port, state
                     inodes.add(fields[9])
     held = 0
     with contextlib.suppress(OSError):
@@ -75,6 +79,9 @@ def test_two_processes_serve_one_port(make_settings: Callable[..., ServiceSettin
         children = child_pids(server.pid)
         assert len(children) >= 2  # the two server processes (multiprocessing may add a helper)
         if sys.platform.startswith("linux"):  # one SO_REUSEPORT listener each: the kernel spreads connections
+            # /readyz answered from one process; the other may still be starting: wait until both listen
+            listening = lambda: sum(_accepted(c, port, LISTEN) > 0 for c in children) >= 2  # noqa: E731
+            wait_for(listening, timeout=60, what="both server processes listening")
             clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
             try:
                 wait_for(lambda: sum(_accepted(c, port) for c in children) == 40, timeout=10, what="accepts")
