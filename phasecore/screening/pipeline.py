@@ -18,13 +18,13 @@ from phasecore.errors import InvalidSettings
 from phasecore.groundtruth.mapfit import measure_alignment
 from phasecore.paper import PAPER
 from phasecore.references.registry import check_reference
+from phasecore.screening.paper_rules import pair_rules
 from phasecore.screening.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
 from phasecore.screening.result import ScreeningResult
 from phasecore.screening.validation import validate_dataset
 from phasecore.settings import EngineSettings, profile_key
 from phasecore.similarity.kernel_alignment import permutation_null
 from phasecore.similarity.representation import representation_similarity
-from phasecore.study.paper_rules import pair_rules
 
 __all__ = [
     "ModelProfile",

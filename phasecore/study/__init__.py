@@ -1,3 +1,3 @@
-"""The study: the paper's rules (``paper_rules``), how well they and a fitted model predict measured failure
-(``quality``), reported outcomes (``reported``), the CI gate's decision (``gate``) and the shipped evidence
-(``evidence``)."""
+"""The study: how well the paper's rules (evaluated per pair in ``phasecore.screening.paper_rules``) and a
+fitted model predict measured failure (``quality``), reported outcomes (``reported``), the CI gate's decision
+(``gate``) and the shipped evidence (``evidence``)."""

@@ -8,9 +8,9 @@ import copy
 from typing import Any
 
 from phasecore import ENGINE_VERSION, METRICS_VERSION
+from phasecore.screening.paper_rules import PAPER
 from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
-from phasecore.study.paper_rules import PAPER
 
 _NULL = {"observed": 0.0, "mean": 0.0, "std": 0.0, "p95": 0.0, "z": None, "p_value": 1.0, "permutations": 20}
 _METRICS: dict[str, Any] = {

@@ -253,3 +253,38 @@ def test_a_malformed_option_is_a_usage_error() -> None:
     args = build_parser().parse_args([*_SCREENING_COMMANDS["gate"], "--option", "knn_k"])
     with pytest.raises(ValueError, match="not KEY=VALUE"):
         engine_overrides(args)
+
+
+def _engine_subpackage(module: str, subpackages: set[str]) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "phasecore" and len(parts) > 1 and parts[1] in subpackages else None
+
+
+def test_engine_subpackages_form_no_loop() -> None:
+    """Above module level: no two subpackages of ``phasecore`` import each other, directly or round a ring, so the
+    engine reads bottom to top (the package's top-level modules, such as ``paper`` and ``errors``, sit under all)."""
+    graph = _graph()
+    subpackages = {name.split(".")[1] for name in graph if name.startswith("phasecore.") and name.count(".") > 1}
+    edges: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        source = _engine_subpackage(module, subpackages)
+        for target in targets:
+            sink = _engine_subpackage(target, subpackages)
+            if source and sink and sink != source:
+                edges.setdefault(source, set()).add(sink)
+    loops: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(package: str, path: list[str]) -> None:
+        state[package] = 1
+        for target in sorted(edges.get(package, ())):
+            if state.get(target) == 1:
+                loops.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[package] = 2
+
+    for package in sorted(edges):
+        if package not in state:
+            visit(package, [package])
+    assert not loops, "\n".join(loops)

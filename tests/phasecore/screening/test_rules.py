@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from phasecore.study.paper_rules import PAPER, pair_rules, phase_of
+from phasecore.screening.paper_rules import PAPER, pair_rules, phase_of
 
 RULE_KEYS = {
     "value",
