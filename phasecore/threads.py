@@ -1,4 +1,4 @@
-"""Torch's intra-op thread count, set for a block: ``with single_thread(): ...``."""
+"""Torch's intra-op thread count, set for a block: ``with torch_threads(n): ...``, ``with single_thread(): ...``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import torch
 
 
 @contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread inside the block (tiny matrices, where threads only wait on each other, or a seeded
-    run whose float reductions must not depend on the machine's core count); the caller's count restored after."""
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` intra-op threads inside the block; the caller's count restored after."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def single_thread() -> contextlib.AbstractContextManager[None]:
+    """One intra-op thread inside the block (tiny matrices, where threads only wait on each other, or a seeded
+    run whose float reductions must not depend on the machine's core count); the caller's count restored after."""
+    return torch_threads(1)

@@ -34,12 +34,11 @@ Definitions (every choice is in docs/phase-aware.md with its reason):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,6 +60,7 @@ from phasecore.groundtruth.contrastive import (
 from phasecore.groundtruth.outcome_test import decide_outcome, group_score, kind_means
 from phasecore.screening.profile import select_params
 from phasecore.sources.base import Encoder, Inputs, batch_size, call_encoder, slice_inputs
+from phasecore.threads import torch_threads
 from phasecore.training.methods import SIDES, Method, MethodSpec, ProbeSettings, measure_s_ntk
 from phasecore.zoo.recipe import TRAIN_DATASET
 from phasecore.zoo.train import epoch_batches
@@ -215,16 +215,6 @@ def trainable_names(tower: nn.Module, train: str) -> list[str]:
         return names
     selected = select_params(tower, train)
     return names if selected is None else selected
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _Fold:
@@ -414,7 +404,7 @@ def align_pair(
     if vision.modality != "vision" or language.modality != "language":
         raise ValueError("align_pair takes a vision encoder and a language encoder, in that order")
     started = time.perf_counter()
-    with _torch_threads(settings.threads):
+    with torch_threads(settings.threads):
         data = _pair_data(vision, language, settings)
         towers = {"vision": vision, "language": language}
         folds = [

@@ -19,6 +19,7 @@ from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
 from phasecore.study.gate import decide
 from phasecore.study.quality import RULES
+from phasecore.threads import single_thread
 from service.app import create_app
 from service.client import PhasescreenClient
 from store.apikeys import create_api_key
@@ -226,14 +227,10 @@ def test_reported_runs_fill_the_study_and_switch_the_gate_from_its_fallback(clie
     ids = _plant(runtime, pairs)
     api = PhasescreenClient("http://testserver", http=client)
     data = _digits()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads would only wait on each other
-    try:
+    with single_thread():  # tiny matrices: threads would only wait on each other
         accuracy = {
             (i, j): _contrastive_zero_shot(i, j, data) for i in range(VISION_TOWERS) for j in range(LANGUAGE_TOWERS)
         }
-    finally:
-        torch.set_num_threads(threads)
     # the training is real: towers that carry meaning align, a tower that sees noise stays at chance (0.1)
     for (i, j), value in accuracy.items():
         meaningless = i in MEANINGLESS_VISION or j in MEANINGLESS_LANGUAGE
