@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from phasecore.data.base import PairedDataset, PairedSample
 from phasecore.errors import InvalidReference, InvalidSettings
+from phasecore.queries import query_pairs
 
 #: colour name → RGB (0-255); ``colors=K`` takes the first K
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -155,16 +155,13 @@ def caption_for(template: int, color: str, shape: str, size: str, pos: str, bg: 
 def parse_shapes_options(query: str) -> dict[str, Any]:
     """Options of ``shapes?...`` (the part after ``?``), checked; InvalidReference says what would work."""
     options = dict(DEFAULTS)
-    seen: set[str] = set()
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in DEFAULTS:
-            raise InvalidReference(
-                f"unknown option {key!r} in dataset reference shapes?{query}; known: {', '.join(DEFAULTS)} "
-                "(e.g. shapes?colors=8&shapes=6&size=224&caption_noise=0.1)"
-            )
-        if key in seen:
-            raise InvalidReference(f"option {key!r} is given twice in dataset reference shapes?{query}")
-        seen.add(key)
+    for key, value in query_pairs(
+        query,
+        DEFAULTS,
+        unknown=lambda key: f"unknown option {key!r} in dataset reference shapes?{query}; known: "
+        f"{', '.join(DEFAULTS)} (e.g. shapes?colors=8&shapes=6&size=224&caption_noise=0.1)",
+        twice=lambda key: f"option {key!r} is given twice in dataset reference shapes?{query}",
+    ):
         if key == "caption_noise":
             try:
                 p = float(value)

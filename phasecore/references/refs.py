@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from phasecore.errors import InvalidReference, SourceNotAllowed
+from phasecore.queries import query_pairs
 from phasecore.zoo.recipe import ZOO_DATASETS, ZooRecipe
 
 SOURCES = ("timm", "hf", "file", "pkg", "zoo")
@@ -94,13 +95,13 @@ class ModelRef:
             raise InvalidReference(f"model reference {text!r}: '#' has no meaning in a query")
         if source == "zoo":
             return cls._parse_zoo(text, rest, query, overrides)
-        for key, value in parse_qsl(query, keep_blank_values=True):
-            if key not in _OPTION_KEYS:
-                raise InvalidReference(
-                    f"unknown option {key!r} in model reference {text!r}; known: {', '.join(sorted(_OPTION_KEYS))}"
-                )
-            if key in options:
-                raise InvalidReference(f"option {key!r} appears twice in model reference {text!r}")
+        for key, value in query_pairs(
+            query,
+            _OPTION_KEYS,
+            unknown=lambda key: f"unknown option {key!r} in model reference {text!r}; known: "
+            f"{', '.join(sorted(_OPTION_KEYS))}",
+            twice=lambda key: f"option {key!r} appears twice in model reference {text!r}",
+        ):
             bad = sorted(set(value) & _VALUE_FORBIDDEN)
             if bad or _has_control(value):
                 raise InvalidReference(

@@ -35,9 +35,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
-from urllib.parse import parse_qsl
 
 from phasecore.errors import InvalidReference
+from phasecore.queries import query_pairs
 
 #: the zoo's code version: part of every zoo tower's identity and cache key; raise it when training changes
 ZOO_VERSION = "1"
@@ -86,15 +86,15 @@ class ZooRecipe:
     @classmethod
     def parse(cls, query: str, *, text: str = "") -> ZooRecipe:
         """The recipe of a ``zoo:shapes?<query>`` reference (``text`` is the whole reference, for messages)."""
-        given: dict[str, str] = {}
-        for key, value in parse_qsl(query, keep_blank_values=True):
-            if key not in KEYS:
-                raise InvalidReference(
-                    f"unknown recipe key {key!r} in zoo reference {text!r}; known: {', '.join(KEYS)}, blend"
-                )
-            if key in given:
-                raise InvalidReference(f"recipe key {key!r} appears twice in zoo reference {text!r}")
-            given[key] = value
+        given = dict(
+            query_pairs(
+                query,
+                KEYS,
+                unknown=lambda key: f"unknown recipe key {key!r} in zoo reference {text!r}; known: "
+                f"{', '.join(KEYS)}, blend",
+                twice=lambda key: f"recipe key {key!r} appears twice in zoo reference {text!r}",
+            )
+        )
         if "tower" not in given:
             raise InvalidReference(f"zoo reference {text!r} names no tower: add tower=vision or tower=text")
         values: dict[str, Any] = {}
