@@ -330,7 +330,7 @@ def _gate(args: argparse.Namespace) -> int:
             screening = client.wait_for_screening(submitted.id, timeout=args.timeout)
             screening_id = screening.id
             if screening.state != "succeeded":
-                detail = (screening.problem or {}).get("detail") or "no reason given"
+                detail = (screening.problem.detail if screening.problem else None) or "no reason given"
                 return _gate_error(args, f"screening {screening.id} {screening.state}: {detail}")
             if screening.result is None:
                 return _gate_error(args, f"screening {screening.id} succeeded without a result")

@@ -42,7 +42,7 @@ from jobs.tracker import JobStopped, JobTimedOut, JobTracker
 from phasecore.errors import PhasescreenError, UnsupportedModel
 from phasecore.screening.result import ScreeningResult
 from phasecore.settings import EngineSettings
-from problems import from_domain_error, problem_document
+from problems import ProblemDocument, from_domain_error, problem_document
 from store import logs
 from store.batch_models import BatchPair
 from store.jobstats import record_stage_durations
@@ -71,7 +71,7 @@ def _hard_timeouts() -> tuple[type[BaseException], ...]:
         return (JobTimedOut,)
 
 
-def _timeout_problem(exc: BaseException) -> dict[str, Any]:
+def _timeout_problem(exc: BaseException) -> ProblemDocument:
     # a fixed text: problem documents carry no raw exception text
     detail = "the job ran past its time limit (PHASESCREEN_JOB_TIMEOUT)"
     return problem_document(500, "timeout", "Job timed out", detail)
@@ -107,7 +107,7 @@ class _LoadOutOfMemory(Exception):  # noqa: N818 - carries the loader's exceptio
     """Memory ran out while a model loaded: transient, tried again."""
 
 
-def _out_of_memory_problem(kind: str, exc: BaseException) -> dict[str, Any]:
+def _out_of_memory_problem(kind: str, exc: BaseException) -> ProblemDocument:
     return problem_document(
         500,
         "out-of-memory",
@@ -328,7 +328,7 @@ def _after(rt: Runtime, lease: lifecycle.Lease, attempt: int, kind: str, exc: Ex
         _release_memory(rt)
         _retry_or_give_up(rt, lease, attempt, exc.__cause__ or exc, what)
     elif isinstance(exc, PhasescreenError):
-        _fail(rt, lease, from_domain_error(exc).to_dict(), kind)
+        _fail(rt, lease, from_domain_error(exc).document(), kind)
     elif _out_of_memory(exc) is not None:
         if kind == "profile":  # the models this process keeps loaded let go too (a pair step loads none)
             _release_memory(rt)
@@ -395,8 +395,8 @@ def _finish(rt: Runtime, tracker: JobTracker, kind: str, outcome: str, started: 
     return outcome
 
 
-def _fail(rt: Runtime, lease: lifecycle.Lease, problem: dict[str, Any], kind: str) -> None:
-    prometheus.FAILURES.labels(kind, problem["type"].rsplit(":", 1)[-1]).inc()
+def _fail(rt: Runtime, lease: lifecycle.Lease, problem: ProblemDocument, kind: str) -> None:
+    prometheus.FAILURES.labels(kind, problem.kind).inc()
     with rt.session() as session:
         lifecycle.fail_job(session, lease, problem)
         session.commit()
@@ -409,7 +409,7 @@ def _retry_or_give_up(rt: Runtime, lease: lifecycle.Lease, attempt: int, exc: Ba
     log.warning("%s %s failed (attempt %d): %s", what, lease.row_id, attempt, exc, exc_info=exc)
     if attempt >= rt.settings.max_attempts:
         log.error("%s %s failed on its last attempt", what, lease.row_id, exc_info=exc)
-        problem = lifecycle.gave_up_problem(what, attempt, {"detail": detail})
+        problem = lifecycle.gave_up_problem(what, attempt, detail)
         _fail(rt, lease, problem, "profile" if lease.table is StoredProfile else "pair")
         return
     prometheus.FAILURES.labels("profile" if lease.table is StoredProfile else "pair", "retrying").inc()

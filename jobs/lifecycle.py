@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from jobs.queue import JobRef
 from phasecore.screening.result import ScreeningResult
-from problems import Problem, problem_document
+from problems import Problem, ProblemDocument, problem_document
 from store.models import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Screening, StoredProfile, db_now
 
 JobRow = type[StoredProfile] | type[Screening]
@@ -56,8 +56,9 @@ class PairClaim:
     attempt: int
 
 
-def gave_up_problem(what: str, attempts: int, last: dict[str, Any] | None) -> dict[str, Any]:
-    reason = f" The last attempt ended with: {last.get('detail')}" if last and last.get("detail") else ""
+def gave_up_problem(what: str, attempts: int, last_detail: str | None) -> ProblemDocument:
+    """The problem of a job that failed ``attempts`` times; ``last_detail``: how its last attempt ended."""
+    reason = f" The last attempt ended with: {last_detail}" if last_detail else ""
     return problem_document(
         500,
         "attempts-exhausted",
@@ -66,7 +67,7 @@ def gave_up_problem(what: str, attempts: int, last: dict[str, Any] | None) -> di
     )
 
 
-def worker_lost_problem(what: str, worker: str | None, heartbeat_at: datetime | None) -> dict[str, Any]:
+def worker_lost_problem(what: str, worker: str | None, heartbeat_at: datetime | None) -> ProblemDocument:
     since = heartbeat_at.isoformat() if heartbeat_at else "its start"
     return problem_document(
         500,
@@ -76,6 +77,10 @@ def worker_lost_problem(what: str, worker: str | None, heartbeat_at: datetime | 
         f"the worker running the {what} stopped sending heartbeats at {since} "
         "(killed, out of memory, or the machine went away)",
     )
+
+
+def _detail(problem: ProblemDocument | None) -> str | None:
+    return problem.detail if problem else None
 
 
 # --- profiles ------------------------------------------------------------------------------------------
@@ -115,12 +120,11 @@ POISON_KINDS = frozenset({"attempts-exhausted", "worker-lost", "out-of-memory", 
 
 def poisoned(profile: StoredProfile) -> bool:
     """Whether ``profile`` failed in a way that resubmitting the same request would repeat."""
-    kind = str((profile.problem or {}).get("type", "")).rsplit(":", 1)[-1]
-    return profile.state == FAILED and kind in POISON_KINDS
+    return profile.state == FAILED and profile.problem is not None and profile.problem.kind in POISON_KINDS
 
 
 def poisoned_detail(profile: StoredProfile) -> str:
-    last = str((profile.problem or {}).get("detail", "")).rstrip(".")
+    last = (profile.problem.detail if profile.problem else "").rstrip(".")
     return (
         f"the {profile.modality} model profile of this request ({profile.model_ref}) with these settings already "
         f"failed {profile.attempts} times, and the same request would fail the same way ({last}). Change the "
@@ -160,7 +164,7 @@ def claim_profile(session: Session, profile_id: str, *, worker: str, max_attempt
     if row is None or row.state != QUEUED:
         return None
     if row.attempts >= max_attempts:
-        fail_profile(session, profile_id, gave_up_problem("profile computation", row.attempts, row.problem))
+        fail_profile(session, profile_id, gave_up_problem("profile computation", row.attempts, _detail(row.problem)))
         return None
     if not profile_needed(session, profile_id):
         session.execute(
@@ -259,7 +263,7 @@ def ready_pairs(session: Session, profile_id: str) -> list[str]:
     return list(session.scalars(query))
 
 
-def fail_profile(session: Session, profile_id: str, problem: dict[str, Any], lease: Lease | None = None) -> None:
+def fail_profile(session: Session, profile_id: str, problem: ProblemDocument, lease: Lease | None = None) -> None:
     """Mark a profile failed, and with it every screening still waiting for it."""
     condition = [StoredProfile.id == profile_id, StoredProfile.state.in_(ACTIVE_STATES)]
     if lease is not None:
@@ -274,8 +278,13 @@ def fail_profile(session: Session, profile_id: str, problem: dict[str, Any], lea
         fail_waiting_screenings(session, profile_id, row.modality, problem)
 
 
-def fail_waiting_screenings(session: Session, profile_id: str, modality: str, problem: dict[str, Any]) -> int:
-    detail = f"the {modality} model profile could not be computed: {problem.get('detail', '')}"
+def fail_waiting_screenings(
+    session: Session, profile_id: str, modality: str, problem: ProblemDocument | None
+) -> int:
+    """Fail every screening still waiting for a failed profile, with the profile's problem (``None``: a generic
+    one) and a detail that says which profile."""
+    problem = problem or problem_document(500, "profile-failed", "Model profile failed", "no reason was recorded")
+    detail = f"the {modality} model profile could not be computed: {problem.detail}"
     return _changed(
         session,
         update(Screening)
@@ -284,11 +293,11 @@ def fail_waiting_screenings(session: Session, profile_id: str, modality: str, pr
             Screening.state.in_(ACTIVE_STATES),
             Screening.lease_token.is_(None),
         )
-        .values(state=FAILED, problem={**problem, "detail": detail}, finished_at=db_now()),
+        .values(state=FAILED, problem=problem.model_copy(update={"detail": detail}), finished_at=db_now()),
     )
 
 
-def fail_job(session: Session, lease: Lease, problem: dict[str, Any]) -> None:
+def fail_job(session: Session, lease: Lease, problem: ProblemDocument) -> None:
     """Fail the row ``lease`` holds: a profile (and with it every screening still waiting for it) or a
     screening's pair step."""
     if lease.table is StoredProfile:
@@ -338,7 +347,7 @@ def claim_pair(session: Session, screening_id: str, *, worker: str, max_attempts
     if any(profile.state != SUCCEEDED for profile in profiles):
         return None  # the last profile to finish enqueues this step again
     if row.attempts >= max_attempts:
-        fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, row.problem))
+        fail_screening(session, screening_id, gave_up_problem("pair step", row.attempts, _detail(row.problem)))
         return None
     attempt = row.attempts + 1  # before the UPDATE, as in claim_profile
     token, now = str(uuid.uuid4()), db_now()
@@ -397,7 +406,9 @@ def complete_pair(session: Session, lease: Lease, result: ScreeningResult) -> bo
     )
 
 
-def fail_screening(session: Session, screening_id: str, problem: dict[str, Any], lease: Lease | None = None) -> None:
+def fail_screening(
+    session: Session, screening_id: str, problem: ProblemDocument, lease: Lease | None = None
+) -> None:
     condition = [Screening.id == screening_id, Screening.state.in_(ACTIVE_STATES)]
     if lease is not None:
         condition.append(Screening.lease_token == lease.token)
@@ -432,7 +443,9 @@ def record_progress(session: Session, lease: Lease, stage: str, progress: float)
     )
 
 
-def release_for_retry(session: Session, lease: Lease, problem: dict[str, Any], *, refund_attempt: bool = False) -> bool:
+def release_for_retry(
+    session: Session, lease: Lease, problem: ProblemDocument, *, refund_attempt: bool = False
+) -> bool:
     """Hand a row back to the queue after a transient fault; the retry claims it again.
 
     ``refund_attempt``: the try does not count (an orderly shutdown interrupted it, nothing failed)."""

@@ -73,7 +73,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
                 what = "profile computation" if kind == "profile" else "pair step"
                 lost = lifecycle.worker_lost_problem(what, row.worker, row.heartbeat_at)
                 if row.attempts >= settings.max_attempts:
-                    lifecycle.fail_job(session, lease, lifecycle.gave_up_problem(what, row.attempts, lost))
+                    lifecycle.fail_job(session, lease, lifecycle.gave_up_problem(what, row.attempts, lost.detail))
                     report.failed.append(row.id)
                 elif lifecycle.release_for_retry(session, lease, lost):
                     forced.append(JobRef(kind, row.id))
@@ -113,7 +113,7 @@ def reconcile(runtime: Runtime) -> ReconcileReport:
         ).all()
         for profile in awaited:
             if profile.state == FAILED:
-                lifecycle.fail_waiting_screenings(session, profile.id, profile.modality, profile.problem or {})
+                lifecycle.fail_waiting_screenings(session, profile.id, profile.modality, profile.problem)
                 report.failed.append(profile.id)
             elif lifecycle.reset_profile_if_finished_badly(session, profile):
                 maybe_lost.append(JobRef("profile", profile.id))

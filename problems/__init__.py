@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from phasecore.errors import (
     AssetUnavailable,
     InvalidReference,
@@ -41,6 +43,34 @@ _TITLES = {
 }
 
 
+class ProblemDocument(BaseModel):
+    """One RFC 9457 problem document, as the API answers it and a failed job's row stores it.
+
+    Open, as the RFC makes it: members beyond the five standard ones (``retry_after``, ``errors``, ``checks``,
+    ``profile_id``, ...) are kept as extensions. ``instance`` is left out of the document when it is unset."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(default=None, exclude_if=lambda value: value is None)
+
+    @property
+    def kind(self) -> str:
+        """The type's last part (``urn:phasescreen:problem:timeout`` → ``timeout``)."""
+        return self.type.rsplit(":", 1)[-1]
+
+    def extension(self, name: str) -> Any:
+        """An extension member, or None."""
+        return (self.model_extra or {}).get(name)
+
+    def as_json(self) -> dict[str, Any]:
+        """The document as JSON-ready data: the body of a ``application/problem+json`` response."""
+        return self.model_dump(mode="json")
+
+
 class Problem(Exception):
     """An error answered as ``application/problem+json``; raise it anywhere below a route."""
 
@@ -62,18 +92,16 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extensions = extensions
 
-    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
+    def document(self, instance: str | None = None) -> ProblemDocument:
         return problem_document(self.status, self.kind, self.title, self.detail, instance, **self.extensions)
 
 
 def problem_document(
     status: int, kind: str, title: str, detail: str, instance: str | None = None, **extensions: Any
-) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": _TYPE_PREFIX + kind, "title": title, "status": status, "detail": detail}
-    if instance:
-        doc["instance"] = instance
-    doc.update(extensions)
-    return doc
+) -> ProblemDocument:
+    return ProblemDocument(
+        type=_TYPE_PREFIX + kind, title=title, status=status, detail=detail, instance=instance or None, **extensions
+    )
 
 
 def from_domain_error(error: PhasescreenError) -> Problem:

@@ -23,7 +23,7 @@ from jobs.runner import open_runtime
 from jobs.runtime import Runtime
 from phasecore import ENGINE_VERSION
 from phasecore.errors import PhasescreenError
-from problems import PROBLEM_MEDIA_TYPE, Problem, from_domain_error, problem_document
+from problems import PROBLEM_MEDIA_TYPE, Problem, ProblemDocument, from_domain_error, problem_document
 from service import openapi
 from service.deps import bind_path_ids, enforce_rate_limit
 from service.prometheus import ApiMetrics, MetricsMiddleware
@@ -129,18 +129,18 @@ def _rate_limiter(settings: ServiceSettings) -> RateLimiter:
     return MemoryRateLimiter()
 
 
-def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def _problem_response(problem: ProblemDocument, headers: dict[str, str] | None = None) -> JSONResponse:
     request_id = logs.current("request_id")
-    if request_id and "request_id" not in problem:  # what to quote when reporting it: the logs carry it too
-        problem = {**problem, "request_id": request_id}
-    if problem["status"] < 500:  # what was refused, and why (5xx are logged where they happen, with traces)
+    if request_id and problem.extension("request_id") is None:  # what to quote when reporting it: the logs have it
+        problem = problem.model_copy(update={"request_id": request_id})
+    if problem.status < 500:  # what was refused, and why (5xx are logged where they happen, with traces)
         refusals.info(
             "refused %d %s",
-            problem["status"],
-            str(problem.get("type", "")).rsplit(":", 1)[-1],
-            extra={"status": problem["status"], "problem": problem.get("type"), "detail": problem.get("detail")},
+            problem.status,
+            problem.kind,
+            extra={"status": problem.status, "problem": problem.type, "detail": problem.detail},
         )
-    return JSONResponse(problem, status_code=problem["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    return JSONResponse(problem.as_json(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _install_problem_handlers(app: FastAPI, settings: ApiSettings) -> None:
@@ -148,11 +148,11 @@ def _install_problem_handlers(app: FastAPI, settings: ApiSettings) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return _problem_response(exc.to_dict(request.url.path), exc.headers)
+        return _problem_response(exc.document(request.url.path), exc.headers)
 
     @app.exception_handler(PhasescreenError)
     async def _domain(request: Request, exc: PhasescreenError) -> JSONResponse:
-        return _problem_response(from_domain_error(exc).to_dict(request.url.path))
+        return _problem_response(from_domain_error(exc).document(request.url.path))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

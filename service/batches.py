@@ -289,7 +289,7 @@ def batch_results(session: Session, batch: Batch) -> dict[str, Any]:
             "state": screening.state,
             "screening_id": screening.id,
             "result": None if screening.result is None else screening.result.model_dump(mode="json"),
-            "problem": screening.problem,
+            "problem": None if screening.problem is None else screening.problem.as_json(),
         }
         for pair, screening in pairs_of(session, batch)
     ]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from phasecore import settings as engine
 from phasecore.screening.result import ScreeningResult
-from problems import PROBLEM_MEDIA_TYPE
+from problems import PROBLEM_MEDIA_TYPE, ProblemDocument
 from service.contract import DATASET_MAX_LENGTH, DATASET_PATTERN, REFERENCE_MAX_LENGTH, REFERENCE_PATTERN
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -165,6 +165,15 @@ class ProfileSummary(BaseModel):
     href: str
 
 
+class ProblemOut(ProblemDocument):
+    """RFC 9457 problem details."""
+
+    @classmethod
+    def of(cls, problem: ProblemDocument | None) -> ProblemOut | None:
+        """The API's form of a stored problem (the same document)."""
+        return None if problem is None else cls.model_validate(problem.model_dump())
+
+
 class ScreeningOut(BaseModel):
     """A screening: where it stands, what was asked, and the result or the problem."""
 
@@ -184,7 +193,7 @@ class ScreeningOut(BaseModel):
     result: ScreeningResult | None = Field(
         description="the result JSON, the same as `phasescreen screen` writes (only when succeeded)"
     )
-    problem: dict[str, Any] | None = Field(description="RFC 9457 problem document (when failed)")
+    problem: ProblemOut | None = Field(description="RFC 9457 problem document (when failed)")
     href: str
 
 
@@ -208,7 +217,7 @@ class ProfileOut(BaseModel):
     meta: dict[str, Any] | None
     arrays: dict[str, Any] | None = Field(description="name -> {shape, dtype} of the stored arrays")
     size_bytes: int | None
-    problem: dict[str, Any] | None
+    problem: ProblemOut | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -223,18 +232,6 @@ class SourcesOut(BaseModel):
     sources: list[dict[str, Any]] = Field(description="model sources with their descriptions")
     datasets: list[dict[str, Any]] = Field(description="paired datasets this deployment can load")
     limits: dict[str, int]
-
-
-class ProblemOut(BaseModel):
-    """RFC 9457 problem details."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
 
 
 #: a route's ``responses`` entry for a status answered with a problem document (``{404: PROBLEM}``)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from phasecore.screening.result import ScreeningResult
 from phasecore.study.reported import is_success
 from service.outcome_schemas import OutcomeOut
-from service.schemas import ProfileOut, ProfileSummary, ScreeningOut
+from service.schemas import ProblemOut, ProfileOut, ProfileSummary, ScreeningOut
 from store.models import ACTIVE_STATES, RUNNING, SUCCEEDED, Outcome, Screening, StoredProfile
 
 # share of a screening's progress spent in each profile and in the pair step
@@ -92,7 +92,7 @@ def screening_out(
         profiles=summaries,
         reused_from=screening.reused_from,
         result=screening.result if include_result else None,
-        problem=screening.problem,
+        problem=ProblemOut.of(screening.problem),
         href=screening_href(screening.id),
     )
 
@@ -113,7 +113,7 @@ def profile_out(profile: StoredProfile) -> ProfileOut:
         meta=profile.meta,
         arrays=profile.arrays,
         size_bytes=profile.size_bytes,
-        problem=profile.problem,
+        problem=ProblemOut.of(profile.problem),
         created_at=profile.created_at,
         started_at=profile.started_at,
         finished_at=profile.finished_at,

@@ -33,6 +33,7 @@ from sqlalchemy.sql.expression import FunctionElement, literal
 from sqlalchemy.types import TypeEngine
 
 from phasecore.screening.result import ScreeningResult
+from problems import ProblemDocument
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class _JobColumns:
     worker: Mapped[str | None] = mapped_column(String(255))
     lease_token: Mapped[str | None] = mapped_column(String(36))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    problem: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    problem: Mapped[ProblemDocument | None] = mapped_column(TypedJSON(ProblemDocument))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

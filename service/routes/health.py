@@ -45,7 +45,7 @@ def readyz(runtime: RuntimeDep, settings: SettingsDep) -> Any:
         return {"status": "ready", "checks": checks}
     failing = ", ".join(name for name, value in checks.items() if value != "ok")
     return JSONResponse(
-        problem_document(503, "not-ready", "Not ready", f"unreachable: {failing}", checks=checks),
+        problem_document(503, "not-ready", "Not ready", f"unreachable: {failing}", checks=checks).as_json(),
         status_code=503,
         media_type=PROBLEM_MEDIA_TYPE,
         headers={"Retry-After": str(settings.retry_after)},

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 
 from jobs import lifecycle
 from phasecore.screening.result import ScreeningResult
+from problems import problem_document
 from service import screenings
 from store.models import Screening, StoredProfile
 from tests.helpers.results import full_result
@@ -61,8 +62,9 @@ def test_a_cancelled_screening_cannot_be_completed_afterwards(client, runtime):
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     with runtime.session() as session:
         assert not lifecycle.complete_pair(session, lease, DONE)
-        assert not lifecycle.release_for_retry(session, lease, {"detail": "late"})
-        lifecycle.fail_screening(session, screening_id, {"detail": "late"}, lease)
+        late = problem_document(500, "retrying", "Retrying after a fault", "late")
+        assert not lifecycle.release_for_retry(session, lease, late)
+        lifecycle.fail_screening(session, screening_id, late, lease)
         session.commit()
         row = session.get(Screening, screening_id)
         session.refresh(row)

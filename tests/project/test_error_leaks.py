@@ -34,7 +34,7 @@ def root(tmp_path: Path) -> Path:
 def test_file_errors_name_neither_the_root_nor_its_contents(root: Path, name: str, error: type) -> None:
     with pytest.raises(error) as info:
         check_reference(f"file:{name}", "vision", model_root=root)
-    message = from_domain_error(info.value).to_dict()["detail"]
+    message = from_domain_error(info.value).document().detail
     for leak in (str(root), "models-secret-root", "private-model", "other-team", "/etc/passwd"):
         assert leak not in message, message
 
@@ -69,7 +69,7 @@ def test_scrub_takes_out_paths_urls_hosts_and_addresses() -> None:
 
 def test_domain_errors_are_scrubbed_on_their_way_to_a_problem_document() -> None:
     problem = from_domain_error(InvalidReference("bad weights at /srv/models/team-a/x.bin on gpu-7.lab.internal"))
-    detail = problem.to_dict()["detail"]
+    detail = problem.document().detail
     assert "/srv/models" not in detail and "lab.internal" not in detail and "x.bin" in detail
 
 

@@ -65,7 +65,7 @@ def _populate(runtime: Runtime) -> list[str]:
             ),
             _screening(
                 "t2", "failed", stage="vision:ntk", progress=0.3,
-                problem={"type": "urn:phasescreen:problem:out-of-memory", "title": "x", "status": 507},
+                problem={"type": "urn:phasescreen:problem:out-of-memory", "title": "x", "status": 507, "detail": "y"},
                 finished_at=T0,
             ),
             _screening("", "cancelled", stage=None, progress=0.1, finished_at=T0),

@@ -81,7 +81,7 @@ def test_prune_drops_old_blobs_keeps_results_and_recent_profiles(client, runtime
         for modality in ("vision", "language"):
             pruned = session.get(StoredProfile, old["profiles"][modality]["id"])
             assert pruned.data is None and pruned.state == "cancelled"
-            assert pruned.problem["type"].endswith(":pruned")
+            assert pruned.problem.kind == "pruned"
             assert session.get(StoredProfile, recent["profiles"][modality]["id"]).data is not None
         assert session.get(Screening, old["id"]).result == KEPT
     assert "phasescreen_profile_blob_bytes 2000.0" in client.get("/metrics").text

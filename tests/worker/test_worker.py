@@ -131,7 +131,7 @@ def test_out_of_memory_while_loading_is_retried_while_computing_is_not(client, r
     with runtime.session() as session:
         row = session.get(StoredProfile, vision_id)
         assert (row.state, row.attempts) == ("queued", 1), row.problem
-        assert row.problem["type"].endswith(":retrying") and error.__name__ in row.problem["detail"]
+        assert row.problem.kind == "retrying" and error.__name__ in row.problem.detail
 
     def compute_out_of_memory(*args, **kwargs):
         raise error("out of memory in the Gram matrix")
