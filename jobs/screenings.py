@@ -45,7 +45,8 @@ class NormalizedRequest:
     @property
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the request and the engine version."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        keyed = {**self.to_dict(), "options": self.options.keyed_fields()}
+        canonical = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(f"{canonical}\n{ENGINE_VERSION}".encode()).hexdigest()
 
     def screening(self, **values: Any) -> Screening:

@@ -67,6 +67,11 @@ class ProfileSettings(BaseModel):
         description="step sizes η = c / λ_max of the probe training, one S_NTK per c (METRICS §3); the phase "
         "and the rules use c = 1, which always runs",
     )
+    stability_precision: Literal["float32", "float64"] = Field(
+        "float32",
+        description="precision of the probe's K_0, training steps and Θ̂(θ_T) (METRICS §3): float64 gives an S_NTK "
+        "that reproduces across thread counts and CPUs (float32: about ±0.005), at about 4x the probe's time on CPU",
+    )
     agop_k: int = Field(16, ge=2, le=4096, description="k of agop_ratio = λ_1/λ_k (METRICS §4)")
     agop_censor_below: float = Field(
         1e-5, gt=0, lt=1, description="λ_k below this · λ_1 (the float32 floor): agop_ratio is a lower bound (§4)"
@@ -137,11 +142,16 @@ class EngineSettings(ProfileSettings, PairSettings):
 
     def profile_fields(self) -> dict[str, object]:
         """The settings a model profile depends on (pair-level settings excluded, so profiles are shared)."""
-        return self.profile.model_dump(mode="json")
+        return _keyed(self.profile.model_dump(mode="json"))
+
+    def keyed_fields(self) -> dict[str, object]:
+        """Every setting as fingerprints hash them: a setting added later is left out at the value every earlier
+        fingerprint meant, so adding one changes no stored fingerprint."""
+        return _keyed(self.model_dump(mode="json"))
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the settings and the engine version."""
-        payload = json.dumps({"settings": self.model_dump(mode="json"), "engine": ENGINE_VERSION}, sort_keys=True)
+        payload = json.dumps({"settings": self.keyed_fields(), "engine": ENGINE_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def stratum(self, dataset_ref: str) -> dict[str, Any]:
@@ -155,6 +165,19 @@ class EngineSettings(ProfileSettings, PairSettings):
         }
         key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         return {"key": key, **body}
+
+
+#: settings added after keys were first stored, each with the value every earlier key meant: at that value the
+#: field is left out of profile keys, fingerprints and strata, so stored profiles and results keep their keys
+_ADDED_LATER = {"stability_precision": "float32"}
+
+
+_ABSENT = object()
+
+
+def _keyed(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as keys hash them: a later field at its earlier meaning is left out (:data:`_ADDED_LATER`)."""
+    return {name: value for name, value in fields.items() if _ADDED_LATER.get(name, _ABSENT) != value}
 
 
 def profile_key(
@@ -243,6 +266,9 @@ def check_memory(
 PASS_SECONDS = 0.04
 #: reference seconds of one stability-probe pass (one sample, one step, one step size)
 STABILITY_PASS_SECONDS = 0.09
+#: a float64 pass against a float32 one on a CPU (EfficientNet-Lite0, 32 images: 70 s against 17 s, Intel Xeon;
+#: docs/benchmarks.md): no float64 oneDNN convolutions
+FLOAT64_PASS_FACTOR = 4.0
 #: parameter tensors of the reference model (each is sketched on its own)
 REFERENCE_TENSORS = 150
 #: reference seconds of one sketch cell (of M.N.k) of one parameter tensor
@@ -269,7 +295,8 @@ def compute_estimate(
         "stability probe passes": subset
         * settings.stability_steps
         * len(settings.stability_lr_scales)
-        * STABILITY_PASS_SECONDS,
+        * STABILITY_PASS_SECONDS
+        * (FLOAT64_PASS_FACTOR if settings.stability_precision == "float64" else 1.0),
     }
     if settings.method != "exact":
         cells = m * n * settings.sketch_dim

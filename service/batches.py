@@ -116,7 +116,7 @@ def _fingerprint(request: BatchRequest) -> str:
         "vision": _canonical(request.vision, "vision"),
         "language": _canonical(request.language, "language"),
         "dataset": request.dataset.strip(),
-        "options": request.options.model_dump(mode="json"),
+        "options": request.options.keyed_fields(),
         "name": request.name,
         "reuse": request.reuse,
     }

@@ -204,6 +204,7 @@ def compute_profile(
         steps=settings.stability_steps,
         subset=settings.stability_subset,
         lr_scales=settings.stability_lr_scales,
+        precision=settings.stability_precision,
         progress=progress,
         kernel=ntk,  # Θ̂(θ_0) of the probe subset is a block of this kernel: same probes, method and seed
         kernel_chunk=int(gram.info.get("chunk_size", settings.chunk_size)),

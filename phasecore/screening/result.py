@@ -82,6 +82,7 @@ class Stability(_Open):
     subset: int = Field(description="n_s")
     lr_scale: float = Field(1.0, description="c of the headline S_NTK and the phase")
     n_distinct: int | None = Field(None, description="distinct inputs in the subset")
+    precision: str = Field("float32", description="of K_0, the training steps and Θ̂(θ_T): stability_precision")
     curve: list[StabilityPoint] = Field(default_factory=list, description="S_NTK per stability_lr_scales entry")
 
 

@@ -16,7 +16,9 @@ def test_the_two_groups_partition_every_setting() -> None:
     assert set(EngineSettings.model_fields) == profile | pair
     settings = EngineSettings(n=60, knn_k=5)
     assert settings.profile.n == 60 and settings.pair.knn_k == 5
-    assert set(settings.profile_fields()) == profile
+    # a setting added after keys were stored is left out at the value earlier keys meant (stored keys stay)
+    assert set(settings.profile_fields()) == profile - {"stability_precision"}
+    assert set(settings.model_copy(update={"stability_precision": "float64"}).profile_fields()) == profile
 
 
 @pytest.mark.parametrize("name", list(ProfileSettings.model_fields))
@@ -27,6 +29,7 @@ def test_every_profile_setting_moves_the_profile_key(name: str) -> None:
         "sketch_dim": 128, "params": "last:2", "stability_steps": 3, "stability_subset": 16,
         "stability_lr_scales": [2], "agop_k": 8, "agop_censor_below": 1e-4, "agop_unstable_log10": 0.5,
         "agop_rtol": 1e-8, "agop_input_space": True, "info_plane": True, "language_pooling": "cls",
+        "stability_precision": "float64",
     }
     assert set(changed) == set(ProfileSettings.model_fields), "a new profile setting needs a value here"
     other = EngineSettings.model_validate({name: changed[name]})  # the defaults but for this one setting
@@ -60,3 +63,38 @@ def test_out_of_range_settings_are_refused(options: dict) -> None:
 
 def test_the_step_size_scales_always_hold_one_and_are_sorted() -> None:
     assert EngineSettings(stability_lr_scales=[4, 2]).stability_lr_scales == (1.0, 2.0, 4.0)
+
+
+def test_a_setting_added_later_keeps_the_keys_stored_before_it() -> None:
+    """``stability_precision`` came after profiles, fingerprints and strata were stored: at float32, what every
+    earlier key meant, the keys are those of the settings without the field."""
+    import hashlib
+    import json
+
+    from phasecore import ENGINE_VERSION
+    from phasecore.references.refs import ModelRef
+
+    settings = EngineSettings()
+    assert settings.stability_precision == "float32"
+    before = {k: v for k, v in settings.profile.model_dump(mode="json").items() if k != "stability_precision"}
+    ref = "timm:resnet18?weights=random"
+    payload = {"model": ModelRef.parse(ref).canonical(), "modality": "vision", "dataset": "digits",
+               "settings": before, "engine": ENGINE_VERSION}  # fmt: skip
+    assert profile_key(ref, "vision", "digits", settings) == hashlib.sha256(
+        json.dumps(payload, sort_keys=True).encode()
+    ).hexdigest()
+    everything = {k: v for k, v in settings.model_dump(mode="json").items() if k != "stability_precision"}
+    assert settings.fingerprint() == hashlib.sha256(
+        json.dumps({"settings": everything, "engine": ENGINE_VERSION}, sort_keys=True).encode()
+    ).hexdigest()
+    double = EngineSettings(stability_precision="float64")
+    assert double.fingerprint() != settings.fingerprint()
+    assert double.stratum("digits")["key"] != settings.stratum("digits")["key"]
+
+
+def test_float64_probes_cost_more_in_the_estimate() -> None:
+    from phasecore.settings import compute_estimate
+
+    single = compute_estimate(EngineSettings().profile)["stability probe passes"]
+    double = compute_estimate(EngineSettings(stability_precision="float64").profile)["stability probe passes"]
+    assert double == pytest.approx(4 * single)

@@ -156,6 +156,17 @@ def test_profiles_are_deterministic_and_round_trip(profiles, settings: EngineSet
     assert profile_key(VISION, "vision", "digits", pair_only) == vision.key  # pair settings share profiles
 
 
+def test_a_float64_profile_runs_its_probe_in_float64(profiles, settings: EngineSettings) -> None:
+    """``stability_precision`` reaches the probe: the profile records it, keeps every other array, and its S_NTK
+    is the float32 one's within the float32 rounding (docs/metrics.md §3)."""
+    vision, _ = profiles
+    double = compute_profile(VISION, "vision", "digits", settings.model_copy(update={"stability_precision": "float64"}))
+    assert double.meta["stability"]["precision"] == "float64" and vision.meta["stability"]["precision"] == "float32"
+    assert double.key != vision.key
+    assert np.array_equal(double.arrays["ntk"], vision.arrays["ntk"])  # the kernel stage stays float32
+    assert double.meta["stability"]["s_ntk"] == pytest.approx(vision.meta["stability"]["s_ntk"], abs=5e-3)
+
+
 def test_pair_metrics_properties(profiles, settings: EngineSettings) -> None:
     vision, language = profiles
     result = screen_pair(vision, language, settings, dataset_ref="digits")
