@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli.engine_flags import add_engine_arguments, engine_overrides
-from cli.local import add_local_arguments, local_device, profile_cache, screen_here, store_screening
+from cli.local import add_local_arguments, local_device, profile_cache, screen_locally, store_screening
 
 if TYPE_CHECKING:  # imported lazily, where a command talks to a server or reads the study
     from phasecore.study.report_schema import StudyOut
@@ -339,7 +339,7 @@ def _gate(args: argparse.Namespace) -> int:
         if args.policy in ("measured", "reported"):
             study = _local_study().model_dump(mode="json")
             require_policy_model(study, args.policy)
-        typed = screen_here(args, settings, device=local_device(args))
+        typed = screen_locally(args, settings, device=local_device(args), command="gate")
         result = typed.model_dump(mode="json")
         screening_id = store_screening(args, settings, typed)  # the verdict does not depend on storing
     decision = decide(result, args.policy, study=study)

@@ -41,7 +41,9 @@ def local_device(args: argparse.Namespace) -> str:
     return args.device or ServiceSettings().device
 
 
-def screen_here(args: argparse.Namespace, settings: Any, *, device: str, progress: Any = None) -> Any:
+def screen_here(
+    args: argparse.Namespace, settings: Any, *, device: str, progress: Any = None
+) -> ScreeningResult:
     """The pair of ``--vision`` and ``--language`` on ``--dataset`` screened on this machine with the engine
     ``settings`` on ``device``: the ``ScreeningResult``. Profiles come from the local cache when there
     (:func:`profile_cache`); models and data from the engine's roots (PHASESCREEN_MODEL_ROOT, PHASESCREEN_DATA_ROOT)."""
@@ -56,6 +58,34 @@ def screen_here(args: argparse.Namespace, settings: Any, *, device: str, progres
         progress=progress,
         device=device,
     )
+
+
+def screen_locally(
+    args: argparse.Namespace, settings: Any, *, device: str, command: str, progress: Any = None
+) -> ScreeningResult:
+    """What ``screen`` and ``gate`` run on this machine: the request checked (seconds, before minutes of work),
+    the pair screened (:func:`screen_here`), and each rule's measured accuracy over the local database attached
+    beside the paper's claim, as the API's workers attach it to a stored result (:func:`attach_measured_rules`).
+    Raises ``PhasescreenError`` on a request the engine refuses."""
+    from phasecore.screening.pipeline import validate_request
+
+    validate_request(args.vision, args.language, args.dataset, settings)
+    result = screen_here(args, settings, device=device, progress=progress)
+    return attach_measured_rules(result, command)
+
+
+def attach_measured_rules(result: ScreeningResult, command: str) -> ScreeningResult:
+    """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim; the result as
+    it is (a warning on stderr says why) when there is no local database to read."""
+    try:
+        from store.db import local_session
+        from store.records import with_measured_rules
+
+        with local_session() as session:
+            return with_measured_rules(session, result)
+    except Exception as exc:  # no local database (read-only home, ...): the result stands without it
+        print(f"phasescreen {command}: the rules' measured accuracy is not attached ({exc})", file=sys.stderr)
+        return result
 
 
 def store_screening(args: argparse.Namespace, settings: Any, result: ScreeningResult) -> str | None:

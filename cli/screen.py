@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cli.engine_flags import add_engine_arguments, engine_overrides
-from cli.local import add_local_arguments, local_device, screen_here, store_screening
+from cli.local import add_local_arguments, local_device, screen_locally, store_screening
 from phasecore.screening.result import AgopSummary, RulePrediction, ScreeningResult
 
 
@@ -72,19 +72,6 @@ class _Bars:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _with_measured_rules(result: ScreeningResult) -> ScreeningResult:
-    """Each rule's measured accuracy over the pairs in the local database, beside the paper's claim."""
-    try:
-        from store.db import local_session
-        from store.records import with_measured_rules
-
-        with local_session() as session:
-            return with_measured_rules(session, result)
-    except Exception as exc:  # no local database (read-only home, ...): the result stands without it
-        print(f"phasescreen screen: the rules' measured accuracy is not attached ({exc})", file=sys.stderr)
-        return result
 
 
 def _measured(rule: RulePrediction) -> str:
@@ -177,7 +164,6 @@ def summary(result: ScreeningResult | dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from phasecore.errors import PhasescreenError
-    from phasecore.screening.pipeline import validate_request
     from phasecore.sources import resolve_device
 
     try:
@@ -189,14 +175,12 @@ def run(args: argparse.Namespace) -> int:
     bars = _Bars(enabled=not args.quiet and sys.stderr.isatty())
     try:
         resolve_device(device)  # an unusable device is a usage error, said before any work
-        validate_request(args.vision, args.language, args.dataset, settings)  # seconds, before minutes of work
-        result = screen_here(args, settings, device=device, progress=bars)
+        typed = screen_locally(args, settings, device=device, command="screen", progress=bars)
     except PhasescreenError as exc:
         bars.close()
         print(f"phasescreen screen: {exc}", file=sys.stderr)
         return 2
     bars.close()
-    typed = _with_measured_rules(result)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(typed.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")

@@ -342,7 +342,11 @@ def _lookup(
             + ("no stratum." if not covered else "; ".join(_stratum_words(s) for s in covered) + ".")
         )
     return {
-        rule: {**measured, "reason": f"{measured['reason'] or ''}{note}".strip(), "shipped_evidence_strata": covered}
+        rule: {
+            **measured,
+            "reason": f"{_sentence(measured['reason'])}{note}".strip(),
+            "shipped_evidence_strata": covered,
+        }
         for rule, measured in own.items()
     }
 
@@ -384,3 +388,9 @@ def _compare(new: Any, old: Any, where: str, rel_tol: float, out: list[str]) -> 
             out.append(f"{where}: recomputed {new!r}, stored {old!r}")
     elif new != old:
         out.append(f"{where}: recomputed {new!r}, stored {old!r}")
+
+
+def _sentence(text: str | None) -> str:
+    """``text`` ending as a sentence does, so that another can follow it."""
+    text = (text or "").rstrip()
+    return text if not text or text.endswith((".", "!", "?")) else text + "."

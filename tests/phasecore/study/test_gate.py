@@ -96,6 +96,10 @@ def test_gate_here_exits_with_the_combined_rules_verdict(tiny_batch, local_env, 
     body = json.loads(captured.out)
     assert body["exit_code"] == code and body["decision"]["rule"] == "combined_rule"
     assert body["result"]["predictions"]["combined_rule"]["predicts_failure"] == expected
+    # the measured figures sit beside the claim, as `screen` and the API's workers attach them
+    measured = body["result"]["predictions"]["combined_rule"]["measured"]
+    assert measured["status"] == "insufficient" and measured["source"] == "deployment"
+    assert "in the same stratum. " in measured["reason"]  # one sentence, then the note on shipped evidence
     assert captured.err.strip().startswith(("PASS", "FAIL"))
 
 
