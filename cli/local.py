@@ -67,7 +67,7 @@ def screen_locally(
     the pair screened (:func:`screen_here`), and each rule's measured accuracy over the local database attached
     beside the paper's claim, as the API's workers attach it to a stored result (:func:`attach_measured_rules`).
     Raises ``PhasescreenError`` on a request the engine refuses."""
-    from phasecore.screening.pipeline import validate_request
+    from phasecore.screening.validation import validate_request
 
     validate_request(args.vision, args.language, args.dataset, settings)
     result = screen_here(args, settings, device=device, progress=progress)

@@ -20,7 +20,7 @@ from jobs.queue import JobQueue
 from jobs.screenings import NormalizedRequest, decode_cursor, encode_cursor, get_screening
 from phasecore.errors import InvalidSettings, PhasescreenError
 from phasecore.references.refs import ModelRef
-from phasecore.references.registry import check_reference, model_version
+from phasecore.references.registry import model_version
 from phasecore.settings import EngineSettings, check_compute, check_memory, profile_key
 from problems import Problem, from_domain_error, not_found
 from service.contract import check_dataset_syntax, check_reference_syntax
@@ -93,18 +93,22 @@ def _validate(
     data_root: Path | None,
     allowed_models: tuple[str, ...] = (),
 ) -> None:
-    """The references' cheap checks (names only, no torch), then the dataset's (it is read, so its loaders are
-    imported here, torchvision with them); remembered when they pass, since a grid or a polling batch script
-    submits the same few combinations again and again. Failures are not remembered."""
-    check_reference(
-        vision, "vision", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
-    )
-    check_reference(
-        language, "language", allowed_sources=allowed_sources, model_root=model_root, allowed_models=allowed_models
-    )
-    from phasecore.screening.validation import validate_dataset  # sklearn's bundled digits: imported on first use
+    """The engine's request check (``validate_request``): the references' cheap checks (names only, no torch),
+    then the dataset's (its labels are read: torchvision sets from their label files, without torchvision);
+    remembered when they pass, since a grid or a polling batch script submits the same few combinations again
+    and again. Failures are not remembered."""
+    from phasecore.screening.validation import validate_request  # sklearn's bundled digits: imported on first use
 
-    validate_dataset(dataset, options, data_root=data_root)
+    validate_request(
+        vision,
+        language,
+        dataset,
+        options,
+        allowed_sources=allowed_sources,
+        model_root=model_root,
+        data_root=data_root,
+        allowed_models=allowed_models,
+    )
 
 
 def warm_request_checks() -> None:

@@ -17,7 +17,7 @@ from phasecore.data.digits import digits_sample_labels, load_digits_pairs
 from phasecore.data.manifest import load_manifest_pairs
 from phasecore.data.sampling import DEFAULT_N
 from phasecore.data.shapes import load_shapes_pairs, shapes_sample_labels
-from phasecore.data.torchvision_sets import SETS, SPLITS, files_present, load_torchvision_pairs
+from phasecore.data.torchvision_sets import SETS, SPLITS, files_present, load_torchvision_pairs, sample_set_labels
 from phasecore.errors import InvalidReference
 from phasecore.paths import default_data_root
 
@@ -63,13 +63,17 @@ def sample_labels(
 ) -> np.ndarray:
     """The labels ``(n,)`` of ``load_dataset(ref, n=n, seed=seed, data_root=data_root)``, in its order, with
     the same errors. ``digits`` and ``shapes`` draw only the labels (no image is copied or rendered: the API
-    checks every request this way); torchvision sets and manifests are loaded as they would be (a manifest's
-    chosen images must be readable), without downloading.
+    checks every request this way); the torchvision sets read only their label files, without torchvision (the
+    API process imports no torch); manifests are loaded as they would be (a manifest's chosen images must be
+    readable). Nothing is downloaded.
     """
     rendered = _rendered(ref)
     if rendered is not None:
         name, query = rendered
         return digits_sample_labels(n=n, seed=seed) if name == "digits" else shapes_sample_labels(query, n=n, seed=seed)
+    if ref.strip().partition(":")[0] in SETS:
+        root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+        return sample_set_labels(ref.strip(), n=n, seed=seed, data_root=root)
     return load_dataset(ref, n=n, seed=seed, data_root=data_root).labels
 
 

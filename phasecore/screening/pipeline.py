@@ -17,11 +17,10 @@ from phasecore import ENGINE_VERSION, METRICS_VERSION
 from phasecore.errors import InvalidSettings
 from phasecore.groundtruth.mapfit import measure_alignment
 from phasecore.paper import PAPER
-from phasecore.references.registry import check_reference
 from phasecore.screening.paper_rules import pair_rules
 from phasecore.screening.profile import ModelProfile, ProfileCache, ProgressFn, compute_profile, versioned_profile_key
 from phasecore.screening.result import ScreeningResult
-from phasecore.screening.validation import validate_dataset
+from phasecore.screening.validation import validate_dataset, validate_request
 from phasecore.settings import EngineSettings, profile_key
 from phasecore.similarity.kernel_alignment import permutation_null
 from phasecore.similarity.representation import representation_similarity
@@ -38,25 +37,6 @@ __all__ = [
     "validate_dataset",
     "validate_request",
 ]
-
-def validate_request(
-    vision_ref: str,
-    language_ref: str,
-    dataset_ref: str,
-    settings: EngineSettings,
-    *,
-    allowed_sources: Collection[str] | None = None,
-    model_root: str | Path | None = None,
-    data_root: str | Path | None = None,
-) -> None:
-    """Cheap checks before any work is queued: references parse, sources are allowed, the dataset
-    exists and holds N pairs, and (with ground truth on) every class has enough pairs for the K-fold
-    and unseen-class tests. Raises a PhasescreenError with a message the user can act on."""
-    root = Path(model_root).expanduser() if model_root is not None else None
-    for role, ref in (("vision", vision_ref), ("language", language_ref)):
-        check_reference(ref, role, allowed_sources=allowed_sources, model_root=root)
-    validate_dataset(dataset_ref, settings, data_root=data_root)
-
 
 def _null(
     K1: np.ndarray, K2: np.ndarray, statistic: str, settings: EngineSettings, groups: np.ndarray | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -276,3 +278,70 @@ def test_torchvision_file_names_are_torchvisions() -> None:
         }
         assert spec.fetch == f"unpack {cls.url} in {{root}}"
     assert torchvision_sets.SETS["svhn"].files == {s: [SVHN.split_list[s][1]] for s in ("train", "test")}
+
+
+def _fake_torchvision_files(root: Path) -> None:
+    """CIFAR-10 (both splits), CIFAR-100 and SVHN test files in torchvision's formats, tiny and seeded."""
+    import pickle
+
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+
+    def batch(path: Path, m: int, classes: int, key: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = rng.integers(0, 256, (m, 3072), dtype=np.uint8)
+        path.write_bytes(pickle.dumps({"data": data, key: rng.permutation(np.arange(m) % classes).tolist()}))
+
+    cifar10 = root / "cifar-10-batches-py"
+    for name in ("test_batch", *(f"data_batch_{i}" for i in range(1, 6))):
+        batch(cifar10 / name, 40, 10, "labels")
+    (cifar10 / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"thing{c}" for c in range(10)]}))
+    cifar100 = root / "cifar-100-python"
+    batch(cifar100 / "test", 600, 100, "fine_labels")
+    (cifar100 / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"kind{c}" for c in range(100)]}))
+    m = 50
+    x = rng.integers(0, 256, (32, 32, 3, m), dtype=np.uint8)
+    savemat(root / "test_32x32.mat", {"X": x, "y": (rng.permutation(np.arange(m) % 10) + 1).astype(np.uint8)[:, None]})
+
+
+@pytest.mark.parametrize(("ref", "n", "seed"), [("cifar10", 20, 0), ("cifar10:train", 64, 3), ("cifar100", 100, 1),
+                                                ("svhn", 30, 2)])  # fmt: skip
+def test_sample_labels_of_torchvision_sets_are_the_loaded_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str, n: int, seed: int
+) -> None:
+    """The API's check of a torchvision set reads its labels without torchvision: the same labels in the same
+    order as the worker's load through torchvision (files faked, torchvision's checksums skipped)."""
+    from torchvision.datasets import CIFAR10, SVHN, cifar
+
+    _fake_torchvision_files(tmp_path)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)  # CIFAR100 inherits it
+    monkeypatch.setattr(SVHN, "_check_integrity", lambda self: True)
+    expected = load_dataset(ref, n=n, seed=seed, data_root=tmp_path).labels
+    got = sample_labels(ref, n=n, seed=seed, data_root=tmp_path)
+    assert got.dtype == expected.dtype and got.tolist() == expected.tolist()
+    with pytest.raises(InvalidSettings) as loading:
+        load_dataset(ref, n=10_000, data_root=tmp_path)
+    with pytest.raises(InvalidSettings) as checking:
+        sample_labels(ref, n=10_000, data_root=tmp_path)
+    assert str(checking.value) == str(loading.value)
+
+
+def test_checking_a_torchvision_set_imports_no_torch(tmp_path: Path) -> None:
+    _fake_torchvision_files(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from phasecore.data import sample_labels\n"
+        "from phasecore.errors import AssetUnavailable\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "svhn = sample_labels('svhn', n=20, data_root=root)\n"
+        "cifar100 = sample_labels('cifar100', n=100, data_root=root)\n"
+        "print(len(svhn), len(cifar100))\n"
+        "try:\n    sample_labels('cifar10', n=20, data_root=root)\n"
+        "except AssetUnavailable as exc:\n    print('unreadable' if 'could not be read' in str(exc) else exc)\n"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["20 100", "unreadable", "[]"]
