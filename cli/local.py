@@ -5,7 +5,6 @@ outcome are recorded in the local database."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ def add_local_arguments(parser: argparse.ArgumentParser) -> None:
 
 def profile_cache(args: argparse.Namespace) -> Any:
     """The on-disk profile cache (``--cache-dir``, else ``$PHASESCREEN_HOME/profiles``); None with ``--no-cache``."""
+    from phasecore.paths import default_cache_home
     from phasecore.screening.pipeline import ProfileCache
 
     if getattr(args, "no_cache", False):
         return None
-    home = Path(os.environ.get("PHASESCREEN_HOME", Path.home() / ".cache" / "phasescreen"))
-    return ProfileCache(args.cache_dir or home / "profiles")
+    return ProfileCache(args.cache_dir or default_cache_home() / "profiles")
 
 
 def local_device(args: argparse.Namespace) -> str:

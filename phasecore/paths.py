@@ -14,6 +14,15 @@ from phasecore.errors import AssetUnavailable, SourceNotAllowed
 _CACHE = Path("~/.cache/phasescreen")
 
 
+def default_cache_home() -> Path:
+    """Where local runs keep what can be recomputed (``profiles/``, the zoo's ``zoo/``): ``$PHASESCREEN_HOME`` when
+    set (one folder for a run's database and caches, as the evidence runs use it), else ``~/.cache/phasescreen``.
+    The embedded database's default is the XDG data directory instead (``store.settings.default_home``): it holds
+    results and reported outcomes, which cannot be recomputed, so clearing caches must not touch it."""
+    home = os.environ.get("PHASESCREEN_HOME")
+    return Path(home).expanduser() if home else _CACHE.expanduser()
+
+
 def default_model_root() -> Path:
     """``$PHASESCREEN_MODEL_ROOT`` or ``~/.cache/phasescreen/models``."""
     return Path(os.environ.get("PHASESCREEN_MODEL_ROOT") or _CACHE / "models").expanduser()

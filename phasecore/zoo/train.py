@@ -22,7 +22,6 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -38,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from phasecore.data.shapes import load_shapes_pairs
+from phasecore.paths import default_cache_home
 from phasecore.threads import single_thread
 from phasecore.zoo.recipe import BATCH, TRAIN_DATA_SEED, TRAIN_DATASET, TRAIN_SIZE, ZOO_VERSION, ZooRecipe
 from phasecore.zoo.towers import ConvTower, Tower, build_tower, scale_init
@@ -50,8 +50,7 @@ _TRAIN_QUERY = TRAIN_DATASET.partition("?")[2]
 
 def zoo_cache_root() -> Path:
     """``$PHASESCREEN_HOME/zoo`` (the evidence run's own home), else ``~/.cache/phasescreen/zoo``."""
-    home = os.environ.get("PHASESCREEN_HOME")
-    return (Path(home) if home else Path("~/.cache/phasescreen")).expanduser() / "zoo"
+    return default_cache_home() / "zoo"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from pydantic import ValidationError
 
@@ -98,3 +100,25 @@ def test_float64_probes_cost_more_in_the_estimate() -> None:
     single = compute_estimate(EngineSettings().profile)["stability probe passes"]
     double = compute_estimate(EngineSettings(stability_precision="float64").profile)["stability probe passes"]
     assert double == pytest.approx(4 * single)
+
+
+def test_one_home_for_caches_and_the_database_apart_from_it_by_default(tmp_path, monkeypatch) -> None:
+    """PHASESCREEN_HOME holds a run's database and caches together; unset, caches go to ~/.cache/phasescreen and
+    the embedded database to the XDG data directory (it holds what cannot be recomputed)."""
+    from cli.local import profile_cache
+    from phasecore.paths import default_cache_home
+    from phasecore.zoo.train import zoo_cache_root
+    from store.settings import default_home
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("PHASESCREEN_HOME", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert default_cache_home() == tmp_path / ".cache" / "phasescreen"
+    assert zoo_cache_root() == tmp_path / ".cache" / "phasescreen" / "zoo"
+    no_flags = SimpleNamespace(cache_dir=None, no_cache=False)
+    assert profile_cache(no_flags).root == tmp_path / ".cache" / "phasescreen" / "profiles"
+    assert default_home() == tmp_path / ".local" / "share" / "phasescreen"
+    monkeypatch.setenv("PHASESCREEN_HOME", str(tmp_path / "run"))
+    assert default_cache_home() == default_home() == tmp_path / "run"
+    assert zoo_cache_root() == tmp_path / "run" / "zoo"
+    assert profile_cache(no_flags).root == tmp_path / "run" / "profiles"
