@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
@@ -37,15 +37,15 @@ from phasecore.study.evidence import (
     evidence_summary,
     shipped_evidence,
 )
-from phasecore.study.failure_model import FEATURES
-from phasecore.study.quality import COMPARATORS, prediction_quality
+from phasecore.study.pair_record import ReportedRun, StudyRecord
+from phasecore.study.quality import prediction_quality
 from phasecore.study.report_schema import StudyOut
 from phasecore.study.reported import reported_study, stratum_reported
 from phasecore.study.strata import study_by_stratum
 from store.models import SUCCEEDED, Outcome, Screening
 
 
-def study_records(session: Session, *, dataset: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+def study_records(session: Session, *, dataset: str | None = None, tenant: str | None = None) -> list[StudyRecord]:
     """One record per distinct stored pair result (the newest of each fingerprint), labelled or not; only
     ``tenant``'s unless it is ``None``."""
     return list(records_by_fingerprint(session, dataset=dataset, tenant=tenant).values())
@@ -53,7 +53,7 @@ def study_records(session: Session, *, dataset: str | None = None, tenant: str |
 
 def records_by_fingerprint(
     session: Session, *, dataset: str | None = None, tenant: str | None = None
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, StudyRecord]:
     """``study_records`` by the fingerprint of the screening request each stands for."""
     query = (
         select(Screening.fingerprint, Screening.vision_ref, Screening.language_ref, Screening.result)
@@ -64,7 +64,7 @@ def records_by_fingerprint(
         query = query.where(Screening.dataset_ref == dataset.strip())
     if tenant is not None:
         query = query.where(Screening.tenant == tenant)
-    newest: dict[str, dict[str, Any]] = {}
+    newest: dict[str, StudyRecord] = {}
     for fingerprint, vision, language, result in session.execute(query).tuples():
         newest[fingerprint] = record_of(vision, language, result)
     return newest
@@ -72,7 +72,7 @@ def records_by_fingerprint(
 
 def reported_outcomes(
     session: Session, *, dataset: str | None = None, tenant: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[ReportedRun]:
     """Every reported run of a succeeded screening (only ``tenant``'s screenings unless it is ``None``), with the
     fingerprint of the screening's request: the input of ``phasecore.study.reported.reported_study``."""
     query = (
@@ -93,10 +93,10 @@ def reported_outcomes(
         query = query.where(Screening.dataset_ref == dataset.strip())
     if tenant is not None:
         query = query.where(Screening.tenant == tenant)
-    return [dict(row) for row in session.execute(query).mappings()]
+    return [cast(ReportedRun, dict(row)) for row in session.execute(query).mappings()]  # the columns selected
 
 
-def record_of(vision: str, language: str, result: ScreeningResult | Mapping[str, Any] | None) -> dict[str, Any]:
+def record_of(vision: str, language: str, result: ScreeningResult | Mapping[str, Any] | None) -> StudyRecord:
     """The study record of one stored result, read through the typed ``ScreeningResult``: model references,
     metrics version, stratum, features and the comparators' metrics, ``outcome`` (None: no ground truth),
     ``failed``, ``alignment_score`` and the ``group_scores`` it is the mean of. A stored result that no longer
@@ -106,20 +106,27 @@ def record_of(vision: str, language: str, result: ScreeningResult | Mapping[str,
     except ValidationError:
         typed = None
     if typed is None:
-        return {"vision": vision, "language": language, "metrics_version": None, "stratum": None}
-    gt = typed.ground_truth
-    return {
-        "vision": vision,
-        "language": language,
-        "metrics_version": typed.metrics_version,
-        "stratum": None if typed.stratum is None else typed.stratum.model_dump(mode="json"),
-        "outcome": None if gt is None else gt.outcome,
-        "failed": None if gt is None else gt.failed,
-        "alignment_score": None if gt is None else gt.alignment_score,
-        **{name: getattr(typed.metrics, name) for name in dict.fromkeys((*FEATURES, *COMPARATORS))},
-        "group_scores": [] if gt is None else [g.model_dump(mode="json") for g in gt.group_scores],
-        "predictions": {rule: p.model_dump(mode="json") for rule, p in typed.predictions.items()},
-    }
+        return StudyRecord(vision=vision, language=language, metrics_version=None, stratum=None)
+    gt, metrics = typed.ground_truth, typed.metrics
+    # every feature of the failure model and every comparator (tests/store/test_records.py checks the list)
+    return StudyRecord(
+        vision=vision,
+        language=language,
+        metrics_version=typed.metrics_version,
+        stratum=None if typed.stratum is None else typed.stratum.model_dump(mode="json"),
+        outcome=None if gt is None else gt.outcome,
+        failed=None if gt is None else gt.failed,
+        alignment_score=None if gt is None else gt.alignment_score,
+        s_ntk_cross=metrics.s_ntk_cross,
+        s_ntk_cross_centered=metrics.s_ntk_cross_centered,
+        delta_ntk=metrics.delta_ntk,
+        log_agop=metrics.log_agop,
+        cka=metrics.cka,
+        mutual_knn=metrics.mutual_knn,
+        s_ntk_cross_unbiased=metrics.s_ntk_cross_unbiased,
+        group_scores=[] if gt is None else [g.model_dump(mode="json") for g in gt.group_scores],
+        predictions={rule: p.model_dump(mode="json") for rule, p in typed.predictions.items()},
+    )
 
 
 def run_study(

@@ -34,6 +34,7 @@ from typing import Any
 
 from phasecore import METRICS_VERSION
 from phasecore.groundtruth.outcome_test import record_outcome
+from phasecore.study.pair_record import ReportedRun, StudyRecord
 from phasecore.study.quality import RULES, prediction_quality
 from phasecore.study.strata import measured_rules, study_by_stratum
 
@@ -74,8 +75,8 @@ def reported_stratum(stratum: Mapping[str, Any], metric: str, dataset: str) -> d
 
 
 def reported_records(
-    pairs: Mapping[str, Mapping[str, Any]], outcomes: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
+    pairs: Mapping[str, StudyRecord], outcomes: Sequence[ReportedRun]
+) -> list[StudyRecord]:
     """The study records of the reported label source.
 
     pairs: the proxy study's records (``store.records.record_of``) by screening-request fingerprint.
@@ -89,7 +90,7 @@ def reported_records(
     negated for ``below``), ``proxy_outcome`` (the proxy's outcome, "none" without ground truth) and
     ``reported`` ({outcome_id, metric, dataset, value, success_threshold, success_direction, n_runs}).
     """
-    latest: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    latest: dict[tuple[str, str, str], ReportedRun] = {}
     runs: dict[tuple[str, str, str], int] = {}
     for outcome in outcomes:
         fingerprint = str(outcome["fingerprint"])
@@ -100,32 +101,31 @@ def reported_records(
         held = latest.get(group)
         if held is None or (outcome["created_at"], str(outcome["id"])) > (held["created_at"], str(held["id"])):
             latest[group] = outcome
-    records = []
+    records: list[StudyRecord] = []
     for (fingerprint, metric, dataset), outcome in latest.items():
         proxy = pairs[fingerprint]
         value, threshold = float(outcome["value"]), float(outcome["success_threshold"])
         direction = str(outcome["success_direction"])
         success = is_success(value, threshold, direction)
         stratum = proxy.get("stratum")
-        records.append(
-            {
-                **proxy,
-                "stratum": reported_stratum(stratum, metric, dataset) if isinstance(stratum, Mapping) else None,
-                "outcome": "aligned" if success else "failed",
-                "failed": not success,
-                "alignment_score": value if direction == "above" else -value,
-                "proxy_outcome": record_outcome(proxy) or "none",
-                "reported": {
-                    "outcome_id": str(outcome["id"]),
-                    "metric": metric,
-                    "dataset": dataset,
-                    "value": value,
-                    "success_threshold": threshold,
-                    "success_direction": direction,
-                    "n_runs": runs[(fingerprint, metric, dataset)],
-                },
-            }
-        )
+        record: StudyRecord = {
+            **proxy,
+            "stratum": reported_stratum(stratum, metric, dataset) if isinstance(stratum, Mapping) else None,
+            "outcome": "aligned" if success else "failed",
+            "failed": not success,
+            "alignment_score": value if direction == "above" else -value,
+            "proxy_outcome": record_outcome(proxy) or "none",
+            "reported": {
+                "outcome_id": str(outcome["id"]),
+                "metric": metric,
+                "dataset": dataset,
+                "value": value,
+                "success_threshold": threshold,
+                "success_direction": direction,
+                "n_runs": runs[(fingerprint, metric, dataset)],
+            },
+        }
+        records.append(record)
     return records
 
 
@@ -168,8 +168,8 @@ def agreement(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def reported_study(
-    pairs: Mapping[str, Mapping[str, Any]],
-    outcomes: Sequence[Mapping[str, Any]],
+    pairs: Mapping[str, StudyRecord],
+    outcomes: Sequence[ReportedRun],
     *,
     min_labelled: int = 20,
 ) -> dict[str, Any]:

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from phasecore import METRICS_VERSION
-from phasecore.study.failure_model import FEATURES
-from phasecore.study.quality import COMPARATORS, RULES
+from phasecore.study.pair_record import StudyRecord
+from phasecore.study.quality import RULES
 from phasecore.study.strata import measured_rules, stratum_measured, study_by_stratum
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ MIN_LABELLED = 20
 SOURCE_DEPLOYMENT = "deployment"
 SOURCE_SHIPPED = "shipped evidence"
 
-_RECORD_KEYS = ("vision", "language", "metrics_version", "stratum", "outcome", "failed", "alignment_score")
 
 
 class EvidenceError(ValueError):
@@ -108,18 +107,29 @@ def evidence_path() -> Path:
     return Path(env).expanduser() if env else DEFAULT_EVIDENCE_PATH
 
 
-def evidence_record(record: Mapping[str, Any]) -> dict[str, Any]:
+def evidence_record(record: Mapping[str, Any]) -> StudyRecord:
     """The part of a study record (``store.records.study_records``) that the study reads: model references,
     metrics version, stratum, outcome, ``failed``, ``alignment_score`` and its ``group_scores`` (classes and s_g),
     ``FEATURES`` and ``COMPARATORS``, and each rule's value and verdict."""
     predictions = record.get("predictions") or {}
-    return {
-        **{key: record.get(key) for key in _RECORD_KEYS},
-        **{name: record.get(name) for name in dict.fromkeys((*FEATURES, *COMPARATORS))},
-        "group_scores": [
-            {"classes": g.get("classes"), "s_g": g.get("s_g")} for g in record.get("group_scores") or []
-        ],
-        "predictions": {
+    get = record.get
+    return StudyRecord(
+        vision=record["vision"],
+        language=record["language"],
+        metrics_version=get("metrics_version"),
+        stratum=get("stratum"),
+        outcome=get("outcome"),
+        failed=get("failed"),
+        alignment_score=get("alignment_score"),
+        s_ntk_cross=get("s_ntk_cross"),
+        s_ntk_cross_centered=get("s_ntk_cross_centered"),
+        delta_ntk=get("delta_ntk"),
+        log_agop=get("log_agop"),
+        cka=get("cka"),
+        mutual_knn=get("mutual_knn"),
+        s_ntk_cross_unbiased=get("s_ntk_cross_unbiased"),
+        group_scores=[{"classes": g.get("classes"), "s_g": g.get("s_g")} for g in get("group_scores") or []],
+        predictions={
             rule: {
                 "value": (predictions.get(rule) or {}).get("value"),
                 "predicts_failure": (predictions.get(rule) or {}).get("predicts_failure"),
@@ -127,7 +137,7 @@ def evidence_record(record: Mapping[str, Any]) -> dict[str, Any]:
             for rule in RULES
             if isinstance(predictions.get(rule), Mapping)
         },
-    }
+    )
 
 
 def build_evidence(
