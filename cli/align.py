@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from phasecore.training import METHODS as METHOD_NAMES
+
 OK, USAGE = 0, 2
-METHOD_NAMES = ("fixed", "adaptive", "regulariser", "compatible")
 DEFAULT_DOC, DEFAULT_FIGURES = Path("docs/phase-aware.md"), Path("docs/phase-aware")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from phasecore.presentation.evidence_page import num, replace_section
+from phasecore.study.quality import RULES
 from phasecore.training.experiment import CEILING, PAPER_TABLE2
 from phasecore.training.methods import PAPER_ORDER
 
@@ -27,7 +28,6 @@ _LABEL = {
     "compatible": "compatible init (S_NTK ≈ 0.6)",
 }
 _COLOUR = {"fixed": "#444444", "adaptive": "#1f77b4", "regulariser": "#2ca02c", "compatible": "#d62728"}
-_RULES = ("agop_rule", "combined_rule", "ntk_difference_rule", "cross_phase_rule")
 
 
 def _count(value: float | None) -> str:
@@ -148,7 +148,7 @@ def screening_table(document: Mapping[str, Any]) -> list[str]:
         "|---|---:|---|---:|---|---:|---|---|" + "---|" * len(methods),
     ]
     for s in screens:
-        flagged = [rule for rule in _RULES if (s.get("predictions") or {}).get(rule)]
+        flagged = [rule for rule in RULES if (s.get("predictions") or {}).get(rule)]
         cells = []
         for method in methods:
             run = runs.get((s["start"], s["seed"], method))
@@ -182,7 +182,7 @@ def screening_lines(document: Mapping[str, Any]) -> list[str]:
             return None if run is None else run["reached"][first] is not None
 
         parts = []
-        for rule in _RULES:
+        for rule in RULES:
             flagged = [rescued(s) for s in screens if (s.get("predictions") or {}).get(rule) is True]
             clear = [rescued(s) for s in screens if (s.get("predictions") or {}).get(rule) is False]
             parts.append(

@@ -8,3 +8,6 @@
   pair as the ceiling, the screening beforehand), cached per run, with its tables and figure
   (``phasecore.presentation.phase_aware_page``).
 """
+
+#: the four methods of the paper's Table 2, here so that naming them (the CLI's choices) imports no torch
+METHODS: tuple[str, ...] = ("fixed", "adaptive", "regulariser", "compatible")

@@ -326,7 +326,7 @@ class _Fold:
             out = self.cached[side][rows]
         else:
             out = call_encoder(self.towers[side], slice_inputs(self.data.train[side], rows))
-        return F.normalize(self.heads[side]((out - self.mean[side]) / self.std[side]), dim=1)
+        return self._project(side, out)
 
     def step(self, step: int) -> float:
         self.step_now = step

@@ -37,8 +37,8 @@ from torch import nn
 from phasecore.errors import EngineError
 from phasecore.kernels.stability import stability_probe
 from phasecore.sources.base import Inputs
+from phasecore.training import METHODS as METHODS  # re-exported: the methods' names live with the package
 
-METHODS: tuple[str, ...] = ("fixed", "adaptive", "regulariser", "compatible")
 SIDES: tuple[str, ...] = ("vision", "language")
 #: the paper's Table 2 ordering, best first (compatible init > regulariser > adaptive > fixed)
 PAPER_ORDER: tuple[str, ...] = ("compatible", "regulariser", "adaptive", "fixed")
@@ -247,11 +247,15 @@ class Method:
         }
 
 
-class Adaptive(Method):
-    """η(t) = η0 · S_NTK(t), per tower."""
+class _Periodic(Method):
+    """A method that measures every ``spec.every`` steps, step 0 included."""
 
     def measures_at(self, step: int) -> bool:
         return step % self.spec.every == 0
+
+
+class Adaptive(_Periodic):
+    """η(t) = η0 · S_NTK(t), per tower."""
 
     def update(self, step: int, measure: MeasureFn) -> None:
         for side in SIDES:
@@ -261,11 +265,8 @@ class Adaptive(Method):
                 self.multiplier[side] = min(max(s, 0.0), 1.0)
 
 
-class Regulariser(Method):
+class Regulariser(_Periodic):
     """The phases pulled together through each tower's effective output scale (module docstring)."""
-
-    def measures_at(self, step: int) -> bool:
-        return step % self.spec.every == 0
 
     def update(self, step: int, measure: MeasureFn) -> None:
         for side in SIDES:
