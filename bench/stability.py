@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from phasecore.data import load_dataset
+from phasecore.host import cpu_model as cpu_model  # the sibling benches import it from here
 from phasecore.kernels.distinct import distinct_inputs
 from phasecore.kernels.engine import probe_gram
 from phasecore.kernels.stability import stability_probe
@@ -37,13 +37,6 @@ MODELS = {
     "minilm": "pkg:all-minilm-l6-v2",
     "resnet18": "timm:resnet18?weights=random",
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def commit() -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from phasecore.host import cpu_model
 from phasecore.references.refs import ModelRef
 from phasecore.training.align import DATASET, AlignSettings, ProgressFn, align_pair
 from phasecore.training.methods import METHODS, PAPER_ORDER, MethodSpec, ProbeSettings
@@ -230,12 +231,8 @@ def machine() -> dict[str, Any]:
     """Where it ran: CPU model, cores, memory, load, Python and torch."""
     import torch
 
-    model, memory = platform.processor() or platform.machine(), None
+    memory = None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 memory = round(int(line.split()[1]) / 2**20, 1)
@@ -243,7 +240,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": memory,
         "load_average": [round(x, 2) for x in os.getloadavg()],
