@@ -40,15 +40,20 @@ def local_device(args: argparse.Namespace) -> str:
     return args.device or ServiceSettings().device
 
 
-def screen_here(
-    args: argparse.Namespace, settings: Any, *, device: str, progress: Any = None
+def screen_locally(
+    args: argparse.Namespace, settings: Any, *, device: str, command: str, progress: Any = None
 ) -> ScreeningResult:
-    """The pair of ``--vision`` and ``--language`` on ``--dataset`` screened on this machine with the engine
-    ``settings`` on ``device``: the ``ScreeningResult``. Profiles come from the local cache when there
-    (:func:`profile_cache`); models and data from the engine's roots (PHASESCREEN_MODEL_ROOT, PHASESCREEN_DATA_ROOT)."""
+    """What ``screen`` and ``gate`` run on this machine: the request checked (seconds, before minutes of work), the
+    pair of ``--vision`` and ``--language`` on ``--dataset`` screened with the engine ``settings`` on ``device``
+    (profiles from the local cache when there, :func:`profile_cache`; models and data from the engine's roots,
+    PHASESCREEN_MODEL_ROOT and PHASESCREEN_DATA_ROOT), and each rule's measured accuracy over the local database
+    attached beside the paper's claim, as the API's workers attach it to a stored result
+    (:func:`attach_measured_rules`). Raises ``PhasescreenError`` on a request the engine refuses."""
     from phasecore.screening.pipeline import screen
+    from phasecore.screening.validation import validate_request
 
-    return screen(
+    validate_request(args.vision, args.language, args.dataset, settings)
+    result = screen(
         args.vision,
         args.language,
         args.dataset,
@@ -57,19 +62,6 @@ def screen_here(
         progress=progress,
         device=device,
     )
-
-
-def screen_locally(
-    args: argparse.Namespace, settings: Any, *, device: str, command: str, progress: Any = None
-) -> ScreeningResult:
-    """What ``screen`` and ``gate`` run on this machine: the request checked (seconds, before minutes of work),
-    the pair screened (:func:`screen_here`), and each rule's measured accuracy over the local database attached
-    beside the paper's claim, as the API's workers attach it to a stored result (:func:`attach_measured_rules`).
-    Raises ``PhasescreenError`` on a request the engine refuses."""
-    from phasecore.screening.validation import validate_request
-
-    validate_request(args.vision, args.language, args.dataset, settings)
-    result = screen_here(args, settings, device=device, progress=progress)
     return attach_measured_rules(result, command)
 
 
